@@ -1,0 +1,490 @@
+//! The loader's configuration file (`starsink loader --config FILE`) and the checks that
+//! turn a bad file into an error naming the key, the value and the fix.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::sink::{defaults, Format, SinkSpec};
+use super::units::HumanDuration;
+
+/// The whole loader configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoaderConfig {
+    /// First part of every label. Default: the hostname (in Kubernetes, the pod's name).
+    #[serde(default)]
+    pub label_prefix: Option<String>,
+    /// Total budget from SIGTERM to exit.
+    #[serde(default = "defaults::shutdown_timeout")]
+    pub shutdown_timeout: HumanDuration,
+    /// How long open connections are still read after SIGTERM. Default: a fifth of
+    /// `shutdownTimeout`, at most 5s.
+    #[serde(default)]
+    pub drain_timeout: Option<HumanDuration>,
+    /// Serves `/metrics`, `/healthz` and `/readyz`. Off when unset.
+    #[serde(default)]
+    pub metrics_addr: Option<SocketAddr>,
+    pub sinks: Vec<SinkSpec>,
+}
+
+impl LoaderConfig {
+    pub fn drain_timeout(&self) -> Duration {
+        match self.drain_timeout {
+            Some(d) => d.0,
+            None => (self.shutdown_timeout.0 / 5).min(Duration::from_secs(5)),
+        }
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: LoaderConfig =
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        let issues = config.problems();
+        if issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                issues,
+            })
+        }
+    }
+
+    /// Every problem with this config, including those only the loader can check
+    /// (files and environment it reads, uniqueness across sinks).
+    pub fn problems(&self) -> Vec<ConfigIssue> {
+        let mut issues = Vec::new();
+        if self.sinks.is_empty() {
+            issues.push(ConfigIssue::new(
+                "sinks",
+                "no sinks are configured; add at least one under `sinks:`",
+            ));
+        }
+        if self.shutdown_timeout.0.is_zero() {
+            issues.push(ConfigIssue::new(
+                "shutdownTimeout",
+                "must be more than zero; it is the time from SIGTERM to exit, e.g. 25s",
+            ));
+        }
+        if let Some(d) = self.drain_timeout {
+            if d.0 >= self.shutdown_timeout.0 {
+                issues.push(ConfigIssue::new(
+                    "drainTimeout",
+                    format!(
+                        "{d} leaves no time to flush within shutdownTimeout {}; make it shorter",
+                        self.shutdown_timeout
+                    ),
+                ));
+            }
+        }
+        if let Some(prefix) = &self.label_prefix {
+            if crate::stream_load::label::sanitize(prefix).is_empty() {
+                issues.push(ConfigIssue::new(
+                    "labelPrefix",
+                    "is empty; leave it out to use the hostname",
+                ));
+            }
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut sockets: HashMap<PathBuf, usize> = HashMap::new();
+        for (i, sink) in self.sinks.iter().enumerate() {
+            let key = format!("sinks[{i}]");
+            issues.extend(validate_sink(sink, &key));
+            issues.extend(check_password_source(sink, &key));
+            if let Some(first) = names.insert(sink.name.as_str(), i) {
+                issues.push(ConfigIssue::new(
+                    format!("{key}.name"),
+                    format!(
+                        "`{}` is also the name of sinks[{first}]; sink names must be unique",
+                        sink.name
+                    ),
+                ));
+            }
+            if let Some(first) = sockets.insert(normalize(&sink.socket), i) {
+                issues.push(ConfigIssue::new(
+                    format!("{key}.socket"),
+                    format!(
+                        "`{}` is also the socket of sinks[{first}]; give each sink its own socket",
+                        sink.socket.display()
+                    ),
+                ));
+            }
+        }
+        issues
+    }
+}
+
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// One thing wrong with a config: where (`sinks[0].starrocks.table`) and what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigIssue {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {} is not valid: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {} has {} problem(s):\n{}", path.display(), issues.len(), list(issues))]
+    Invalid {
+        path: PathBuf,
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+fn list(issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("  - {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Headers the loader sets itself; a `properties` entry may not override them.
+const MANAGED_HEADERS: &[(&str, &str)] = &[
+    ("label", "labels are made by starsink, one per batch"),
+    ("format", "set `format` on the sink instead"),
+    ("strip_outer_array", "starsink always sends JSON as an array"),
+    ("columns", "set `starrocks.columns` instead"),
+    ("column_separator", "set `columnSeparator` on the sink instead"),
+    ("row_delimiter", "starsink always ends rows with \\n"),
+    ("expect", "starsink always sends Expect: 100-continue"),
+    ("authorization", "set `starrocks.user` and a password source instead"),
+    ("content-length", "starsink sets it from the batch"),
+    ("host", "starsink sets it from the endpoint"),
+];
+
+/// Checks one sink's settings on their own. Shared by the loader and the operator so
+/// both reject the same things with the same words. `key` is where the sink sits,
+/// e.g. `sinks[0]` or `spec`.
+pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
+    let mut out = Vec::new();
+    let mut bad = |field: &str, msg: String| out.push(ConfigIssue::new(format!("{key}.{field}"), msg));
+
+    if !is_dns_label(&sink.name) {
+        bad(
+            "name",
+            format!(
+                "`{}` is not a valid sink name; use 1-63 characters of a-z, 0-9 and -, starting and ending with a letter or digit",
+                sink.name
+            ),
+        );
+    }
+    if sink.socket.as_os_str().is_empty() {
+        bad("socket", "is empty; give the path of the Unix socket, e.g. /var/run/starsink/orders.sock".into());
+    } else if sink.socket.as_os_str().len() > 107 {
+        bad("socket", format!("`{}` is longer than the 107 bytes a Unix socket path may have; use a shorter path", sink.socket.display()));
+    }
+    if parse_mode(&sink.socket_mode).is_none() {
+        bad(
+            "socketMode",
+            format!("`{}` is not an octal file mode; write it like \"0660\"", sink.socket_mode),
+        );
+    }
+    match (sink.format, &sink.column_separator) {
+        (Format::Json, Some(_)) => bad(
+            "columnSeparator",
+            "only applies to format: csv; remove it or set format: csv".into(),
+        ),
+        (Format::Csv, Some(sep)) if sep.is_empty() || sep.contains(['\n', '\r']) => bad(
+            "columnSeparator",
+            format!("{sep:?} cannot separate columns; use a non-empty string without line breaks, e.g. \",\""),
+        ),
+        _ => {}
+    }
+    let max_bytes = sink.flush.max_bytes.0;
+    if sink.max_record_bytes.0 == 0 {
+        bad("maxRecordBytes", "must be more than zero, e.g. 1MiB".into());
+    } else if sink.max_record_bytes.0 + 2 > max_bytes {
+        bad(
+            "maxRecordBytes",
+            format!(
+                "{} does not fit in a batch of flush.maxBytes {}; make it smaller than flush.maxBytes",
+                sink.max_record_bytes, sink.flush.max_bytes
+            ),
+        );
+    }
+
+    let sr = &sink.starrocks;
+    if sr.fe_endpoints.is_empty() {
+        bad("starrocks.feEndpoints", "is empty; list at least one FE, e.g. [\"http://starrocks-fe:8030\"]".into());
+    }
+    for (i, ep) in sr.fe_endpoints.iter().enumerate() {
+        if let Err(e) = crate::stream_load::client::Endpoint::parse(ep) {
+            bad(&format!("starrocks.feEndpoints[{i}]"), e);
+        }
+    }
+    for (field, value) in [("database", &sr.database), ("table", &sr.table)] {
+        if !is_identifier(value) {
+            bad(
+                &format!("starrocks.{field}"),
+                format!("`{value}` is not an identifier; use 1-64 letters, digits and _, starting with a letter or _"),
+            );
+        }
+    }
+    if sr.user.is_empty() || sr.user.contains(':') {
+        bad("starrocks.user", format!("`{}` is not a valid user name (empty, or contains ':')", sr.user));
+    }
+    let sources = [sr.password.is_some(), sr.password_file.is_some(), sr.password_env.is_some()];
+    if sources.iter().filter(|s| **s).count() > 1 {
+        bad(
+            "starrocks",
+            "sets more than one of password, passwordFile and passwordEnv; keep one".into(),
+        );
+    }
+    if let Some(cols) = &sr.columns {
+        if cols.trim().is_empty() || cols.contains(['\r', '\n']) {
+            bad("starrocks.columns", "must be a non-empty single line, e.g. \"id,name,ts\"".into());
+        }
+    }
+    for (name, value) in &sr.properties {
+        let k = format!("starrocks.properties.{name}");
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') || name.is_empty() {
+            bad(&k, "is not a valid header name; use letters, digits, _ and -".into());
+        } else if let Some((_, why)) = MANAGED_HEADERS.iter().find(|(h, _)| h.eq_ignore_ascii_case(name)) {
+            bad(&k, format!("cannot be set here: {why}"));
+        }
+        if value.contains(['\r', '\n']) {
+            bad(&k, "value must be a single line".into());
+        }
+    }
+    if sr.request_timeout.0.is_zero() {
+        bad("starrocks.requestTimeout", "must be more than zero, e.g. 60s".into());
+    }
+
+    let f = &sink.flush;
+    if f.interval.0.is_zero() {
+        bad("flush.interval", "must be more than zero; it bounds how long a record waits, e.g. 5s".into());
+    }
+    if max_bytes < 1024 {
+        bad("flush.maxBytes", format!("{} is too small; use at least 1KiB (tens of MiB suit StarRocks best)", f.max_bytes));
+    }
+    if f.max_rows == 0 {
+        bad("flush.maxRows", "must be more than zero, e.g. 500000".into());
+    }
+    let r = &sink.retry;
+    if r.min_backoff.0.is_zero() {
+        bad("retry.minBackoff", "must be more than zero, e.g. 100ms".into());
+    }
+    if r.max_backoff < r.min_backoff {
+        bad("retry.maxBackoff", format!("{} is below retry.minBackoff {}", r.max_backoff, r.min_backoff));
+    }
+    out
+}
+
+/// Checks that the password the sink names can be read now.
+fn check_password_source(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
+    let sr = &sink.starrocks;
+    let mut out = Vec::new();
+    if let Some(file) = &sr.password_file {
+        if let Err(e) = std::fs::read(file) {
+            out.push(ConfigIssue::new(
+                format!("{key}.starrocks.passwordFile"),
+                format!("cannot read {}: {e}; check the path and the file's permissions", file.display()),
+            ));
+        }
+    }
+    if let Some(var) = &sr.password_env {
+        if std::env::var_os(var).is_none() {
+            out.push(ConfigIssue::new(
+                format!("{key}.starrocks.passwordEnv"),
+                format!("environment variable `{var}` is not set; set it or use passwordFile"),
+            ));
+        }
+    }
+    out
+}
+
+/// Parses an octal file mode such as "0666".
+pub fn parse_mode(s: &str) -> Option<u32> {
+    let m = u32::from_str_radix(s.trim_start_matches("0o"), 8).ok()?;
+    (m <= 0o777 && !s.is_empty()).then_some(m)
+}
+
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+fn is_identifier(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+labelPrefix: orders-7f9c
+sinks:
+  - name: orders
+    socket: /tmp/orders.sock
+    starrocks:
+      feEndpoints: ["http://fe:8030"]
+      database: shop
+      table: orders
+"#;
+
+    fn problems_of(yaml: &str) -> String {
+        match LoaderConfig::parse(yaml, Path::new("test.yaml")) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_minimal_config_gets_the_documented_defaults() {
+        let c = LoaderConfig::parse(GOOD, Path::new("t")).unwrap();
+        let s = &c.sinks[0];
+        assert_eq!(s.format, Format::Json);
+        assert_eq!(s.flush.interval.0, Duration::from_secs(5));
+        assert_eq!(s.flush.max_bytes.0, 64 << 20);
+        assert_eq!(s.flush.max_rows, 500_000);
+        assert_eq!(s.max_record_bytes.0, 1 << 20);
+        assert_eq!(s.socket_mode, "0660");
+        assert_eq!(s.starrocks.user, "root");
+        assert_eq!(c.shutdown_timeout.0, Duration::from_secs(25));
+        assert_eq!(c.drain_timeout(), Duration::from_secs(5));
+        assert_eq!(s.dead_letter_dir(), PathBuf::from("/tmp/dead-letter/orders"));
+    }
+
+    #[test]
+    fn an_unknown_format_is_named_with_its_key() {
+        let e = problems_of(&GOOD.replace("socket: /tmp/orders.sock", "socket: /tmp/o.sock\n    format: parquet"));
+        assert!(e.contains("sinks[0].format") && e.contains("parquet"), "{e}");
+    }
+
+    #[test]
+    fn a_misspelt_key_is_refused_not_ignored() {
+        let e = problems_of(&GOOD.replace("table: orders", "table: orders\n      tabel: x"));
+        assert!(e.contains("tabel"), "{e}");
+    }
+
+    #[test]
+    fn a_table_that_is_not_an_identifier_is_refused() {
+        let e = problems_of(&GOOD.replace("table: orders", "table: \"orders; drop\""));
+        assert!(e.contains("sinks[0].starrocks.table") && e.contains("not an identifier"), "{e}");
+    }
+
+    #[test]
+    fn a_zero_interval_is_refused() {
+        let e = problems_of(&GOOD.replace("table: orders", "table: orders\n    flush:\n      interval: 0s"));
+        assert!(e.contains("sinks[0].flush.interval") && e.contains("more than zero"), "{e}");
+    }
+
+    #[test]
+    fn an_unreadable_password_file_is_refused() {
+        let e = problems_of(&GOOD.replace("table: orders", "table: orders\n      passwordFile: /nonexistent/pw"));
+        assert!(e.contains("sinks[0].starrocks.passwordFile") && e.contains("/nonexistent/pw"), "{e}");
+    }
+
+    #[test]
+    fn an_unset_password_env_is_refused() {
+        let e = problems_of(&GOOD.replace("table: orders", "table: orders\n      passwordEnv: STARSINK_TEST_SURELY_UNSET"));
+        assert!(e.contains("STARSINK_TEST_SURELY_UNSET"), "{e}");
+    }
+
+    #[test]
+    fn two_sinks_on_one_socket_are_refused() {
+        let two = format!(
+            "{GOOD}{}",
+            r#"  - name: clicks
+    socket: /tmp/./orders.sock
+    starrocks:
+      feEndpoints: ["http://fe:8030"]
+      database: shop
+      table: clicks
+"#
+        );
+        let e = problems_of(&two);
+        assert!(e.contains("sinks[1].socket") && e.contains("sinks[0]"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let e = problems_of(&GOOD.replace("name: orders", "name: Orders_1").replace("http://fe:8030", "ftp://fe"));
+        assert!(e.contains("sinks[0].name") && e.contains("sinks[0].starrocks.feEndpoints[0]"), "{e}");
+    }
+
+    #[test]
+    fn managed_headers_cannot_be_overridden_through_properties() {
+        let e = problems_of(&GOOD.replace("table: orders", "table: orders\n      properties: {label: x, timeout: \"600\"}"));
+        assert!(e.contains("properties.label") && !e.contains("properties.timeout"), "{e}");
+    }
+
+    #[test]
+    fn a_column_separator_on_a_json_sink_is_refused() {
+        let e = problems_of(&GOOD.replace("table: orders", "table: orders\n    columnSeparator: \",\""));
+        assert!(e.contains("columnSeparator"), "{e}");
+    }
+
+    #[test]
+    fn records_larger_than_a_batch_are_refused() {
+        let e = problems_of(&GOOD.replace("table: orders", "table: orders\n    maxRecordBytes: 2MiB\n    flush: {maxBytes: 1MiB}"));
+        assert!(e.contains("sinks[0].maxRecordBytes"), "{e}");
+    }
+
+    #[test]
+    fn socket_modes_are_octal() {
+        assert_eq!(parse_mode("0666"), Some(0o666));
+        assert_eq!(parse_mode("660"), Some(0o660));
+        assert_eq!(parse_mode("0999"), None);
+        assert_eq!(parse_mode("01777"), None);
+    }
+}

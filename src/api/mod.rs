@@ -1,0 +1,9 @@
+//! Types shared by the loader's configuration and the `StarRocksSink` resource.
+
+pub mod config;
+pub mod sink;
+pub mod units;
+
+pub use config::{validate_sink, ConfigError, ConfigIssue, LoaderConfig};
+pub use sink::{FlushSpec, Format, RetrySpec, SinkSpec, StarRocksSpec};
+pub use units::{ByteSize, HumanDuration};

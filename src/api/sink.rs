@@ -1,0 +1,203 @@
+//! `SinkSpec`: everything the loader needs to know about one sink. The same type is the
+//! loader's per-sink configuration and (later) the spec of the `StarRocksSink` resource,
+//! so it serialises camelCase and keeps to types a JSON schema can describe.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::units::{ByteSize, HumanDuration};
+
+/// One sink: a socket that producers write lines to, and the StarRocks table the lines
+/// are loaded into.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SinkSpec {
+    /// `[a-z0-9-]`, unique within a loader; part of every label.
+    pub name: String,
+    /// Path of the Unix stream socket producers connect to.
+    pub socket: PathBuf,
+    /// Octal file mode of the socket, e.g. "0666".
+    #[serde(default = "defaults::socket_mode")]
+    pub socket_mode: String,
+    #[serde(default)]
+    pub format: Format,
+    /// CSV only: the column separator, passed to StarRocks as `column_separator`.
+    #[serde(default)]
+    pub column_separator: Option<String>,
+    /// Longer lines are rejected (never sent).
+    #[serde(default = "defaults::max_record_bytes")]
+    pub max_record_bytes: ByteSize,
+    pub starrocks: StarRocksSpec,
+    #[serde(default)]
+    pub flush: FlushSpec,
+    #[serde(default)]
+    pub retry: RetrySpec,
+    /// Where batches that StarRocks refuses for good are written. Default: a
+    /// `dead-letter/<sink>` directory beside the socket.
+    #[serde(default)]
+    pub dead_letter_dir: Option<PathBuf>,
+}
+
+impl SinkSpec {
+    /// The directory dead-lettered batches of this sink go to.
+    pub fn dead_letter_dir(&self) -> PathBuf {
+        match &self.dead_letter_dir {
+            Some(dir) => dir.clone(),
+            None => self
+                .socket
+                .parent()
+                .unwrap_or_else(|| std::path::Path::new("."))
+                .join("dead-letter")
+                .join(&self.name),
+        }
+    }
+
+    /// The CSV column separator in effect (StarRocks' own default is `\t`; ours is `,`).
+    pub fn csv_separator(&self) -> &str {
+        self.column_separator.as_deref().unwrap_or(",")
+    }
+}
+
+/// How producers' lines are interpreted and sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One JSON object per line; sent as a JSON array with `strip_outer_array: true`.
+    #[default]
+    Json,
+    /// One CSV row per line; sent as rows ending in `\n`.
+    Csv,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Csv => "csv",
+        }
+    }
+}
+
+/// Where and how to Stream Load.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StarRocksSpec {
+    /// FE HTTP endpoints, `http://host:port`; the loader fails over between them.
+    pub fe_endpoints: Vec<String>,
+    pub database: String,
+    pub table: String,
+    #[serde(default = "defaults::user")]
+    pub user: String,
+    /// The password inline. At most one of `password`, `passwordFile`, `passwordEnv`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// A file holding the password (read again before each load, so a rotated
+    /// Secret takes effect without a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// An environment variable holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// The `columns` Stream Load header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<String>,
+    /// Any other Stream Load header, passed through as is.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+    /// Bound on one HTTP exchange (connect, headers, body, answer).
+    #[serde(default = "defaults::request_timeout")]
+    pub request_timeout: HumanDuration,
+    /// Rewrite a redirect to `127.0.0.1`/`localhost` into the FE's own host. Only for
+    /// single-node clusters whose BE advertises a loopback address.
+    #[serde(default)]
+    pub rewrite_loopback_redirect: bool,
+}
+
+/// When a batch is sealed and loaded: whichever comes first.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FlushSpec {
+    /// The oldest buffered record is loaded at most this long after it arrived.
+    #[serde(default = "defaults::interval")]
+    pub interval: HumanDuration,
+    /// Bound on the encoded Stream Load body.
+    #[serde(default = "defaults::max_bytes")]
+    pub max_bytes: ByteSize,
+    #[serde(default = "defaults::max_rows")]
+    pub max_rows: u64,
+}
+
+impl Default for FlushSpec {
+    fn default() -> Self {
+        Self {
+            interval: defaults::interval(),
+            max_bytes: defaults::max_bytes(),
+            max_rows: defaults::max_rows(),
+        }
+    }
+}
+
+/// How transient load failures are retried (always with the batch's one label).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetrySpec {
+    /// First backoff; doubled on each failure, with jitter.
+    #[serde(default = "defaults::min_backoff")]
+    pub min_backoff: HumanDuration,
+    #[serde(default = "defaults::max_backoff")]
+    pub max_backoff: HumanDuration,
+    /// After failing transiently this long, a batch is dead-lettered so the sink moves on.
+    #[serde(default = "defaults::give_up_after")]
+    pub give_up_after: HumanDuration,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        Self {
+            min_backoff: defaults::min_backoff(),
+            max_backoff: defaults::max_backoff(),
+            give_up_after: defaults::give_up_after(),
+        }
+    }
+}
+
+/// Defaults, in one place so the README can list them.
+pub mod defaults {
+    use super::*;
+
+    pub fn socket_mode() -> String {
+        "0660".into()
+    }
+    pub fn max_record_bytes() -> ByteSize {
+        ByteSize::mib(1)
+    }
+    pub fn user() -> String {
+        "root".into()
+    }
+    pub fn request_timeout() -> HumanDuration {
+        HumanDuration::from_secs(60)
+    }
+    pub fn interval() -> HumanDuration {
+        HumanDuration::from_secs(5)
+    }
+    pub fn max_bytes() -> ByteSize {
+        ByteSize::mib(64)
+    }
+    pub fn max_rows() -> u64 {
+        500_000
+    }
+    pub fn min_backoff() -> HumanDuration {
+        HumanDuration::from_millis(100)
+    }
+    pub fn max_backoff() -> HumanDuration {
+        HumanDuration::from_secs(30)
+    }
+    pub fn give_up_after() -> HumanDuration {
+        HumanDuration::from_secs(600)
+    }
+    pub fn shutdown_timeout() -> HumanDuration {
+        HumanDuration::from_secs(25)
+    }
+}

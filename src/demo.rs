@@ -1,0 +1,3 @@
+#[derive(clap::Args)]
+pub struct DemoArgs {}
+pub async fn run(_a: DemoArgs) -> i32 { 0 }

@@ -1,0 +1,272 @@
+//! The batch a sink task fills: records already encoded as the Stream Load body, plus
+//! the pure policy that says when it must be flushed.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::api::{Format, SinkSpec};
+
+/// Records from one connection read, already encoded for the body: a JSON record is
+/// followed by `,`, a CSV record by `\n`. `ends[i]` is where record `i` ends in `data`.
+#[derive(Debug)]
+pub struct Chunk {
+    pub data: Bytes,
+    pub ends: Vec<u32>,
+    /// When the bytes were read from the socket: the start of the records' wait.
+    pub arrived: Instant,
+}
+
+impl Chunk {
+    pub fn rows(&self) -> usize {
+        self.ends.len()
+    }
+}
+
+/// Why a batch was sealed; the `trigger` label of `starsink_flushes_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushTrigger {
+    Size,
+    Rows,
+    Interval,
+    Shutdown,
+}
+
+impl FlushTrigger {
+    pub const ALL: [FlushTrigger; 4] = [
+        FlushTrigger::Size,
+        FlushTrigger::Rows,
+        FlushTrigger::Interval,
+        FlushTrigger::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlushTrigger::Size => "size",
+            FlushTrigger::Rows => "rows",
+            FlushTrigger::Interval => "interval",
+            FlushTrigger::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The flush limits of one sink.
+#[derive(Clone, Copy, Debug)]
+pub struct FlushPolicy {
+    pub max_bytes: usize,
+    pub max_rows: u64,
+    pub interval: Duration,
+}
+
+impl FlushPolicy {
+    pub fn of(sink: &SinkSpec) -> Self {
+        Self {
+            max_bytes: usize::try_from(sink.flush.max_bytes.0).unwrap_or(usize::MAX),
+            max_rows: sink.flush.max_rows,
+            interval: sink.flush.interval.0,
+        }
+    }
+}
+
+/// A batch being filled. Invariant: its encoded size never exceeds `max_bytes`, its rows
+/// never exceed `max_rows`, and it is never sealed empty.
+#[derive(Debug)]
+pub struct Batch {
+    format: Format,
+    policy: FlushPolicy,
+    /// For JSON: `[` followed by `record,` entries; the last `,` becomes `]` at seal.
+    body: Vec<u8>,
+    rows: u64,
+    oldest: Option<Instant>,
+}
+
+/// A batch ready to load.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    pub body: Bytes,
+    pub rows: u64,
+    pub trigger: FlushTrigger,
+}
+
+impl Batch {
+    pub fn new(format: Format, policy: FlushPolicy) -> Self {
+        Self {
+            format,
+            policy,
+            body: Vec::new(),
+            rows: 0,
+            oldest: None,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Bytes the body takes now (what it would be if sealed).
+    pub fn encoded_len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// When this batch must be flushed at the latest: its oldest record's arrival plus
+    /// the interval. `None` while empty.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.oldest.map(|t| t + self.policy.interval)
+    }
+
+    /// Adds records of `chunk` from index `from` on. Returns `None` when all were taken,
+    /// or the index of the first record that did not fit and the trigger that filled
+    /// the batch. A batch that reaches `max_rows` reports itself full at once.
+    pub fn push(&mut self, chunk: &Chunk, from: usize) -> Option<(usize, FlushTrigger)> {
+        let start_of = |i: usize| if i == 0 { 0 } else { chunk.ends[i - 1] as usize };
+        let opening = usize::from(self.format == Format::Json && self.body.is_empty());
+        let room_rows = self.policy.max_rows - self.rows;
+        let room_bytes = self.policy.max_bytes - self.body.len() - opening;
+
+        // How many records fit, found by binary search on the cumulative ends.
+        let base = start_of(from);
+        let avail = chunk.rows() - from;
+        let fits_bytes = chunk.ends[from..].partition_point(|&e| e as usize - base <= room_bytes);
+        let take = fits_bytes.min(usize::try_from(room_rows).unwrap_or(usize::MAX)).min(avail);
+        if take > 0 {
+            let end = chunk.ends[from + take - 1] as usize;
+            self.reserve(opening + end - base);
+            if opening == 1 {
+                self.body.push(b'[');
+            }
+            self.body.extend_from_slice(&chunk.data[base..end]);
+            self.rows += take as u64;
+            if self.oldest.is_none() {
+                self.oldest = Some(chunk.arrived);
+            }
+        }
+        let next = from + take;
+        if self.rows >= self.policy.max_rows {
+            return Some((next, FlushTrigger::Rows));
+        }
+        if next < chunk.rows() {
+            return Some((next, FlushTrigger::Size));
+        }
+        None
+    }
+
+    /// Grows the body in steps that never reserve past `max_bytes`, so memory stays
+    /// bounded by the batch size rather than by a doubling allocator.
+    fn reserve(&mut self, extra: usize) {
+        let need = self.body.len() + extra;
+        if need > self.body.capacity() {
+            let target = (self.body.capacity() * 2)
+                .max(4096)
+                .min(self.policy.max_bytes)
+                .max(need);
+            self.body.reserve_exact(target - self.body.len());
+        }
+    }
+
+    /// Takes the records out as a body ready to send, leaving this batch empty.
+    pub fn seal(&mut self, trigger: FlushTrigger) -> Option<Sealed> {
+        if self.rows == 0 {
+            return None;
+        }
+        let mut body = std::mem::take(&mut self.body);
+        if self.format == Format::Json {
+            if let Some(last) = body.last_mut() {
+                *last = b']';
+            }
+        }
+        let rows = std::mem::take(&mut self.rows);
+        self.oldest = None;
+        Some(Sealed {
+            body: Bytes::from(body),
+            rows,
+            trigger,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(format: Format, records: &[&str]) -> Chunk {
+        let mut data = Vec::new();
+        let mut ends = Vec::new();
+        for r in records {
+            data.extend_from_slice(r.as_bytes());
+            data.push(if format == Format::Json { b',' } else { b'\n' });
+            ends.push(data.len() as u32);
+        }
+        Chunk {
+            data: data.into(),
+            ends,
+            arrived: Instant::now(),
+        }
+    }
+
+    fn policy(max_bytes: usize, max_rows: u64) -> FlushPolicy {
+        FlushPolicy {
+            max_bytes,
+            max_rows,
+            interval: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn json_bodies_are_arrays_and_csv_bodies_are_rows() {
+        let mut b = Batch::new(Format::Json, policy(1000, 100));
+        assert_eq!(b.push(&chunk(Format::Json, &[r#"{"a":1}"#, r#"{"a":2}"#]), 0), None);
+        let sealed = b.seal(FlushTrigger::Interval).unwrap();
+        assert_eq!(&sealed.body[..], br#"[{"a":1},{"a":2}]"#);
+        assert_eq!(sealed.rows, 2);
+
+        let mut b = Batch::new(Format::Csv, policy(1000, 100));
+        b.push(&chunk(Format::Csv, &["1,a", "2,b"]), 0);
+        assert_eq!(&b.seal(FlushTrigger::Interval).unwrap().body[..], b"1,a\n2,b\n");
+    }
+
+    #[test]
+    fn an_empty_batch_is_never_sealed() {
+        let mut b = Batch::new(Format::Json, policy(1000, 100));
+        assert!(b.seal(FlushTrigger::Shutdown).is_none());
+        assert!(b.deadline().is_none());
+    }
+
+    #[test]
+    fn a_batch_never_exceeds_max_bytes_and_says_where_it_stopped() {
+        // Each record is 8 bytes with its comma; "[" takes one: 3 records = 25 bytes.
+        let c = chunk(Format::Json, &[r#"{"a":1}"#; 5]);
+        let mut b = Batch::new(Format::Json, policy(25, 100));
+        assert_eq!(b.push(&c, 0), Some((3, FlushTrigger::Size)));
+        let s = b.seal(FlushTrigger::Size).unwrap();
+        assert_eq!(s.body.len(), 25);
+        assert_eq!(b.push(&c, 3), None);
+        assert_eq!(b.rows(), 2);
+    }
+
+    #[test]
+    fn max_rows_fills_the_batch_at_once() {
+        let c = chunk(Format::Csv, &["1", "2", "3"]);
+        let mut b = Batch::new(Format::Csv, policy(1000, 2));
+        assert_eq!(b.push(&c, 0), Some((2, FlushTrigger::Rows)));
+        b.seal(FlushTrigger::Rows);
+        assert_eq!(b.push(&c, 2), None);
+    }
+
+    #[test]
+    fn the_deadline_follows_the_oldest_record() {
+        let mut b = Batch::new(Format::Csv, policy(1000, 100));
+        let first = chunk(Format::Csv, &["1"]);
+        b.push(&first, 0);
+        let later = Chunk {
+            arrived: first.arrived + Duration::from_millis(500),
+            ..chunk(Format::Csv, &["2"])
+        };
+        b.push(&later, 0);
+        assert_eq!(b.deadline(), Some(first.arrived + Duration::from_secs(1)));
+    }
+}

@@ -1,0 +1,141 @@
+//! Line framing, separate from I/O: bytes in, whole lines out. A partial line is simply
+//! "not yet"; a line longer than the limit is skipped without being held in memory.
+
+use bytes::{Buf, BytesMut};
+
+/// One framed line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line<'a> {
+    /// A whole line, without its `\n` or `\r\n`.
+    Record(&'a [u8]),
+    /// A line over the limit, with its length; its bytes were dropped.
+    TooLong(usize),
+}
+
+/// Splits a byte stream into lines of at most `max` bytes.
+#[derive(Debug)]
+pub struct LineFramer {
+    max: usize,
+    /// Bytes of an over-long line dropped so far, while waiting for its end.
+    discarding: Option<usize>,
+}
+
+impl LineFramer {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            discarding: None,
+        }
+    }
+
+    /// Takes every complete line out of `buf`, leaving an incomplete tail. A tail already
+    /// over the limit is dropped at once, so `buf` never holds much more than `max` bytes.
+    pub fn drain(&mut self, buf: &mut BytesMut, mut each: impl FnMut(Line<'_>)) {
+        let mut pos = 0;
+        for nl in memchr::memchr_iter(b'\n', buf) {
+            let raw = &buf[pos..nl];
+            match self.discarding.take() {
+                Some(dropped) => each(Line::TooLong(dropped + raw.len())),
+                None => self.emit(raw, &mut each),
+            }
+            pos = nl + 1;
+        }
+        let tail = buf.len() - pos;
+        if let Some(dropped) = self.discarding.as_mut() {
+            *dropped += tail;
+            buf.clear();
+        } else if tail > self.max + 1 {
+            // +1: the tail may end in the `\r` of a `\r\n` that is not complete yet.
+            self.discarding = Some(tail);
+            buf.clear();
+        } else {
+            buf.advance(pos);
+        }
+    }
+
+    /// At end of stream: the last line, without a newline, is still a record.
+    pub fn finish(&mut self, buf: &mut BytesMut, mut each: impl FnMut(Line<'_>)) {
+        if let Some(dropped) = self.discarding.take() {
+            each(Line::TooLong(dropped + buf.len()));
+        } else if !buf.is_empty() {
+            self.emit(&buf[..], &mut each);
+        }
+        buf.clear();
+    }
+
+    /// Bytes of an unfinished line held or being dropped (lost if the stream is cut).
+    pub fn pending(&self, buf: &BytesMut) -> usize {
+        self.discarding.unwrap_or(0) + buf.len()
+    }
+
+    fn emit(&self, raw: &[u8], each: &mut impl FnMut(Line<'_>)) {
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if line.len() > self.max {
+            each(Line::TooLong(line.len()));
+        } else {
+            each(Line::Record(line));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(max: usize, pieces: &[&[u8]], eof: bool) -> Vec<String> {
+        let mut f = LineFramer::new(max);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut push = |l: Line<'_>| {
+            out.push(match l {
+                Line::Record(r) => String::from_utf8_lossy(r).into_owned(),
+                Line::TooLong(n) => format!("<too long: {n}>"),
+            })
+        };
+        for p in pieces {
+            buf.extend_from_slice(p);
+            f.drain(&mut buf, &mut push);
+        }
+        if eof {
+            f.finish(&mut buf, &mut push);
+        }
+        out
+    }
+
+    #[test]
+    fn splits_on_lf_and_crlf() {
+        assert_eq!(frame(100, &[b"a\nb\r\nc\n"], false), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_line_split_across_reads_is_whole() {
+        assert_eq!(frame(100, &[b"{\"a\"", b":1}\r", b"\n{}"], false), ["{\"a\":1}"]);
+    }
+
+    #[test]
+    fn the_last_line_without_newline_is_a_record_at_eof() {
+        assert_eq!(frame(100, &[b"a\nlast"], true), ["a", "last"]);
+        assert!(frame(100, &[b"a\n"], true).len() == 1);
+    }
+
+    #[test]
+    fn an_over_long_line_is_reported_once_and_the_next_line_survives() {
+        let long = vec![b'x'; 50];
+        assert_eq!(
+            frame(10, &[b"ok\n", &long, &long, b"x\nnext\n"], false),
+            ["ok", "<too long: 101>", "next"]
+        );
+        assert_eq!(frame(3, &[b"abcd\n"], false), ["<too long: 4>"]);
+        assert_eq!(frame(3, &[b"abc\r\n"], false), ["abc"]);
+    }
+
+    #[test]
+    fn an_over_long_unterminated_line_at_eof_is_too_long() {
+        assert_eq!(frame(3, &[b"abcdefgh"], true), ["<too long: 8>"]);
+    }
+
+    #[test]
+    fn empty_lines_are_framed_as_empty_records() {
+        assert_eq!(frame(10, &[b"\n\r\n"], false), ["", ""]);
+    }
+}

@@ -1,0 +1,206 @@
+//! The loader's counters (lock-free atomics, one set per sink), their Prometheus text
+//! form, and the small HTTP server for `/metrics`, `/healthz` and `/readyz`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::http1::{response, Conn};
+use crate::loader::batch::FlushTrigger;
+use crate::loader::record::RejectReason;
+
+/// `outcome` label values of `starsink_loads_total`, one per attempt.
+pub const LOAD_OUTCOMES: [&str; 7] = [
+    "committed",
+    "retried",
+    "uncertain",
+    "refused",
+    "pending",
+    "state_unavailable",
+    "dead_lettered",
+];
+
+/// Upper bounds, in seconds, of the load duration histogram.
+const DURATION_BUCKETS: [f64; 12] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// One sink's counters.
+#[derive(Debug, Default)]
+pub struct SinkMetrics {
+    pub sink: String,
+    /// Every framed line, rejected ones included.
+    pub received: AtomicU64,
+    rejected: [AtomicU64; RejectReason::ALL.len()],
+    pub loaded: AtomicU64,
+    pub bytes_loaded: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    loads: [AtomicU64; LOAD_OUTCOMES.len()],
+    flushes: [AtomicU64; FlushTrigger::ALL.len()],
+    duration_buckets: [AtomicU64; DURATION_BUCKETS.len()],
+    duration_count: AtomicU64,
+    duration_sum_micros: AtomicU64,
+    /// Bytes held in batches (filling, waiting and in flight).
+    pub buffered_bytes: AtomicU64,
+}
+
+impl SinkMetrics {
+    pub fn new(sink: &str) -> Self {
+        Self {
+            sink: sink.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    pub fn reject(&self, reason: RejectReason) {
+        let i = RejectReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.rejected[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        let i = RejectReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.rejected[i].load(Relaxed)
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    pub fn load_attempt(&self, outcome: &str) {
+        if let Some(i) = LOAD_OUTCOMES.iter().position(|o| *o == outcome) {
+            self.loads[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn flushed(&self, trigger: FlushTrigger) {
+        let i = FlushTrigger::ALL.iter().position(|t| *t == trigger).unwrap_or(0);
+        self.flushes[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn load_duration(&self, secs: f64) {
+        for (bucket, bound) in self.duration_buckets.iter().zip(DURATION_BUCKETS) {
+            if secs <= bound {
+                bucket.fetch_add(1, Relaxed);
+            }
+        }
+        self.duration_count.fetch_add(1, Relaxed);
+        self.duration_sum_micros.fetch_add((secs * 1e6) as u64, Relaxed);
+    }
+
+    /// Records accepted (framed and not rejected) and not yet committed or dead-lettered.
+    pub fn outstanding(&self) -> u64 {
+        self.accepted()
+            .saturating_sub(self.loaded.load(Relaxed) + self.dead_lettered.load(Relaxed))
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.received.load(Relaxed).saturating_sub(self.rejected_total())
+    }
+}
+
+/// Renders every sink's counters in the Prometheus text format.
+pub fn render(sinks: &[Arc<SinkMetrics>]) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, rows: &mut dyn FnMut(&mut String)| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        rows(&mut out);
+    };
+    let simple = |name: &'static str, get: fn(&SinkMetrics) -> u64| {
+        move |out: &mut String| {
+            for s in sinks {
+                let _ = writeln!(out, "{name}{{sink=\"{}\"}} {}", s.sink, get(s));
+            }
+        }
+    };
+    family("starsink_records_received_total", "counter", "Lines read from producers, rejected ones included.",
+        &mut simple("starsink_records_received_total", |s| s.received.load(Relaxed)));
+    family("starsink_records_rejected_total", "counter", "Lines not loaded because they are not valid records.", &mut |out| {
+        for s in sinks {
+            for r in RejectReason::ALL {
+                let _ = writeln!(out, "starsink_records_rejected_total{{sink=\"{}\",reason=\"{}\"}} {}", s.sink, r.as_str(), s.rejected(r));
+            }
+        }
+    });
+    family("starsink_records_loaded_total", "counter", "Records committed in StarRocks.",
+        &mut simple("starsink_records_loaded_total", |s| s.loaded.load(Relaxed)));
+    family("starsink_records_dead_lettered_total", "counter", "Records written to the dead-letter directory.",
+        &mut simple("starsink_records_dead_lettered_total", |s| s.dead_lettered.load(Relaxed)));
+    family("starsink_bytes_loaded_total", "counter", "Stream Load body bytes committed.",
+        &mut simple("starsink_bytes_loaded_total", |s| s.bytes_loaded.load(Relaxed)));
+    family("starsink_loads_total", "counter", "Stream Load attempts and label-state checks, by outcome.", &mut |out| {
+        for s in sinks {
+            for (i, o) in LOAD_OUTCOMES.iter().enumerate() {
+                let _ = writeln!(out, "starsink_loads_total{{sink=\"{}\",outcome=\"{o}\"}} {}", s.sink, s.loads[i].load(Relaxed));
+            }
+        }
+    });
+    family("starsink_flushes_total", "counter", "Batches sealed for loading, by what triggered them.", &mut |out| {
+        for s in sinks {
+            for (i, t) in FlushTrigger::ALL.iter().enumerate() {
+                let _ = writeln!(out, "starsink_flushes_total{{sink=\"{}\",trigger=\"{}\"}} {}", s.sink, t.as_str(), s.flushes[i].load(Relaxed));
+            }
+        }
+    });
+    family("starsink_load_duration_seconds", "histogram", "Time from a batch's first send to its verdict.", &mut |out| {
+        for s in sinks {
+            for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+                let _ = writeln!(out, "starsink_load_duration_seconds_bucket{{sink=\"{}\",le=\"{bound}\"}} {}", s.sink, s.duration_buckets[i].load(Relaxed));
+            }
+            let count = s.duration_count.load(Relaxed);
+            let _ = writeln!(out, "starsink_load_duration_seconds_bucket{{sink=\"{}\",le=\"+Inf\"}} {count}", s.sink);
+            let _ = writeln!(out, "starsink_load_duration_seconds_sum{{sink=\"{}\"}} {}", s.sink, s.duration_sum_micros.load(Relaxed) as f64 / 1e6);
+            let _ = writeln!(out, "starsink_load_duration_seconds_count{{sink=\"{}\"}} {count}", s.sink);
+        }
+    });
+    family("starsink_buffered_bytes", "gauge", "Bytes held in batches not yet committed.",
+        &mut simple("starsink_buffered_bytes", |s| s.buffered_bytes.load(Relaxed)));
+    out
+}
+
+/// Serves `/metrics`, `/healthz` (the process runs) and `/readyz` (every socket listens
+/// and shutdown has not begun) until `stop`.
+pub async fn serve(
+    listener: TcpListener,
+    sinks: Arc<Vec<Arc<SinkMetrics>>>,
+    ready: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics server: accept failed");
+                    continue;
+                }
+            },
+        };
+        let sinks = sinks.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let mut conn = Conn::new(stream);
+            while let Ok(Some(req)) = conn.read_request_head().await {
+                let reply = match req.path() {
+                    "/metrics" => response(200, "OK", &[("Content-Type", "text/plain; version=0.0.4")], render(&sinks).as_bytes()),
+                    "/healthz" => response(200, "OK", &[], b"ok\n"),
+                    "/readyz" if ready.load(Relaxed) => response(200, "OK", &[], b"ready\n"),
+                    "/readyz" => response(503, "Service Unavailable", &[], b"not ready\n"),
+                    _ => response(404, "Not Found", &[], b"not found; try /metrics, /healthz or /readyz\n"),
+                };
+                if conn.write_all(&reply).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// Binds the metrics address, with an error that says what to change.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("metricsAddr {addr}: cannot listen ({e}); pick a free address or remove metricsAddr"))
+}

@@ -1,0 +1,122 @@
+//! The loader (`starsink loader`): Unix sockets in, Stream Load out.
+//!
+//! ```text
+//! app ──lines──▶ socket ──▶ connection task ──(bounded channel)──▶ sink task ──▶ Stream Load
+//!                 one per sink     one per connection                one per sink   one load in flight
+//! ```
+
+pub mod batch;
+pub mod framing;
+pub mod json;
+pub mod metrics;
+pub mod record;
+pub mod shutdown;
+pub mod sink_task;
+pub mod socket;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::api::config::parse_mode;
+use crate::api::LoaderConfig;
+use crate::stream_load::{label, LabelGen, StreamLoadClient};
+use metrics::SinkMetrics;
+use shutdown::{Accounting, Phases};
+use sink_task::{SinkTask, Stopping};
+use socket::{Ingest, SocketError};
+
+/// Chunks (each at most one socket read of records) queued per sink before connections
+/// stop being read.
+const CHANNEL_CHUNKS: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("sink {sink}: {source}")]
+    Socket { sink: String, source: SocketError },
+    #[error("sink {sink}: {message}")]
+    Client { sink: String, message: String },
+    #[error("{0}")]
+    Metrics(String),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// The label prefix in effect: `labelPrefix`, or the hostname (a pod's name).
+pub fn label_prefix(config: &LoaderConfig) -> String {
+    config.label_prefix.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "starsink".into())
+    })
+}
+
+/// Runs the loader until a signal stops it; returns what happened to every record.
+pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
+    let phases = Phases::default();
+    let budget = config.shutdown_timeout.0;
+    // Keep a moment of the budget for the final accounting and exit.
+    let deadline_after = budget.saturating_sub((budget / 20).min(Duration::from_millis(500)));
+    shutdown::watch_signals(phases.clone(), config.drain_timeout(), deadline_after)
+        .map_err(LoaderError::Signals)?;
+
+    let prefix = label_prefix(&config);
+    let start_id = label::start_id();
+    let mut sinks = Vec::new();
+    let mut tasks = Vec::new();
+    for sink in &config.sinks {
+        let metrics = Arc::new(SinkMetrics::new(&sink.name));
+        let mode = parse_mode(&sink.socket_mode).unwrap_or(0o660);
+        let listener = socket::bind(&sink.socket, mode)
+            .await
+            .map_err(|source| LoaderError::Socket { sink: sink.name.clone(), source })?;
+        let client = StreamLoadClient::new(sink)
+            .map_err(|message| LoaderError::Client { sink: sink.name.clone(), message })?;
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let task = SinkTask::new(sink, LabelGen::new(&prefix, &sink.name, &start_id), client, rx, metrics.clone());
+        tasks.push(tokio::spawn(task.run(Stopping {
+            stop: phases.stop.clone(),
+            deadline: phases.deadline.clone(),
+        })));
+        tokio::spawn(socket::accept_loop(
+            listener,
+            sink.socket.clone(),
+            Arc::new(Ingest::new(sink, metrics.clone())),
+            tx,
+            phases.stop.clone(),
+            phases.drain.clone(),
+        ));
+        tracing::info!(sink = %sink.name, socket = %sink.socket.display(), format = sink.format.as_str(), table = %format!("{}.{}", sink.starrocks.database, sink.starrocks.table), "listening");
+        sinks.push(metrics);
+    }
+    let sinks = Arc::new(sinks);
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = config.metrics_addr {
+        let listener = metrics::bind(addr).await.map_err(LoaderError::Metrics)?;
+        tokio::spawn(metrics::serve(listener, sinks.clone(), ready.clone(), phases.abort.clone()));
+    }
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (stop, not_ready) = (phases.stop.clone(), ready.clone());
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        not_ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    });
+    tracing::info!(sinks = sinks.len(), label_prefix = %prefix, "loader ready");
+
+    let all_done = async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    };
+    tokio::select! {
+        _ = all_done => {}
+        _ = phases.abort.cancelled() => {}
+    }
+    ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    Ok(Accounting::of(&sinks))
+}

@@ -1,0 +1,251 @@
+//! Socket ingest: one Unix stream socket per sink, one task per connection. A connection
+//! task frames and checks lines and hands whole records to the sink task; it never
+//! touches the batch.
+
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{Format, SinkSpec};
+use crate::loader::batch::Chunk;
+use crate::loader::framing::{Line, LineFramer};
+use crate::loader::metrics::SinkMetrics;
+use crate::loader::record::{self, RejectReason};
+
+/// Bytes asked of the socket per read.
+const READ_SIZE: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("socket {path} is in use by a live process (a connect to it succeeded); stop that process or choose another `socket` path")]
+    InUse { path: PathBuf },
+    #[error("{path} exists and is not a socket; remove it or choose another `socket` path")]
+    NotASocket { path: PathBuf },
+    #[error("cannot create socket {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Binds a sink's socket. A leftover socket file is replaced only after a connect to it
+/// fails; a socket some process still serves is never taken over.
+pub async fn bind(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
+    let err = |source| SocketError::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path).await {
+            Ok(_) => return Err(SocketError::InUse { path: path.to_owned() }),
+            Err(_) => {
+                tracing::info!(socket = %path.display(), "replacing a stale socket file (nothing answered on it)");
+                std::fs::remove_file(path).map_err(err)?;
+            }
+        },
+        Ok(_) => return Err(SocketError::NotASocket { path: path.to_owned() }),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Everything a connection task needs, shared read-only by a sink's connections.
+pub struct Ingest {
+    pub format: Format,
+    pub max_record: usize,
+    pub metrics: Arc<SinkMetrics>,
+    limit: LogLimit,
+}
+
+impl Ingest {
+    pub fn new(sink: &SinkSpec, metrics: Arc<SinkMetrics>) -> Self {
+        Self {
+            format: sink.format,
+            max_record: usize::try_from(sink.max_record_bytes.0).unwrap_or(usize::MAX),
+            metrics,
+            limit: LogLimit::default(),
+        }
+    }
+
+    fn reject(&self, reason: RejectReason, line_no: u64, detail: &str) {
+        self.metrics.reject(reason);
+        if let Some(suppressed) = self.limit.allow() {
+            tracing::warn!(
+                sink = %self.metrics.sink,
+                reason = reason.as_str(),
+                line = line_no,
+                suppressed,
+                "rejected a line: {detail}"
+            );
+        }
+    }
+}
+
+/// Accepts connections until `stop`, then removes the socket file. Each connection gets
+/// its own task holding a clone of `tx`; the sink's channel closes when the last ends.
+pub async fn accept_loop(
+    listener: UnixListener,
+    path: PathBuf,
+    ingest: Arc<Ingest>,
+    tx: mpsc::Sender<Chunk>,
+    stop: CancellationToken,
+    drain: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    tokio::spawn(connection(stream, ingest.clone(), tx.clone(), drain.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(sink = %ingest.metrics.sink, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    if let Err(e) = std::fs::remove_file(&path) {
+        tracing::debug!(socket = %path.display(), error = %e, "could not remove socket file");
+    }
+}
+
+/// Reads one producer's lines until it closes, or until the shutdown drain ends.
+async fn connection(
+    mut stream: UnixStream,
+    ingest: Arc<Ingest>,
+    tx: mpsc::Sender<Chunk>,
+    drain: CancellationToken,
+) {
+    let mut framer = LineFramer::new(ingest.max_record);
+    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    let mut line_no: u64 = 0;
+    loop {
+        if buf.capacity() - buf.len() < READ_SIZE / 4 {
+            buf.reserve(READ_SIZE);
+        }
+        let read = tokio::select! {
+            biased;
+            _ = drain.cancelled() => {
+                let pending = framer.pending(&buf);
+                if pending > 0 {
+                    ingest.reject(RejectReason::Incomplete, line_no + 1, &format!("{pending} bytes of an unfinished line when the shutdown drain ended"));
+                    ingest.metrics.received.fetch_add(1, Relaxed);
+                }
+                return;
+            }
+            r = stream.read_buf(&mut buf) => r,
+        };
+        let arrived = Instant::now();
+        let eof = match read {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => {
+                let pending = framer.pending(&buf);
+                if pending > 0 {
+                    ingest.metrics.received.fetch_add(1, Relaxed);
+                    ingest.reject(RejectReason::Incomplete, line_no + 1, &format!("{pending} bytes of an unfinished line when the connection failed: {e}"));
+                }
+                return;
+            }
+        };
+        let before = line_no;
+        let mut out = Vec::new();
+        let mut ends = Vec::new();
+        let delimiter = match ingest.format {
+            Format::Json => b',',
+            Format::Csv => b'\n',
+        };
+        let mut each = |line: Line<'_>| {
+            line_no += 1;
+            match line {
+                Line::TooLong(n) => ingest.reject(
+                    RejectReason::TooLong,
+                    line_no,
+                    &format!("{n} bytes is over maxRecordBytes {}", ingest.max_record),
+                ),
+                Line::Record(r) => match record::check(ingest.format, r) {
+                    Ok(()) => {
+                        out.extend_from_slice(r);
+                        out.push(delimiter);
+                        ends.push(out.len() as u32);
+                    }
+                    Err(reason) => ingest.reject(reason, line_no, &preview(r)),
+                },
+            }
+        };
+        if eof {
+            framer.drain(&mut buf, &mut each);
+            framer.finish(&mut buf, &mut each);
+        } else {
+            framer.drain(&mut buf, &mut each);
+        }
+        ingest.metrics.received.fetch_add(line_no - before, Relaxed);
+        if !ends.is_empty() {
+            let chunk = Chunk {
+                data: out.into(),
+                ends,
+                arrived,
+            };
+            // Waiting here is the backpressure: a full channel stops this socket's reads.
+            if tx.send(chunk).await.is_err() {
+                tracing::error!(sink = %ingest.metrics.sink, "sink task is gone; records of this connection are lost");
+                return;
+            }
+        }
+        if eof {
+            return;
+        }
+    }
+}
+
+fn preview(line: &[u8]) -> String {
+    let cut = &line[..line.len().min(80)];
+    let mut s = String::from_utf8_lossy(cut).into_owned();
+    if line.len() > 80 {
+        s.push('…');
+    }
+    format!("{s:?}")
+}
+
+/// Lets through at most 10 log lines a second and counts the rest.
+#[derive(Default)]
+struct LogLimit {
+    second: AtomicU64,
+    in_second: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogLimit {
+    /// `Some(suppressed since the last line logged)` when this one may be logged.
+    fn allow(&self) -> Option<u64> {
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now = EPOCH.get_or_init(std::time::Instant::now).elapsed().as_secs();
+        if self.second.swap(now, Relaxed) != now {
+            self.in_second.store(0, Relaxed);
+        }
+        if self.in_second.fetch_add(1, Relaxed) < 10 {
+            Some(self.suppressed.swap(0, Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! The Stream Load HTTP client: FE hop with headers only, redirect followed by hand with
+//! credentials sent again, body sent once to the BE after `100 Continue`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::api::{Format, SinkSpec};
+use crate::http1::{Conn, Http1Error};
+use crate::stream_load::response::{parse_load_state, LoadState};
+
+/// Redirects followed per request: a follower FE may send us to the leader FE, which
+/// sends us to a BE (stream-load.md, "Request").
+const MAX_REDIRECTS: usize = 2;
+/// How long to wait for `100 Continue` before sending the body anyway (RFC 9110 §10.1.1).
+const CONTINUE_WAIT: Duration = Duration::from_secs(3);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_ANSWER: usize = 1 << 20;
+
+/// An HTTP endpoint, `host:port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// Parses `http://host[:port][/]` as written in `feEndpoints`.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if url.starts_with("https://") {
+            return Err(format!(
+                "`{url}`: https is not supported yet; use the FE's http port, e.g. http://starrocks-fe:8030"
+            ));
+        }
+        let Some(rest) = url.strip_prefix("http://") else {
+            return Err(format!(
+                "`{url}` is not an http URL; write it like http://starrocks-fe:8030"
+            ));
+        };
+        let authority = rest.trim_end_matches('/');
+        if authority.contains('/') {
+            return Err(format!(
+                "`{url}` has a path; give only scheme, host and port, e.g. http://starrocks-fe:8030"
+            ));
+        }
+        Self::from_authority(authority, 8030).map_err(|e| format!("`{url}`: {e}"))
+    }
+
+    fn from_authority(authority: &str, default_port: u16) -> Result<Self, String> {
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, rest) = v6.split_once(']').ok_or("unclosed [ in host")?;
+            let port = rest.strip_prefix(':');
+            (format!("[{h}]"), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(p)),
+                None => (authority.to_owned(), None),
+            }
+        };
+        if host.is_empty() || host == "[]" {
+            return Err("no host".into());
+        }
+        let port = match port {
+            Some(p) => p.parse().map_err(|_| format!("bad port `{p}`"))?,
+            None => default_port,
+        };
+        Ok(Self { host, port })
+    }
+
+    fn authority(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    fn is_loopback(&self) -> bool {
+        matches!(self.host.as_str(), "127.0.0.1" | "localhost" | "[::1]")
+    }
+}
+
+/// Splits an absolute `Location` into endpoint and path; a relative one stays on `base`.
+fn parse_location(location: &str, base: &Endpoint) -> Result<(Endpoint, String), String> {
+    if location.starts_with('/') {
+        return Ok((base.clone(), location.to_owned()));
+    }
+    let rest = location
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("redirect to unsupported location {location:?}"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    Ok((Endpoint::from_authority(authority, 80)?, path.to_owned()))
+}
+
+/// Where the password comes from. A file is read again for each request, so a rotated
+/// Secret reaches the loader without a restart.
+#[derive(Clone, Debug)]
+pub enum PasswordSource {
+    None,
+    Inline(String),
+    File(PathBuf),
+    Env(String),
+}
+
+impl PasswordSource {
+    fn read(&self) -> Result<String, String> {
+        match self {
+            PasswordSource::None => Ok(String::new()),
+            PasswordSource::Inline(p) => Ok(p.clone()),
+            PasswordSource::File(path) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+                .map_err(|e| format!("cannot read passwordFile {}: {e}", path.display())),
+            PasswordSource::Env(var) => std::env::var(var)
+                .map_err(|_| format!("environment variable {var} (passwordEnv) is not set")),
+        }
+    }
+}
+
+/// A failed exchange, split by whether StarRocks may have received the body.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// No body byte left this process: re-sending is safe.
+    #[error("{0}")]
+    NotSent(String),
+    /// The body was (partly) sent and no answer came: the load may have committed.
+    #[error("{0}")]
+    Unknown(String),
+}
+
+/// A final answer to a Stream Load PUT.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// One sink's Stream Load client. Owned by one task at a time (the load in flight), so
+/// the pooled BE connection needs no lock.
+pub struct StreamLoadClient {
+    endpoints: Vec<Endpoint>,
+    current: usize,
+    database: String,
+    user: String,
+    password: PasswordSource,
+    load_path: String,
+    headers: String,
+    request_timeout: Duration,
+    rewrite_loopback: bool,
+    pooled: Option<(Endpoint, Conn<TcpStream>)>,
+}
+
+impl StreamLoadClient {
+    /// Builds the client for a validated sink.
+    pub fn new(sink: &SinkSpec) -> Result<Self, String> {
+        let sr = &sink.starrocks;
+        let endpoints = sr
+            .fe_endpoints
+            .iter()
+            .map(|e| Endpoint::parse(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let password = match (&sr.password, &sr.password_file, &sr.password_env) {
+            (Some(p), _, _) => PasswordSource::Inline(p.clone()),
+            (_, Some(f), _) => PasswordSource::File(f.clone()),
+            (_, _, Some(v)) => PasswordSource::Env(v.clone()),
+            _ => PasswordSource::None,
+        };
+        let mut headers = format!("format: {}\r\n", sink.format.as_str());
+        match sink.format {
+            Format::Json => headers.push_str("strip_outer_array: true\r\n"),
+            Format::Csv => {
+                headers.push_str(&format!("column_separator: {}\r\n", sink.csv_separator()));
+                headers.push_str("row_delimiter: \\n\r\n");
+            }
+        }
+        if let Some(cols) = &sr.columns {
+            headers.push_str(&format!("columns: {cols}\r\n"));
+        }
+        for (k, v) in &sr.properties {
+            headers.push_str(&format!("{k}: {v}\r\n"));
+        }
+        Ok(Self {
+            endpoints,
+            current: 0,
+            database: sr.database.clone(),
+            user: sr.user.clone(),
+            password,
+            load_path: format!("/api/{}/{}/_stream_load", sr.database, sr.table),
+            headers,
+            request_timeout: sr.request_timeout.0,
+            rewrite_loopback: sr.rewrite_loopback_redirect,
+            pooled: None,
+        })
+    }
+
+    fn authorization(&self) -> Result<String, String> {
+        let password = self.password.read()?;
+        let token = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", self.user, password));
+        Ok(format!("Basic {token}"))
+    }
+
+    /// Connects to the first reachable FE, starting with the one that answered last.
+    async fn connect_fe(&mut self) -> Result<(Endpoint, Conn<TcpStream>), String> {
+        let mut errors = Vec::new();
+        for i in 0..self.endpoints.len() {
+            let idx = (self.current + i) % self.endpoints.len();
+            let ep = self.endpoints[idx].clone();
+            match connect(&ep).await {
+                Ok(conn) => {
+                    self.current = idx;
+                    return Ok((ep, conn));
+                }
+                Err(e) => errors.push(format!("{}: {e}", ep.authority())),
+            }
+        }
+        Err(format!("no FE reachable ({})", errors.join("; ")))
+    }
+
+    /// Moves on to the next FE for the following request (after a 5xx, say).
+    pub fn rotate_fe(&mut self) {
+        self.current = (self.current + 1) % self.endpoints.len().max(1);
+    }
+
+    /// Sends one batch under `label`. The body crosses the network at most once per call.
+    pub async fn put(&mut self, label: &str, body: &Bytes) -> Result<Answer, TransportError> {
+        let mut body_sent = false;
+        match timeout(self.request_timeout, self.put_inner(label, body, &mut body_sent)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.pooled = None;
+                let msg = format!("no answer within requestTimeout {:?}", self.request_timeout);
+                Err(if body_sent {
+                    TransportError::Unknown(msg)
+                } else {
+                    TransportError::NotSent(msg)
+                })
+            }
+        }
+    }
+
+    async fn put_inner(
+        &mut self,
+        label: &str,
+        body: &Bytes,
+        body_sent: &mut bool,
+    ) -> Result<Answer, TransportError> {
+        let auth = self.authorization().map_err(TransportError::NotSent)?;
+        let (mut ep, mut conn) = self.connect_fe().await.map_err(TransportError::NotSent)?;
+        let fe = ep.clone();
+        let mut path = self.load_path.clone();
+        let mut hops = 0;
+        loop {
+            let head = format!(
+                "PUT {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nExpect: 100-continue\r\nContent-Length: {}\r\nlabel: {label}\r\n{}\r\n",
+                ep.authority(),
+                body.len(),
+                self.headers,
+            );
+            let result = exchange(&mut conn, head.as_bytes(), body, body_sent).await;
+            let (status, headers, answer) = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    let msg = format!("{}: {e}", ep.authority());
+                    return Err(if *body_sent {
+                        TransportError::Unknown(msg)
+                    } else {
+                        TransportError::NotSent(msg)
+                    });
+                }
+            };
+            if matches!(status, 301 | 302 | 303 | 307 | 308) {
+                hops += 1;
+                let location = headers.get("location").unwrap_or_default().to_owned();
+                if hops > MAX_REDIRECTS {
+                    return Err(TransportError::NotSent(format!(
+                        "more than {MAX_REDIRECTS} redirects (last to {location})"
+                    )));
+                }
+                let (mut next, next_path) =
+                    parse_location(&location, &ep).map_err(TransportError::NotSent)?;
+                if self.rewrite_loopback && next.is_loopback() && !fe.is_loopback() {
+                    next.host = fe.host.clone();
+                }
+                conn = match self.pooled.take() {
+                    Some((pooled_ep, pooled)) if pooled_ep == next => pooled,
+                    _ => connect(&next)
+                        .await
+                        .map_err(|e| TransportError::NotSent(format!("{}: {e}", next.authority())))?,
+                };
+                ep = next;
+                path = next_path;
+                continue;
+            }
+            if !headers.wants_close() && *body_sent {
+                self.pooled = Some((ep, conn));
+            }
+            return Ok(Answer {
+                status,
+                body: answer,
+            });
+        }
+    }
+
+    /// Asks an FE for a label's state (`GET /api/{db}/get_load_state?label=L`).
+    pub async fn load_state(&mut self, label: &str) -> Result<LoadState, String> {
+        match timeout(self.request_timeout, self.load_state_inner(label)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "get_load_state: no answer within {:?}",
+                self.request_timeout
+            )),
+        }
+    }
+
+    async fn load_state_inner(&mut self, label: &str) -> Result<LoadState, String> {
+        let auth = self.authorization()?;
+        let (mut ep, mut conn) = self.connect_fe().await?;
+        let mut path = format!("/api/{}/get_load_state?label={label}", self.database);
+        for _ in 0..=MAX_REDIRECTS {
+            let head = format!(
+                "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n",
+                ep.authority()
+            );
+            conn.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
+            let resp = conn.read_response_head().await.map_err(|e| e.to_string())?;
+            if matches!(resp.status, 301 | 302 | 303 | 307 | 308) {
+                let location = resp.headers.get("location").unwrap_or_default();
+                let (next, next_path) = parse_location(location, &ep)?;
+                conn = connect(&next).await.map_err(|e| e.to_string())?;
+                ep = next;
+                path = next_path;
+                continue;
+            }
+            let body = conn
+                .read_body(resp.headers.body_length(), MAX_ANSWER)
+                .await
+                .map_err(|e| e.to_string())?;
+            return parse_load_state(resp.status, &body);
+        }
+        Err(format!("get_load_state: more than {MAX_REDIRECTS} redirects"))
+    }
+}
+
+async fn connect(ep: &Endpoint) -> Result<Conn<TcpStream>, String> {
+    let host = ep.host.trim_start_matches('[').trim_end_matches(']');
+    match timeout(CONNECT_TIMEOUT, TcpStream::connect((host, ep.port))).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(Conn::new(s))
+        }
+        Ok(Err(e)) => Err(format!("connect failed: {e}")),
+        Err(_) => Err(format!("connect timed out after {CONNECT_TIMEOUT:?}")),
+    }
+}
+
+/// Sends a head with `Expect: 100-continue`; sends the body only after `100 Continue`
+/// (or after [`CONTINUE_WAIT`] of silence), never after a final answer such as a redirect.
+async fn exchange(
+    conn: &mut Conn<TcpStream>,
+    head: &[u8],
+    body: &Bytes,
+    body_sent: &mut bool,
+) -> Result<(u16, crate::http1::Headers, Bytes), Http1Error> {
+    conn.write_all(head).await?;
+    conn.flush().await?;
+    let first = match timeout(CONTINUE_WAIT, conn.read_response_head()).await {
+        Ok(r) => Some(r?),
+        Err(_) => None,
+    };
+    let final_head = match first {
+        Some(h) if h.status >= 200 => h,
+        informational => {
+            *body_sent = true;
+            conn.write_all(body).await?;
+            conn.flush().await?;
+            if informational.is_some() {
+                conn.read_response_head().await?
+            } else {
+                loop {
+                    let h = conn.read_response_head().await?;
+                    if h.status >= 200 {
+                        break h;
+                    }
+                }
+            }
+        }
+    };
+    // A 307 carries at most a short body; the FE closes the connection after it anyway.
+    let answer = conn
+        .read_body(final_head.headers.body_length(), MAX_ANSWER)
+        .await
+        .or_else(|e| match final_head.status {
+            300..=399 => Ok(Bytes::new()),
+            _ => Err(e),
+        })?;
+    Ok((final_head.status, final_head.headers, answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fe_endpoints_parse_with_and_without_port() {
+        assert_eq!(
+            Endpoint::parse("http://fe:8030/").unwrap(),
+            Endpoint { host: "fe".into(), port: 8030 }
+        );
+        assert_eq!(Endpoint::parse("http://fe").unwrap().port, 8030);
+        assert_eq!(Endpoint::parse("http://[::1]:9").unwrap().host, "[::1]");
+        assert!(Endpoint::parse("https://fe:8030").unwrap_err().contains("https"));
+        assert!(Endpoint::parse("fe:8030").is_err());
+        assert!(Endpoint::parse("http://fe:80/api").is_err());
+        assert!(Endpoint::parse("http://fe:http").is_err());
+    }
+
+    #[test]
+    fn redirect_locations_keep_path_and_query() {
+        let fe = Endpoint { host: "fe".into(), port: 8030 };
+        let (ep, path) = parse_location("http://10.0.0.5:8040/api/db/t/_stream_load?x=1", &fe).unwrap();
+        assert_eq!((ep.host.as_str(), ep.port, path.as_str()), ("10.0.0.5", 8040, "/api/db/t/_stream_load?x=1"));
+        let (ep, path) = parse_location("/other", &fe).unwrap();
+        assert_eq!((ep, path.as_str()), (fe, "/other"));
+    }
+}

@@ -1,0 +1,12 @@
+//! Stream Load: the client, labels, the response classifier and the retry policy that
+//! delivers one batch exactly once.
+
+pub mod client;
+pub mod delivery;
+pub mod label;
+pub mod response;
+
+pub use client::StreamLoadClient;
+pub use delivery::{deliver, Attempt, Delivered};
+pub use label::LabelGen;
+pub use response::{classify, LoadState, Verdict};

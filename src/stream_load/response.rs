@@ -1,0 +1,323 @@
+//! What a Stream Load answer means: a pure classifier over the HTTP status and body,
+//! following the table in `shared/design/stream-load.md`.
+
+use serde_json::Value;
+
+/// What the loader must do after one attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The rows are committed (visible now or soon). Never re-send.
+    Committed { filtered_rows: u64 },
+    /// The attempt may or may not have committed: ask `get_load_state` before re-sending.
+    Uncertain { reason: String },
+    /// Rolled back or never started, for a reason that may pass: re-send with the same label.
+    Transient { reason: String },
+    /// StarRocks will never accept this batch as it is: dead-letter it.
+    Permanent {
+        reason: String,
+        error_url: Option<String>,
+    },
+}
+
+/// Message fragments that mean a retry cannot help (stream-load.md, "Not retryable").
+const PERMANENT: &[&str] = &[
+    "too many filtered rows",
+    "access denied",
+    "primary key size exceed the limit",
+    "only primary key table support partial update",
+    "no valid basic authorization",
+    "there is no 100-continue header",
+    "unknown database",
+    "unknown table",
+    "does not exist",
+];
+
+/// Message fragments of failures that pass (stream-load.md, "Retry with backoff").
+const TRANSIENT: &[&str] = &[
+    "too many tablet versions",
+    "current running txns on db",
+    "service is shutting down",
+    // sic: StarRocks spells it this way.
+    "exceed http cuncurrent limit",
+    "exceed http concurrent limit",
+    "no backend alive",
+    "timeout",
+    "timed out",
+];
+
+fn field<'a>(v: &'a Value, names: &[&str]) -> Option<&'a Value> {
+    names.iter().find_map(|n| v.get(*n))
+}
+
+fn text(v: &Value, names: &[&str]) -> Option<String> {
+    field(v, names).map(|x| match x {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
+/// Classifies a final answer to a Stream Load PUT.
+pub fn classify(http_status: u16, body: &[u8]) -> Verdict {
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    let status = json.as_ref().and_then(|j| text(j, &["Status", "status"]));
+    let message = json
+        .as_ref()
+        .and_then(|j| text(j, &["Message", "message", "msg"]))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned());
+    let error_url = json
+        .as_ref()
+        .and_then(|j| text(j, &["ErrorURL", "ErrorUrl", "errorUrl"]))
+        .filter(|u| !u.is_empty());
+
+    match http_status {
+        200 => {}
+        401 | 403 => {
+            return Verdict::Permanent {
+                reason: format!("HTTP {http_status}: access denied; check the sink's user and password"),
+                error_url: None,
+            }
+        }
+        408 | 429 | 500..=599 => {
+            return Verdict::Transient {
+                reason: format!("HTTP {http_status}: {message}"),
+            }
+        }
+        _ => {
+            return Verdict::Permanent {
+                reason: format!("HTTP {http_status}: {message}"),
+                error_url,
+            }
+        }
+    }
+
+    let Some(status) = status else {
+        // A 200 we cannot read: the load may have run.
+        return Verdict::Uncertain {
+            reason: format!("unreadable answer: {message}"),
+        };
+    };
+    let lower = message.to_ascii_lowercase();
+    match status.as_str() {
+        "Success" | "Publish Timeout" => Verdict::Committed {
+            filtered_rows: json
+                .as_ref()
+                .and_then(|j| field(j, &["NumberFilteredRows"]))
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+        },
+        "Label Already Exists" => {
+            let job = json
+                .as_ref()
+                .and_then(|j| text(j, &["ExistingJobStatus"]))
+                .unwrap_or_default();
+            if job == "FINISHED" {
+                Verdict::Committed { filtered_rows: 0 }
+            } else {
+                Verdict::Uncertain {
+                    reason: format!("label already exists, its job is {job:?}"),
+                }
+            }
+        }
+        "Fail" | "FAILED" | "failed" | "Failed" => {
+            if lower.contains("has already been used") {
+                Verdict::Uncertain {
+                    reason: format!("label already used: {message}"),
+                }
+            } else if PERMANENT.iter().any(|p| lower.contains(p)) {
+                Verdict::Permanent {
+                    reason: message,
+                    error_url,
+                }
+            } else if TRANSIENT.iter().any(|p| lower.contains(p)) {
+                Verdict::Transient { reason: message }
+            } else if error_url.is_some() {
+                // A failure with an error log is about the data: re-sending cannot help.
+                Verdict::Permanent {
+                    reason: message,
+                    error_url,
+                }
+            } else if status == "Fail" {
+                Verdict::Transient { reason: message }
+            } else {
+                // An FE refusal we do not know: most are configuration (no such table,
+                // bad column mapping), which no retry fixes.
+                Verdict::Permanent {
+                    reason: message,
+                    error_url,
+                }
+            }
+        }
+        other => Verdict::Uncertain {
+            reason: format!("unknown status {other:?}: {message}"),
+        },
+    }
+}
+
+/// A label's state, from `get_load_state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadState {
+    /// Never began, or forgotten (outside the label window).
+    Unknown,
+    /// Begun, not yet committed or aborted: wait.
+    Pending,
+    /// COMMITTED or VISIBLE: loaded.
+    Committed,
+    /// Rolled back: the label is free to use again.
+    Aborted,
+}
+
+/// Reads a `get_load_state` answer.
+pub fn parse_load_state(http_status: u16, body: &[u8]) -> Result<LoadState, String> {
+    if http_status != 200 {
+        return Err(format!(
+            "get_load_state answered HTTP {http_status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(256)])
+        ));
+    }
+    let json: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("get_load_state answer is not JSON ({e})"))?;
+    let ok = text(&json, &["status", "Status"]).unwrap_or_default();
+    if !ok.eq_ignore_ascii_case("OK") {
+        let msg = text(&json, &["msg", "message", "Message"]).unwrap_or_default();
+        return Err(format!("get_load_state failed: {ok} {msg}"));
+    }
+    match text(&json, &["state", "State"]).as_deref() {
+        Some("VISIBLE") | Some("COMMITTED") => Ok(LoadState::Committed),
+        Some("PREPARE") | Some("PREPARED") => Ok(LoadState::Pending),
+        Some("ABORTED") => Ok(LoadState::Aborted),
+        Some("UNKNOWN") => Ok(LoadState::Unknown),
+        other => Err(format!("get_load_state gave an unknown state {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(body: &str) -> Verdict {
+        classify(200, body.as_bytes())
+    }
+
+    #[test]
+    fn success_and_publish_timeout_are_committed() {
+        assert_eq!(
+            v(r#"{"TxnId":1003,"Label":"l1","Status":"Success","Message":"OK","NumberTotalRows":1000,"NumberLoadedRows":1000,"NumberFilteredRows":0}"#),
+            Verdict::Committed { filtered_rows: 0 }
+        );
+        assert_eq!(
+            v(r#"{"Status":"Success","NumberFilteredRows":3}"#),
+            Verdict::Committed { filtered_rows: 3 }
+        );
+        assert!(matches!(
+            v(r#"{"Status":"Publish Timeout","Message":"transaction commit successfully, BUT data will be publish later"}"#),
+            Verdict::Committed { .. }
+        ));
+    }
+
+    #[test]
+    fn an_existing_finished_label_is_committed_and_a_running_one_uncertain() {
+        assert!(matches!(
+            v(r#"{"Status":"Label Already Exists","ExistingJobStatus":"FINISHED"}"#),
+            Verdict::Committed { .. }
+        ));
+        assert!(matches!(
+            v(r#"{"Status":"Label Already Exists","ExistingJobStatus":"RUNNING"}"#),
+            Verdict::Uncertain { .. }
+        ));
+    }
+
+    #[test]
+    fn a_reused_label_on_newer_servers_is_resolved_like_an_existing_one() {
+        assert!(matches!(
+            v(r#"{"Status":"Fail","Message":"Label [l1] has already been used."}"#),
+            Verdict::Uncertain { .. }
+        ));
+    }
+
+    #[test]
+    fn data_and_access_failures_are_permanent_with_their_error_url() {
+        let verdict = v(r#"{"Status":"Fail","Message":"too many filtered rows","ErrorURL":"http://be:8040/api/_load_error_log?file=x"}"#);
+        assert_eq!(
+            verdict,
+            Verdict::Permanent {
+                reason: "too many filtered rows".into(),
+                error_url: Some("http://be:8040/api/_load_error_log?file=x".into())
+            }
+        );
+        for msg in [
+            "Access denied; you need (at least one of) the INSERT privilege(s)",
+            "primary key size exceed the limit",
+            "only primary key table support partial update",
+            "no valid Basic authorization",
+        ] {
+            let body = format!(r#"{{"Status":"Fail","Message":"{msg}"}}"#);
+            assert!(matches!(v(&body), Verdict::Permanent { .. }), "{msg}");
+        }
+        assert!(matches!(
+            v(r#"{"Status":"Fail","Message":"parse error at row 3","ErrorURL":"http://be/x"}"#),
+            Verdict::Permanent { .. }
+        ));
+    }
+
+    #[test]
+    fn passing_failures_are_transient() {
+        for msg in [
+            "too many tablet versions",
+            "current running txns on db 10 is 1000, larger than limit 1000",
+            "Service is shutting down",
+            "exceed http cuncurrent limit",
+        ] {
+            let body = format!(r#"{{"Status":"Fail","Message":"{msg}"}}"#);
+            assert!(matches!(v(&body), Verdict::Transient { .. }), "{msg}");
+        }
+        assert!(matches!(
+            v(r#"{"status":"FAILED","msg":"No backend alive."}"#),
+            Verdict::Transient { .. }
+        ));
+    }
+
+    #[test]
+    fn fe_refusals_are_permanent_unless_known_to_pass() {
+        assert!(matches!(
+            v(r#"{"Status":"FAILED","Message":"class com.starrocks.common.DdlException: There is no 100-continue header"}"#),
+            Verdict::Permanent { .. }
+        ));
+        assert!(matches!(
+            v(r#"{"status":"FAILED","msg":"Unknown table 'shop.ordrs'"}"#),
+            Verdict::Permanent { .. }
+        ));
+    }
+
+    #[test]
+    fn http_errors_are_classified_by_code() {
+        assert!(matches!(classify(503, b"busy"), Verdict::Transient { .. }));
+        assert!(matches!(classify(500, b""), Verdict::Transient { .. }));
+        assert!(matches!(classify(401, b""), Verdict::Permanent { .. }));
+        assert!(matches!(classify(404, b"no such path"), Verdict::Permanent { .. }));
+    }
+
+    #[test]
+    fn an_unreadable_or_unknown_answer_is_uncertain() {
+        assert!(matches!(classify(200, b"<html>"), Verdict::Uncertain { .. }));
+        assert!(matches!(v(r#"{"Status":"Mystery"}"#), Verdict::Uncertain { .. }));
+    }
+
+    #[test]
+    fn load_states_map_to_what_the_loader_does() {
+        let s = |state: &str| {
+            parse_load_state(
+                200,
+                format!(r#"{{"status":"OK","code":"0","msg":"Success","message":"OK","state":"{state}","reason":""}}"#).as_bytes(),
+            )
+        };
+        assert_eq!(s("VISIBLE"), Ok(LoadState::Committed));
+        assert_eq!(s("COMMITTED"), Ok(LoadState::Committed));
+        assert_eq!(s("PREPARE"), Ok(LoadState::Pending));
+        assert_eq!(s("PREPARED"), Ok(LoadState::Pending));
+        assert_eq!(s("ABORTED"), Ok(LoadState::Aborted));
+        assert_eq!(s("UNKNOWN"), Ok(LoadState::Unknown));
+        assert!(s("WHATEVER").is_err());
+        assert!(parse_load_state(401, b"").is_err());
+        assert!(parse_load_state(200, br#"{"status":"FAILED","msg":"denied"}"#).is_err());
+    }
+}
