@@ -1,3 +1,5 @@
 #[derive(clap::Args)]
 pub struct DemoArgs {}
-pub async fn run(_a: DemoArgs) -> i32 { 0 }
+pub async fn run(_a: DemoArgs) -> i32 {
+    0
+}

@@ -46,7 +46,10 @@ impl Headers {
         {
             return BodyLength::Chunked;
         }
-        match self.get("content-length").map(|v| v.trim().parse::<usize>()) {
+        match self
+            .get("content-length")
+            .map(|v| v.trim().parse::<usize>())
+        {
             Some(Ok(n)) => BodyLength::Exactly(n),
             _ => BodyLength::UntilClose,
         }
@@ -264,7 +267,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 fn collect(h: &[httparse::Header<'_>]) -> Headers {
     Headers(
         h.iter()
-            .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+            .map(|h| {
+                (
+                    h.name.to_owned(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
             .collect(),
     )
 }
@@ -316,9 +324,15 @@ mod tests {
         )
         .await;
         let h = c.read_request_head().await.unwrap().unwrap();
-        assert_eq!((h.method.as_str(), h.path()), ("PUT", "/api/db/t/_stream_load"));
+        assert_eq!(
+            (h.method.as_str(), h.path()),
+            ("PUT", "/api/db/t/_stream_load")
+        );
         assert_eq!(h.headers.get("LABEL"), Some("l1"));
-        assert_eq!(&c.read_body(h.headers.body_length(), 10).await.unwrap()[..], b"abc");
+        assert_eq!(
+            &c.read_body(h.headers.body_length(), 10).await.unwrap()[..],
+            b"abc"
+        );
         let h = c.read_request_head().await.unwrap().unwrap();
         assert_eq!(h.query("label"), Some("l1"));
         assert!(c.read_request_head().await.unwrap().is_none());

@@ -51,11 +51,10 @@ impl LoaderConfig {
 
     /// Parses and validates config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: LoaderConfig =
-            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?;
+        let config: LoaderConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
         let issues = config.problems();
         if issues.is_empty() {
             Ok(config)
@@ -192,12 +191,21 @@ fn list(issues: &[ConfigIssue]) -> String {
 const MANAGED_HEADERS: &[(&str, &str)] = &[
     ("label", "labels are made by starsink, one per batch"),
     ("format", "set `format` on the sink instead"),
-    ("strip_outer_array", "starsink always sends JSON as an array"),
+    (
+        "strip_outer_array",
+        "starsink always sends JSON as an array",
+    ),
     ("columns", "set `starrocks.columns` instead"),
-    ("column_separator", "set `columnSeparator` on the sink instead"),
+    (
+        "column_separator",
+        "set `columnSeparator` on the sink instead",
+    ),
     ("row_delimiter", "starsink always ends rows with \\n"),
     ("expect", "starsink always sends Expect: 100-continue"),
-    ("authorization", "set `starrocks.user` and a password source instead"),
+    (
+        "authorization",
+        "set `starrocks.user` and a password source instead",
+    ),
     ("content-length", "starsink sets it from the batch"),
     ("host", "starsink sets it from the endpoint"),
 ];
@@ -207,7 +215,8 @@ const MANAGED_HEADERS: &[(&str, &str)] = &[
 /// e.g. `sinks[0]` or `spec`.
 pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
     let mut out = Vec::new();
-    let mut bad = |field: &str, msg: String| out.push(ConfigIssue::new(format!("{key}.{field}"), msg));
+    let mut bad =
+        |field: &str, msg: String| out.push(ConfigIssue::new(format!("{key}.{field}"), msg));
 
     if !is_dns_label(&sink.name) {
         bad(
@@ -219,14 +228,26 @@ pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
         );
     }
     if sink.socket.as_os_str().is_empty() {
-        bad("socket", "is empty; give the path of the Unix socket, e.g. /var/run/starsink/orders.sock".into());
+        bad(
+            "socket",
+            "is empty; give the path of the Unix socket, e.g. /var/run/starsink/orders.sock".into(),
+        );
     } else if sink.socket.as_os_str().len() > 107 {
-        bad("socket", format!("`{}` is longer than the 107 bytes a Unix socket path may have; use a shorter path", sink.socket.display()));
+        bad(
+            "socket",
+            format!(
+                "`{}` is longer than the 107 bytes a Unix socket path may have; use a shorter path",
+                sink.socket.display()
+            ),
+        );
     }
     if parse_mode(&sink.socket_mode).is_none() {
         bad(
             "socketMode",
-            format!("`{}` is not an octal file mode; write it like \"0660\"", sink.socket_mode),
+            format!(
+                "`{}` is not an octal file mode; write it like \"0660\"",
+                sink.socket_mode
+            ),
         );
     }
     match (sink.format, &sink.column_separator) {
@@ -255,7 +276,10 @@ pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
 
     let sr = &sink.starrocks;
     if sr.fe_endpoints.is_empty() {
-        bad("starrocks.feEndpoints", "is empty; list at least one FE, e.g. [\"http://starrocks-fe:8030\"]".into());
+        bad(
+            "starrocks.feEndpoints",
+            "is empty; list at least one FE, e.g. [\"http://starrocks-fe:8030\"]".into(),
+        );
     }
     for (i, ep) in sr.fe_endpoints.iter().enumerate() {
         if let Err(e) = crate::stream_load::client::Endpoint::parse(ep) {
@@ -271,9 +295,19 @@ pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
         }
     }
     if sr.user.is_empty() || sr.user.contains(':') {
-        bad("starrocks.user", format!("`{}` is not a valid user name (empty, or contains ':')", sr.user));
+        bad(
+            "starrocks.user",
+            format!(
+                "`{}` is not a valid user name (empty, or contains ':')",
+                sr.user
+            ),
+        );
     }
-    let sources = [sr.password.is_some(), sr.password_file.is_some(), sr.password_env.is_some()];
+    let sources = [
+        sr.password.is_some(),
+        sr.password_file.is_some(),
+        sr.password_env.is_some(),
+    ];
     if sources.iter().filter(|s| **s).count() > 1 {
         bad(
             "starrocks",
@@ -282,14 +316,27 @@ pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
     }
     if let Some(cols) = &sr.columns {
         if cols.trim().is_empty() || cols.contains(['\r', '\n']) {
-            bad("starrocks.columns", "must be a non-empty single line, e.g. \"id,name,ts\"".into());
+            bad(
+                "starrocks.columns",
+                "must be a non-empty single line, e.g. \"id,name,ts\"".into(),
+            );
         }
     }
     for (name, value) in &sr.properties {
         let k = format!("starrocks.properties.{name}");
-        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') || name.is_empty() {
-            bad(&k, "is not a valid header name; use letters, digits, _ and -".into());
-        } else if let Some((_, why)) = MANAGED_HEADERS.iter().find(|(h, _)| h.eq_ignore_ascii_case(name)) {
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            || name.is_empty()
+        {
+            bad(
+                &k,
+                "is not a valid header name; use letters, digits, _ and -".into(),
+            );
+        } else if let Some((_, why)) = MANAGED_HEADERS
+            .iter()
+            .find(|(h, _)| h.eq_ignore_ascii_case(name))
+        {
             bad(&k, format!("cannot be set here: {why}"));
         }
         if value.contains(['\r', '\n']) {
@@ -297,25 +344,49 @@ pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
         }
     }
     if sr.request_timeout.0.is_zero() {
-        bad("starrocks.requestTimeout", "must be more than zero, e.g. 60s".into());
+        bad(
+            "starrocks.requestTimeout",
+            "must be more than zero, e.g. 60s".into(),
+        );
     }
 
     let f = &sink.flush;
     if f.interval.0.is_zero() {
-        bad("flush.interval", "must be more than zero; it bounds how long a record waits, e.g. 5s".into());
+        bad(
+            "flush.interval",
+            "must be more than zero; it bounds how long a record waits, e.g. 5s".into(),
+        );
     }
     if max_bytes < 1024 {
-        bad("flush.maxBytes", format!("{} is too small; use at least 1KiB (tens of MiB suit StarRocks best)", f.max_bytes));
+        bad(
+            "flush.maxBytes",
+            format!(
+                "{} is too small; use at least 1KiB (tens of MiB suit StarRocks best)",
+                f.max_bytes
+            ),
+        );
     }
     if f.max_rows == 0 {
-        bad("flush.maxRows", "must be more than zero, e.g. 500000".into());
+        bad(
+            "flush.maxRows",
+            "must be more than zero, e.g. 500000".into(),
+        );
     }
     let r = &sink.retry;
     if r.min_backoff.0.is_zero() {
-        bad("retry.minBackoff", "must be more than zero, e.g. 100ms".into());
+        bad(
+            "retry.minBackoff",
+            "must be more than zero, e.g. 100ms".into(),
+        );
     }
     if r.max_backoff < r.min_backoff {
-        bad("retry.maxBackoff", format!("{} is below retry.minBackoff {}", r.max_backoff, r.min_backoff));
+        bad(
+            "retry.maxBackoff",
+            format!(
+                "{} is below retry.minBackoff {}",
+                r.max_backoff, r.min_backoff
+            ),
+        );
     }
     out
 }
@@ -328,7 +399,10 @@ fn check_password_source(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
         if let Err(e) = std::fs::read(file) {
             out.push(ConfigIssue::new(
                 format!("{key}.starrocks.passwordFile"),
-                format!("cannot read {}: {e}; check the path and the file's permissions", file.display()),
+                format!(
+                    "cannot read {}: {e}; check the path and the file's permissions",
+                    file.display()
+                ),
             ));
         }
     }
@@ -353,7 +427,8 @@ fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -401,13 +476,22 @@ sinks:
         assert_eq!(s.starrocks.user, "root");
         assert_eq!(c.shutdown_timeout.0, Duration::from_secs(25));
         assert_eq!(c.drain_timeout(), Duration::from_secs(5));
-        assert_eq!(s.dead_letter_dir(), PathBuf::from("/tmp/dead-letter/orders"));
+        assert_eq!(
+            s.dead_letter_dir(),
+            PathBuf::from("/tmp/dead-letter/orders")
+        );
     }
 
     #[test]
     fn an_unknown_format_is_named_with_its_key() {
-        let e = problems_of(&GOOD.replace("socket: /tmp/orders.sock", "socket: /tmp/o.sock\n    format: parquet"));
-        assert!(e.contains("sinks[0].format") && e.contains("parquet"), "{e}");
+        let e = problems_of(&GOOD.replace(
+            "socket: /tmp/orders.sock",
+            "socket: /tmp/o.sock\n    format: parquet",
+        ));
+        assert!(
+            e.contains("sinks[0].format") && e.contains("parquet"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -419,24 +503,42 @@ sinks:
     #[test]
     fn a_table_that_is_not_an_identifier_is_refused() {
         let e = problems_of(&GOOD.replace("table: orders", "table: \"orders; drop\""));
-        assert!(e.contains("sinks[0].starrocks.table") && e.contains("not an identifier"), "{e}");
+        assert!(
+            e.contains("sinks[0].starrocks.table") && e.contains("not an identifier"),
+            "{e}"
+        );
     }
 
     #[test]
     fn a_zero_interval_is_refused() {
-        let e = problems_of(&GOOD.replace("table: orders", "table: orders\n    flush:\n      interval: 0s"));
-        assert!(e.contains("sinks[0].flush.interval") && e.contains("more than zero"), "{e}");
+        let e = problems_of(&GOOD.replace(
+            "table: orders",
+            "table: orders\n    flush:\n      interval: 0s",
+        ));
+        assert!(
+            e.contains("sinks[0].flush.interval") && e.contains("more than zero"),
+            "{e}"
+        );
     }
 
     #[test]
     fn an_unreadable_password_file_is_refused() {
-        let e = problems_of(&GOOD.replace("table: orders", "table: orders\n      passwordFile: /nonexistent/pw"));
-        assert!(e.contains("sinks[0].starrocks.passwordFile") && e.contains("/nonexistent/pw"), "{e}");
+        let e = problems_of(&GOOD.replace(
+            "table: orders",
+            "table: orders\n      passwordFile: /nonexistent/pw",
+        ));
+        assert!(
+            e.contains("sinks[0].starrocks.passwordFile") && e.contains("/nonexistent/pw"),
+            "{e}"
+        );
     }
 
     #[test]
     fn an_unset_password_env_is_refused() {
-        let e = problems_of(&GOOD.replace("table: orders", "table: orders\n      passwordEnv: STARSINK_TEST_SURELY_UNSET"));
+        let e = problems_of(&GOOD.replace(
+            "table: orders",
+            "table: orders\n      passwordEnv: STARSINK_TEST_SURELY_UNSET",
+        ));
         assert!(e.contains("STARSINK_TEST_SURELY_UNSET"), "{e}");
     }
 
@@ -453,30 +555,51 @@ sinks:
 "#
         );
         let e = problems_of(&two);
-        assert!(e.contains("sinks[1].socket") && e.contains("sinks[0]"), "{e}");
+        assert!(
+            e.contains("sinks[1].socket") && e.contains("sinks[0]"),
+            "{e}"
+        );
     }
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        let e = problems_of(&GOOD.replace("name: orders", "name: Orders_1").replace("http://fe:8030", "ftp://fe"));
-        assert!(e.contains("sinks[0].name") && e.contains("sinks[0].starrocks.feEndpoints[0]"), "{e}");
+        let e = problems_of(
+            &GOOD
+                .replace("name: orders", "name: Orders_1")
+                .replace("http://fe:8030", "ftp://fe"),
+        );
+        assert!(
+            e.contains("sinks[0].name") && e.contains("sinks[0].starrocks.feEndpoints[0]"),
+            "{e}"
+        );
     }
 
     #[test]
     fn managed_headers_cannot_be_overridden_through_properties() {
-        let e = problems_of(&GOOD.replace("table: orders", "table: orders\n      properties: {label: x, timeout: \"600\"}"));
-        assert!(e.contains("properties.label") && !e.contains("properties.timeout"), "{e}");
+        let e = problems_of(&GOOD.replace(
+            "table: orders",
+            "table: orders\n      properties: {label: x, timeout: \"600\"}",
+        ));
+        assert!(
+            e.contains("properties.label") && !e.contains("properties.timeout"),
+            "{e}"
+        );
     }
 
     #[test]
     fn a_column_separator_on_a_json_sink_is_refused() {
-        let e = problems_of(&GOOD.replace("table: orders", "table: orders\n    columnSeparator: \",\""));
+        let e = problems_of(
+            &GOOD.replace("table: orders", "table: orders\n    columnSeparator: \",\""),
+        );
         assert!(e.contains("columnSeparator"), "{e}");
     }
 
     #[test]
     fn records_larger_than_a_batch_are_refused() {
-        let e = problems_of(&GOOD.replace("table: orders", "table: orders\n    maxRecordBytes: 2MiB\n    flush: {maxBytes: 1MiB}"));
+        let e = problems_of(&GOOD.replace(
+            "table: orders",
+            "table: orders\n    maxRecordBytes: 2MiB\n    flush: {maxBytes: 1MiB}",
+        ));
         assert!(e.contains("sinks[0].maxRecordBytes"), "{e}");
     }
 

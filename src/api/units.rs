@@ -59,10 +59,14 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 )))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Err(E::custom(format!("`{v}` is not a duration; write it like 5s")))
+                Err(E::custom(format!(
+                    "`{v}` is not a duration; write it like 5s"
+                )))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                Err(E::custom(format!("`{v}` is not a duration; write it like 1500ms")))
+                Err(E::custom(format!(
+                    "`{v}` is not a duration; write it like 1500ms"
+                )))
             }
         }
         d.deserialize_any(V)
@@ -99,9 +103,7 @@ impl FromStr for ByteSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim();
-        let split = t
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let bad = || format!("`{s}` is not a size; write it like 65536, 64KiB, 64MiB or 1GiB");
         let n: u64 = num.parse().map_err(|_| bad())?;

@@ -1,1 +1,282 @@
-//! stub
+//! A local Stream Load endpoint that behaves like StarRocks, for the tests and the demo.
+//!
+//! Every behaviour here is one `shared/design/stream-load.md` describes: the FE requires
+//! `Expect: 100-continue`, answers 307 to the BE and closes; the BE checks Basic auth,
+//! keeps labels with their states, answers `Label Already Exists` with the existing job's
+//! status, fails empty loads and invalid labels, and serves `get_load_state`. Faults are
+//! injected on demand. Loaded rows are kept so tests can assert on them.
+
+mod be;
+mod fe;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Faults injected into BE loads, each a probability in `[0, 1]` drawn per request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Faults {
+    /// Commit the rows, then drop the connection without an answer.
+    pub commit_then_drop: f64,
+    /// Roll back and answer `Fail` with a transient message.
+    pub fail: f64,
+    /// Answer HTTP 503 without loading.
+    pub unavailable: f64,
+    /// Commit, answer `Publish Timeout` (the label reads COMMITTED once, then VISIBLE).
+    pub publish_timeout: f64,
+    /// Roll back and answer `Fail` with a data error and an `ErrorURL` (not retryable).
+    pub refuse: f64,
+    /// Delay the answer by `slow_by`.
+    pub slow: f64,
+    pub slow_by: Duration,
+}
+
+/// How the endpoint is set up.
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    pub user: String,
+    pub password: String,
+    pub faults: Faults,
+    /// Keep every row (tests) or only count bytes and rows (benchmarks).
+    pub keep_rows: bool,
+    pub seed: u64,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            user: "root".into(),
+            password: String::new(),
+            faults: Faults::default(),
+            keep_rows: true,
+            seed: 1,
+        }
+    }
+}
+
+/// A label's state, as `get_load_state` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabelState {
+    Prepare,
+    Committed,
+    Visible,
+    Aborted,
+}
+
+impl LabelState {
+    fn as_str(self) -> &'static str {
+        match self {
+            LabelState::Prepare => "PREPARE",
+            LabelState::Committed => "COMMITTED",
+            LabelState::Visible => "VISIBLE",
+            LabelState::Aborted => "ABORTED",
+        }
+    }
+}
+
+/// One BE load request and how it ended.
+#[derive(Clone, Debug)]
+pub struct LoadRecord {
+    pub label: String,
+    pub table: String,
+    /// `Success`, `Fail`, `Publish Timeout`, `Label Already Exists`, `503`, `dropped`, ...
+    pub status: String,
+    pub rows: usize,
+    pub body_bytes: usize,
+    pub at: Instant,
+}
+
+/// Everything the endpoint has seen and keeps.
+#[derive(Debug, Default)]
+pub struct State {
+    pub labels: HashMap<String, LabelState>,
+    /// Committed rows per `db.table`: JSON objects as sent, or CSV lines.
+    pub rows: HashMap<String, Vec<String>>,
+    pub loads: Vec<LoadRecord>,
+    pub committed_rows: u64,
+    pub committed_bytes: u64,
+    pub fe_requests: u64,
+    /// Body bytes that reached the FE (a correct client sends none there).
+    pub fe_body_bytes: u64,
+    pub auth_failures: u64,
+    /// Requests refused for lacking `Expect: 100-continue`.
+    pub missing_expect: u64,
+    pub largest_body: usize,
+}
+
+pub(crate) struct Shared {
+    pub config: EndpointConfig,
+    pub faults: Mutex<Faults>,
+    pub state: Mutex<State>,
+    pub rng: Mutex<fastrand::Rng>,
+    pub committed: watch::Sender<u64>,
+    pub be_addr: SocketAddr,
+}
+
+impl Shared {
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn roll(&self, p: f64) -> bool {
+        p > 0.0 && self.rng.lock().unwrap_or_else(|e| e.into_inner()).f64() < p
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether an `Authorization` header carries this endpoint's user and password.
+    pub fn authorized(&self, header: Option<&str>) -> bool {
+        use base64::Engine;
+        let Some(token) = header.and_then(|h| h.strip_prefix("Basic ")) else {
+            return false;
+        };
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(token.trim()) else {
+            return false;
+        };
+        raw == format!("{}:{}", self.config.user, self.config.password).as_bytes()
+    }
+}
+
+/// A running endpoint. Dropping it stops it.
+pub struct DevEndpoint {
+    shared: Arc<Shared>,
+    fe_addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl DevEndpoint {
+    /// Starts FE and BE listeners on ephemeral loopback ports.
+    pub async fn start(config: EndpointConfig) -> std::io::Result<Self> {
+        let fe = TcpListener::bind("127.0.0.1:0").await?;
+        let be = TcpListener::bind("127.0.0.1:0").await?;
+        let (committed, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            faults: Mutex::new(config.faults.clone()),
+            rng: Mutex::new(fastrand::Rng::with_seed(config.seed)),
+            config,
+            state: Mutex::new(State::default()),
+            committed,
+            be_addr: be.local_addr()?,
+        });
+        let stop = CancellationToken::new();
+        let fe_addr = fe.local_addr()?;
+        tokio::spawn(serve(fe, shared.clone(), stop.clone(), Role::Fe));
+        tokio::spawn(serve(be, shared.clone(), stop.clone(), Role::Be));
+        Ok(Self {
+            shared,
+            fe_addr,
+            stop,
+        })
+    }
+
+    /// The FE URL to put in `feEndpoints`.
+    pub fn fe_url(&self) -> String {
+        format!("http://{}", self.fe_addr)
+    }
+
+    /// Changes the faults for the requests that follow.
+    pub fn set_faults(&self, faults: Faults) {
+        *self.shared.faults.lock().unwrap_or_else(|p| p.into_inner()) = faults;
+    }
+
+    /// Reads the endpoint's state.
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.state()
+    }
+
+    /// Rows committed to `db.table`, in commit order.
+    pub fn rows(&self, table: &str) -> Vec<String> {
+        self.state().rows.get(table).cloned().unwrap_or_default()
+    }
+
+    /// Waits until at least `n` rows are committed in all; `false` on timeout.
+    pub async fn wait_for_rows(&self, n: u64, within: Duration) -> bool {
+        let mut rx = self.shared.committed.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|c| *c >= n))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Rows committed so far, in all tables.
+    pub fn committed_rows(&self) -> u64 {
+        *self.shared.committed.borrow()
+    }
+}
+
+impl Drop for DevEndpoint {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Role {
+    Fe,
+    Be,
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken, role: Role) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => continue,
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let work = async {
+                match role {
+                    Role::Fe => fe::connection(stream, &shared).await,
+                    Role::Be => be::connection(stream, &shared).await,
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = work => {}
+            }
+        });
+    }
+}
+
+/// The JSON of a Stream Load answer, in StarRocks' field names.
+pub(crate) fn load_answer(
+    label: &str,
+    status: &str,
+    message: &str,
+    rows: usize,
+    bytes: usize,
+    extra: &[(&str, serde_json::Value)],
+) -> Vec<u8> {
+    let mut v = serde_json::json!({
+        "TxnId": 1000 + rows as u64,
+        "Label": label,
+        "Status": status,
+        "Message": message,
+        "NumberTotalRows": rows,
+        "NumberLoadedRows": if status == "Success" || status == "Publish Timeout" { rows } else { 0 },
+        "NumberFilteredRows": 0,
+        "NumberUnselectedRows": 0,
+        "LoadBytes": bytes,
+        "LoadTimeMs": 1,
+    });
+    if let Some(map) = v.as_object_mut() {
+        for (k, val) in extra {
+            map.insert((*k).to_owned(), val.clone());
+        }
+    }
+    v.to_string().into_bytes()
+}

@@ -123,7 +123,13 @@ impl Batch {
     /// or the index of the first record that did not fit and the trigger that filled
     /// the batch. A batch that reaches `max_rows` reports itself full at once.
     pub fn push(&mut self, chunk: &Chunk, from: usize) -> Option<(usize, FlushTrigger)> {
-        let start_of = |i: usize| if i == 0 { 0 } else { chunk.ends[i - 1] as usize };
+        let start_of = |i: usize| {
+            if i == 0 {
+                0
+            } else {
+                chunk.ends[i - 1] as usize
+            }
+        };
         let opening = usize::from(self.format == Format::Json && self.body.is_empty());
         let room_rows = self.policy.max_rows - self.rows;
         let room_bytes = self.policy.max_bytes - self.body.len() - opening;
@@ -132,7 +138,9 @@ impl Batch {
         let base = start_of(from);
         let avail = chunk.rows() - from;
         let fits_bytes = chunk.ends[from..].partition_point(|&e| e as usize - base <= room_bytes);
-        let take = fits_bytes.min(usize::try_from(room_rows).unwrap_or(usize::MAX)).min(avail);
+        let take = fits_bytes
+            .min(usize::try_from(room_rows).unwrap_or(usize::MAX))
+            .min(avail);
         if take > 0 {
             let end = chunk.ends[from + take - 1] as usize;
             self.reserve(opening + end - base);
@@ -219,14 +227,20 @@ mod tests {
     #[test]
     fn json_bodies_are_arrays_and_csv_bodies_are_rows() {
         let mut b = Batch::new(Format::Json, policy(1000, 100));
-        assert_eq!(b.push(&chunk(Format::Json, &[r#"{"a":1}"#, r#"{"a":2}"#]), 0), None);
+        assert_eq!(
+            b.push(&chunk(Format::Json, &[r#"{"a":1}"#, r#"{"a":2}"#]), 0),
+            None
+        );
         let sealed = b.seal(FlushTrigger::Interval).unwrap();
         assert_eq!(&sealed.body[..], br#"[{"a":1},{"a":2}]"#);
         assert_eq!(sealed.rows, 2);
 
         let mut b = Batch::new(Format::Csv, policy(1000, 100));
         b.push(&chunk(Format::Csv, &["1,a", "2,b"]), 0);
-        assert_eq!(&b.seal(FlushTrigger::Interval).unwrap().body[..], b"1,a\n2,b\n");
+        assert_eq!(
+            &b.seal(FlushTrigger::Interval).unwrap().body[..],
+            b"1,a\n2,b\n"
+        );
     }
 
     #[test]

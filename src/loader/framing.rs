@@ -109,7 +109,10 @@ mod tests {
 
     #[test]
     fn a_line_split_across_reads_is_whole() {
-        assert_eq!(frame(100, &[b"{\"a\"", b":1}\r", b"\n{}"], false), ["{\"a\":1}"]);
+        assert_eq!(
+            frame(100, &[b"{\"a\"", b":1}\r", b"\n{}"], false),
+            ["{\"a\":1}"]
+        );
     }
 
     #[test]

@@ -125,7 +125,10 @@ impl Scanner<'_> {
         loop {
             // Skip plain bytes quickly; stop at a quote, a backslash or a control byte.
             let rest = &s[self.i..];
-            let Some(off) = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20) else {
+            let Some(off) = rest
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            else {
                 return false;
             };
             self.i += off;
@@ -260,7 +263,12 @@ mod tests {
             b"{\"bad utf8\":\"\xff\"}",
         ];
         for c in cases {
-            assert_eq!(is_object(c), serde_says(c), "{}", String::from_utf8_lossy(c));
+            assert_eq!(
+                is_object(c),
+                serde_says(c),
+                "{}",
+                String::from_utf8_lossy(c)
+            );
         }
     }
 
@@ -296,7 +304,12 @@ mod tests {
                     break;
                 }
             }
-            assert_eq!(is_object(&s), serde_says(&s), "{}", String::from_utf8_lossy(&s));
+            assert_eq!(
+                is_object(&s),
+                serde_says(&s),
+                "{}",
+                String::from_utf8_lossy(&s)
+            );
         }
     }
 }

@@ -25,7 +25,9 @@ pub const LOAD_OUTCOMES: [&str; 7] = [
 ];
 
 /// Upper bounds, in seconds, of the load duration histogram.
-const DURATION_BUCKETS: [f64; 12] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const DURATION_BUCKETS: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 /// One sink's counters.
 #[derive(Debug, Default)]
@@ -55,12 +57,18 @@ impl SinkMetrics {
     }
 
     pub fn reject(&self, reason: RejectReason) {
-        let i = RejectReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        let i = RejectReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         self.rejected[i].fetch_add(1, Relaxed);
     }
 
     pub fn rejected(&self, reason: RejectReason) -> u64 {
-        let i = RejectReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        let i = RejectReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         self.rejected[i].load(Relaxed)
     }
 
@@ -75,7 +83,10 @@ impl SinkMetrics {
     }
 
     pub fn flushed(&self, trigger: FlushTrigger) {
-        let i = FlushTrigger::ALL.iter().position(|t| *t == trigger).unwrap_or(0);
+        let i = FlushTrigger::ALL
+            .iter()
+            .position(|t| *t == trigger)
+            .unwrap_or(0);
         self.flushes[i].fetch_add(1, Relaxed);
     }
 
@@ -86,7 +97,8 @@ impl SinkMetrics {
             }
         }
         self.duration_count.fetch_add(1, Relaxed);
-        self.duration_sum_micros.fetch_add((secs * 1e6) as u64, Relaxed);
+        self.duration_sum_micros
+            .fetch_add((secs * 1e6) as u64, Relaxed);
     }
 
     /// Records accepted (framed and not rejected) and not yet committed or dead-lettered.
@@ -96,7 +108,9 @@ impl SinkMetrics {
     }
 
     pub fn accepted(&self) -> u64 {
-        self.received.load(Relaxed).saturating_sub(self.rejected_total())
+        self.received
+            .load(Relaxed)
+            .saturating_sub(self.rejected_total())
     }
 }
 
@@ -114,48 +128,131 @@ pub fn render(sinks: &[Arc<SinkMetrics>]) -> String {
             }
         }
     };
-    family("starsink_records_received_total", "counter", "Lines read from producers, rejected ones included.",
-        &mut simple("starsink_records_received_total", |s| s.received.load(Relaxed)));
-    family("starsink_records_rejected_total", "counter", "Lines not loaded because they are not valid records.", &mut |out| {
-        for s in sinks {
-            for r in RejectReason::ALL {
-                let _ = writeln!(out, "starsink_records_rejected_total{{sink=\"{}\",reason=\"{}\"}} {}", s.sink, r.as_str(), s.rejected(r));
+    family(
+        "starsink_records_received_total",
+        "counter",
+        "Lines read from producers, rejected ones included.",
+        &mut simple("starsink_records_received_total", |s| {
+            s.received.load(Relaxed)
+        }),
+    );
+    family(
+        "starsink_records_rejected_total",
+        "counter",
+        "Lines not loaded because they are not valid records.",
+        &mut |out| {
+            for s in sinks {
+                for r in RejectReason::ALL {
+                    let _ = writeln!(
+                        out,
+                        "starsink_records_rejected_total{{sink=\"{}\",reason=\"{}\"}} {}",
+                        s.sink,
+                        r.as_str(),
+                        s.rejected(r)
+                    );
+                }
             }
-        }
-    });
-    family("starsink_records_loaded_total", "counter", "Records committed in StarRocks.",
-        &mut simple("starsink_records_loaded_total", |s| s.loaded.load(Relaxed)));
-    family("starsink_records_dead_lettered_total", "counter", "Records written to the dead-letter directory.",
-        &mut simple("starsink_records_dead_lettered_total", |s| s.dead_lettered.load(Relaxed)));
-    family("starsink_bytes_loaded_total", "counter", "Stream Load body bytes committed.",
-        &mut simple("starsink_bytes_loaded_total", |s| s.bytes_loaded.load(Relaxed)));
-    family("starsink_loads_total", "counter", "Stream Load attempts and label-state checks, by outcome.", &mut |out| {
-        for s in sinks {
-            for (i, o) in LOAD_OUTCOMES.iter().enumerate() {
-                let _ = writeln!(out, "starsink_loads_total{{sink=\"{}\",outcome=\"{o}\"}} {}", s.sink, s.loads[i].load(Relaxed));
+        },
+    );
+    family(
+        "starsink_records_loaded_total",
+        "counter",
+        "Records committed in StarRocks.",
+        &mut simple("starsink_records_loaded_total", |s| s.loaded.load(Relaxed)),
+    );
+    family(
+        "starsink_records_dead_lettered_total",
+        "counter",
+        "Records written to the dead-letter directory.",
+        &mut simple("starsink_records_dead_lettered_total", |s| {
+            s.dead_lettered.load(Relaxed)
+        }),
+    );
+    family(
+        "starsink_bytes_loaded_total",
+        "counter",
+        "Stream Load body bytes committed.",
+        &mut simple("starsink_bytes_loaded_total", |s| {
+            s.bytes_loaded.load(Relaxed)
+        }),
+    );
+    family(
+        "starsink_loads_total",
+        "counter",
+        "Stream Load attempts and label-state checks, by outcome.",
+        &mut |out| {
+            for s in sinks {
+                for (i, o) in LOAD_OUTCOMES.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "starsink_loads_total{{sink=\"{}\",outcome=\"{o}\"}} {}",
+                        s.sink,
+                        s.loads[i].load(Relaxed)
+                    );
+                }
             }
-        }
-    });
-    family("starsink_flushes_total", "counter", "Batches sealed for loading, by what triggered them.", &mut |out| {
-        for s in sinks {
-            for (i, t) in FlushTrigger::ALL.iter().enumerate() {
-                let _ = writeln!(out, "starsink_flushes_total{{sink=\"{}\",trigger=\"{}\"}} {}", s.sink, t.as_str(), s.flushes[i].load(Relaxed));
+        },
+    );
+    family(
+        "starsink_flushes_total",
+        "counter",
+        "Batches sealed for loading, by what triggered them.",
+        &mut |out| {
+            for s in sinks {
+                for (i, t) in FlushTrigger::ALL.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "starsink_flushes_total{{sink=\"{}\",trigger=\"{}\"}} {}",
+                        s.sink,
+                        t.as_str(),
+                        s.flushes[i].load(Relaxed)
+                    );
+                }
             }
-        }
-    });
-    family("starsink_load_duration_seconds", "histogram", "Time from a batch's first send to its verdict.", &mut |out| {
-        for s in sinks {
-            for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "starsink_load_duration_seconds_bucket{{sink=\"{}\",le=\"{bound}\"}} {}", s.sink, s.duration_buckets[i].load(Relaxed));
+        },
+    );
+    family(
+        "starsink_load_duration_seconds",
+        "histogram",
+        "Time from a batch's first send to its verdict.",
+        &mut |out| {
+            for s in sinks {
+                for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "starsink_load_duration_seconds_bucket{{sink=\"{}\",le=\"{bound}\"}} {}",
+                        s.sink,
+                        s.duration_buckets[i].load(Relaxed)
+                    );
+                }
+                let count = s.duration_count.load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "starsink_load_duration_seconds_bucket{{sink=\"{}\",le=\"+Inf\"}} {count}",
+                    s.sink
+                );
+                let _ = writeln!(
+                    out,
+                    "starsink_load_duration_seconds_sum{{sink=\"{}\"}} {}",
+                    s.sink,
+                    s.duration_sum_micros.load(Relaxed) as f64 / 1e6
+                );
+                let _ = writeln!(
+                    out,
+                    "starsink_load_duration_seconds_count{{sink=\"{}\"}} {count}",
+                    s.sink
+                );
             }
-            let count = s.duration_count.load(Relaxed);
-            let _ = writeln!(out, "starsink_load_duration_seconds_bucket{{sink=\"{}\",le=\"+Inf\"}} {count}", s.sink);
-            let _ = writeln!(out, "starsink_load_duration_seconds_sum{{sink=\"{}\"}} {}", s.sink, s.duration_sum_micros.load(Relaxed) as f64 / 1e6);
-            let _ = writeln!(out, "starsink_load_duration_seconds_count{{sink=\"{}\"}} {count}", s.sink);
-        }
-    });
-    family("starsink_buffered_bytes", "gauge", "Bytes held in batches not yet committed.",
-        &mut simple("starsink_buffered_bytes", |s| s.buffered_bytes.load(Relaxed)));
+        },
+    );
+    family(
+        "starsink_buffered_bytes",
+        "gauge",
+        "Bytes held in batches not yet committed.",
+        &mut simple("starsink_buffered_bytes", |s| {
+            s.buffered_bytes.load(Relaxed)
+        }),
+    );
     out
 }
 
@@ -184,11 +281,21 @@ pub async fn serve(
             let mut conn = Conn::new(stream);
             while let Ok(Some(req)) = conn.read_request_head().await {
                 let reply = match req.path() {
-                    "/metrics" => response(200, "OK", &[("Content-Type", "text/plain; version=0.0.4")], render(&sinks).as_bytes()),
+                    "/metrics" => response(
+                        200,
+                        "OK",
+                        &[("Content-Type", "text/plain; version=0.0.4")],
+                        render(&sinks).as_bytes(),
+                    ),
                     "/healthz" => response(200, "OK", &[], b"ok\n"),
                     "/readyz" if ready.load(Relaxed) => response(200, "OK", &[], b"ready\n"),
                     "/readyz" => response(503, "Service Unavailable", &[], b"not ready\n"),
-                    _ => response(404, "Not Found", &[], b"not found; try /metrics, /healthz or /readyz\n"),
+                    _ => response(
+                        404,
+                        "Not Found",
+                        &[],
+                        b"not found; try /metrics, /healthz or /readyz\n",
+                    ),
                 };
                 if conn.write_all(&reply).await.is_err() {
                     break;
@@ -200,7 +307,9 @@ pub async fn serve(
 
 /// Binds the metrics address, with an error that says what to change.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("metricsAddr {addr}: cannot listen ({e}); pick a free address or remove metricsAddr"))
+    TcpListener::bind(addr).await.map_err(|e| {
+        format!(
+            "metricsAddr {addr}: cannot listen ({e}); pick a free address or remove metricsAddr"
+        )
+    })
 }

@@ -72,13 +72,25 @@ pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
     for sink in &config.sinks {
         let metrics = Arc::new(SinkMetrics::new(&sink.name));
         let mode = parse_mode(&sink.socket_mode).unwrap_or(0o660);
-        let listener = socket::bind(&sink.socket, mode)
-            .await
-            .map_err(|source| LoaderError::Socket { sink: sink.name.clone(), source })?;
-        let client = StreamLoadClient::new(sink)
-            .map_err(|message| LoaderError::Client { sink: sink.name.clone(), message })?;
+        let listener =
+            socket::bind(&sink.socket, mode)
+                .await
+                .map_err(|source| LoaderError::Socket {
+                    sink: sink.name.clone(),
+                    source,
+                })?;
+        let client = StreamLoadClient::new(sink).map_err(|message| LoaderError::Client {
+            sink: sink.name.clone(),
+            message,
+        })?;
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-        let task = SinkTask::new(sink, LabelGen::new(&prefix, &sink.name, &start_id), client, rx, metrics.clone());
+        let task = SinkTask::new(
+            sink,
+            LabelGen::new(&prefix, &sink.name, &start_id),
+            client,
+            rx,
+            metrics.clone(),
+        );
         tasks.push(tokio::spawn(task.run(Stopping {
             stop: phases.stop.clone(),
             deadline: phases.deadline.clone(),
@@ -98,7 +110,12 @@ pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = config.metrics_addr {
         let listener = metrics::bind(addr).await.map_err(LoaderError::Metrics)?;
-        tokio::spawn(metrics::serve(listener, sinks.clone(), ready.clone(), phases.abort.clone()));
+        tokio::spawn(metrics::serve(
+            listener,
+            sinks.clone(),
+            ready.clone(),
+            phases.abort.clone(),
+        ));
     }
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let (stop, not_ready) = (phases.stop.clone(), ready.clone());

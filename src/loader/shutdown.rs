@@ -25,7 +25,11 @@ pub struct Phases {
 }
 
 /// Installs the signal handlers and drives the phases from them.
-pub fn watch_signals(phases: Phases, drain_after: Duration, deadline_after: Duration) -> std::io::Result<()> {
+pub fn watch_signals(
+    phases: Phases,
+    drain_after: Duration,
+    deadline_after: Duration,
+) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::spawn(async move {
@@ -94,13 +98,33 @@ impl Accounting {
 
     /// Logs the final accounting line.
     pub fn log(&self) {
-        let Accounting { accepted, committed, dead_lettered, rejected, lost } = *self;
+        let Accounting {
+            accepted,
+            committed,
+            dead_lettered,
+            rejected,
+            lost,
+        } = *self;
         if lost > 0 {
-            tracing::error!(accepted, committed, dead_lettered, rejected, lost, "loader stopped: {lost} accepted record(s) were NOT committed and are lost");
+            tracing::error!(
+                accepted,
+                committed,
+                dead_lettered,
+                rejected,
+                lost,
+                "loader stopped: {lost} accepted record(s) were NOT committed and are lost"
+            );
         } else if dead_lettered > 0 {
             tracing::warn!(accepted, committed, dead_lettered, rejected, lost, "loader stopped: {dead_lettered} record(s) refused by StarRocks are in the dead-letter directory");
         } else {
-            tracing::info!(accepted, committed, dead_lettered, rejected, lost, "loader stopped: every accepted record was committed");
+            tracing::info!(
+                accepted,
+                committed,
+                dead_lettered,
+                rejected,
+                lost,
+                "loader stopped: every accepted record was committed"
+            );
         }
     }
 }

@@ -167,7 +167,12 @@ impl SinkTask {
         self.update_buffered(&filling, &waiting, &in_flight);
     }
 
-    fn update_buffered(&self, filling: &Batch, waiting: &Option<Labelled>, in_flight: &Option<InFlight>) {
+    fn update_buffered(
+        &self,
+        filling: &Batch,
+        waiting: &Option<Labelled>,
+        in_flight: &Option<InFlight>,
+    ) {
         let bytes = filling.encoded_len() as u64
             + waiting.as_ref().map_or(0, |w| w.batch.body.len() as u64)
             + in_flight.as_ref().map_or(0, |f| f.bytes);
@@ -218,8 +223,23 @@ impl SinkTask {
                     tracing::info!(sink = %name, label = %label, rows, ms = (secs * 1000.0) as u64, outcome = "committed", "load");
                     Verdict::Committed
                 }
-                Delivered::Refused { reason, error_url, uncertain } => {
-                    match dead_letter(&dir, &name, &label, format, &batch, &reason, error_url.as_deref(), uncertain).await {
+                Delivered::Refused {
+                    reason,
+                    error_url,
+                    uncertain,
+                } => {
+                    match dead_letter(
+                        &dir,
+                        &name,
+                        &label,
+                        format,
+                        &batch,
+                        &reason,
+                        error_url.as_deref(),
+                        uncertain,
+                    )
+                    .await
+                    {
                         Ok(path) => {
                             metrics.load_attempt("dead_lettered");
                             tracing::error!(sink = %name, label = %label, rows, reason = %reason, error_url = error_url.as_deref().unwrap_or(""), file = %path.display(), outcome = "dead_lettered", "load refused; batch written to the dead-letter directory");
@@ -234,7 +254,11 @@ impl SinkTask {
             };
             (client, verdict)
         });
-        InFlight { handle, rows, bytes }
+        InFlight {
+            handle,
+            rows,
+            bytes,
+        }
     }
 }
 
@@ -251,11 +275,21 @@ async fn join(
 fn log_attempt(sink: &str, label: &str, attempt: &Attempt) {
     match attempt {
         Attempt::Committed => {}
-        Attempt::Transient(why) => tracing::warn!(sink, label, reason = %why, "load failed; retrying with the same label"),
-        Attempt::Uncertain(why) => tracing::warn!(sink, label, reason = %why, "load outcome unknown; asking StarRocks for the label's state before any re-send"),
-        Attempt::Permanent(why) => tracing::warn!(sink, label, reason = %why, "load refused for good"),
-        Attempt::Pending => tracing::info!(sink, label, "the label's load is still running; waiting"),
-        Attempt::StateUnavailable(why) => tracing::warn!(sink, label, reason = %why, "cannot read the label's state yet"),
+        Attempt::Transient(why) => {
+            tracing::warn!(sink, label, reason = %why, "load failed; retrying with the same label")
+        }
+        Attempt::Uncertain(why) => {
+            tracing::warn!(sink, label, reason = %why, "load outcome unknown; asking StarRocks for the label's state before any re-send")
+        }
+        Attempt::Permanent(why) => {
+            tracing::warn!(sink, label, reason = %why, "load refused for good")
+        }
+        Attempt::Pending => {
+            tracing::info!(sink, label, "the label's load is still running; waiting")
+        }
+        Attempt::StateUnavailable(why) => {
+            tracing::warn!(sink, label, reason = %why, "cannot read the label's state yet")
+        }
     }
 }
 

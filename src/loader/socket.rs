@@ -50,13 +50,21 @@ pub async fn bind(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path).await {
-            Ok(_) => return Err(SocketError::InUse { path: path.to_owned() }),
+            Ok(_) => {
+                return Err(SocketError::InUse {
+                    path: path.to_owned(),
+                })
+            }
             Err(_) => {
                 tracing::info!(socket = %path.display(), "replacing a stale socket file (nothing answered on it)");
                 std::fs::remove_file(path).map_err(err)?;
             }
         },
-        Ok(_) => return Err(SocketError::NotASocket { path: path.to_owned() }),
+        Ok(_) => {
+            return Err(SocketError::NotASocket {
+                path: path.to_owned(),
+            })
+        }
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
     }
@@ -121,6 +129,20 @@ pub async fn accept_loop(
             },
         }
     }
+    // Connections a producer already made (still in the backlog) are taken in too: its
+    // connect succeeded, so it may have written and closed already.
+    loop {
+        tokio::select! {
+            biased;
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    tokio::spawn(connection(stream, ingest.clone(), tx.clone(), drain.clone()));
+                }
+                Err(_) => break,
+            },
+            _ = std::future::ready(()) => break,
+        }
+    }
     drop(listener);
     if let Err(e) = std::fs::remove_file(&path) {
         tracing::debug!(socket = %path.display(), error = %e, "could not remove socket file");
@@ -161,7 +183,13 @@ async fn connection(
                 let pending = framer.pending(&buf);
                 if pending > 0 {
                     ingest.metrics.received.fetch_add(1, Relaxed);
-                    ingest.reject(RejectReason::Incomplete, line_no + 1, &format!("{pending} bytes of an unfinished line when the connection failed: {e}"));
+                    ingest.reject(
+                        RejectReason::Incomplete,
+                        line_no + 1,
+                        &format!(
+                            "{pending} bytes of an unfinished line when the connection failed: {e}"
+                        ),
+                    );
                 }
                 return;
             }
@@ -237,7 +265,10 @@ impl LogLimit {
     /// `Some(suppressed since the last line logged)` when this one may be logged.
     fn allow(&self) -> Option<u64> {
         static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        let now = EPOCH.get_or_init(std::time::Instant::now).elapsed().as_secs();
+        let now = EPOCH
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs();
         if self.second.swap(now, Relaxed) != now {
             self.in_second.store(0, Relaxed);
         }

@@ -197,8 +197,8 @@ impl StreamLoadClient {
 
     fn authorization(&self) -> Result<String, String> {
         let password = self.password.read()?;
-        let token = base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{}", self.user, password));
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", self.user, password));
         Ok(format!("Basic {token}"))
     }
 
@@ -227,7 +227,12 @@ impl StreamLoadClient {
     /// Sends one batch under `label`. The body crosses the network at most once per call.
     pub async fn put(&mut self, label: &str, body: &Bytes) -> Result<Answer, TransportError> {
         let mut body_sent = false;
-        match timeout(self.request_timeout, self.put_inner(label, body, &mut body_sent)).await {
+        match timeout(
+            self.request_timeout,
+            self.put_inner(label, body, &mut body_sent),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(_) => {
                 self.pooled = None;
@@ -286,9 +291,9 @@ impl StreamLoadClient {
                 }
                 conn = match self.pooled.take() {
                     Some((pooled_ep, pooled)) if pooled_ep == next => pooled,
-                    _ => connect(&next)
-                        .await
-                        .map_err(|e| TransportError::NotSent(format!("{}: {e}", next.authority())))?,
+                    _ => connect(&next).await.map_err(|e| {
+                        TransportError::NotSent(format!("{}: {e}", next.authority()))
+                    })?,
                 };
                 ep = next;
                 path = next_path;
@@ -324,7 +329,9 @@ impl StreamLoadClient {
                 "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n",
                 ep.authority()
             );
-            conn.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
+            conn.write_all(head.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
             let resp = conn.read_response_head().await.map_err(|e| e.to_string())?;
             if matches!(resp.status, 301 | 302 | 303 | 307 | 308) {
                 let location = resp.headers.get("location").unwrap_or_default();
@@ -340,7 +347,9 @@ impl StreamLoadClient {
                 .map_err(|e| e.to_string())?;
             return parse_load_state(resp.status, &body);
         }
-        Err(format!("get_load_state: more than {MAX_REDIRECTS} redirects"))
+        Err(format!(
+            "get_load_state: more than {MAX_REDIRECTS} redirects"
+        ))
     }
 }
 
@@ -407,11 +416,16 @@ mod tests {
     fn fe_endpoints_parse_with_and_without_port() {
         assert_eq!(
             Endpoint::parse("http://fe:8030/").unwrap(),
-            Endpoint { host: "fe".into(), port: 8030 }
+            Endpoint {
+                host: "fe".into(),
+                port: 8030
+            }
         );
         assert_eq!(Endpoint::parse("http://fe").unwrap().port, 8030);
         assert_eq!(Endpoint::parse("http://[::1]:9").unwrap().host, "[::1]");
-        assert!(Endpoint::parse("https://fe:8030").unwrap_err().contains("https"));
+        assert!(Endpoint::parse("https://fe:8030")
+            .unwrap_err()
+            .contains("https"));
         assert!(Endpoint::parse("fe:8030").is_err());
         assert!(Endpoint::parse("http://fe:80/api").is_err());
         assert!(Endpoint::parse("http://fe:http").is_err());
@@ -419,9 +433,16 @@ mod tests {
 
     #[test]
     fn redirect_locations_keep_path_and_query() {
-        let fe = Endpoint { host: "fe".into(), port: 8030 };
-        let (ep, path) = parse_location("http://10.0.0.5:8040/api/db/t/_stream_load?x=1", &fe).unwrap();
-        assert_eq!((ep.host.as_str(), ep.port, path.as_str()), ("10.0.0.5", 8040, "/api/db/t/_stream_load?x=1"));
+        let fe = Endpoint {
+            host: "fe".into(),
+            port: 8030,
+        };
+        let (ep, path) =
+            parse_location("http://10.0.0.5:8040/api/db/t/_stream_load?x=1", &fe).unwrap();
+        assert_eq!(
+            (ep.host.as_str(), ep.port, path.as_str()),
+            ("10.0.0.5", 8040, "/api/db/t/_stream_load?x=1")
+        );
         let (ep, path) = parse_location("/other", &fe).unwrap();
         assert_eq!((ep, path.as_str()), (fe, "/other"));
     }

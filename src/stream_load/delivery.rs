@@ -181,7 +181,10 @@ mod tests {
         let waits: Vec<Duration> = (0..5).map(|_| b.wait()).collect();
         let bounds = [100, 200, 400, 400, 400];
         for (w, hi) in waits.iter().zip(bounds) {
-            assert!(*w <= Duration::from_millis(hi) && *w >= Duration::from_millis(hi / 2), "{waits:?}");
+            assert!(
+                *w <= Duration::from_millis(hi) && *w >= Duration::from_millis(hi / 2),
+                "{waits:?}"
+            );
         }
     }
 }

@@ -60,8 +60,7 @@ pub fn start_id() -> String {
 pub fn is_valid(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_LABEL
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 

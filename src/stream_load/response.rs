@@ -73,7 +73,9 @@ pub fn classify(http_status: u16, body: &[u8]) -> Verdict {
         200 => {}
         401 | 403 => {
             return Verdict::Permanent {
-                reason: format!("HTTP {http_status}: access denied; check the sink's user and password"),
+                reason: format!(
+                    "HTTP {http_status}: access denied; check the sink's user and password"
+                ),
                 error_url: None,
             }
         }
@@ -201,7 +203,9 @@ mod tests {
     #[test]
     fn success_and_publish_timeout_are_committed() {
         assert_eq!(
-            v(r#"{"TxnId":1003,"Label":"l1","Status":"Success","Message":"OK","NumberTotalRows":1000,"NumberLoadedRows":1000,"NumberFilteredRows":0}"#),
+            v(
+                r#"{"TxnId":1003,"Label":"l1","Status":"Success","Message":"OK","NumberTotalRows":1000,"NumberLoadedRows":1000,"NumberFilteredRows":0}"#
+            ),
             Verdict::Committed { filtered_rows: 0 }
         );
         assert_eq!(
@@ -209,7 +213,9 @@ mod tests {
             Verdict::Committed { filtered_rows: 3 }
         );
         assert!(matches!(
-            v(r#"{"Status":"Publish Timeout","Message":"transaction commit successfully, BUT data will be publish later"}"#),
+            v(
+                r#"{"Status":"Publish Timeout","Message":"transaction commit successfully, BUT data will be publish later"}"#
+            ),
             Verdict::Committed { .. }
         ));
     }
@@ -236,7 +242,9 @@ mod tests {
 
     #[test]
     fn data_and_access_failures_are_permanent_with_their_error_url() {
-        let verdict = v(r#"{"Status":"Fail","Message":"too many filtered rows","ErrorURL":"http://be:8040/api/_load_error_log?file=x"}"#);
+        let verdict = v(
+            r#"{"Status":"Fail","Message":"too many filtered rows","ErrorURL":"http://be:8040/api/_load_error_log?file=x"}"#,
+        );
         assert_eq!(
             verdict,
             Verdict::Permanent {
@@ -279,7 +287,9 @@ mod tests {
     #[test]
     fn fe_refusals_are_permanent_unless_known_to_pass() {
         assert!(matches!(
-            v(r#"{"Status":"FAILED","Message":"class com.starrocks.common.DdlException: There is no 100-continue header"}"#),
+            v(
+                r#"{"Status":"FAILED","Message":"class com.starrocks.common.DdlException: There is no 100-continue header"}"#
+            ),
             Verdict::Permanent { .. }
         ));
         assert!(matches!(
@@ -293,13 +303,22 @@ mod tests {
         assert!(matches!(classify(503, b"busy"), Verdict::Transient { .. }));
         assert!(matches!(classify(500, b""), Verdict::Transient { .. }));
         assert!(matches!(classify(401, b""), Verdict::Permanent { .. }));
-        assert!(matches!(classify(404, b"no such path"), Verdict::Permanent { .. }));
+        assert!(matches!(
+            classify(404, b"no such path"),
+            Verdict::Permanent { .. }
+        ));
     }
 
     #[test]
     fn an_unreadable_or_unknown_answer_is_uncertain() {
-        assert!(matches!(classify(200, b"<html>"), Verdict::Uncertain { .. }));
-        assert!(matches!(v(r#"{"Status":"Mystery"}"#), Verdict::Uncertain { .. }));
+        assert!(matches!(
+            classify(200, b"<html>"),
+            Verdict::Uncertain { .. }
+        ));
+        assert!(matches!(
+            v(r#"{"Status":"Mystery"}"#),
+            Verdict::Uncertain { .. }
+        ));
     }
 
     #[test]

@@ -1,0 +1,125 @@
+//! The FE side: redirects Stream Load to the BE (headers only), serves `get_load_state`.
+
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use super::{LabelState, Shared};
+use crate::http1::{response, Conn};
+
+/// How long the FE keeps reading after its 307, to catch a body wrongly sent to it.
+const BODY_WATCH: Duration = Duration::from_secs(2);
+
+pub(super) async fn connection(stream: TcpStream, shared: &Shared) {
+    let mut conn = Conn::new(stream);
+    let Ok(Some(req)) = conn.read_request_head().await else {
+        return;
+    };
+    shared.state().fe_requests += 1;
+    let path = req.path().to_owned();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let authorized = shared.authorized(req.headers.get("authorization"));
+
+    let reply = match (req.method.as_str(), parts.as_slice()) {
+        (_, _) if !authorized => {
+            shared.state().auth_failures += 1;
+            response(
+                401,
+                "Unauthorized",
+                &[
+                    ("WWW-Authenticate", "Basic realm=\"\""),
+                    ("Connection", "close"),
+                ],
+                b"Access denied\n",
+            )
+        }
+        ("PUT", ["api", db, table, "_stream_load"]) => {
+            if !req
+                .headers
+                .get("expect")
+                .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+            {
+                shared.state().missing_expect += 1;
+                let body = br#"{"Status":"FAILED","Message":"class com.starrocks.common.DdlException: There is no 100-continue header"}"#;
+                response(
+                    200,
+                    "OK",
+                    &[
+                        ("Content-Type", "application/json"),
+                        ("Connection", "close"),
+                    ],
+                    body,
+                )
+            } else {
+                let query = req
+                    .target
+                    .split_once('?')
+                    .map(|(_, q)| format!("?{q}"))
+                    .unwrap_or_default();
+                let location = format!(
+                    "http://{}/api/{db}/{table}/_stream_load{query}",
+                    shared.be_addr
+                );
+                response(
+                    307,
+                    "Temporary Redirect",
+                    &[("Location", &location), ("Connection", "close")],
+                    b"",
+                )
+            }
+        }
+        ("GET", ["api", db, "get_load_state"]) => {
+            let label = req.query("label").unwrap_or_default();
+            let state = {
+                let mut st = shared.state();
+                let s = st.labels.get(label).copied();
+                // A published-late load becomes visible once it has been seen as COMMITTED.
+                if s == Some(LabelState::Committed) {
+                    st.labels.insert(label.to_owned(), LabelState::Visible);
+                }
+                s
+            };
+            let body = serde_json::json!({
+                "status": "OK", "code": "0", "msg": "Success", "message": "OK",
+                "state": state.map_or("UNKNOWN", LabelState::as_str),
+                "reason": "", "db": db,
+            });
+            response(
+                200,
+                "OK",
+                &[
+                    ("Content-Type", "application/json"),
+                    ("Connection", "close"),
+                ],
+                body.to_string().as_bytes(),
+            )
+        }
+        _ => response(
+            404,
+            "Not Found",
+            &[("Connection", "close")],
+            b"not a Stream Load path\n",
+        ),
+    };
+    if conn.write_all(&reply).await.is_err() {
+        return;
+    }
+    // The FE closes every connection after answering. Before it does, count any body bytes
+    // the client sent here: with Expect: 100-continue a correct client sends none.
+    let _ = conn.flush().await;
+    let mut stray = conn.buffered() as u64;
+    let _ = tokio::time::timeout(BODY_WATCH, async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match conn.get_mut().read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => stray += n as u64,
+            }
+        }
+    })
+    .await;
+    if stray > 0 {
+        shared.state().fe_body_bytes += stray;
+    }
+}

@@ -1,0 +1,200 @@
+//! Test support: runs the real `starsink loader` binary against the dev endpoint, over
+//! real Unix sockets, and sends it real signals.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+pub use starsink::dev_endpoint::{DevEndpoint, EndpointConfig, Faults};
+
+/// A running loader process with its captured (JSON) log lines.
+pub struct Loader {
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    log_count: watch::Receiver<usize>,
+    pub dir: tempfile::TempDir,
+}
+
+/// One sink's YAML for a test config; `extra` is appended inside the sink (8 spaces deep
+/// for `flush:` children etc. is the caller's business).
+pub fn sink_yaml(name: &str, socket: &Path, fe_url: &str, extra: &str) -> String {
+    format!(
+        "  - name: {name}\n    socket: {}\n    starrocks:\n      feEndpoints: [\"{fe_url}\"]\n      database: shop\n      table: {table}\n{extra}",
+        socket.display(),
+        table = name.replace('-', "_"),
+    )
+}
+
+impl Loader {
+    /// Writes `config` (with `{dir}` replaced by the loader's temp dir) and starts the
+    /// loader; returns once it logs that it is ready.
+    pub async fn start(config: impl FnOnce(&Path) -> String) -> Loader {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = config(dir.path());
+        let path = dir.path().join("loader.yaml");
+        std::fs::write(&path, text).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_starsink"))
+            .args(["--log-format", "json", "loader", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn starsink");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (count_tx, log_count) = watch::channel(0usize);
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = logs.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut l = sink.lock().unwrap();
+                l.push(line);
+                count_tx.send_replace(l.len());
+            }
+        });
+        let mut loader = Loader {
+            child,
+            logs,
+            log_count,
+            dir,
+        };
+        if !loader
+            .wait_log("loader ready", Duration::from_secs(10))
+            .await
+        {
+            panic!(
+                "loader did not become ready; its log:\n{}",
+                loader.log_text()
+            );
+        }
+        loader
+    }
+
+    pub fn socket(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.sock"))
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id().expect("running") as i32)
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).expect("send signal");
+    }
+
+    /// Waits for the process to exit; panics (with the log) if it does not in time.
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(Ok(status)) => {
+                // Let the stderr reader catch the last lines.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    self.log_count.wait_for(|_| false),
+                )
+                .await;
+                status
+            }
+            _ => panic!(
+                "loader did not exit within {within:?}; its log:\n{}",
+                self.log_text()
+            ),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Log lines parsed as JSON objects.
+    pub fn log_json(&self) -> Vec<serde_json::Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub async fn wait_log(&mut self, needle: &str, within: Duration) -> bool {
+        let logs = self.logs.clone();
+        let found = |_: &usize| logs.lock().unwrap().iter().any(|l| l.contains(needle));
+        matches!(
+            tokio::time::timeout(within, self.log_count.wait_for(found)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// The final accounting line's fields.
+    pub fn accounting(&self) -> serde_json::Value {
+        self.log_json()
+            .into_iter()
+            .rev()
+            .find(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("loader stopped"))
+            })
+            .unwrap_or_else(|| panic!("no accounting line; log:\n{}", self.log_text()))
+    }
+}
+
+/// Connects to a sink's socket.
+pub async fn connect(path: &Path) -> UnixStream {
+    UnixStream::connect(path)
+        .await
+        .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()))
+}
+
+/// Writes `lines` (each without newline) to a new connection and closes it.
+pub async fn write_lines(path: &Path, lines: &[String]) {
+    let mut s = connect(path).await;
+    let mut buf = Vec::new();
+    for l in lines {
+        buf.extend_from_slice(l.as_bytes());
+        buf.push(b'\n');
+    }
+    s.write_all(&buf).await.expect("write");
+    s.shutdown().await.expect("shutdown");
+}
+
+/// The ids of JSON rows `{"id":N,...}` in commit order.
+pub fn ids(rows: &[String]) -> Vec<u64> {
+    rows.iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(r).expect("row is JSON");
+            v["id"].as_u64().expect("row has an id")
+        })
+        .collect()
+}
+
+/// Asserts that `ids` holds each of `0..n` exactly once.
+pub fn assert_exactly_once(ids: &[u64], n: u64) {
+    let mut seen = vec![0u32; n as usize];
+    for &id in ids {
+        assert!(id < n, "unexpected id {id}");
+        seen[id as usize] += 1;
+    }
+    let dup: Vec<u64> = (0..n).filter(|i| seen[*i as usize] > 1).collect();
+    let missing: Vec<u64> = (0..n).filter(|i| seen[*i as usize] == 0).collect();
+    assert!(
+        dup.is_empty() && missing.is_empty(),
+        "{} duplicated (e.g. {:?}), {} missing (e.g. {:?})",
+        dup.len(),
+        &dup[..dup.len().min(10)],
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
