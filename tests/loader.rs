@@ -95,3 +95,298 @@ async fn sigterm_commits_everything_buffered_under_a_long_interval_and_exits_zer
         "{acc}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_concurrent_writers_each_row_loaded_once_and_intact() {
+    let sr = DevEndpoint::start(EndpointConfig::default()).await.unwrap();
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| {
+        format!(
+            "labelPrefix: conc\nsinks:\n{}",
+            sink_yaml(
+                "orders",
+                &dir.join("orders.sock"),
+                &fe,
+                "    flush:\n      interval: 200ms\n      maxBytes: 256KiB\n"
+            )
+        )
+    })
+    .await;
+    const WRITERS: u64 = 32;
+    const ROWS: u64 = 4000;
+    let socket = loader.socket("orders");
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let socket = socket.clone();
+        writers.push(tokio::spawn(async move {
+            let mut conn = connect(&socket).await;
+            let mut rng = fastrand::Rng::with_seed(w);
+            let mut pending = Vec::new();
+            for i in 0..ROWS {
+                pending.extend_from_slice(row(w * ROWS + i).as_bytes());
+                pending.push(b'\n');
+                // Varied write sizes: lines are split across writes at random points.
+                while pending.len() > rng.usize(1..2000) {
+                    let cut = rng.usize(1..=pending.len());
+                    conn.write_all(&pending[..cut]).await.unwrap();
+                    pending.drain(..cut);
+                }
+            }
+            conn.write_all(&pending).await.unwrap();
+            conn.shutdown().await.unwrap();
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let total = WRITERS * ROWS;
+    assert!(
+        sr.wait_for_rows(total, Duration::from_secs(60)).await,
+        "only {} rows; log:\n{}",
+        sr.committed_rows(),
+        loader.log_text()
+    );
+    let rows = sr.rows("shop.orders");
+    assert_exactly_once(&ids(&rows), total);
+    for r in &rows {
+        let v: serde_json::Value = serde_json::from_str(r).unwrap();
+        let id = v["id"].as_u64().unwrap();
+        assert_eq!(r, &row(id), "row {id} was altered");
+    }
+    loader.signal(Signal::SIGTERM);
+    assert!(loader.wait_exit(Duration::from_secs(10)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_still_connected_at_sigterm_loses_nothing_it_writes_before_closing() {
+    let sr = DevEndpoint::start(EndpointConfig::default()).await.unwrap();
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| {
+        format!(
+            "labelPrefix: late\nshutdownTimeout: 20s\ndrainTimeout: 10s\nsinks:\n{}",
+            sink_yaml(
+                "orders",
+                &dir.join("orders.sock"),
+                &fe,
+                "    flush:\n      interval: 1h\n"
+            )
+        )
+    })
+    .await;
+    let mut conn = connect(&loader.socket("orders")).await;
+    let first: String = (0..100).map(|i| row(i) + "\n").collect();
+    conn.write_all(first.as_bytes()).await.unwrap();
+    loader.signal(Signal::SIGTERM);
+    // The loader flushes what it has at once; this writer is still being read.
+    assert!(
+        sr.wait_for_rows(100, Duration::from_secs(10)).await,
+        "{}",
+        loader.log_text()
+    );
+    let last: String = (100..250).map(|i| row(i) + "\n").collect();
+    conn.write_all(last.as_bytes()).await.unwrap();
+    conn.shutdown().await.unwrap();
+    drop(conn);
+    let status = loader.wait_exit(Duration::from_secs(20)).await;
+    assert!(
+        status.success(),
+        "exit {status:?}; log:\n{}",
+        loader.log_text()
+    );
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 250);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_cause_neither_duplicates_nor_loss() {
+    let sr = DevEndpoint::start(EndpointConfig {
+        faults: Faults {
+            commit_then_drop: 0.20,
+            fail: 0.15,
+            unavailable: 0.10,
+            publish_timeout: 0.20,
+            ..Faults::default()
+        },
+        seed: 42,
+        ..EndpointConfig::default()
+    })
+    .await
+    .unwrap();
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| {
+        format!(
+            "labelPrefix: faults\nsinks:\n{}",
+            sink_yaml(
+                "orders",
+                &dir.join("orders.sock"),
+                &fe,
+                "    flush:\n      interval: 50ms\n      maxRows: 300\n    retry:\n      minBackoff: 5ms\n      maxBackoff: 50ms\n"
+            )
+        )
+    })
+    .await;
+    const N: u64 = 20_000;
+    let socket = loader.socket("orders");
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let socket = socket.clone();
+        writers.push(tokio::spawn(async move {
+            let lines: Vec<String> = (w * N / 4..(w + 1) * N / 4).map(row).collect();
+            // Several connections per writer, so batches mix rows of many connections.
+            for part in lines.chunks(1000) {
+                write_lines(&socket, part).await;
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(
+        sr.wait_for_rows(N, Duration::from_secs(120)).await,
+        "only {} rows; log:\n{}",
+        sr.committed_rows(),
+        loader.log_text()
+    );
+    loader.signal(Signal::SIGTERM);
+    let status = loader.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "exit {status:?}");
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), N);
+    let st = sr.state();
+    let count = |s: &str| st.loads.iter().filter(|l| l.status == s).count();
+    // Every fault happened, so every recovery path ran.
+    for s in ["dropped", "Fail", "503", "Publish Timeout", "Success"] {
+        assert!(count(s) > 0, "no {s:?} load in {} loads", st.loads.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_lines_are_rejected_and_counted_while_good_ones_load() {
+    let sr = DevEndpoint::start(EndpointConfig::default()).await.unwrap();
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| {
+        format!(
+            "labelPrefix: bad\nsinks:\n{}",
+            sink_yaml(
+                "orders",
+                &dir.join("orders.sock"),
+                &fe,
+                "    maxRecordBytes: 1MiB\n    flush:\n      interval: 100ms\n"
+            )
+        )
+    })
+    .await;
+    let mut conn = connect(&loader.socket("orders")).await;
+    let huge = format!(r#"{{"id":999,"blob":"{}"}}"#, "x".repeat(3 << 20));
+    let input = [
+        row(0),
+        "not json at all".into(),
+        row(1),
+        "[1,2,3]".into(),
+        "42".into(),
+        r#"{"id":2,"truncated":"#.into(),
+        huge,
+        row(2),
+        r#""just a string""#.into(),
+        "".into(),
+    ];
+    for line in &input {
+        conn.write_all(line.as_bytes()).await.unwrap();
+        conn.write_all(b"\r\n").await.unwrap();
+    }
+    // The same connection stays usable after the rejections.
+    conn.write_all(row(3).as_bytes()).await.unwrap();
+    conn.shutdown().await.unwrap();
+    assert!(
+        sr.wait_for_rows(4, Duration::from_secs(10)).await,
+        "{}",
+        loader.log_text()
+    );
+    loader.signal(Signal::SIGTERM);
+    let status = loader.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        status.success(),
+        "exit {status:?}; log:\n{}",
+        loader.log_text()
+    );
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 4);
+    // No failed load: rejected lines never reached StarRocks.
+    assert!(sr.state().loads.iter().all(|l| l.status == "Success"));
+    let acc = loader.accounting();
+    assert_eq!(acc["rejected"].as_u64(), Some(7), "{acc}");
+    let reasons: Vec<String> = loader
+        .log_json()
+        .iter()
+        .filter_map(|l| l["reason"].as_str().map(str::to_owned))
+        .collect();
+    for r in ["not_json", "not_object", "too_long", "empty"] {
+        assert!(
+            reasons.iter().any(|x| x == r),
+            "no rejection logged as {r}: {reasons:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_size_trigger_keeps_bodies_under_max_bytes_and_off_the_fe() {
+    let sr = DevEndpoint::start(EndpointConfig {
+        password: "s3cret".into(),
+        ..EndpointConfig::default()
+    })
+    .await
+    .unwrap();
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| {
+        std::fs::write(dir.join("password"), "s3cret\n").unwrap();
+        format!(
+            "labelPrefix: size\nsinks:\n{}",
+            sink_yaml(
+                "orders",
+                &dir.join("orders.sock"),
+                &fe,
+                &format!("      passwordFile: {}\n    flush:\n      interval: 1h\n      maxBytes: 64KiB\n", dir.join("password").display())
+            )
+        )
+    })
+    .await;
+    const N: u64 = 5000;
+    let lines: Vec<String> = (0..N).map(row).collect();
+    write_lines(&loader.socket("orders"), &lines).await;
+    // With a 1h interval, only the size trigger can load these before shutdown.
+    let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
+    let expected_loads = bytes / (64 << 10);
+    assert!(sr.wait_for_rows(1, Duration::from_secs(10)).await);
+    loader.signal(Signal::SIGTERM);
+    assert!(
+        loader.wait_exit(Duration::from_secs(20)).await.success(),
+        "{}",
+        loader.log_text()
+    );
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), N);
+    let st = sr.state();
+    assert!(
+        st.loads.len() > expected_loads,
+        "{} loads for {bytes} bytes",
+        st.loads.len()
+    );
+    assert!(
+        st.largest_body <= 64 << 10,
+        "a body of {} bytes",
+        st.largest_body
+    );
+    assert!(
+        st.largest_body > 60 << 10,
+        "batches should fill up: largest {}",
+        st.largest_body
+    );
+    assert_eq!(st.fe_body_bytes, 0, "body bytes reached the FE");
+    assert_eq!(st.auth_failures, 0);
+    assert_eq!(st.missing_expect, 0);
+    let size_flushes = loader
+        .log_json()
+        .iter()
+        .filter(|l| l["trigger"] == "size")
+        .count();
+    assert!(
+        size_flushes >= expected_loads,
+        "{size_flushes} size flushes"
+    );
+}

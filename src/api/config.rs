@@ -262,16 +262,16 @@ pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
         _ => {}
     }
     let max_bytes = sink.flush.max_bytes.0;
-    if sink.max_record_bytes.0 == 0 {
-        bad("maxRecordBytes", "must be more than zero, e.g. 1MiB".into());
-    } else if sink.max_record_bytes.0 + 2 > max_bytes {
-        bad(
+    match sink.max_record_bytes {
+        Some(m) if m.0 == 0 => bad("maxRecordBytes", "must be more than zero, e.g. 1MiB".into()),
+        Some(m) if m.0.saturating_add(2) > max_bytes => bad(
             "maxRecordBytes",
             format!(
-                "{} does not fit in a batch of flush.maxBytes {}; make it smaller than flush.maxBytes",
-                sink.max_record_bytes, sink.flush.max_bytes
+                "{m} does not fit in a batch of flush.maxBytes {}; make it smaller than flush.maxBytes",
+                sink.flush.max_bytes
             ),
-        );
+        ),
+        _ => {}
     }
 
     let sr = &sink.starrocks;
@@ -471,7 +471,7 @@ sinks:
         assert_eq!(s.flush.interval.0, Duration::from_secs(5));
         assert_eq!(s.flush.max_bytes.0, 64 << 20);
         assert_eq!(s.flush.max_rows, 500_000);
-        assert_eq!(s.max_record_bytes.0, 1 << 20);
+        assert_eq!(s.max_record_bytes(), 1 << 20);
         assert_eq!(s.socket_mode, "0660");
         assert_eq!(s.starrocks.user, "root");
         assert_eq!(c.shutdown_timeout.0, Duration::from_secs(25));
@@ -601,6 +601,19 @@ sinks:
             "table: orders\n    maxRecordBytes: 2MiB\n    flush: {maxBytes: 1MiB}",
         ));
         assert!(e.contains("sinks[0].maxRecordBytes"), "{e}");
+    }
+
+    #[test]
+    fn the_default_record_limit_shrinks_to_fit_a_small_batch() {
+        let c = LoaderConfig::parse(
+            &GOOD.replace(
+                "table: orders",
+                "table: orders\n    flush: {maxBytes: 64KiB}",
+            ),
+            Path::new("t"),
+        )
+        .unwrap();
+        assert_eq!(c.sinks[0].max_record_bytes(), (64 << 10) - 2);
     }
 
     #[test]

@@ -26,9 +26,10 @@ pub struct SinkSpec {
     /// CSV only: the column separator, passed to StarRocks as `column_separator`.
     #[serde(default)]
     pub column_separator: Option<String>,
-    /// Longer lines are rejected (never sent).
-    #[serde(default = "defaults::max_record_bytes")]
-    pub max_record_bytes: ByteSize,
+    /// Longer lines are rejected (never sent). Default: 1MiB, or less when
+    /// `flush.maxBytes` is smaller (see [`SinkSpec::max_record_bytes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_record_bytes: Option<ByteSize>,
     pub starrocks: StarRocksSpec,
     #[serde(default)]
     pub flush: FlushSpec,
@@ -52,6 +53,16 @@ impl SinkSpec {
                 .join("dead-letter")
                 .join(&self.name),
         }
+    }
+
+    /// The longest record accepted: `maxRecordBytes`, or by default 1MiB capped so that
+    /// one record always fits in a batch.
+    pub fn max_record_bytes(&self) -> u64 {
+        self.max_record_bytes.map(|b| b.0).unwrap_or_else(|| {
+            defaults::max_record_bytes()
+                .0
+                .min(self.flush.max_bytes.0.saturating_sub(2))
+        })
     }
 
     /// The CSV column separator in effect (StarRocks' own default is `\t`; ours is `,`).

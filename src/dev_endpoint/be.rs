@@ -115,9 +115,14 @@ pub(super) async fn connection(stream: TcpStream, shared: &Shared) {
             body_bytes: body.len(),
             at: Instant::now(),
         };
+        let notify = || {
+            let committed = shared.state().committed_rows;
+            shared.committed.send_replace(committed);
+        };
         match outcome {
             Outcome::Drop { rows } => {
                 shared.state().loads.push(record("dropped", rows));
+                notify();
                 return;
             }
             Outcome::Http503 => {
@@ -133,6 +138,7 @@ pub(super) async fn connection(stream: TcpStream, shared: &Shared) {
                 extra,
             } => {
                 shared.state().loads.push(record(&status, rows));
+                notify();
                 let body = load_answer(&label, &status, &message, rows, body.len(), &extra);
                 if conn
                     .write_all(&response(
@@ -271,7 +277,6 @@ fn load(
         if shared.config.keep_rows {
             st.rows.entry(table.to_owned()).or_default().extend(rows);
         }
-        shared.committed.send_replace(st.committed_rows);
     }
     if drop_answer {
         Outcome::Drop { rows: count }

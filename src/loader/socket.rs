@@ -85,7 +85,7 @@ impl Ingest {
     pub fn new(sink: &SinkSpec, metrics: Arc<SinkMetrics>) -> Self {
         Self {
             format: sink.format,
-            max_record: usize::try_from(sink.max_record_bytes.0).unwrap_or(usize::MAX),
+            max_record: usize::try_from(sink.max_record_bytes()).unwrap_or(usize::MAX),
             metrics,
             limit: LogLimit::default(),
         }
