@@ -119,6 +119,12 @@ impl Batch {
         self.oldest.map(|t| t + self.policy.interval)
     }
 
+    /// Like [`Batch::deadline`], with the interval capped at `cap` (used once shutdown
+    /// has begun, so records still arriving are not held for a long interval).
+    pub fn deadline_capped(&self, cap: Duration) -> Option<Instant> {
+        self.oldest.map(|t| t + self.policy.interval.min(cap))
+    }
+
     /// Adds records of `chunk` from index `from` on. Returns `None` when all were taken,
     /// or the index of the first record that did not fit and the trigger that filled
     /// the batch. A batch that reaches `max_rows` reports itself full at once.

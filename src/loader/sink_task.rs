@@ -16,6 +16,10 @@ use crate::loader::batch::{Batch, Chunk, FlushPolicy, FlushTrigger, Sealed};
 use crate::loader::metrics::SinkMetrics;
 use crate::stream_load::{deliver, Attempt, Delivered, LabelGen, StreamLoadClient};
 
+/// Once shutdown has begun, records still arriving on open connections wait at most this
+/// long before they are flushed, whatever the sink's interval.
+const SHUTDOWN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// A sealed batch with its label, fixed for the rest of its life.
 struct Labelled {
     label: String,
@@ -115,7 +119,11 @@ impl SinkTask {
                 }
             }
 
-            let deadline = filling.deadline();
+            let deadline = if stop_seen {
+                filling.deadline_capped(SHUTDOWN_INTERVAL)
+            } else {
+                filling.deadline()
+            };
             tokio::select! {
                 biased;
                 _ = stopping.deadline.cancelled() => {
