@@ -14,7 +14,7 @@ fn row(id: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushes_an_idle_batch_when_its_oldest_record_is_due() {
-    let sr = DevEndpoint::start(EndpointConfig::default()).await.unwrap();
+    let sr = endpoint(Faults::default()).await;
     let fe = sr.fe_url();
     let mut loader = Loader::start(|dir| {
         format!(
@@ -59,7 +59,7 @@ async fn flushes_an_idle_batch_when_its_oldest_record_is_due() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_commits_everything_buffered_under_a_long_interval_and_exits_zero() {
-    let sr = DevEndpoint::start(EndpointConfig::default()).await.unwrap();
+    let sr = endpoint(Faults::default()).await;
     let fe = sr.fe_url();
     let mut loader = Loader::start(|dir| {
         format!(
@@ -98,7 +98,7 @@ async fn sigterm_commits_everything_buffered_under_a_long_interval_and_exits_zer
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_concurrent_writers_each_row_loaded_once_and_intact() {
-    let sr = DevEndpoint::start(EndpointConfig::default()).await.unwrap();
+    let sr = endpoint(Faults::default()).await;
     let fe = sr.fe_url();
     let mut loader = Loader::start(|dir| {
         format!(
@@ -159,7 +159,7 @@ async fn thirty_two_concurrent_writers_each_row_loaded_once_and_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_still_connected_at_sigterm_loses_nothing_it_writes_before_closing() {
-    let sr = DevEndpoint::start(EndpointConfig::default()).await.unwrap();
+    let sr = endpoint(Faults::default()).await;
     let fe = sr.fe_url();
     let mut loader = Loader::start(|dir| {
         format!(
@@ -198,19 +198,14 @@ async fn a_writer_still_connected_at_sigterm_loses_nothing_it_writes_before_clos
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_cause_neither_duplicates_nor_loss() {
-    let sr = DevEndpoint::start(EndpointConfig {
-        faults: Faults {
-            commit_then_drop: 0.20,
-            fail: 0.15,
-            unavailable: 0.10,
-            publish_timeout: 0.20,
-            ..Faults::default()
-        },
-        seed: 42,
-        ..EndpointConfig::default()
+    let sr = endpoint(Faults {
+        commit_then_drop: 0.20,
+        fail: 0.15,
+        unavailable: 0.10,
+        publish_timeout: 0.20,
+        ..Faults::default()
     })
-    .await
-    .unwrap();
+    .await;
     let fe = sr.fe_url();
     let mut loader = Loader::start(|dir| {
         format!(
@@ -260,7 +255,7 @@ async fn faults_cause_neither_duplicates_nor_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_lines_are_rejected_and_counted_while_good_ones_load() {
-    let sr = DevEndpoint::start(EndpointConfig::default()).await.unwrap();
+    let sr = endpoint(Faults::default()).await;
     let fe = sr.fe_url();
     let mut loader = Loader::start(|dir| {
         format!(

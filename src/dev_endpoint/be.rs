@@ -103,10 +103,21 @@ pub(super) async fn connection(stream: TcpStream, shared: &Shared) {
         }
 
         let faults = shared.faults();
-        if shared.roll(faults.slow) {
-            tokio::time::sleep(faults.slow_by).await;
-        }
-        let outcome = load(shared, &label, &table, json, &body, &faults);
+        let outcome = match existing_label(shared, &label) {
+            Some(answer) => answer,
+            None => {
+                if shared.roll(faults.slow) {
+                    // A slow load is a running transaction: its label reads PREPARE, and a
+                    // second request with it is told `Label Already Exists` / `RUNNING`.
+                    shared
+                        .state()
+                        .labels
+                        .insert(label.clone(), LabelState::Prepare);
+                    tokio::time::sleep(faults.slow_by).await;
+                }
+                load(shared, &label, &table, json, &body, &faults)
+            }
+        };
         let record = |status: &str, rows: usize| LoadRecord {
             label: label.clone(),
             table: table.clone(),
@@ -180,6 +191,23 @@ fn answer(status: &str, message: &str, rows: usize) -> Outcome {
     }
 }
 
+/// The answer to a request whose label is already taken, if it is: a finished or a
+/// running transaction keeps its label; an aborted one frees it for a retry.
+fn existing_label(shared: &Shared, label: &str) -> Option<Outcome> {
+    let status = match shared.state().labels.get(label)? {
+        LabelState::Committed | LabelState::Visible => "FINISHED",
+        LabelState::Prepare => "RUNNING",
+        LabelState::Aborted => return None,
+    };
+    Some(Outcome::Answer {
+        status: "Label Already Exists".into(),
+        message: format!("Label [{label}] has already been used."),
+        rows: 0,
+        extra: vec![("ExistingJobStatus", status.into())],
+    })
+}
+
+/// Runs a load whose label is free.
 fn load(
     shared: &Shared,
     label: &str,
@@ -188,27 +216,9 @@ fn load(
     body: &[u8],
     faults: &super::Faults,
 ) -> Outcome {
-    let existing = shared.state().labels.get(label).copied();
-    match existing {
-        Some(LabelState::Committed | LabelState::Visible) => {
-            return Outcome::Answer {
-                status: "Label Already Exists".into(),
-                message: format!("Label [{label}] has already been used."),
-                rows: 0,
-                extra: vec![("ExistingJobStatus", "FINISHED".into())],
-            }
-        }
-        Some(LabelState::Prepare) => {
-            return Outcome::Answer {
-                status: "Label Already Exists".into(),
-                message: format!("Label [{label}] has already been used."),
-                rows: 0,
-                extra: vec![("ExistingJobStatus", "RUNNING".into())],
-            }
-        }
-        Some(LabelState::Aborted) | None => {}
-    }
     if shared.roll(faults.unavailable) {
+        // No transaction began: a slow request's PREPARE label is free again.
+        shared.state().labels.remove(label);
         return Outcome::Http503;
     }
     if body.is_empty() {

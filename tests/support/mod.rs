@@ -42,14 +42,7 @@ impl Loader {
         let text = config(dir.path());
         let path = dir.path().join("loader.yaml");
         std::fs::write(&path, text).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_starsink"))
-            .args(["--log-format", "json", "loader", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
+        let mut child = loader_command(&path, "json")
             .spawn()
             .expect("spawn starsink");
         let logs = Arc::new(Mutex::new(Vec::new()));
@@ -197,4 +190,52 @@ pub fn assert_exactly_once(ids: &[u64], n: u64) {
         missing.len(),
         &missing[..missing.len().min(10)]
     );
+}
+
+/// Runs `starsink loader` on a config that must make it exit by itself (bad config, a
+/// socket in use); returns its exit status and its (human-readable) log.
+pub async fn run_loader_to_exit(config: &Path, within: Duration) -> (ExitStatus, String) {
+    let child = loader_command(config, "human")
+        .spawn()
+        .expect("spawn starsink");
+    match tokio::time::timeout(within, child.wait_with_output()).await {
+        Ok(Ok(out)) => (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ),
+        Ok(Err(e)) => panic!("waiting for starsink: {e}"),
+        Err(_) => panic!("starsink loader did not exit within {within:?}"),
+    }
+}
+
+/// A loopback TCP address nothing listens on (bound, then released).
+pub fn dead_address() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    format!("http://{addr}")
+}
+
+/// `starsink --log-format FORMAT loader --config CONFIG`, logging to a pipe, killed on drop.
+fn loader_command(config: &Path, log_format: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_starsink"));
+    cmd.args(["--log-format", log_format, "loader", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// A dev endpoint (user root, no password) that injects `faults`.
+pub async fn endpoint(faults: Faults) -> DevEndpoint {
+    DevEndpoint::start(EndpointConfig {
+        faults,
+        seed: 42,
+        ..EndpointConfig::default()
+    })
+    .await
+    .expect("start the dev endpoint")
 }

@@ -1,0 +1,312 @@
+//! What the loader does when things go wrong: refused loads, StarRocks down at shutdown,
+//! slow loads, a dead FE, a socket in use, a bad config. Each runs the real binary.
+
+mod support;
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use support::*;
+
+fn row(id: u64) -> String {
+    format!(r#"{{"id":{id},"name":"row-{id}"}}"#)
+}
+
+/// A one-sink loader config for `table` with the sink settings in `extra`.
+fn one_sink(dir: &std::path::Path, prefix: &str, fe: &str, extra: &str) -> String {
+    format!(
+        "labelPrefix: {prefix}\nsinks:\n{}",
+        sink_yaml("orders", &dir.join("orders.sock"), fe, extra)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_batches_are_dead_lettered_with_their_reason_and_the_exit_code_says_so() {
+    let sr = endpoint(Faults {
+        refuse: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| {
+        one_sink(
+            dir,
+            "dlq",
+            &fe,
+            &format!(
+                "    deadLetterDir: {}\n    flush:\n      interval: 100ms\n",
+                dir.join("dlq").display()
+            ),
+        )
+    })
+    .await;
+    let lines: Vec<String> = (0..50).map(row).collect();
+    write_lines(&loader.socket("orders"), &lines).await;
+    assert!(
+        loader
+            .wait_log("dead-letter directory", Duration::from_secs(10))
+            .await,
+        "{}",
+        loader.log_text()
+    );
+    loader.signal(Signal::SIGTERM);
+    let status = loader.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(3), "{}", loader.log_text());
+    let acc = loader.accounting();
+    assert_eq!(
+        (acc["dead_lettered"].as_u64(), acc["lost"].as_u64()),
+        (Some(50), Some(0)),
+        "{acc}"
+    );
+    assert_eq!(sr.committed_rows(), 0);
+
+    // Every refused row is in a data file; each data file has its reason beside it.
+    let dlq = loader.dir.path().join("dlq");
+    let mut rows = Vec::new();
+    for entry in std::fs::read_dir(&dlq).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.ends_with(".reason.json") {
+            continue;
+        }
+        let label = name.strip_suffix(".json").expect("a .json data file");
+        let body: Vec<serde_json::Value> =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        rows.extend(body.iter().map(|v| v.to_string()));
+        let reason: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dlq.join(format!("{label}.reason.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(reason["label"], label);
+        assert_eq!(reason["sink"], "orders");
+        assert_eq!(reason["rows"].as_u64(), Some(body.len() as u64));
+        assert_eq!(reason["mayBeCommitted"], false);
+        assert!(
+            reason["reason"]
+                .as_str()
+                .unwrap()
+                .contains("too many filtered rows"),
+            "{reason}"
+        );
+        assert!(
+            reason["errorUrl"]
+                .as_str()
+                .unwrap()
+                .contains("_load_error_log"),
+            "{reason}"
+        );
+    }
+    assert_exactly_once(&ids(&rows), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starrocks_down_through_the_shutdown_budget_exits_one_and_counts_the_lost_rows() {
+    let sr = endpoint(Faults {
+        unavailable: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| {
+        format!(
+            "shutdownTimeout: 2s\n{}",
+            one_sink(
+                dir,
+                "down",
+                &fe,
+                "    flush:\n      interval: 1h\n    retry:\n      minBackoff: 20ms\n      maxBackoff: 100ms\n"
+            )
+        )
+    })
+    .await;
+    let lines: Vec<String> = (0..300).map(row).collect();
+    write_lines(&loader.socket("orders"), &lines).await;
+    // Written and closed before the signal: the drain still reads them, so they count as
+    // accepted, and with StarRocks down they are lost, loudly.
+    loader.signal(Signal::SIGTERM);
+    let status = loader.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(1), "{}", loader.log_text());
+    let acc = loader.accounting();
+    assert_eq!(
+        (
+            acc["accepted"].as_u64(),
+            acc["committed"].as_u64(),
+            acc["lost"].as_u64()
+        ),
+        (Some(300), Some(0), Some(300)),
+        "{acc}"
+    );
+    assert!(
+        sr.state()
+            .loads
+            .iter()
+            .filter(|l| l.status == "503")
+            .count()
+            > 1,
+        "the loader kept retrying until the deadline"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_slower_than_the_request_timeout_is_waited_for_not_sent_twice() {
+    let sr = endpoint(Faults {
+        slow: 1.0,
+        slow_by: Duration::from_millis(1200),
+        ..Faults::default()
+    })
+    .await;
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| {
+        one_sink(
+            dir,
+            "slow",
+            &fe,
+            "      requestTimeout: 300ms\n    flush:\n      interval: 50ms\n    retry:\n      minBackoff: 50ms\n      maxBackoff: 200ms\n",
+        )
+    })
+    .await;
+    let lines: Vec<String> = (0..100).map(row).collect();
+    write_lines(&loader.socket("orders"), &lines).await;
+    assert!(
+        sr.wait_for_rows(100, Duration::from_secs(10)).await,
+        "{}",
+        loader.log_text()
+    );
+    assert!(
+        loader
+            .wait_log("still running", Duration::from_secs(5))
+            .await,
+        "the loader should have seen the label PREPARE: {}",
+        loader.log_text()
+    );
+    sr.set_faults(Faults::default());
+    loader.signal(Signal::SIGTERM);
+    let status = loader.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "{}", loader.log_text());
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 100);
+    // The body crossed the network once per batch: waiting, not re-sending.
+    let st = sr.state();
+    let sent: Vec<&str> = st.loads.iter().map(|l| l.label.as_str()).collect();
+    let mut unique = sent.clone();
+    unique.dedup();
+    assert_eq!(sent, unique, "a label was sent twice: {sent:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_fe_is_failed_over_to_the_next_one() {
+    let sr = endpoint(Faults::default()).await;
+    let dead = dead_address();
+    let live = sr.fe_url();
+    let mut loader = Loader::start(|dir| {
+        format!(
+            "labelPrefix: failover\nsinks:\n  - name: orders\n    socket: {}\n    starrocks:\n      feEndpoints: [\"{dead}\", \"{live}\"]\n      database: shop\n      table: orders\n    flush:\n      interval: 50ms\n    retry:\n      minBackoff: 10ms\n",
+            dir.join("orders.sock").display()
+        )
+    })
+    .await;
+    for part in 0..5u64 {
+        let lines: Vec<String> = (part * 100..(part + 1) * 100).map(row).collect();
+        write_lines(&loader.socket("orders"), &lines).await;
+        assert!(
+            sr.wait_for_rows((part + 1) * 100, Duration::from_secs(10))
+                .await,
+            "{}",
+            loader.log_text()
+        );
+    }
+    loader.signal(Signal::SIGTERM);
+    assert!(loader.wait_exit(Duration::from_secs(10)).await.success());
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_socket_is_never_stolen_but_a_stale_one_is_replaced() {
+    let sr = endpoint(Faults::default()).await;
+    let fe = sr.fe_url();
+    let mut first =
+        Loader::start(|dir| one_sink(dir, "first", &fe, "    flush:\n      interval: 50ms\n"))
+            .await;
+    let socket = first.socket("orders");
+
+    // A second loader on the same socket must refuse to start and say why.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("second.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "labelPrefix: second\nsinks:\n{}",
+            sink_yaml("orders", &socket, &fe, "")
+        ),
+    )
+    .unwrap();
+    let (status, log) = run_loader_to_exit(&config, Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("in use by a live process"), "{log}");
+    // The first loader still owns its socket.
+    write_lines(&socket, &[row(1)]).await;
+    assert!(sr.wait_for_rows(1, Duration::from_secs(5)).await);
+    first.signal(Signal::SIGKILL);
+    first.wait_exit(Duration::from_secs(5)).await;
+
+    // After a crash the socket file stays behind; the next loader takes it over.
+    assert!(socket.exists(), "SIGKILL leaves the socket file");
+    let mut next = Loader::start(|_| {
+        format!(
+            "labelPrefix: next\nsinks:\n{}",
+            sink_yaml("orders", &socket, &fe, "    flush:\n      interval: 50ms\n")
+        )
+    })
+    .await;
+    assert!(
+        next.wait_log("stale socket", Duration::from_secs(1)).await,
+        "{}",
+        next.log_text()
+    );
+    write_lines(&socket, &[row(2)]).await;
+    assert!(sr.wait_for_rows(2, Duration::from_secs(5)).await);
+    next.signal(Signal::SIGTERM);
+    assert!(next.wait_exit(Duration::from_secs(10)).await.success());
+    assert_eq!(ids(&sr.rows("shop.orders")), [1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_config_stops_the_loader_with_the_key_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("format: parquet", "sinks[0].format", "json"),
+        (
+            "flush:\n      interval: 0s",
+            "sinks[0].flush.interval",
+            "more than zero",
+        ),
+        (
+            "passwordFile: /nonexistent/pw",
+            "passwordFile",
+            "/nonexistent/pw",
+        ),
+    ];
+    for (i, (setting, key, hint)) in cases.iter().enumerate() {
+        let socket = dir.path().join(format!("s{i}.sock"));
+        let setting = if setting.starts_with("password") {
+            format!("      {setting}\n")
+        } else {
+            format!("    {setting}\n")
+        };
+        let config = dir.path().join(format!("c{i}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "sinks:\n{}",
+                sink_yaml("orders", &socket, "http://127.0.0.1:1", &setting)
+            ),
+        )
+        .unwrap();
+        let (status, log) = run_loader_to_exit(&config, Duration::from_secs(10)).await;
+        assert_eq!(status.code(), Some(2), "{setting}: {log}");
+        assert!(
+            log.contains(key) && log.contains(hint),
+            "{setting}: the error should name {key:?} and say {hint:?}: {log}"
+        );
+        assert!(!socket.exists(), "a refused config must not create sockets");
+    }
+}
