@@ -385,3 +385,69 @@ async fn the_size_trigger_keeps_bodies_under_max_bytes_and_off_the_fe() {
         "{size_flushes} size flushes"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_report_what_happened_to_every_line() {
+    let sr = endpoint(Faults::default()).await;
+    let fe = sr.fe_url();
+    let port = free_port();
+    let mut loader = Loader::start(|dir| {
+        format!(
+            "labelPrefix: metrics\nmetricsAddr: 127.0.0.1:{port}\nsinks:\n{}",
+            sink_yaml(
+                "orders",
+                &dir.join("orders.sock"),
+                &fe,
+                "    flush:\n      interval: 100ms\n"
+            )
+        )
+    })
+    .await;
+    assert_eq!(http_get(port, "/readyz").await.0, 200);
+    assert_eq!(http_get(port, "/healthz").await.0, 200);
+    let mut lines: Vec<String> = (0..20).map(row).collect();
+    lines.extend(["nope".into(), "[1]".into()]);
+    write_lines(&loader.socket("orders"), &lines).await;
+    assert!(sr.wait_for_rows(20, Duration::from_secs(5)).await);
+    // The load is committed; its bookkeeping follows a moment later.
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = http_get(port, "/metrics").await.1;
+        if metric(&text, r#"starsink_records_loaded_total{sink="orders"}"#) == 20.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = |k: &str| metric(&text, k);
+    assert_eq!(m(r#"starsink_records_received_total{sink="orders"}"#), 22.0);
+    assert_eq!(m(r#"starsink_records_loaded_total{sink="orders"}"#), 20.0);
+    assert_eq!(
+        m(r#"starsink_records_rejected_total{sink="orders",reason="not_json"}"#),
+        1.0
+    );
+    assert_eq!(
+        m(r#"starsink_records_rejected_total{sink="orders",reason="not_object"}"#),
+        1.0
+    );
+    let body_bytes: usize = sr.state().loads.iter().map(|l| l.body_bytes).sum();
+    assert_eq!(
+        m(r#"starsink_bytes_loaded_total{sink="orders"}"#),
+        body_bytes as f64
+    );
+    let loads = sr.state().loads.len() as f64;
+    assert_eq!(
+        m(r#"starsink_loads_total{sink="orders",outcome="committed"}"#),
+        loads
+    );
+    assert_eq!(
+        m(r#"starsink_flushes_total{sink="orders",trigger="interval"}"#),
+        loads
+    );
+    assert_eq!(
+        m(r#"starsink_load_duration_seconds_count{sink="orders"}"#),
+        loads
+    );
+    assert_eq!(m(r#"starsink_buffered_bytes{sink="orders"}"#), 0.0);
+    loader.signal(Signal::SIGTERM);
+    assert!(loader.wait_exit(Duration::from_secs(10)).await.success());
+}

@@ -77,6 +77,9 @@ pub struct Batch {
     policy: FlushPolicy,
     /// For JSON: `[` followed by `record,` entries; the last `,` becomes `]` at seal.
     body: Vec<u8>,
+    /// An emptied body of an earlier batch, kept while batches fill up back to back so
+    /// the next one does not fault in fresh pages.
+    spare: Option<Vec<u8>>,
     rows: u64,
     oldest: Option<Instant>,
 }
@@ -95,6 +98,7 @@ impl Batch {
             format,
             policy,
             body: Vec::new(),
+            spare: None,
             rows: 0,
             oldest: None,
         }
@@ -173,6 +177,11 @@ impl Batch {
     /// bounded by the batch size rather than by a doubling allocator.
     fn reserve(&mut self, extra: usize) {
         let need = self.body.len() + extra;
+        if self.body.capacity() == 0 {
+            if let Some(spare) = self.spare.take() {
+                self.body = spare;
+            }
+        }
         if need > self.body.capacity() {
             let target = (self.body.capacity() * 2)
                 .max(4096)
@@ -180,6 +189,20 @@ impl Batch {
                 .max(need);
             self.body.reserve_exact(target - self.body.len());
         }
+    }
+
+    /// Gives back a loaded body for reuse. Only a body no larger than `max_bytes` is kept,
+    /// and only one; the caller offers it only while traffic fills batches up.
+    pub fn recycle(&mut self, mut body: Vec<u8>) {
+        if self.spare.is_none() && body.capacity() <= self.policy.max_bytes {
+            body.clear();
+            self.spare = Some(body);
+        }
+    }
+
+    /// Drops the spare body, returning its memory while traffic is light.
+    pub fn release_spare(&mut self) {
+        self.spare = None;
     }
 
     /// Takes the records out as a body ready to send, leaving this batch empty.
@@ -275,6 +298,21 @@ mod tests {
         assert_eq!(b.push(&c, 0), Some((2, FlushTrigger::Rows)));
         b.seal(FlushTrigger::Rows);
         assert_eq!(b.push(&c, 2), None);
+    }
+
+    #[test]
+    fn a_recycled_body_is_reused_without_a_new_allocation() {
+        let c = chunk(Format::Csv, &["1,a", "2,b"]);
+        let mut b = Batch::new(Format::Csv, policy(1000, 100));
+        b.push(&c, 0);
+        let sealed = b.seal(FlushTrigger::Size).unwrap();
+        let ptr = sealed.body.as_ptr();
+        let body = Vec::from(sealed.body.try_into_mut().expect("the only reference"));
+        b.recycle(body);
+        b.push(&c, 0);
+        let again = b.seal(FlushTrigger::Size).unwrap();
+        assert_eq!(again.body.as_ptr(), ptr, "the spare body was not reused");
+        assert_eq!(&again.body[..], b"1,a\n2,b\n");
     }
 
     #[test]

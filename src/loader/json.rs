@@ -21,6 +21,35 @@ pub fn is_object(line: &[u8]) -> bool {
     s.i == line.len()
 }
 
+/// The offset of the first byte in `s` that ends a run of plain string content: a quote,
+/// a backslash or a control byte (< 0x20). Eight bytes at a time: in each mask below the
+/// lowest set high bit marks the first matching byte exactly (borrows only run upwards).
+#[inline]
+fn string_special(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut words = s.chunks_exact(8);
+    let mut at = 0;
+    for w in words.by_ref() {
+        let x = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        let quote = x ^ (ONES * u64::from(b'"'));
+        let backslash = x ^ (ONES * u64::from(b'\\'));
+        let found = (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (x.wrapping_sub(ONES * 0x20) & !x);
+        let found = found & HIGH;
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|p| at + p)
+}
+
 struct Scanner<'a> {
     s: &'a [u8],
     i: usize,
@@ -124,11 +153,7 @@ impl Scanner<'_> {
         let s = self.s;
         loop {
             // Skip plain bytes quickly; stop at a quote, a backslash or a control byte.
-            let rest = &s[self.i..];
-            let Some(off) = rest
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-            else {
+            let Some(off) = string_special(&s[self.i..]) else {
                 return false;
             };
             self.i += off;
@@ -227,6 +252,28 @@ fn hex4(s: &[u8], at: usize) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn string_special_finds_the_first_quote_backslash_or_control_byte() {
+        let naive = |s: &[u8]| s.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+        let mut rng = fastrand::Rng::with_seed(7);
+        // Plain bytes include 0x20, 0x7f and UTF-8 bytes >= 0x80 (none is special); the
+        // special ones are dropped in at random, often right after another or at the ends.
+        let plain = [
+            b' ', b'a', b'~', 0x7f, 0x80, 0xc3, 0xff, b'!', b'#', b'[', b']',
+        ];
+        let special = [b'"', b'\\', 0x00, 0x01, 0x1f, b'\n', b'\t'];
+        for _ in 0..20_000 {
+            let len = rng.usize(0..40);
+            let mut s: Vec<u8> = (0..len).map(|_| plain[rng.usize(..plain.len())]).collect();
+            for _ in 0..rng.usize(0..3) {
+                if len > 0 {
+                    s[rng.usize(..len)] = special[rng.usize(..special.len())];
+                }
+            }
+            assert_eq!(string_special(&s), naive(&s), "{s:?}");
+        }
+    }
 
     fn serde_says(line: &[u8]) -> bool {
         serde_json::from_slice::<serde_json::Value>(line).is_ok_and(|v| v.is_object())

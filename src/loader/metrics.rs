@@ -256,6 +256,9 @@ pub fn render(sinks: &[Arc<SinkMetrics>]) -> String {
     out
 }
 
+/// How long a metrics connection may sit idle between requests.
+const IDLE_CONNECTION: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Serves `/metrics`, `/healthz` (the process runs) and `/readyz` (every socket listens
 /// and shutdown has not begun) until `stop`.
 pub async fn serve(
@@ -279,7 +282,10 @@ pub async fn serve(
         let ready = ready.clone();
         tokio::spawn(async move {
             let mut conn = Conn::new(stream);
-            while let Ok(Some(req)) = conn.read_request_head().await {
+            // Scrapers keep connections alive; one idle past this is closed.
+            while let Ok(Ok(Some(req))) =
+                tokio::time::timeout(IDLE_CONNECTION, conn.read_request_head()).await
+            {
                 let reply = match req.path() {
                     "/metrics" => response(
                         200,
@@ -297,7 +303,7 @@ pub async fn serve(
                         b"not found; try /metrics, /healthz or /readyz\n",
                     ),
                 };
-                if conn.write_all(&reply).await.is_err() {
+                if conn.write_all(&reply).await.is_err() || req.headers.wants_close() {
                     break;
                 }
             }

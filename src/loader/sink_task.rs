@@ -35,7 +35,9 @@ enum Verdict {
 }
 
 struct InFlight {
-    handle: JoinHandle<(StreamLoadClient, Verdict)>,
+    /// Gives back the client, the verdict and the body (for reuse).
+    handle: JoinHandle<(StreamLoadClient, Verdict, bytes::Bytes)>,
+    trigger: FlushTrigger,
     rows: u64,
     bytes: u64,
 }
@@ -135,8 +137,16 @@ impl SinkTask {
                 done = join(&mut in_flight), if in_flight.is_some() => {
                     let Some(finished) = in_flight.take() else { continue };
                     match done {
-                        Ok((client, verdict)) => {
+                        Ok((client, verdict, body)) => {
                             self.client = Some(client);
+                            match finished.trigger {
+                                FlushTrigger::Size | FlushTrigger::Rows => {
+                                    if let Ok(body) = body.try_into_mut() {
+                                        filling.recycle(body.into());
+                                    }
+                                }
+                                FlushTrigger::Interval | FlushTrigger::Shutdown => filling.release_spare(),
+                            }
                             match verdict {
                                 Verdict::Committed => {
                                     self.metrics.loaded.fetch_add(finished.rows, Relaxed);
@@ -208,6 +218,7 @@ impl SinkTask {
         };
         let rows = next.batch.rows;
         let bytes = next.batch.body.len() as u64;
+        let trigger = next.batch.trigger;
         let retry = self.retry;
         let metrics = self.metrics.clone();
         let name = self.name.clone();
@@ -260,10 +271,11 @@ impl SinkTask {
                     }
                 }
             };
-            (client, verdict)
+            (client, verdict, batch.body)
         });
         InFlight {
             handle,
+            trigger,
             rows,
             bytes,
         }
@@ -273,7 +285,7 @@ impl SinkTask {
 /// Waits for the load in flight, if any (never resolves otherwise).
 async fn join(
     in_flight: &mut Option<InFlight>,
-) -> Result<(StreamLoadClient, Verdict), tokio::task::JoinError> {
+) -> Result<(StreamLoadClient, Verdict, bytes::Bytes), tokio::task::JoinError> {
     match in_flight {
         Some(f) => (&mut f.handle).await,
         None => std::future::pending().await,

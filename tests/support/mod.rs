@@ -210,10 +210,7 @@ pub async fn run_loader_to_exit(config: &Path, within: Duration) -> (ExitStatus,
 
 /// A loopback TCP address nothing listens on (bound, then released).
 pub fn dead_address() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    drop(l);
-    format!("http://{addr}")
+    format!("http://127.0.0.1:{}", free_port())
 }
 
 /// `starsink --log-format FORMAT loader --config CONFIG`, logging to a pipe, killed on drop.
@@ -238,4 +235,40 @@ pub async fn endpoint(faults: Faults) -> DevEndpoint {
     })
     .await
     .expect("start the dev endpoint")
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// `GET path` on `127.0.0.1:port` with `Connection: close`; returns status and body.
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the metrics address");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("send request");
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text))
+        .await
+        .expect("the server closes after answering a Connection: close request")
+        .expect("read answer");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_owned())
+}
+
+/// The value of the metric line `name{labels}` in Prometheus text.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name_and_labels} in:\n{text}"))
 }

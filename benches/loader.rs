@@ -1,0 +1,310 @@
+//! Loader benchmark: NDJSON (and CSV) through 4 Unix-socket connections into a real
+//! `starsink loader` process, against a local Stream Load endpoint that only counts bytes.
+//!
+//! Prints throughput, the loader's CPU seconds per GiB (from `/proc/<pid>/stat`), its idle
+//! and peak RSS (`VmRSS`, `VmHWM`), and how late timer flushes are.
+//!
+//! ```text
+//! cargo bench --bench loader               # 2 GiB per format
+//! cargo bench --bench loader -- --gib 0.5  # quicker
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use starsink::dev_endpoint::{DevEndpoint, EndpointConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::process::{Child, Command};
+
+const ROW: usize = 128;
+const CONNECTIONS: usize = 4;
+const WRITE: usize = 256 << 10;
+const MAX_BYTES_MIB: u64 = 64;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Json,
+    Csv,
+}
+
+impl Format {
+    fn name(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Csv => "csv",
+        }
+    }
+
+    /// Row `id`, padded to exactly `ROW` bytes with its newline.
+    fn row(self, id: u64, out: &mut Vec<u8>) {
+        let start = out.len();
+        let head = match self {
+            Format::Json => format!(
+                r#"{{"id":{id},"user":"user-{:05}","event":"page_view","url":"/products/{}","ts":"2026-11-24T15:30:00.123Z","pad":""#,
+                id % 100_000,
+                id % 9973
+            ),
+            Format::Csv => format!(
+                "{id},user-{:05},page_view,/products/{},2026-11-24 15:30:00.123,",
+                id % 100_000,
+                id % 9973
+            ),
+        };
+        out.extend_from_slice(head.as_bytes());
+        let tail: &[u8] = if self == Format::Json {
+            b"\"}\n"
+        } else {
+            b"\n"
+        };
+        let pad = ROW - head.len() - tail.len();
+        out.resize(out.len() + pad, b'x');
+        out.extend_from_slice(tail);
+        debug_assert_eq!(out.len() - start, ROW);
+    }
+}
+
+struct Figures {
+    format: Format,
+    bytes: u64,
+    secs: f64,
+    cpu_secs: f64,
+    idle_rss_kib: u64,
+    peak_rss_kib: u64,
+    loads: usize,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let gib: f64 = args
+        .iter()
+        .position(|a| a == "--gib")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2.0);
+    let bytes = ((gib * (1u64 << 30) as f64) as u64) / ROW as u64 * ROW as u64;
+    println!(
+        "starsink loader benchmark: {:.2} GiB of {ROW}-byte rows per format, {CONNECTIONS} connections, maxBytes {MAX_BYTES_MIB}MiB",
+        bytes as f64 / (1u64 << 30) as f64
+    );
+    let mut all = Vec::new();
+    for format in [Format::Json, Format::Csv] {
+        all.push(throughput(format, bytes).await);
+    }
+    let lateness = timer_lateness().await;
+
+    println!();
+    println!("| format | MiB/s | loader CPU-s/GiB | idle RSS | peak RSS | loads |");
+    println!("|---|---|---|---|---|---|");
+    for f in &all {
+        let gib = f.bytes as f64 / (1u64 << 30) as f64;
+        println!(
+            "| {} | {:.0} | {:.2} | {:.1} MiB | {:.1} MiB | {} |",
+            f.format.name(),
+            f.bytes as f64 / (1 << 20) as f64 / f.secs,
+            f.cpu_secs / gib,
+            f.idle_rss_kib as f64 / 1024.0,
+            f.peak_rss_kib as f64 / 1024.0,
+            f.loads
+        );
+    }
+    println!();
+    println!(
+        "timer flush lateness over {} idle batches (interval 200ms): median {} ms, max {} ms",
+        lateness.len(),
+        lateness[lateness.len() / 2].as_millis(),
+        lateness[lateness.len() - 1].as_millis()
+    );
+}
+
+/// Writes `bytes` of rows through `CONNECTIONS` connections and waits until all are loaded.
+async fn throughput(format: Format, bytes: u64) -> Figures {
+    let sr = DevEndpoint::start(EndpointConfig {
+        keep_rows: false,
+        ..EndpointConfig::default()
+    })
+    .await
+    .expect("start endpoint");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("bench.sock");
+    let metrics = free_port();
+    let config = format!(
+        "labelPrefix: bench\nmetricsAddr: 127.0.0.1:{metrics}\nsinks:\n  - name: bench\n    socket: {}\n    format: {}\n    starrocks:\n      feEndpoints: [\"{}\"]\n      database: bench\n      table: events\n    flush:\n      interval: 250ms\n      maxBytes: {MAX_BYTES_MIB}MiB\n      maxRows: 10000000\n",
+        socket.display(),
+        format.name(),
+        sr.fe_url()
+    );
+    let mut loader = spawn_loader(dir.path(), &config, &socket).await;
+    let pid = loader.id().expect("loader pid");
+    // Idle: after start-up, before any record.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss_kib = proc_status(pid, "VmRSS:");
+
+    // One block of distinct rows, written over and over by every connection.
+    let mut block = Vec::with_capacity(16 << 20);
+    let mut id = 0;
+    while block.len() < 16 << 20 {
+        format.row(id, &mut block);
+        id += 1;
+    }
+    let block = std::sync::Arc::new(block);
+    let rows = bytes / ROW as u64;
+
+    let cpu_before = proc_cpu_secs(pid);
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for c in 0..CONNECTIONS as u64 {
+        let share =
+            bytes / ROW as u64 / CONNECTIONS as u64 + u64::from(c < rows % CONNECTIONS as u64);
+        let (block, socket) = (block.clone(), socket.clone());
+        writers.push(tokio::spawn(async move {
+            let mut conn = UnixStream::connect(&socket).await.expect("connect");
+            let mut left = (share * ROW as u64) as usize;
+            while left > 0 {
+                for piece in block.chunks(WRITE) {
+                    let n = piece.len().min(left);
+                    conn.write_all(&piece[..n]).await.expect("write");
+                    left -= n;
+                    if left == 0 {
+                        break;
+                    }
+                }
+            }
+            conn.shutdown().await.expect("shutdown");
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    while loaded(metrics).await < rows {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let cpu_secs = proc_cpu_secs(pid) - cpu_before;
+    let peak_rss_kib = proc_status(pid, "VmHWM:");
+    let loads = sr.state().loads.len();
+    stop(&mut loader).await;
+    Figures {
+        format,
+        bytes,
+        secs,
+        cpu_secs,
+        idle_rss_kib,
+        peak_rss_kib,
+        loads,
+    }
+}
+
+/// How late each idle batch's timer flush commits, past its 200ms interval.
+async fn timer_lateness() -> Vec<Duration> {
+    let sr = DevEndpoint::start(EndpointConfig::default())
+        .await
+        .expect("start endpoint");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("timer.sock");
+    let config = format!(
+        "labelPrefix: timer\nsinks:\n  - name: timer\n    socket: {}\n    starrocks:\n      feEndpoints: [\"{}\"]\n      database: bench\n      table: timer\n    flush:\n      interval: 200ms\n",
+        socket.display(),
+        sr.fe_url()
+    );
+    let mut loader = spawn_loader(dir.path(), &config, &socket).await;
+    let mut conn = UnixStream::connect(&socket).await.expect("connect");
+    let interval = Duration::from_millis(200);
+    let mut late = Vec::new();
+    for i in 0..25u64 {
+        let mut row = Vec::new();
+        Format::Json.row(i, &mut row);
+        conn.write_all(&row).await.expect("write");
+        let written = Instant::now();
+        assert!(
+            sr.wait_for_rows(i + 1, Duration::from_secs(5)).await,
+            "timer flush never came"
+        );
+        let committed = sr.state().loads.last().expect("a load").at;
+        late.push(committed.duration_since(written).saturating_sub(interval));
+    }
+    drop(conn);
+    stop(&mut loader).await;
+    late.sort();
+    late
+}
+
+async fn spawn_loader(dir: &Path, config: &str, socket: &Path) -> Child {
+    let path: PathBuf = dir.join("loader.yaml");
+    std::fs::write(&path, config).expect("write config");
+    let child = Command::new(env!("CARGO_BIN_EXE_starsink"))
+        .args(["loader", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn starsink loader");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(socket).await.is_err() {
+        assert!(Instant::now() < deadline, "the loader never listened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child
+}
+
+async fn stop(loader: &mut Child) {
+    if let Some(pid) = loader.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let status = loader.wait().await.expect("wait for the loader");
+    assert!(status.success(), "the loader exited with {status}");
+}
+
+/// `starsink_records_loaded_total` from the loader's `/metrics`.
+async fn loaded(port: u16) -> u64 {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return 0;
+    };
+    let req = "GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("starsink_records_loaded_total{sink=\"bench\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// A `/proc/<pid>/status` field in KiB.
+fn proc_status(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("status field")
+}
+
+/// User plus system CPU seconds of `pid`.
+fn proc_cpu_secs(pid: u32) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &text[text.rfind(')').expect("stat format") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100);
+    ticks as f64 / hz as f64
+}
