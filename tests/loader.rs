@@ -372,6 +372,11 @@ async fn the_size_trigger_keeps_bodies_under_max_bytes_and_off_the_fe() {
         "batches should fill up: largest {}",
         st.largest_body
     );
+    let log = loader.log_text();
+    assert!(
+        !log.contains("s3cret") && !log.to_ascii_lowercase().contains("authorization: basic"),
+        "the password or the Authorization header was logged"
+    );
     assert_eq!(st.fe_body_bytes, 0, "body bytes reached the FE");
     assert_eq!(st.auth_failures, 0);
     assert_eq!(st.missing_expect, 0);

@@ -148,6 +148,43 @@ async fn starrocks_down_through_the_shutdown_budget_exits_one_and_counts_the_los
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_with_the_accounting_line() {
+    let sr = endpoint(Faults {
+        unavailable: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| {
+        format!(
+            "shutdownTimeout: 10m\n{}",
+            one_sink(dir, "twice", &fe, "    flush:\n      interval: 1h\n")
+        )
+    })
+    .await;
+    let lines: Vec<String> = (0..40).map(row).collect();
+    write_lines(&loader.socket("orders"), &lines).await;
+    loader.signal(Signal::SIGTERM);
+    // The first signal's flush keeps failing; a 10m budget would keep it retrying.
+    assert!(
+        loader
+            .wait_log("retrying with the same label", Duration::from_secs(10))
+            .await,
+        "{}",
+        loader.log_text()
+    );
+    loader.signal(Signal::SIGTERM);
+    let status = loader.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(1), "{}", loader.log_text());
+    let acc = loader.accounting();
+    assert_eq!(
+        (acc["accepted"].as_u64(), acc["lost"].as_u64()),
+        (Some(40), Some(40)),
+        "{acc}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_slower_than_the_request_timeout_is_waited_for_not_sent_twice() {
     let sr = endpoint(Faults {
         slow: 1.0,
