@@ -27,6 +27,8 @@ enum Command {
     },
     /// Shows the whole loader path on this machine, against a local Stream Load endpoint.
     Demo(starsink::demo::DemoArgs),
+    /// Prints the StarRocksSink CustomResourceDefinition (what `crds/` holds).
+    Crd,
 }
 
 fn main() -> ExitCode {
@@ -63,6 +65,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo(args) => runtime.block_on(starsink::demo::run(args)),
+        Command::Crd => {
+            print!("{}", starsink::api::resource::crd_yaml());
+            0
+        }
     };
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     code(status)

@@ -1,9 +1,13 @@
 //! Types shared by the loader's configuration and the `StarRocksSink` resource.
 
 pub mod config;
+pub mod resource;
 pub mod sink;
 pub mod units;
 
 pub use config::{validate_sink, ConfigError, ConfigIssue, LoaderConfig};
+pub use resource::{
+    CredentialsSecretRef, SidecarSpec, StarRocksSink, StarRocksSinkSpec, StarRocksSinkStatus,
+};
 pub use sink::{FlushSpec, Format, RetrySpec, SinkSpec, StarRocksSpec};
 pub use units::{ByteSize, HumanDuration};

@@ -1,10 +1,12 @@
-//! `SinkSpec`: everything the loader needs to know about one sink. The same type is the
-//! loader's per-sink configuration and (later) the spec of the `StarRocksSink` resource,
-//! so it serialises camelCase and keeps to types a JSON schema can describe.
+//! `SinkSpec`: everything the loader needs to know about one sink. Its parts
+//! ([`Format`], [`StarRocksSpec`], [`FlushSpec`], [`RetrySpec`]) are also the parts of the
+//! `StarRocksSink` resource's spec, so they serialise camelCase and derive a JSON schema;
+//! what only a loader process has (socket, password sources) stays out of that schema.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::units::{ByteSize, HumanDuration};
@@ -72,7 +74,7 @@ impl SinkSpec {
 }
 
 /// How producers' lines are interpreted and sent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// One JSON object per line; sent as a JSON array with `strip_outer_array: true`.
@@ -91,25 +93,35 @@ impl Format {
     }
 }
 
-/// Where and how to Stream Load.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Where and how to Stream Load. In a `StarRocksSink` the user and password come from
+/// the credentials Secret, so those fields are not part of the resource's schema.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StarRocksSpec {
     /// FE HTTP endpoints, `http://host:port`; the loader fails over between them.
+    #[schemars(length(min = 1), inner(regex(pattern = r"^https?://[^/?#\s]+/?$")))]
     pub fe_endpoints: Vec<String>,
+    /// The database: 1-64 letters, digits and `_`, starting with a letter or `_`.
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"))]
     pub database: String,
+    /// The table: 1-64 letters, digits and `_`, starting with a letter or `_`.
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"))]
     pub table: String,
     #[serde(default = "defaults::user")]
+    #[schemars(skip)]
     pub user: String,
     /// The password inline. At most one of `password`, `passwordFile`, `passwordEnv`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(skip)]
     pub password: Option<String>,
     /// A file holding the password (read again before each load, so a rotated
     /// Secret takes effect without a restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(skip)]
     pub password_file: Option<PathBuf>,
     /// An environment variable holding the password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(skip)]
     pub password_env: Option<String>,
     /// The `columns` Stream Load header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -127,7 +139,7 @@ pub struct StarRocksSpec {
 }
 
 /// When a batch is sealed and loaded: whichever comes first.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FlushSpec {
     /// The oldest buffered record is loaded at most this long after it arrived.
@@ -137,6 +149,7 @@ pub struct FlushSpec {
     #[serde(default = "defaults::max_bytes")]
     pub max_bytes: ByteSize,
     #[serde(default = "defaults::max_rows")]
+    #[schemars(range(min = 1))]
     pub max_rows: u64,
 }
 
@@ -151,7 +164,7 @@ impl Default for FlushSpec {
 }
 
 /// How transient load failures are retried (always with the batch's one label).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetrySpec {
     /// First backoff; doubled on each failure, with jitter.

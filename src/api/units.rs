@@ -91,7 +91,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
         for (unit, size) in UNITS {
-            if self.0 >= size && self.0 % size == 0 {
+            if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{unit}", self.0 / size);
             }
         }
@@ -153,9 +153,83 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// Durations in a resource are kept to the form both the loader and Kubernetes' CEL
+/// `duration()` read: digits and a unit, repeated (`250ms`, `5s`, `1h30m`).
+pub const DURATION_PATTERN: &str = "^([0-9]+(ns|us|ms|s|m|h))+$";
+
+/// A size as a string: digits and an optional unit.
+pub const SIZE_PATTERN: &str = "^[0-9]+ ?(B|KiB|Ki|MiB|Mi|GiB|Gi|KB|kB|K|k|MB|M|GB|G)?$";
+
+impl schemars::JsonSchema for HumanDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+        })
+    }
+}
+
+impl schemars::JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    /// Bytes as an integer, or a string with a unit: Kubernetes' int-or-string. The
+    /// checks sit beside each other, not in an `anyOf`: `minimum` only binds integers and
+    /// `pattern` only strings, and in an `anyOf` the `minimum` branch would let any
+    /// string through.
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "x-kubernetes-int-or-string": true,
+            "minimum": 0,
+            "pattern": SIZE_PATTERN,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_schema_patterns_accept_exactly_what_the_parsers_read() {
+        let duration = regex_lite(DURATION_PATTERN);
+        for ok in ["250ms", "5s", "1h", "1h30m", "10m", "100us", "7ns"] {
+            assert!(duration(ok), "{ok}");
+            assert!(ok.parse::<HumanDuration>().is_ok(), "{ok}");
+        }
+        for bad in ["5", "1.5s", "5 s", "-1s", "5sec", ""] {
+            assert!(!duration(bad), "{bad}");
+        }
+        let size = regex_lite(SIZE_PATTERN);
+        for ok in ["64MiB", "1GiB", "65536", "10 KB", "512Ki"] {
+            assert!(size(ok), "{ok}");
+            assert!(ok.parse::<ByteSize>().is_ok(), "{ok}");
+        }
+        for bad in ["64 furlongs", "MiB", "-1"] {
+            assert!(!size(bad), "{bad}");
+        }
+    }
+
+    /// The pattern as a JSON-schema validator (the API server's dialect) checks it.
+    fn regex_lite(pattern: &str) -> impl Fn(&str) -> bool {
+        let v =
+            jsonschema::validator_for(&serde_json::json!({"type": "string", "pattern": pattern}))
+                .expect("valid pattern");
+        move |s| v.is_valid(&serde_json::json!(s))
+    }
 
     #[test]
     fn sizes_accept_binary_units_and_plain_bytes() {

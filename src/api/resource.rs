@@ -1,0 +1,203 @@
+//! The `StarRocksSink` custom resource (`starsink.io/v1alpha1`): what a user declares
+//! with kubectl. Its spec is built from the loader's own parts ([`StarRocksSpec`],
+//! [`FlushSpec`], [`RetrySpec`], [`Format`]); [`StarRocksSinkSpec::to_sink_spec`] turns it
+//! into the loader's [`SinkSpec`], and [`StarRocksSinkSpec::problems`] checks it with the
+//! loader's own [`validate_sink`], so both reject the same things with the same words.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::config::{validate_sink, ConfigIssue};
+use super::sink::{FlushSpec, Format, RetrySpec, SinkSpec, StarRocksSpec};
+use super::units::{ByteSize, HumanDuration};
+
+/// Where the sidecar's sockets live in a pod (an `emptyDir` shared with the apps).
+pub const SOCKET_DIR: &str = "/var/run/starsink";
+/// Where a sink's credentials Secret is mounted in the loader, one directory per sink.
+pub const SECRET_DIR: &str = "/etc/starsink/credentials";
+
+/// A sink: records that pods write to a Unix socket are loaded into one StarRocks table.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "starsink.io",
+    version = "v1alpha1",
+    kind = "StarRocksSink",
+    plural = "starrockssinks",
+    singular = "starrockssink",
+    shortname = "srs",
+    namespaced,
+    status = "StarRocksSinkStatus",
+    doc = "A StarRocksSink: records that pods write, one per line, to a Unix socket are loaded into one StarRocks table by the starsink loader sidecar.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Database",
+        type_ = "string",
+        json_path = ".spec.starrocks.database"
+    ),
+    printcolumn(name = "Table", type_ = "string", json_path = ".spec.starrocks.table"),
+    printcolumn(name = "Pods", type_ = "integer", json_path = ".status.attachedPods"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63")
+        .message("metadata.name: a sink name is part of socket paths and load labels; use 1-63 characters of a-z, 0-9 and -, starting and ending with a letter or digit")
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.columnSeparator) || (has(self.format) && self.format == 'csv')",
+        "message": "columnSeparator only applies to format: csv; remove it or set format: csv",
+        "fieldPath": ".columnSeparator",
+    },
+    {
+        "rule": "!has(self.flush) || !has(self.flush.interval) || duration(self.flush.interval) > duration('0s')",
+        "message": "flush.interval must be more than zero; it bounds how long a record waits, e.g. 5s",
+        "fieldPath": ".flush.interval",
+    },
+    {
+        "rule": "!has(self.retry) || !has(self.retry.minBackoff) || !has(self.retry.maxBackoff) || duration(self.retry.maxBackoff) >= duration(self.retry.minBackoff)",
+        "message": "retry.maxBackoff is below retry.minBackoff",
+        "fieldPath": ".retry.maxBackoff",
+    },
+]))]
+pub struct StarRocksSinkSpec {
+    /// `json`: one JSON object per line; `csv`: one row per line.
+    #[serde(default)]
+    pub format: Format,
+    /// CSV only: the column separator (default `,`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column_separator: Option<String>,
+    /// Longer lines are rejected, never sent (default 1MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_record_bytes: Option<ByteSize>,
+    /// The StarRocks cluster, database and table; the user and password come from
+    /// `credentialsSecretRef`.
+    pub starrocks: StarRocksSpec,
+    #[serde(default)]
+    pub flush: FlushSpec,
+    #[serde(default)]
+    pub retry: RetrySpec,
+    /// The Secret, in the sink's namespace, holding the StarRocks user and password.
+    pub credentials_secret_ref: CredentialsSecretRef,
+    /// Overrides for the loader sidecar of pods that use this sink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<SidecarSpec>,
+}
+
+/// A Secret with the StarRocks credentials.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecretRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key holding the user name.
+    #[serde(default = "default_user_key")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub user_key: String,
+    /// The key holding the password.
+    #[serde(default = "default_password_key")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub password_key: String,
+}
+
+fn default_user_key() -> String {
+    "username".into()
+}
+
+fn default_password_key() -> String {
+    "password".into()
+}
+
+/// Per-sink overrides for the loader sidecar.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarSpec {
+    /// The loader image (default: the operator's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The loader container's resources (default: the chart's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// The least `terminationGracePeriodSeconds` a pod using this sink gets, so the
+    /// loader has time to flush at shutdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_grace_period: Option<HumanDuration>,
+}
+
+/// What the controller last saw and did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StarRocksSinkStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`: whether pods can use this sink now, and if not, why.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Running pods whose loader serves this sink.
+    #[serde(default)]
+    pub attached_pods: i32,
+    /// Hash of the rendered loader config (the ConfigMap's `starsink.io/config-hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+}
+
+impl StarRocksSinkSpec {
+    /// The loader's settings for this sink in a pod: socket on the shared volume,
+    /// password from the mounted Secret, and `user` as the Secret gives it.
+    pub fn to_sink_spec(&self, name: &str, user: &str) -> SinkSpec {
+        let mut starrocks = self.starrocks.clone();
+        starrocks.user = user.to_owned();
+        starrocks.password = None;
+        starrocks.password_env = None;
+        starrocks.password_file = Some(
+            format!(
+                "{SECRET_DIR}/{name}/{}",
+                self.credentials_secret_ref.password_key
+            )
+            .into(),
+        );
+        SinkSpec {
+            name: name.to_owned(),
+            socket: format!("{SOCKET_DIR}/{name}.sock").into(),
+            // Only the pod's containers share the emptyDir, and apps and loader often run
+            // as different users.
+            socket_mode: "0666".into(),
+            format: self.format,
+            column_separator: self.column_separator.clone(),
+            max_record_bytes: self.max_record_bytes,
+            starrocks,
+            flush: self.flush,
+            retry: self.retry,
+            dead_letter_dir: None,
+        }
+    }
+
+    /// Everything wrong with this sink, in the loader's words, keyed by the resource's
+    /// field paths (`spec.starrocks.table`, `metadata.name`).
+    pub fn problems(&self, name: &str) -> Vec<ConfigIssue> {
+        validate_sink(&self.to_sink_spec(name, "user"), "spec")
+            .into_iter()
+            .map(|mut issue| {
+                if issue.key == "spec.name" {
+                    issue.key = "metadata.name".into();
+                }
+                issue
+            })
+            .collect()
+    }
+}
+
+/// The CustomResourceDefinition as YAML, with a header saying where it comes from.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let body = serde_yaml::to_string(&StarRocksSink::crd())
+        .unwrap_or_else(|e| unreachable!("a CRD always serialises: {e}"));
+    format!("# Generated by `starsink crd`; do not edit. Regenerate: cargo run -- crd > crds/starrocks-sink.yaml\n{body}")
+}
