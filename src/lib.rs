@@ -6,6 +6,7 @@ pub mod demo;
 pub mod dev_endpoint;
 pub mod http1;
 pub mod loader;
+pub mod operator;
 pub mod stream_load;
 
 /// How log lines are written.

@@ -1,0 +1,565 @@
+//! Reconcile decisions as a pure function: a sink, its Secret and the pods that use it
+//! in; the ConfigMap the loader should read, the status to report and the event to
+//! publish out. The controller only fetches the inputs and applies the outputs.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+
+use crate::api::{StarRocksSink, StarRocksSinkStatus};
+
+/// The label a pod opts in with.
+pub const INJECT_LABEL: &str = "starsink.io/inject";
+/// The pod annotation listing the sinks it uses, comma-separated.
+pub const SINKS_ANNOTATION: &str = "starsink.io/sinks";
+/// The ConfigMap annotation carrying the hash of its content.
+pub const HASH_ANNOTATION: &str = "starsink.io/config-hash";
+/// The label naming the sink a ConfigMap belongs to.
+pub const SINK_LABEL: &str = "starsink.io/sink";
+/// The key of the loader's sink settings in the ConfigMap.
+pub const CONFIG_KEY: &str = "sink.yaml";
+
+/// Why a sink is (not) ready; the `reason` of its `Ready` condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Ready,
+    InvalidSpec,
+    SecretNotFound,
+    SecretKeyMissing,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Ready => "Ready",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::SecretNotFound => "SecretNotFound",
+            Reason::SecretKeyMissing => "SecretKeyMissing",
+        }
+    }
+}
+
+/// What to do after this reconcile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing to wait for: a watched change will bring the sink back.
+    AwaitChange,
+    /// Try again with the per-object backoff (the Secret may appear).
+    Backoff,
+}
+
+/// A Kubernetes Event to publish about the sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventSpec {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// The outcome of one reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The ConfigMap the loader should read; `None` leaves the last good one in place,
+    /// so running loaders keep working while the sink is broken.
+    pub config_map: Option<ConfigMap>,
+    /// The status to write; `None` when it would not change (no write, no loop on the
+    /// controller's own updates).
+    pub status: Option<StarRocksSinkStatus>,
+    /// Published only when the Ready condition's status or reason changes.
+    pub event: Option<EventSpec>,
+    pub next: Next,
+}
+
+/// Decides what a sink needs. `pods` are the pods of the sink's namespace; those that
+/// opted in, list this sink and run count as attached.
+pub fn decide(
+    sink: &StarRocksSink,
+    secret: Option<&Secret>,
+    pods: &[Pod],
+    now: Timestamp,
+) -> Decision {
+    let name = sink.name_any();
+    let attached = attached_pods(pods, &name);
+    let (reason, message, config_map, next) = match check(sink, secret) {
+        Ok(user) => {
+            let cm = config_map(sink, &name, &user);
+            let hash = cm
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(HASH_ANNOTATION))
+                .cloned();
+            (
+                Reason::Ready,
+                format!(
+                    "loader config is in ConfigMap {} (hash {})",
+                    config_map_name(&name),
+                    hash.as_deref().unwrap_or("")
+                ),
+                Some(cm),
+                Next::AwaitChange,
+            )
+        }
+        Err((reason, message)) => {
+            let next = match reason {
+                Reason::InvalidSpec => Next::AwaitChange,
+                _ => Next::Backoff,
+            };
+            (reason, message, None, next)
+        }
+    };
+
+    let old = sink.status.clone().unwrap_or_default();
+    let old_ready = old.conditions.iter().find(|c| c.type_ == "Ready");
+    let status_word = if reason == Reason::Ready {
+        "True"
+    } else {
+        "False"
+    };
+    let flipped = old_ready.is_none_or(|c| c.status != status_word);
+    let generation = sink.meta().generation;
+    let ready = Condition {
+        type_: "Ready".into(),
+        status: status_word.into(),
+        reason: reason.as_str().into(),
+        message: message.clone(),
+        observed_generation: generation,
+        last_transition_time: match old_ready {
+            Some(c) if !flipped => c.last_transition_time.clone(),
+            _ => Time(now),
+        },
+    };
+    let mut conditions: Vec<Condition> = old
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != "Ready")
+        .cloned()
+        .collect();
+    conditions.push(ready);
+    let config_hash = match &config_map {
+        Some(cm) => cm
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(HASH_ANNOTATION))
+            .cloned(),
+        None => old.config_hash.clone(),
+    };
+    let status = StarRocksSinkStatus {
+        observed_generation: generation,
+        conditions,
+        attached_pods: attached,
+        config_hash,
+    };
+    let event =
+        (flipped || old_ready.is_some_and(|c| c.reason != reason.as_str())).then(|| EventSpec {
+            warning: reason != Reason::Ready,
+            reason: reason.as_str(),
+            note: message,
+        });
+    Decision {
+        config_map,
+        status: (status != old).then_some(status),
+        event,
+        next,
+    }
+}
+
+/// The spec is valid and the Secret holds both keys: the user name. Otherwise the
+/// reason and a message naming the field or key and the fix.
+fn check(sink: &StarRocksSink, secret: Option<&Secret>) -> Result<String, (Reason, String)> {
+    let name = sink.name_any();
+    let problems = sink.spec.problems(&name);
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        return Err((Reason::InvalidSpec, list.join("; ")));
+    }
+    let r = &sink.spec.credentials_secret_ref;
+    let ns = sink.namespace().unwrap_or_default();
+    let Some(secret) = secret else {
+        return Err((
+            Reason::SecretNotFound,
+            format!(
+                "Secret {ns}/{} (spec.credentialsSecretRef.name) does not exist; create it: kubectl -n {ns} create secret generic {} --from-literal={}=USER --from-literal={}=PASSWORD",
+                r.name, r.name, r.user_key, r.password_key
+            ),
+        ));
+    };
+    let value = |key: &str| -> Option<Vec<u8>> {
+        if let Some(v) = secret.data.as_ref().and_then(|d| d.get(key)) {
+            return Some(v.0.clone());
+        }
+        secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|v| v.clone().into_bytes())
+    };
+    let missing = |key: &str, field: &str| {
+        (
+            Reason::SecretKeyMissing,
+            format!(
+                "Secret {ns}/{} has no key `{key}` (spec.credentialsSecretRef.{field}); add it or point {field} at the key that holds it",
+                r.name
+            ),
+        )
+    };
+    let user = value(&r.user_key).ok_or_else(|| missing(&r.user_key, "userKey"))?;
+    value(&r.password_key).ok_or_else(|| missing(&r.password_key, "passwordKey"))?;
+    let user = String::from_utf8(user).map_err(|_| {
+        (
+            Reason::SecretKeyMissing,
+            format!(
+                "Secret {ns}/{} key `{}` is not UTF-8 text; store the user name as text",
+                r.name, r.user_key
+            ),
+        )
+    })?;
+    let user = user.trim().to_owned();
+    if user.is_empty() || user.contains(':') {
+        return Err((
+            Reason::SecretKeyMissing,
+            format!(
+                "Secret {ns}/{} key `{}` holds no usable user name (empty, or contains ':')",
+                r.name, r.user_key
+            ),
+        ));
+    }
+    Ok(user)
+}
+
+/// `starsink-<sink>`: the ConfigMap holding a sink's loader settings.
+pub fn config_map_name(sink: &str) -> String {
+    format!("starsink-{sink}")
+}
+
+/// The sink's loader settings as a ConfigMap owned by the sink (garbage-collected with
+/// it), with a hash of its content.
+fn config_map(sink: &StarRocksSink, name: &str, user: &str) -> ConfigMap {
+    let spec = sink.spec.to_sink_spec(name, user);
+    let yaml = serde_yaml::to_string(&spec)
+        .unwrap_or_else(|e| unreachable!("a SinkSpec always serialises: {e}"));
+    let hash = content_hash(yaml.as_bytes());
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(config_map_name(name)),
+            namespace: sink.namespace(),
+            labels: Some(BTreeMap::from([
+                ("app.kubernetes.io/managed-by".into(), "starsink".into()),
+                (SINK_LABEL.into(), name.to_owned()),
+            ])),
+            annotations: Some(BTreeMap::from([(HASH_ANNOTATION.into(), hash)])),
+            owner_references: sink.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(CONFIG_KEY.into(), yaml)])),
+        ..ConfigMap::default()
+    }
+}
+
+/// FNV-1a, 64 bits, as 16 hex digits: stable across releases and platforms, which is
+/// all a change detector needs.
+pub fn content_hash(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The sinks a pod asks for in its `starsink.io/sinks` annotation, if it opted in.
+pub fn requested_sinks(pod: &Pod) -> Vec<String> {
+    let opted_in = pod.labels().get(INJECT_LABEL).map(String::as_str) == Some("true");
+    if !opted_in {
+        return Vec::new();
+    }
+    pod.annotations()
+        .get(SINKS_ANNOTATION)
+        .map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Running pods that opted in and list `sink`.
+pub fn attached_pods(pods: &[Pod], sink: &str) -> i32 {
+    let n = pods
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter(|p| requested_sinks(p).iter().any(|s| s == sink))
+        .count();
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use serde_json::json;
+
+    fn sink(generation: i64, table: &str) -> StarRocksSink {
+        serde_json::from_value(json!({
+            "apiVersion": "starsink.io/v1alpha1",
+            "kind": "StarRocksSink",
+            "metadata": {"name": "orders", "namespace": "shop", "uid": "u-1", "generation": generation},
+            "spec": {
+                "starrocks": {"feEndpoints": ["http://fe:8030"], "database": "shop", "table": table},
+                "credentialsSecretRef": {"name": "sr"},
+            },
+        }))
+        .unwrap()
+    }
+
+    fn secret(keys: &[(&str, &str)]) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some("sr".into()),
+                namespace: Some("shop".into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(
+                keys.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        }
+    }
+
+    fn good_secret() -> Secret {
+        secret(&[("username", "loader"), ("password", "pw")])
+    }
+
+    fn pod(name: &str, sinks: &str, phase: &str, opted_in: bool) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": name, "namespace": "shop",
+                "labels": if opted_in { json!({INJECT_LABEL: "true"}) } else { json!({}) },
+                "annotations": {SINKS_ANNOTATION: sinks},
+            },
+            "status": {"phase": phase},
+        }))
+        .unwrap()
+    }
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    /// Runs `decide` and stores the status it wrote, as the API server would.
+    fn step(s: &mut StarRocksSink, secret: Option<&Secret>, pods: &[Pod], now: i64) -> Decision {
+        let d = decide(s, secret, pods, t(now));
+        if let Some(status) = &d.status {
+            s.status = Some(status.clone());
+        }
+        d
+    }
+
+    fn ready(s: &StarRocksSink) -> Condition {
+        s.status
+            .as_ref()
+            .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Ready"))
+            .cloned()
+            .expect("a Ready condition")
+    }
+
+    #[test]
+    fn a_valid_sink_gets_its_config_map_and_becomes_ready() {
+        let mut s = sink(1, "orders");
+        let d = step(&mut s, Some(&good_secret()), &[], 0);
+        let cm = d.config_map.expect("a ConfigMap");
+        assert_eq!(cm.metadata.name.as_deref(), Some("starsink-orders"));
+        assert_eq!(cm.metadata.namespace.as_deref(), Some("shop"));
+        let owner = &cm.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("StarRocksSink", "orders", "u-1")
+        );
+        assert_eq!(owner.controller, Some(true));
+        let yaml = &cm.data.as_ref().unwrap()[CONFIG_KEY];
+        let rendered: crate::api::SinkSpec = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(rendered.name, "orders");
+        assert_eq!(rendered.starrocks.user, "loader");
+        assert_eq!(
+            rendered.socket.to_str(),
+            Some("/var/run/starsink/orders.sock")
+        );
+        assert_eq!(
+            rendered
+                .starrocks
+                .password_file
+                .as_deref()
+                .and_then(|p| p.to_str()),
+            Some("/etc/starsink/credentials/orders/password")
+        );
+        assert!(
+            !yaml.contains("pw"),
+            "the password must not be in the ConfigMap"
+        );
+        let hash = &cm.metadata.annotations.as_ref().unwrap()[HASH_ANNOTATION];
+        assert_eq!(hash, &content_hash(yaml.as_bytes()));
+        let status = s.status.clone().unwrap();
+        assert_eq!(status.config_hash.as_ref(), Some(hash));
+        assert_eq!(status.observed_generation, Some(1));
+        let c = ready(&s);
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Ready"));
+        assert_eq!(
+            d.event.map(|e| (e.warning, e.reason)),
+            Some((false, "Ready"))
+        );
+        assert_eq!(d.next, Next::AwaitChange);
+    }
+
+    #[test]
+    fn nothing_changed_means_no_status_write_and_no_event() {
+        let mut s = sink(1, "orders");
+        step(&mut s, Some(&good_secret()), &[], 0);
+        let again = step(&mut s, Some(&good_secret()), &[], 60);
+        assert_eq!(again.status, None);
+        assert_eq!(again.event, None);
+        assert!(
+            again.config_map.is_some(),
+            "the desired ConfigMap is still known"
+        );
+    }
+
+    #[test]
+    fn an_invalid_spec_is_not_ready_with_the_field_named_and_no_config() {
+        let mut s = sink(1, "orders-2024");
+        let d = step(&mut s, Some(&good_secret()), &[], 0);
+        assert!(d.config_map.is_none());
+        let c = ready(&s);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "InvalidSpec")
+        );
+        assert!(c.message.contains("spec.starrocks.table"), "{}", c.message);
+        assert!(c.message.contains("orders-2024"), "{}", c.message);
+        assert_eq!(
+            d.event.map(|e| (e.warning, e.reason)),
+            Some((true, "InvalidSpec"))
+        );
+        assert_eq!(d.next, Next::AwaitChange);
+    }
+
+    #[test]
+    fn a_missing_secret_says_how_to_create_it_and_retries() {
+        let mut s = sink(1, "orders");
+        let d = step(&mut s, None, &[], 0);
+        let c = ready(&s);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "SecretNotFound")
+        );
+        assert!(
+            c.message
+                .contains("kubectl -n shop create secret generic sr"),
+            "{}",
+            c.message
+        );
+        assert_eq!(d.next, Next::Backoff);
+        assert!(d.config_map.is_none());
+    }
+
+    #[test]
+    fn a_missing_key_names_the_key_and_the_field() {
+        let mut s = sink(1, "orders");
+        step(&mut s, Some(&secret(&[("username", "loader")])), &[], 0);
+        let c = ready(&s);
+        assert_eq!(c.reason, "SecretKeyMissing");
+        assert!(
+            c.message.contains("`password`") && c.message.contains("passwordKey"),
+            "{}",
+            c.message
+        );
+        step(&mut s, Some(&secret(&[("password", "pw")])), &[], 0);
+        assert!(ready(&s).message.contains("`username`"));
+    }
+
+    #[test]
+    fn a_secret_added_later_makes_the_sink_ready_and_flips_the_transition_time() {
+        let mut s = sink(1, "orders");
+        step(&mut s, None, &[], 0);
+        let before = ready(&s);
+        // Still missing a minute later: same condition, same transition time, no event.
+        let d = step(&mut s, None, &[], 60);
+        assert_eq!(d.event, None);
+        assert_eq!(ready(&s).last_transition_time, before.last_transition_time);
+        let d = step(&mut s, Some(&good_secret()), &[], 120);
+        let after = ready(&s);
+        assert_eq!(after.status, "True");
+        assert_eq!(after.last_transition_time, Time(t(120)));
+        assert_eq!(d.event.map(|e| e.reason), Some("Ready"));
+    }
+
+    #[test]
+    fn a_broken_secret_keeps_the_last_config_and_hash() {
+        let mut s = sink(1, "orders");
+        step(&mut s, Some(&good_secret()), &[], 0);
+        let hash = s.status.as_ref().unwrap().config_hash.clone();
+        let d = step(&mut s, None, &[], 10);
+        assert!(d.config_map.is_none(), "running loaders keep their config");
+        assert_eq!(s.status.as_ref().unwrap().config_hash, hash);
+        assert_eq!(
+            d.event.map(|e| (e.warning, e.reason)),
+            Some((true, "SecretNotFound"))
+        );
+    }
+
+    #[test]
+    fn a_spec_update_changes_the_config_and_observed_generation_follows() {
+        let mut s = sink(1, "orders");
+        let first = step(&mut s, Some(&good_secret()), &[], 0)
+            .config_map
+            .unwrap();
+        let mut updated = sink(2, "orders_v2");
+        updated.status = s.status.clone();
+        let d = step(&mut updated, Some(&good_secret()), &[], 10);
+        let second = d.config_map.unwrap();
+        assert_ne!(first.data, second.data);
+        assert_ne!(first.metadata.annotations, second.metadata.annotations);
+        let st = updated.status.clone().unwrap();
+        assert_eq!(st.observed_generation, Some(2));
+        assert_eq!(ready(&updated).observed_generation, Some(2));
+        // Still Ready: the transition time stays, and no event is sent.
+        assert_eq!(ready(&updated).last_transition_time, Time(t(0)));
+        assert_eq!(d.event, None);
+    }
+
+    #[test]
+    fn attached_pods_are_running_opted_in_pods_that_list_the_sink() {
+        let pods = [
+            pod("a", "orders", "Running", true),
+            pod("b", "clicks, orders", "Running", true),
+            pod("c", "orders", "Pending", true),
+            pod("d", "orders", "Running", false),
+            pod("e", "orders-archive", "Running", true),
+        ];
+        assert_eq!(attached_pods(&pods, "orders"), 2);
+        let mut s = sink(1, "orders");
+        step(&mut s, Some(&good_secret()), &pods, 0);
+        assert_eq!(s.status.as_ref().unwrap().attached_pods, 2);
+        // A pod going away is a status change, though not a Ready change.
+        let d = step(&mut s, Some(&good_secret()), &pods[1..], 10);
+        assert_eq!(d.status.map(|st| st.attached_pods), Some(1));
+        assert_eq!(d.event, None);
+    }
+
+    #[test]
+    fn requested_sinks_need_the_opt_in_label() {
+        assert_eq!(
+            requested_sinks(&pod("a", " orders ,clicks,", "Running", true)),
+            ["orders", "clicks"]
+        );
+        assert!(requested_sinks(&pod("a", "orders", "Running", false)).is_empty());
+    }
+}
