@@ -8,6 +8,7 @@ pub mod http1;
 pub mod loader;
 pub mod operator;
 pub mod stream_load;
+pub mod telemetry;
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

@@ -1,17 +1,13 @@
-//! The loader's counters (lock-free atomics, one set per sink), their Prometheus text
-//! form, and the small HTTP server for `/metrics`, `/healthz` and `/readyz`.
+//! The loader's counters (lock-free atomics, one set per sink) and their Prometheus text
+//! form; `crate::telemetry` serves them.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
-use crate::http1::{response, Conn};
 use crate::loader::batch::FlushTrigger;
 use crate::loader::record::RejectReason;
+use crate::telemetry::Histogram;
 
 /// `outcome` label values of `starsink_loads_total`, one per attempt.
 pub const LOAD_OUTCOMES: [&str; 7] = [
@@ -22,11 +18,6 @@ pub const LOAD_OUTCOMES: [&str; 7] = [
     "pending",
     "state_unavailable",
     "dead_lettered",
-];
-
-/// Upper bounds, in seconds, of the load duration histogram.
-const DURATION_BUCKETS: [f64; 12] = [
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
 /// One sink's counters.
@@ -41,9 +32,7 @@ pub struct SinkMetrics {
     pub dead_lettered: AtomicU64,
     loads: [AtomicU64; LOAD_OUTCOMES.len()],
     flushes: [AtomicU64; FlushTrigger::ALL.len()],
-    duration_buckets: [AtomicU64; DURATION_BUCKETS.len()],
-    duration_count: AtomicU64,
-    duration_sum_micros: AtomicU64,
+    load_duration: Histogram,
     /// Bytes held in batches (filling, waiting and in flight).
     pub buffered_bytes: AtomicU64,
 }
@@ -91,14 +80,7 @@ impl SinkMetrics {
     }
 
     pub fn load_duration(&self, secs: f64) {
-        for (bucket, bound) in self.duration_buckets.iter().zip(DURATION_BUCKETS) {
-            if secs <= bound {
-                bucket.fetch_add(1, Relaxed);
-            }
-        }
-        self.duration_count.fetch_add(1, Relaxed);
-        self.duration_sum_micros
-            .fetch_add((secs * 1e6) as u64, Relaxed);
+        self.load_duration.observe(secs);
     }
 
     /// Records accepted (framed and not rejected) and not yet committed or dead-lettered.
@@ -217,30 +199,10 @@ pub fn render(sinks: &[Arc<SinkMetrics>]) -> String {
         "Time from a batch's first send to its verdict.",
         &mut |out| {
             for s in sinks {
-                for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "starsink_load_duration_seconds_bucket{{sink=\"{}\",le=\"{bound}\"}} {}",
-                        s.sink,
-                        s.duration_buckets[i].load(Relaxed)
-                    );
-                }
-                let count = s.duration_count.load(Relaxed);
-                let _ = writeln!(
+                s.load_duration.render(
                     out,
-                    "starsink_load_duration_seconds_bucket{{sink=\"{}\",le=\"+Inf\"}} {count}",
-                    s.sink
-                );
-                let _ = writeln!(
-                    out,
-                    "starsink_load_duration_seconds_sum{{sink=\"{}\"}} {}",
-                    s.sink,
-                    s.duration_sum_micros.load(Relaxed) as f64 / 1e6
-                );
-                let _ = writeln!(
-                    out,
-                    "starsink_load_duration_seconds_count{{sink=\"{}\"}} {count}",
-                    s.sink
+                    "starsink_load_duration_seconds",
+                    &format!("sink=\"{}\",", s.sink),
                 );
             }
         },
@@ -254,68 +216,4 @@ pub fn render(sinks: &[Arc<SinkMetrics>]) -> String {
         }),
     );
     out
-}
-
-/// How long a metrics connection may sit idle between requests.
-const IDLE_CONNECTION: std::time::Duration = std::time::Duration::from_secs(120);
-
-/// Serves `/metrics`, `/healthz` (the process runs) and `/readyz` (every socket listens
-/// and shutdown has not begun) until `stop`.
-pub async fn serve(
-    listener: TcpListener,
-    sinks: Arc<Vec<Arc<SinkMetrics>>>,
-    ready: Arc<AtomicBool>,
-    stop: CancellationToken,
-) {
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics server: accept failed");
-                    continue;
-                }
-            },
-        };
-        let sinks = sinks.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let mut conn = Conn::new(stream);
-            // Scrapers keep connections alive; one idle past this is closed.
-            while let Ok(Ok(Some(req))) =
-                tokio::time::timeout(IDLE_CONNECTION, conn.read_request_head()).await
-            {
-                let reply = match req.path() {
-                    "/metrics" => response(
-                        200,
-                        "OK",
-                        &[("Content-Type", "text/plain; version=0.0.4")],
-                        render(&sinks).as_bytes(),
-                    ),
-                    "/healthz" => response(200, "OK", &[], b"ok\n"),
-                    "/readyz" if ready.load(Relaxed) => response(200, "OK", &[], b"ready\n"),
-                    "/readyz" => response(503, "Service Unavailable", &[], b"not ready\n"),
-                    _ => response(
-                        404,
-                        "Not Found",
-                        &[],
-                        b"not found; try /metrics, /healthz or /readyz\n",
-                    ),
-                };
-                if conn.write_all(&reply).await.is_err() || req.headers.wants_close() {
-                    break;
-                }
-            }
-        });
-    }
-}
-
-/// Binds the metrics address, with an error that says what to change.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        format!(
-            "metricsAddr {addr}: cannot listen ({e}); pick a free address or remove metricsAddr"
-        )
-    })
 }

@@ -109,10 +109,13 @@ pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
     let sinks = Arc::new(sinks);
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = config.metrics_addr {
-        let listener = metrics::bind(addr).await.map_err(LoaderError::Metrics)?;
-        tokio::spawn(metrics::serve(
+        let listener = crate::telemetry::bind(addr, "metricsAddr")
+            .await
+            .map_err(LoaderError::Metrics)?;
+        let render_sinks = sinks.clone();
+        tokio::spawn(crate::telemetry::serve(
             listener,
-            sinks.clone(),
+            Arc::new(move || metrics::render(&render_sinks)),
             ready.clone(),
             phases.abort.clone(),
         ));
