@@ -29,6 +29,8 @@ enum Command {
     Demo(starsink::demo::DemoArgs),
     /// Prints the StarRocksSink CustomResourceDefinition (what `crds/` holds).
     Crd,
+    /// The operator: reconciles StarRocksSinks into loader ConfigMaps and status.
+    Controller(starsink::operator::ControllerArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +67,16 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo(args) => runtime.block_on(starsink::demo::run(args)),
+        Command::Controller(args) => {
+            starsink::init_logging(cli.log_format);
+            match runtime.block_on(starsink::operator::run(args)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    EXIT_CONFIG
+                }
+            }
+        }
         Command::Crd => {
             print!("{}", starsink::api::resource::crd_yaml());
             0

@@ -46,14 +46,17 @@ pub enum LoaderError {
 
 /// The label prefix in effect: `labelPrefix`, or the hostname (a pod's name).
 pub fn label_prefix(config: &LoaderConfig) -> String {
-    config.label_prefix.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| "starsink".into())
-    })
+    config.label_prefix.clone().unwrap_or_else(hostname)
+}
+
+/// This host's name (in Kubernetes, the pod's name).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "starsink".into())
 }
 
 /// Runs the loader until a signal stops it; returns what happened to every record.

@@ -1,0 +1,370 @@
+//! The `StarRocksSink` controller on kube-runtime: it fetches what [`decide`] needs,
+//! applies what it decides (ConfigMap and status by server-side apply, Events through a
+//! `Recorder`), and retries with per-object exponential backoff.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+
+use super::reconcile::{decide, requested_sinks, Next, HASH_ANNOTATION, INJECT_LABEL};
+use crate::api::StarRocksSink;
+use crate::telemetry::Histogram;
+
+/// The field manager of everything the controller applies.
+pub const FIELD_MANAGER: &str = "starsink-controller";
+/// The CRD the controller needs.
+pub const CRD_NAME: &str = "starrockssinks.starsink.io";
+/// Labels of the ConfigMaps the controller owns.
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by=starsink";
+
+/// Backoff after a failed reconcile, or while a sink waits for its Secret.
+const MIN_BACKOFF: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("StarRocksSink {0} has no namespace")]
+    NoNamespace(String),
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
+    let action = action.into();
+    move |source| ReconcileError::Kube { action, source }
+}
+
+/// Reconcile counters, served on `/metrics`.
+#[derive(Debug, Default)]
+pub struct ControllerMetrics {
+    ok: AtomicU64,
+    error: AtomicU64,
+    duration: Histogram,
+}
+
+impl ControllerMetrics {
+    fn observe(&self, ok: bool, took: Duration) {
+        if ok { &self.ok } else { &self.error }.fetch_add(1, Relaxed);
+        self.duration.observe(took.as_secs_f64());
+    }
+
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP starsink_controller_reconciles_total Reconciles of StarRocksSinks, by result.\n# TYPE starsink_controller_reconciles_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "starsink_controller_reconciles_total{{result=\"ok\"}} {}",
+            self.ok.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "starsink_controller_reconciles_total{{result=\"error\"}} {}",
+            self.error.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP starsink_controller_reconcile_duration_seconds Time one reconcile took.\n# TYPE starsink_controller_reconcile_duration_seconds histogram"
+        );
+        self.duration.render(
+            &mut out,
+            "starsink_controller_reconcile_duration_seconds",
+            "",
+        );
+        out
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<ControllerMetrics>,
+    /// Consecutive failures (or waits) per sink; cleared by a reconcile that settles.
+    failures: Mutex<HashMap<ObjectRef<StarRocksSink>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, reporter: Reporter, metrics: Arc<ControllerMetrics>) -> Arc<Self> {
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The next backoff for `sink`: doubling from 2s, capped at 5m.
+    fn backoff(&self, sink: &StarRocksSink) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(ObjectRef::from_obj(sink)).or_insert(0);
+        *n = n.saturating_add(1);
+        backoff_after(*n)
+    }
+
+    fn settled(&self, sink: &StarRocksSink) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ObjectRef::from_obj(sink));
+    }
+}
+
+/// The wait after `n` consecutive failures (n >= 1).
+pub fn backoff_after(n: u32) -> Duration {
+    let factor = 2u32.saturating_pow(n.saturating_sub(1).min(16));
+    MIN_BACKOFF.saturating_mul(factor).min(MAX_BACKOFF)
+}
+
+/// Reconciles one sink; see [`decide`] for what it decides.
+pub async fn reconcile(
+    sink: Arc<StarRocksSink>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let result = reconcile_sink(&sink, &ctx).await;
+    ctx.metrics.observe(result.is_ok(), started.elapsed());
+    result
+}
+
+async fn reconcile_sink(sink: &StarRocksSink, ctx: &Context) -> Result<Action, ReconcileError> {
+    let name = sink.name_any();
+    let ns = sink
+        .namespace()
+        .ok_or_else(|| ReconcileError::NoNamespace(name.clone()))?;
+    let client = &ctx.client;
+    let secret_name = &sink.spec.credentials_secret_ref.name;
+    let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get_opt(secret_name)
+        .await
+        .map_err(kube_err(format!("reading Secret {ns}/{secret_name}")))?;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels(&format!("{INJECT_LABEL}=true")))
+        .await
+        .map_err(kube_err(format!("listing pods in {ns}")))?
+        .items;
+
+    let decision = decide(sink, secret.as_ref(), &pods, Timestamp::now());
+
+    if let Some(cm) = &decision.config_map {
+        let api = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+        let cm_name = cm.name_any();
+        let current = api
+            .get_opt(&cm_name)
+            .await
+            .map_err(kube_err(format!("reading ConfigMap {ns}/{cm_name}")))?;
+        if !same_config(current.as_ref(), cm) {
+            api.patch(
+                &cm_name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(cm),
+            )
+            .await
+            .map_err(kube_err(format!("applying ConfigMap {ns}/{cm_name}")))?;
+            tracing::info!(sink = %name, namespace = %ns, configmap = %cm_name, "loader config applied");
+        }
+    }
+    if let Some(status) = &decision.status {
+        let patch = serde_json::json!({
+            "apiVersion": StarRocksSink::api_version(&()),
+            "kind": StarRocksSink::kind(&()),
+            "status": status,
+        });
+        Api::<StarRocksSink>::namespaced(client.clone(), &ns)
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(kube_err(format!("writing the status of {ns}/{name}")))?;
+    }
+    if let Some(ev) = &decision.event {
+        let event = Event {
+            type_: if ev.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: ev.reason.into(),
+            note: Some(truncate(&ev.note, 1000)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        // An Event is a courtesy: failing to publish one must not fail the reconcile.
+        if let Err(e) = ctx.recorder.publish(&event, &sink.object_ref(&())).await {
+            tracing::warn!(sink = %name, namespace = %ns, error = %e, "could not publish an Event");
+        }
+        tracing::info!(sink = %name, namespace = %ns, reason = ev.reason, note = %ev.note, "Ready changed");
+    }
+    Ok(match decision.next {
+        Next::AwaitChange => {
+            ctx.settled(sink);
+            Action::await_change()
+        }
+        Next::Backoff => Action::requeue(ctx.backoff(sink)),
+    })
+}
+
+/// Retries a failed reconcile with the sink's own backoff.
+pub fn error_policy(sink: Arc<StarRocksSink>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    let wait = ctx.backoff(&sink);
+    tracing::warn!(sink = %sink.name_any(), namespace = %sink.namespace().unwrap_or_default(), error = %error, retry_in = ?wait, "reconcile failed");
+    Action::requeue(wait)
+}
+
+/// Whether the ConfigMap in the cluster already is what we would apply.
+fn same_config(current: Option<&ConfigMap>, desired: &ConfigMap) -> bool {
+    let Some(current) = current else {
+        return false;
+    };
+    let hash = |cm: &ConfigMap| {
+        cm.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(HASH_ANNOTATION))
+            .cloned()
+    };
+    current.data == desired.data
+        && hash(current) == hash(desired)
+        && desired
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .all(|o| current.owner_references().iter().any(|c| c.uid == o.uid))
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The sinks whose credentials are in `secret`.
+pub fn sinks_using_secret(
+    sinks: &Store<StarRocksSink>,
+    secret: &Secret,
+) -> Vec<ObjectRef<StarRocksSink>> {
+    let ns = secret.namespace();
+    let name = secret.name_any();
+    sinks
+        .state()
+        .iter()
+        .filter(|s| s.namespace() == ns && s.spec.credentials_secret_ref.name == name)
+        .map(|s| ObjectRef::from_obj(s.as_ref()))
+        .collect()
+}
+
+/// The sinks a pod asks for, in its namespace.
+pub fn sinks_of_pod(pod: &Pod) -> Vec<ObjectRef<StarRocksSink>> {
+    let Some(ns) = pod.namespace() else {
+        return Vec::new();
+    };
+    requested_sinks(pod)
+        .iter()
+        .map(|s| ObjectRef::new(s).within(&ns))
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the StarRocksSink CRD ({CRD_NAME}) is not installed; install it with:\n  kubectl apply --server-side -f crds/starrocks-sink.yaml\nor, from the binary:\n  starsink crd | kubectl apply --server-side -f -")]
+    CrdMissing,
+    #[error("cannot check for the StarRocksSink CRD ({CRD_NAME}): {0}; the controller needs `get` on customresourcedefinitions")]
+    CrdCheck(kube::Error),
+}
+
+/// Fails with the install command when the CRD is missing.
+pub async fn check_crd(client: &Client) -> Result<(), StartError> {
+    match Api::<CustomResourceDefinition>::all(client.clone())
+        .get_opt(CRD_NAME)
+        .await
+    {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(StartError::CrdMissing),
+        Err(e) => Err(StartError::CrdCheck(e)),
+    }
+}
+
+/// Runs the controller until `until` resolves: watches sinks, the ConfigMaps it owns,
+/// Secrets (mapped to the sinks that use them) and opted-in pods (for the pod counts).
+pub async fn run_controller(
+    ctx: Arc<Context>,
+    until: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let controller = Controller::new(
+        Api::<StarRocksSink>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let store = controller.store();
+    controller
+        .owns(
+            Api::<ConfigMap>::all(client.clone()),
+            watcher::Config::default().labels(MANAGED_BY),
+        )
+        .watches(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default(),
+            move |secret| sinks_using_secret(&store, &secret),
+        )
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{INJECT_LABEL}=true")),
+            |pod| sinks_of_pod(&pod),
+        )
+        .graceful_shutdown_on(until)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_two_seconds_to_five_minutes() {
+        let waits: Vec<u64> = (1..=10).map(|n| backoff_after(n).as_secs()).collect();
+        assert_eq!(waits, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(backoff_after(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn long_event_notes_are_cut_on_a_character_boundary() {
+        let s = "é".repeat(600);
+        let t = truncate(&s, 1000);
+        assert!(t.len() <= 1000 + "…".len());
+        assert!(t.ends_with('…'));
+        assert_eq!(truncate("short", 1000), "short");
+    }
+}
