@@ -1,0 +1,222 @@
+//! The real kube-runtime Controller with the real reconcile function, against the
+//! in-process API emulator in `kube_api/`: a sink and its Secret become a ConfigMap and
+//! `Ready=True`; losing the Secret, changing the spec and attaching pods show up in the
+//! status as a user would see them with kubectl.
+
+mod kube_api;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use kube::runtime::events::Reporter;
+use kube_api::FakeApi;
+use serde_json::{json, Value};
+use starsink::operator::controller::{run_controller, Context, ControllerMetrics};
+use tokio_util::sync::CancellationToken;
+
+const SINKS: &str = "starsink.io/starrockssinks";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn secret() -> Value {
+    json!({
+        "metadata": {"name": "sr", "namespace": "shop"},
+        "data": {"username": b64("loader"), "password": b64("pw")},
+    })
+}
+
+fn sink(table: &str) -> Value {
+    json!({
+        "metadata": {"name": "orders", "namespace": "shop"},
+        "spec": {
+            "starrocks": {"feEndpoints": ["http://fe:8030"], "database": "shop", "table": table},
+            "credentialsSecretRef": {"name": "sr"},
+        },
+    })
+}
+
+fn pod(name: &str) -> Value {
+    json!({
+        "metadata": {
+            "name": name, "namespace": "shop",
+            "labels": {"starsink.io/inject": "true"},
+            "annotations": {"starsink.io/sinks": "orders"},
+        },
+        "spec": {"containers": [{"name": "app", "image": "app"}]},
+        "status": {"phase": "Running"},
+    })
+}
+
+/// The sink's Ready condition as (status, reason), if any.
+fn ready(api: &FakeApi) -> Option<(String, String)> {
+    let s = api.get(SINKS, "shop", "orders")?;
+    let c = s["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?
+        .clone();
+    Some((c["status"].as_str()?.into(), c["reason"].as_str()?.into()))
+}
+
+fn is_ready(api: &FakeApi, status: &str, reason: &str) -> bool {
+    ready(api) == Some((status.into(), reason.into()))
+}
+
+fn config_map(api: &FakeApi) -> Option<Value> {
+    api.get("core/configmaps", "shop", "starsink-orders")
+}
+
+fn status(api: &FakeApi) -> Value {
+    api.get(SINKS, "shop", "orders").expect("the sink")["status"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_renders_config_reports_status_and_follows_changes() {
+    let api = FakeApi::new();
+    let ctx = Context::new(
+        api.client(),
+        Reporter {
+            controller: "starsink-test".into(),
+            instance: None,
+        },
+        Arc::new(ControllerMetrics::default()),
+    );
+    let stop = CancellationToken::new();
+    let stopping = stop.clone();
+    let controller = tokio::spawn(run_controller(
+        ctx,
+        async move { stopping.cancelled().await },
+    ));
+
+    // A Secret and a sink: the ConfigMap appears, owned by the sink, and Ready=True.
+    api.put("core/secrets", secret());
+    let created = api.put(SINKS, sink("orders"));
+    api.wait_for("a ConfigMap and Ready=True", WAIT, |a| {
+        config_map(a).is_some() && is_ready(a, "True", "Ready")
+    })
+    .await;
+    let cm = config_map(&api).unwrap();
+    assert_eq!(
+        cm["metadata"]["ownerReferences"][0]["uid"],
+        created["metadata"]["uid"]
+    );
+    assert_eq!(cm["metadata"]["ownerReferences"][0]["controller"], true);
+    let hash = cm["metadata"]["annotations"]["starsink.io/config-hash"].clone();
+    assert_eq!(status(&api)["configHash"], hash);
+    assert_eq!(status(&api)["observedGeneration"], 1);
+    let rendered: starsink::api::SinkSpec =
+        serde_yaml::from_str(cm["data"]["sink.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(rendered.starrocks.user, "loader");
+    assert_eq!(rendered.starrocks.table, "orders");
+    api.wait_for("an Event saying Ready", WAIT, |a| {
+        a.all("events.k8s.io/events")
+            .iter()
+            .any(|e| e["reason"] == "Ready")
+    })
+    .await;
+
+    // Someone deletes the ConfigMap: the controller owns it and puts it back.
+    api.delete("core/configmaps", "shop", "starsink-orders");
+    api.wait_for("the ConfigMap recreated", WAIT, |a| config_map(a).is_some())
+        .await;
+    assert_eq!(
+        config_map(&api).unwrap()["metadata"]["annotations"]["starsink.io/config-hash"],
+        hash
+    );
+
+    // The Secret is deleted: Ready=False, SecretNotFound, and a Warning Event.
+    api.delete("core/secrets", "shop", "sr");
+    api.wait_for("Ready=False / SecretNotFound", WAIT, |a| {
+        is_ready(a, "False", "SecretNotFound")
+    })
+    .await;
+    api.wait_for("a Warning Event SecretNotFound", WAIT, |a| {
+        a.all("events.k8s.io/events")
+            .iter()
+            .any(|e| e["reason"] == "SecretNotFound" && e["type"] == "Warning")
+    })
+    .await;
+    assert!(
+        config_map(&api).is_some(),
+        "running loaders keep their config"
+    );
+
+    // It comes back: Ready again.
+    api.put("core/secrets", secret());
+    api.wait_for("Ready=True again", WAIT, |a| is_ready(a, "True", "Ready"))
+        .await;
+
+    // The spec changes: the ConfigMap follows, and so does observedGeneration.
+    api.put(SINKS, sink("orders_v2"));
+    api.wait_for(
+        "the new table in the ConfigMap and generation 2 observed",
+        WAIT,
+        |a| {
+            let st = status(a);
+            st["observedGeneration"] == 2
+                && config_map(a).is_some_and(|cm| {
+                    cm["data"]["sink.yaml"]
+                        .as_str()
+                        .is_some_and(|y| y.contains("table: orders_v2"))
+                        && cm["metadata"]["annotations"]["starsink.io/config-hash"]
+                            == st["configHash"]
+                })
+        },
+    )
+    .await;
+    assert_ne!(status(&api)["configHash"], hash);
+
+    // Pods that opted in and run are counted.
+    api.put("core/pods", pod("app-1"));
+    api.wait_for("one attached pod", WAIT, |a| status(a)["attachedPods"] == 1)
+        .await;
+    api.put("core/pods", pod("app-2"));
+    api.wait_for("two attached pods", WAIT, |a| {
+        status(a)["attachedPods"] == 2
+    })
+    .await;
+    api.delete("core/pods", "shop", "app-1");
+    api.wait_for("one attached pod", WAIT, |a| status(a)["attachedPods"] == 1)
+        .await;
+
+    // Seven status changes (Ready, SecretNotFound, Ready, generation 2, then 1, 2 and 1
+    // pods), seven writes: the controller's own writes (status, ConfigMap, Events) did
+    // not make it write again.
+    let status_writes = api
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("PATCH") && r.contains("/status?"))
+        .count();
+    assert_eq!(status_writes, 7, "{:#?}", api.requests());
+
+    stop.cancel();
+    tokio::time::timeout(WAIT, controller)
+        .await
+        .expect("the controller stops on its shutdown signal")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn without_the_crd_the_controller_refuses_to_start_and_says_how_to_install_it() {
+    let api = FakeApi::new();
+    let err = starsink::operator::controller::check_crd(&api.client())
+        .await
+        .expect_err("no CRD is installed");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("kubectl apply --server-side -f crds/starrocks-sink.yaml")
+            && msg.contains("starsink crd | kubectl apply"),
+        "{msg}"
+    );
+    api.put(
+        "apiextensions.k8s.io/customresourcedefinitions",
+        json!({"metadata": {"name": "starrockssinks.starsink.io"}}),
+    );
+    starsink::operator::controller::check_crd(&api.client())
+        .await
+        .expect("the CRD is there now");
+}
