@@ -77,13 +77,14 @@ fn status(api: &FakeApi) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_renders_config_reports_status_and_follows_changes() {
     let api = FakeApi::new();
+    let metrics = Arc::new(ControllerMetrics::default());
     let ctx = Context::new(
         api.client(),
         Reporter {
             controller: "starsink-test".into(),
             instance: None,
         },
-        Arc::new(ControllerMetrics::default()),
+        metrics.clone(),
     );
     let stop = CancellationToken::new();
     let stopping = stop.clone();
@@ -192,6 +193,15 @@ async fn the_controller_renders_config_reports_status_and_follows_changes() {
         .filter(|r| r.starts_with("PATCH") && r.contains("/status?"))
         .count();
     assert_eq!(status_writes, 7, "{:#?}", api.requests());
+
+    let text = metrics.render();
+    let ok: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("starsink_controller_reconciles_total{result=\"ok\"} "))
+        .and_then(|v| v.parse().ok())
+        .expect("the reconcile counter");
+    assert!(ok >= 7, "{ok} successful reconciles counted:\n{text}");
+    assert!(text.contains("starsink_controller_reconcile_duration_seconds_count"));
 
     stop.cancel();
     tokio::time::timeout(WAIT, controller)
