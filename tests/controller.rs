@@ -230,3 +230,71 @@ async fn without_the_crd_the_controller_refuses_to_start_and_says_how_to_install
         .await
         .expect("the CRD is there now");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_binary_takes_the_lease_reconciles_and_lets_go_on_sigterm() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let api = FakeApi::new();
+    api.put(
+        "apiextensions.k8s.io/customresourcedefinitions",
+        json!({"metadata": {"name": "starrockssinks.starsink.io"}}),
+    );
+    api.put("core/secrets", secret());
+    api.put(SINKS, sink("orders"));
+    let server = api.serve_http().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = FakeApi::kubeconfig(&server, dir.path());
+    let metrics_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let log = dir.path().join("controller.log");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_starsink"))
+        .args(["controller", "--metrics-addr"])
+        .arg(format!("127.0.0.1:{metrics_port}"))
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAMESPACE", "starsink-system")
+        .env("POD_NAME", "controller-0")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn starsink controller");
+    let lease_holder = |a: &FakeApi| {
+        a.get(
+            "coordination.k8s.io/leases",
+            "starsink-system",
+            "starsink-controller",
+        )
+        .map(|l| l["spec"]["holderIdentity"].clone())
+    };
+    api.wait_for("the Lease held by controller-0", WAIT, |a| {
+        lease_holder(a) == Some(json!("controller-0"))
+    })
+    .await;
+    api.wait_for("Ready=True from the leader", WAIT, |a| {
+        is_ready(a, "True", "Ready") && config_map(a).is_some()
+    })
+    .await;
+
+    kill(
+        Pid::from_raw(child.id().expect("running") as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("the controller exits on SIGTERM")
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "exit {status:?}; log:\n{text}");
+    assert!(
+        lease_holder(&api).is_some_and(|h| h.is_null()),
+        "the Lease is released at exit, so another replica takes over at once: {:?}",
+        lease_holder(&api)
+    );
+}

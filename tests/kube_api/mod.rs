@@ -130,6 +130,7 @@ fn kind_of(resource: &str) -> (&'static str, &'static str) {
         "core/pods" => ("v1", "Pod"),
         "starsink.io/starrockssinks" => ("starsink.io/v1alpha1", "StarRocksSink"),
         "events.k8s.io/events" => ("events.k8s.io/v1", "Event"),
+        "coordination.k8s.io/leases" => ("coordination.k8s.io/v1", "Lease"),
         "apiextensions.k8s.io/customresourcedefinitions" => {
             ("apiextensions.k8s.io/v1", "CustomResourceDefinition")
         }
@@ -329,6 +330,8 @@ impl FakeApi {
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("merge-patch"));
+        // No strategic-merge list semantics are emulated: for the objects here (Leases,
+        // Events) a strategic merge patch is a merge patch.
         let body = match req.into_body().collect_bytes().await {
             Ok(b) => b,
             Err(e) => return status_response(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
@@ -459,9 +462,8 @@ impl FakeApi {
             .expect("a valid response")
     }
 
-    /// Server-side apply, simplified: the applied object replaces the stored one's
-    /// content (the controller is the only manager of what it applies); on `/status`
-    /// only the status is taken.
+    /// Server-side apply, simplified: the applied fields are merged into the stored object
+    /// (no field ownership, so no conflicts); on `/status` only the status is taken.
     fn apply(&self, t: &Target, name: &str, body: &[u8]) -> Response<ResponseBody> {
         let Ok(patch) = serde_json::from_slice::<Value>(body) else {
             return status_response(
@@ -483,7 +485,8 @@ impl FakeApi {
             obj["status"] = patch["status"].clone();
             return json_response(StatusCode::OK, &self.put_status(&t.resource, obj));
         }
-        let mut obj = patch;
+        let mut obj = current.unwrap_or_else(|| json!({}));
+        merge_patch(&mut obj, &patch);
         obj["metadata"]["namespace"] = json!(ns);
         obj["metadata"]["name"] = json!(name);
         json_response(StatusCode::OK, &self.put(&t.resource, obj))
@@ -534,5 +537,55 @@ fn merge_patch(target: &mut Value, patch: &Value) {
         } else {
             merge_patch(&mut target[k.as_str()], v);
         }
+    }
+}
+
+impl FakeApi {
+    /// Serves the emulator over HTTP/1.1 on a loopback port, for a real `starsink` process
+    /// (through a kubeconfig). Returns the server URL.
+    pub async fn serve_http(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the emulator");
+        let addr = listener.local_addr().expect("address");
+        let api = self.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let api = api.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let api = api.clone();
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let bytes = body
+                                    .collect()
+                                    .await
+                                    .map(|c| c.to_bytes())
+                                    .unwrap_or_default();
+                                let req = Request::from_parts(parts, Body::from(bytes));
+                                Ok::<_, Infallible>(api.handle(req).await)
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    /// Writes a kubeconfig pointing at `server` into `dir`; returns its path.
+    pub fn kubeconfig(server: &str, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {server}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\n"
+            ),
+        )
+        .expect("write kubeconfig");
+        path
     }
 }
