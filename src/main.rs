@@ -22,9 +22,21 @@ enum Command {
     /// The sidecar: reads records from Unix sockets and loads them with Stream Load.
     Loader {
         /// The loader's YAML configuration.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, required_unless_present = "sink_files")]
+        config: Option<PathBuf>,
+        /// One sink's settings (the `sink.yaml` the controller renders); repeatable. Added
+        /// to the config file's sinks.
+        #[arg(long = "sink-file")]
+        sink_files: Vec<PathBuf>,
+        /// Overrides `shutdownTimeout` (the injector sets it from the pod's grace period).
+        #[arg(long)]
+        shutdown_timeout: Option<starsink::api::HumanDuration>,
+        /// Overrides `metricsAddr`.
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
+    /// Prints manifests with the loader injected into their pods, as the webhook would.
+    Inject(InjectArgs),
     /// Shows the whole loader path on this machine, against a local Stream Load endpoint.
     Demo(starsink::demo::DemoArgs),
     /// Prints the StarRocksSink CustomResourceDefinition (what `crds/` holds).
@@ -46,9 +58,19 @@ fn main() -> ExitCode {
         }
     };
     let status = match cli.command {
-        Command::Loader { config } => {
+        Command::Loader {
+            config,
+            sink_files,
+            shutdown_timeout,
+            metrics_addr,
+        } => {
             starsink::init_logging(cli.log_format);
-            let config = match LoaderConfig::load(&config) {
+            let config = match LoaderConfig::assemble(
+                config.as_deref(),
+                &sink_files,
+                shutdown_timeout,
+                metrics_addr,
+            ) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -77,6 +99,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Inject(args) => match run_inject(&args) {
+            Ok(text) => {
+                print!("{text}");
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                EXIT_CONFIG
+            }
+        },
         Command::Crd => {
             print!("{}", starsink::api::resource::crd_yaml());
             0
@@ -84,6 +116,51 @@ fn main() -> ExitCode {
     };
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     code(status)
+}
+
+/// `starsink inject -f MANIFEST --sink SINK.yaml ...`
+#[derive(clap::Args)]
+struct InjectArgs {
+    /// The manifests (multi-document YAML); `-` reads standard input.
+    #[arg(short = 'f', long = "filename")]
+    file: PathBuf,
+    /// A file of StarRocksSink resources the pods may name; repeatable.
+    #[arg(long = "sink", required = true)]
+    sinks: Vec<PathBuf>,
+    /// The target cluster's Kubernetes version: native sidecars need 1.29.
+    #[arg(long, default_value = "1.29")]
+    kube_version: String,
+    /// The loader image (default: this release's).
+    #[arg(long)]
+    image: Option<String>,
+}
+
+fn run_inject(args: &InjectArgs) -> Result<String, String> {
+    use starsink::operator::{inject::InjectSettings, manifests};
+    let read = |p: &PathBuf| -> Result<String, String> {
+        if p.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin()).map_err(|e| format!("standard input: {e}"))
+        } else {
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        }
+    };
+    let mut sinks = Vec::new();
+    for file in &args.sinks {
+        sinks.extend(
+            manifests::read_sinks(&read(file)?, &file.display().to_string())
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let mut settings = InjectSettings {
+        kube_version: manifests::parse_kube_version(&args.kube_version)
+            .map_err(|e| format!("--kube-version: {e}"))?,
+        ..InjectSettings::default()
+    };
+    if let Some(image) = &args.image {
+        settings.image = image.clone();
+    }
+    manifests::inject_manifests(&read(&args.file)?, &sinks, &settings)
+        .map_err(|e| format!("{}: {e}", args.file.display()))
 }
 
 fn code(c: i32) -> ExitCode {

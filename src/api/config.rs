@@ -66,6 +66,59 @@ impl LoaderConfig {
         }
     }
 
+    /// The configuration from command-line parts: an optional config file, sink files
+    /// (each one sink's settings, as the controller renders them into `sink.yaml`) added to
+    /// its sinks, and settings that override the file's. Validated as a whole.
+    pub fn assemble(
+        config: Option<&Path>,
+        sink_files: &[PathBuf],
+        shutdown_timeout: Option<HumanDuration>,
+        metrics_addr: Option<SocketAddr>,
+    ) -> Result<Self, ConfigError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let mut out = match config {
+            Some(path) => serde_yaml::from_str(&read(path)?).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?,
+            None => LoaderConfig {
+                label_prefix: None,
+                shutdown_timeout: defaults::shutdown_timeout(),
+                drain_timeout: None,
+                metrics_addr: None,
+                sinks: Vec::new(),
+            },
+        };
+        for file in sink_files {
+            let sink: SinkSpec =
+                serde_yaml::from_str(&read(file)?).map_err(|e| ConfigError::Parse {
+                    path: file.clone(),
+                    message: e.to_string(),
+                })?;
+            out.sinks.push(sink);
+        }
+        if let Some(t) = shutdown_timeout {
+            out.shutdown_timeout = t;
+        }
+        if metrics_addr.is_some() {
+            out.metrics_addr = metrics_addr;
+        }
+        let issues = out.problems();
+        if issues.is_empty() {
+            return Ok(out);
+        }
+        let path = config
+            .map(Path::to_owned)
+            .or_else(|| sink_files.first().cloned())
+            .unwrap_or_default();
+        Err(ConfigError::Invalid { path, issues })
+    }
+
     /// Every problem with this config, including those only the loader can check
     /// (files and environment it reads, uniqueness across sinks).
     pub fn problems(&self) -> Vec<ConfigIssue> {

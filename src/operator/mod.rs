@@ -1,6 +1,8 @@
 //! The operator: the `StarRocksSink` controller (`starsink controller`).
 
 pub mod controller;
+pub mod inject;
+pub mod manifests;
 pub mod reconcile;
 
 use std::net::SocketAddr;

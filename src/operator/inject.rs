@@ -1,0 +1,409 @@
+//! Sidecar injection as one pure function: a pod, the sinks of its namespace and the
+//! injector's settings in; the pod with the loader attached (or a denial saying why) out.
+//! The admission webhook turns the result into a JSON patch; `starsink inject` prints it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
+    Pod, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::reconcile::{config_map_name, requested_sinks, CONFIG_KEY, SINKS_ANNOTATION};
+use crate::api::resource::{SECRET_DIR, SOCKET_DIR};
+use crate::api::StarRocksSink;
+
+/// The loader container's name.
+pub const LOADER: &str = "starsink-loader";
+/// The socket volume's name.
+pub const SOCKETS_VOLUME: &str = "starsink-sockets";
+/// Set on an injected pod, listing the sinks its loader serves.
+pub const INJECTED_ANNOTATION: &str = "starsink.io/injected";
+/// `skip`: start the pod without sinks that do not exist, instead of denying it.
+pub const ON_MISSING_ANNOTATION: &str = "starsink.io/on-missing-sink";
+/// Where a sink's loader settings (its ConfigMap) are mounted in the loader.
+pub const SINK_CONFIG_DIR: &str = "/etc/starsink/sinks";
+/// The loader's non-root user (distroless `nonroot`).
+pub const LOADER_UID: i64 = 65532;
+/// Grace period Kubernetes gives a pod that sets none.
+const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// The injector's own settings (from the chart, or `starsink inject` flags).
+#[derive(Clone, Debug)]
+pub struct InjectSettings {
+    /// The loader image, unless a sink's `sidecar.image` says otherwise.
+    pub image: String,
+    /// The cluster's version, `(major, minor)`: native sidecars need 1.29.
+    pub kube_version: (u32, u32),
+    /// The loader's resources, unless a sink's `sidecar.resources` says otherwise.
+    pub resources: Option<ResourceRequirements>,
+    /// The port of the loader's `/metrics`, `/healthz` and `/readyz` (the startup probe).
+    pub metrics_port: u16,
+}
+
+impl Default for InjectSettings {
+    fn default() -> Self {
+        Self {
+            image: format!("ghcr.io/starsink/starsink:{}", env!("CARGO_PKG_VERSION")),
+            kube_version: (1, 29),
+            resources: Some(default_resources()),
+            metrics_port: 9464,
+        }
+    }
+}
+
+/// The chart's default loader resources.
+pub fn default_resources() -> ResourceRequirements {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".into(), Quantity("50m".into())),
+            ("memory".into(), Quantity("64Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".into(),
+            Quantity("256Mi".into()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// What injection did with a pod.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Left as it was, and why (no opt-in, already injected, no sink left to serve).
+    Unchanged(String),
+    /// The pod with the loader attached.
+    Injected(Box<Pod>),
+    /// The pod must not be admitted, and why (with the fix).
+    Denied(String),
+}
+
+/// `STARSINK_SOCKET_<SINK>`: upper-cased, `-` as `_`.
+pub fn socket_env_name(sink: &str) -> String {
+    format!("STARSINK_SOCKET_{}", sink.to_uppercase().replace('-', "_"))
+}
+
+/// Attaches the loader to `pod` for the sinks it asks for. `sinks` are the sinks that
+/// exist (a sink in another namespace than the pod's is not a match).
+pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> Outcome {
+    let wanted = requested_sinks(pod);
+    if wanted.is_empty() {
+        return Outcome::Unchanged(
+            "no opt-in: needs the label starsink.io/inject: \"true\" and the annotation starsink.io/sinks".into(),
+        );
+    }
+    let Some(spec) = pod.spec.as_ref() else {
+        return Outcome::Denied("the pod has no spec".into());
+    };
+    if pod.annotations().contains_key(INJECTED_ANNOTATION) {
+        let has_loader = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .any(|c| c.name == LOADER);
+        if has_loader {
+            return Outcome::Unchanged("already injected".into());
+        }
+    }
+    let namespace = pod.namespace();
+    let pod_name = pod
+        .metadata
+        .name
+        .clone()
+        .or_else(|| pod.metadata.generate_name.as_ref().map(|g| format!("{g}*")))
+        .unwrap_or_else(|| "(unnamed)".into());
+
+    // Sink lookup, in the order the pod lists them.
+    let mut found: Vec<&StarRocksSink> = Vec::new();
+    let mut missing = Vec::new();
+    for name in &wanted {
+        let sink = sinks.iter().find(|s| {
+            s.name_any() == *name
+                && (s.namespace().is_none() || namespace.is_none() || s.namespace() == namespace)
+        });
+        match sink {
+            Some(s) if !found.iter().any(|f| f.name_any() == *name) => found.push(s),
+            Some(_) => {}
+            None => missing.push(name.clone()),
+        }
+    }
+    let ns = namespace.clone().unwrap_or_else(|| "default".into());
+    if !missing.is_empty() {
+        let skip = pod
+            .annotations()
+            .get(ON_MISSING_ANNOTATION)
+            .map(String::as_str)
+            == Some("skip");
+        if !skip {
+            let list = missing.join(", ");
+            return Outcome::Denied(format!(
+                "pod {pod_name}: StarRocksSink {list} not found in namespace {ns}; create it (see examples/starrocks-sink.yaml: kubectl -n {ns} apply -f SINK.yaml), or remove it from the {SINKS_ANNOTATION} annotation; to start the pod without missing sinks, annotate it {ON_MISSING_ANNOTATION}: skip"
+            ));
+        }
+        if found.is_empty() {
+            return Outcome::Unchanged(format!(
+                "none of the sinks {} exists in namespace {ns} ({ON_MISSING_ANNOTATION}: skip)",
+                wanted.join(", ")
+            ));
+        }
+    }
+
+    // Native sidecars (restartPolicy: Always in initContainers) need Kubernetes 1.29;
+    // an older API server drops the field and the pod would hang in Init forever.
+    let native = settings.kube_version >= (1, 29);
+    let runs_to_completion = matches!(
+        spec.restart_policy.as_deref(),
+        Some("Never") | Some("OnFailure")
+    );
+    if !native && runs_to_completion {
+        return Outcome::Denied(format!(
+            "pod {pod_name} runs to completion (restartPolicy {}), and this cluster ({}.{}) has no native sidecars: a loader container would keep it running forever; upgrade to Kubernetes 1.29 or later, or remove the starsink.io/inject label",
+            spec.restart_policy.as_deref().unwrap_or(""),
+            settings.kube_version.0,
+            settings.kube_version.1
+        ));
+    }
+
+    // Names and paths we add must not be taken.
+    let volume_names: Vec<String> = std::iter::once(SOCKETS_VOLUME.to_owned())
+        .chain(found.iter().flat_map(|s| {
+            let n = s.name_any();
+            [config_volume(&n), credentials_volume(&n)]
+        }))
+        .collect();
+    for v in spec.volumes.iter().flatten() {
+        if volume_names.contains(&v.name) {
+            return Outcome::Denied(format!(
+                "pod {pod_name}: it already has a volume named {}, which starsink needs for the loader; rename that volume",
+                v.name
+            ));
+        }
+    }
+    let all_containers = || {
+        spec.init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+    };
+    if all_containers().any(|c| c.name == LOADER) {
+        return Outcome::Denied(format!(
+            "pod {pod_name}: it already has a container named {LOADER}, which starsink needs for the loader; rename that container"
+        ));
+    }
+    for c in &spec.containers {
+        if let Some(m) = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path.trim_end_matches('/') == SOCKET_DIR)
+        {
+            return Outcome::Denied(format!(
+                "pod {pod_name}: container {} already mounts {} at {SOCKET_DIR}, where starsink puts the sockets; move that mount",
+                c.name, m.name
+            ));
+        }
+        for s in &found {
+            let env = socket_env_name(&s.name_any());
+            if c.env.iter().flatten().any(|e| e.name == env) {
+                return Outcome::Denied(format!(
+                    "pod {pod_name}: container {} already sets {env}, which starsink sets to the socket path; remove it",
+                    c.name
+                ));
+            }
+        }
+    }
+
+    // Shutdown budget: the sinks' minimum grace period is enforced on the pod; the loader
+    // gets the grace period minus a margin for the kubelet's own work.
+    let min_grace = found
+        .iter()
+        .filter_map(|s| s.spec.sidecar.as_ref()?.min_grace_period)
+        .map(|d| i64::try_from(d.0.as_secs()).unwrap_or(i64::MAX))
+        .max()
+        .unwrap_or(0);
+    let grace = spec
+        .termination_grace_period_seconds
+        .unwrap_or(DEFAULT_GRACE_SECONDS)
+        .max(min_grace);
+    let shutdown_secs = shutdown_budget(grace);
+
+    let mut out = pod.clone();
+    let names: Vec<String> = found.iter().map(|s| s.name_any()).collect();
+    out.annotations_mut()
+        .insert(INJECTED_ANNOTATION.into(), names.join(","));
+    let Some(spec) = out.spec.as_mut() else {
+        return Outcome::Denied("the pod has no spec".into());
+    };
+    if spec
+        .termination_grace_period_seconds
+        .unwrap_or(DEFAULT_GRACE_SECONDS)
+        != grace
+    {
+        spec.termination_grace_period_seconds = Some(grace);
+    }
+
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    volumes.push(Volume {
+        name: SOCKETS_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    });
+    for s in &found {
+        let n = s.name_any();
+        volumes.push(Volume {
+            name: config_volume(&n),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map_name(&n),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        volumes.push(Volume {
+            name: credentials_volume(&n),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(s.spec.credentials_secret_ref.name.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+
+    for c in spec.containers.iter_mut() {
+        c.volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(VolumeMount {
+                name: SOCKETS_VOLUME.into(),
+                mount_path: SOCKET_DIR.into(),
+                ..VolumeMount::default()
+            });
+        let env = c.env.get_or_insert_with(Vec::new);
+        for n in &names {
+            env.push(EnvVar {
+                name: socket_env_name(n),
+                value: Some(format!("{SOCKET_DIR}/{n}.sock")),
+                ..EnvVar::default()
+            });
+        }
+    }
+
+    let loader = loader_container(&found, settings, shutdown_secs, native);
+    if native {
+        spec.init_containers
+            .get_or_insert_with(Vec::new)
+            .push(loader);
+    } else {
+        spec.containers.push(loader);
+    }
+    Outcome::Injected(Box::new(out))
+}
+
+fn config_volume(sink: &str) -> String {
+    format!("starsink-config-{sink}")
+}
+
+fn credentials_volume(sink: &str) -> String {
+    format!("starsink-credentials-{sink}")
+}
+
+/// The loader's `shutdownTimeout` for a pod grace period: the grace period minus a
+/// margin of a sixth (1s to 5s), and at least 1s.
+pub fn shutdown_budget(grace_seconds: i64) -> i64 {
+    let margin = (grace_seconds / 6).clamp(1, 5);
+    (grace_seconds - margin).max(1)
+}
+
+fn loader_container(
+    sinks: &[&StarRocksSink],
+    settings: &InjectSettings,
+    shutdown_secs: i64,
+    native: bool,
+) -> Container {
+    let sidecar = |f: fn(&crate::api::SidecarSpec) -> bool| {
+        sinks
+            .iter()
+            .filter_map(|s| s.spec.sidecar.as_ref())
+            .find(|sc| f(sc))
+    };
+    let image = sidecar(|sc| sc.image.is_some())
+        .and_then(|sc| sc.image.clone())
+        .unwrap_or_else(|| settings.image.clone());
+    let resources = sidecar(|sc| sc.resources.is_some())
+        .and_then(|sc| sc.resources.clone())
+        .or_else(|| settings.resources.clone());
+
+    let mut args: Vec<String> = vec!["--log-format".into(), "json".into(), "loader".into()];
+    let mut mounts = vec![VolumeMount {
+        name: SOCKETS_VOLUME.into(),
+        mount_path: SOCKET_DIR.into(),
+        ..VolumeMount::default()
+    }];
+    for s in sinks {
+        let n = s.name_any();
+        args.push("--sink-file".into());
+        args.push(format!("{SINK_CONFIG_DIR}/{n}/{CONFIG_KEY}"));
+        mounts.push(VolumeMount {
+            name: config_volume(&n),
+            mount_path: format!("{SINK_CONFIG_DIR}/{n}"),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        mounts.push(VolumeMount {
+            name: credentials_volume(&n),
+            mount_path: format!("{SECRET_DIR}/{n}"),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    args.extend([
+        "--shutdown-timeout".into(),
+        format!("{shutdown_secs}s"),
+        "--metrics-addr".into(),
+        format!("0.0.0.0:{}", settings.metrics_port),
+    ]);
+    Container {
+        name: LOADER.into(),
+        image: Some(image),
+        args: Some(args),
+        restart_policy: native.then(|| "Always".into()),
+        volume_mounts: Some(mounts),
+        resources,
+        ports: Some(vec![k8s_openapi::api::core::v1::ContainerPort {
+            name: Some("starsink-metrics".into()),
+            container_port: i32::from(settings.metrics_port),
+            ..Default::default()
+        }]),
+        // Passes once every socket listens, so (as a native sidecar) the apps start after.
+        startup_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/readyz".into()),
+                port: IntOrString::Int(i32::from(settings.metrics_port)),
+                ..HTTPGetAction::default()
+            }),
+            period_seconds: Some(1),
+            failure_threshold: Some(60),
+            ..Probe::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(LOADER_UID),
+            run_as_group: Some(LOADER_UID),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}

@@ -1,0 +1,185 @@
+//! `starsink inject`: runs [`inject`] over the pods and pod templates of multi-document
+//! YAML (Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs). Other
+//! documents, and pods that are left unchanged, are passed through byte for byte.
+
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::Value;
+
+use super::inject::{inject, InjectSettings, Outcome};
+use crate::api::StarRocksSink;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    #[error("{doc}: {message}")]
+    Document { doc: String, message: String },
+    #[error("{file}: {message}")]
+    SinkFile { file: String, message: String },
+}
+
+/// Splits YAML text into documents at `---` lines, keeping each document's own text.
+fn documents(text: &str) -> Vec<&str> {
+    let mut docs = Vec::new();
+    let mut start = 0;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim_end() == "---" || line.starts_with("--- ") {
+            docs.push(&text[start..offset]);
+            start = offset + line.len();
+        }
+        offset += line.len();
+    }
+    docs.push(&text[start..]);
+    docs
+}
+
+/// Reads the `StarRocksSink` documents of a sink file.
+pub fn read_sinks(text: &str, file: &str) -> Result<Vec<StarRocksSink>, InjectError> {
+    let mut out = Vec::new();
+    for (i, doc) in documents(text).into_iter().enumerate() {
+        let err = |message: String| InjectError::SinkFile {
+            file: format!("{file} (document {})", i + 1),
+            message,
+        };
+        let value: Value = match serde_yaml::from_str(doc) {
+            Ok(Value::Null) => continue,
+            Ok(v) => v,
+            Err(e) => return Err(err(format!("not YAML: {e}"))),
+        };
+        if value["kind"] != "StarRocksSink" {
+            return Err(err(format!(
+                "expected kind StarRocksSink, found {}",
+                value["kind"]
+            )));
+        }
+        let sink: StarRocksSink = serde_json::from_value(value).map_err(|e| err(e.to_string()))?;
+        out.push(sink);
+    }
+    Ok(out)
+}
+
+/// Where a kind keeps its pod template, as a JSON pointer.
+fn template_pointer(kind: &str) -> Option<&'static str> {
+    match kind {
+        "Pod" => Some(""),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => Some("/spec/template"),
+        "CronJob" => Some("/spec/jobTemplate/spec/template"),
+        _ => None,
+    }
+}
+
+/// Injects the loader into every pod and pod template of `text`.
+pub fn inject_manifests(
+    text: &str,
+    sinks: &[StarRocksSink],
+    settings: &InjectSettings,
+) -> Result<String, InjectError> {
+    let docs = documents(text);
+    let mut out = Vec::with_capacity(docs.len());
+    for (i, doc) in docs.iter().enumerate() {
+        let mut value: Value = match serde_yaml::from_str(doc) {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(InjectError::Document {
+                    doc: format!("document {}", i + 1),
+                    message: format!("not YAML: {e}"),
+                })
+            }
+        };
+        let kind = value["kind"].as_str().unwrap_or("").to_owned();
+        let name = value["metadata"]["name"]
+            .as_str()
+            .or(value["metadata"]["generateName"].as_str())
+            .unwrap_or("")
+            .to_owned();
+        let label = format!("document {} ({kind} {name})", i + 1);
+        let Some(pointer) = template_pointer(&kind) else {
+            out.push(doc.to_string());
+            continue;
+        };
+        let namespace = value["metadata"]["namespace"].clone();
+        let field = if pointer.is_empty() {
+            "the pod".to_owned()
+        } else {
+            pointer.trim_start_matches('/').replace('/', ".")
+        };
+        let Some(template) = value.pointer_mut(pointer) else {
+            return Err(InjectError::Document {
+                doc: label,
+                message: format!("{field} is missing"),
+            });
+        };
+        let mut pod_value = template.clone();
+        if !pointer.is_empty() && !namespace.is_null() {
+            pod_value["metadata"]["namespace"] = namespace;
+        }
+        let pod: Pod = serde_json::from_value(pod_value).map_err(|e| InjectError::Document {
+            doc: label.clone(),
+            message: format!("{field}: {e}"),
+        })?;
+        match inject(&pod, sinks, settings) {
+            Outcome::Unchanged(_) => out.push(doc.to_string()),
+            Outcome::Denied(why) => {
+                return Err(InjectError::Document {
+                    doc: label,
+                    message: why,
+                })
+            }
+            Outcome::Injected(injected) => {
+                let mut injected =
+                    serde_json::to_value(*injected).map_err(|e| InjectError::Document {
+                        doc: label.clone(),
+                        message: e.to_string(),
+                    })?;
+                if !pointer.is_empty() {
+                    // A template carries no namespace, apiVersion or kind of its own.
+                    if let Some(meta) = injected["metadata"].as_object_mut() {
+                        meta.remove("namespace");
+                    }
+                    if let Some(o) = injected.as_object_mut() {
+                        o.remove("apiVersion");
+                        o.remove("kind");
+                        o.remove("status");
+                    }
+                }
+                *template = injected;
+                let yaml = serde_yaml::to_string(&value).map_err(|e| InjectError::Document {
+                    doc: label,
+                    message: e.to_string(),
+                })?;
+                out.push(yaml);
+            }
+        }
+    }
+    Ok(join(&out))
+}
+
+fn join(docs: &[String]) -> String {
+    let mut text = String::new();
+    for (i, d) in docs.iter().enumerate() {
+        if i > 0 {
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str("---\n");
+        }
+        text.push_str(d);
+    }
+    text
+}
+
+/// Parses `--kube-version` (`1.30`, `v1.28.3`, `1.29+`).
+pub fn parse_kube_version(v: &str) -> Result<(u32, u32), String> {
+    let t = v.trim().trim_start_matches('v');
+    let mut parts = t.split('.');
+    let major = parts.next().and_then(|p| p.parse().ok());
+    let minor = parts
+        .next()
+        .map(|p| p.trim_end_matches(|c: char| !c.is_ascii_digit()))
+        .and_then(|p| p.parse().ok());
+    match (major, minor) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => Err(format!(
+            "`{v}` is not a Kubernetes version; write it like 1.30"
+        )),
+    }
+}
