@@ -456,3 +456,62 @@ async fn metrics_report_what_happened_to_every_line() {
     loader.signal(Signal::SIGTERM);
     assert!(loader.wait_exit(Duration::from_secs(10)).await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_files_as_the_injector_passes_them_run_one_loader_for_several_sinks() {
+    let sr = endpoint(Faults::default()).await;
+    let fe = sr.fe_url();
+    let port = free_port();
+    let mut loader = Loader::start_with_args(|dir| {
+        let mut args = Vec::new();
+        for name in ["orders", "billing-events"] {
+            // The shape the controller renders into each sink's ConfigMap (sink.yaml).
+            let file = dir.join(format!("{name}.yaml"));
+            std::fs::write(
+                &file,
+                format!(
+                    "name: {name}\nsocket: {}\nsocketMode: '0666'\nstarrocks:\n  feEndpoints: [\"{fe}\"]\n  database: shop\n  table: {}\nflush:\n  interval: 100ms\n",
+                    dir.join(format!("{name}.sock")).display(),
+                    name.replace('-', "_")
+                ),
+            )
+            .unwrap();
+            args.extend(["--sink-file".into(), file.display().to_string()]);
+        }
+        args.extend([
+            "--shutdown-timeout".into(),
+            "4s".into(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{port}"),
+        ]);
+        args
+    })
+    .await;
+    assert_eq!(http_get(port, "/readyz").await.0, 200);
+    let mode = std::fs::metadata(loader.socket("orders"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o666,
+        "app and loader run as different users"
+    );
+    write_lines(
+        &loader.socket("orders"),
+        &(0..30).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    write_lines(
+        &loader.socket("billing-events"),
+        &(100..120).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(sr.wait_for_rows(50, Duration::from_secs(10)).await);
+    loader.signal(Signal::SIGTERM);
+    assert!(loader.wait_exit(Duration::from_secs(10)).await.success());
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 30);
+    assert_eq!(
+        ids(&sr.rows("shop.billing_events")),
+        (100..120).collect::<Vec<_>>()
+    );
+}

@@ -38,11 +38,27 @@ impl Loader {
     /// Writes `config` (with `{dir}` replaced by the loader's temp dir) and starts the
     /// loader; returns once it logs that it is ready.
     pub async fn start(config: impl FnOnce(&Path) -> String) -> Loader {
+        Self::start_with_args(|dir| {
+            let path = dir.join("loader.yaml");
+            std::fs::write(&path, config(dir)).expect("write config");
+            vec!["--config".into(), path.display().to_string()]
+        })
+        .await
+    }
+
+    /// Starts `starsink --log-format json loader ARGS`, with the arguments (and any files
+    /// they name) made by `args` in the loader's temp dir.
+    pub async fn start_with_args(args: impl FnOnce(&Path) -> Vec<String>) -> Loader {
         let dir = tempfile::tempdir().expect("temp dir");
-        let text = config(dir.path());
-        let path = dir.path().join("loader.yaml");
-        std::fs::write(&path, text).expect("write config");
-        let mut child = loader_command(&path, "json")
+        let args = args(dir.path());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_starsink"))
+            .args(["--log-format", "json", "loader"])
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
             .spawn()
             .expect("spawn starsink");
         let logs = Arc::new(Mutex::new(Vec::new()));
