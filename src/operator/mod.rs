@@ -1,9 +1,11 @@
 //! The operator: the `StarRocksSink` controller (`starsink controller`).
 
+pub mod certs;
 pub mod controller;
 pub mod inject;
 pub mod manifests;
 pub mod reconcile;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};

@@ -1,0 +1,277 @@
+//! The webhook's TLS material without cert-manager: a CA and a serving certificate made
+//! with rcgen, and the pure decision of when to renew which. Renewal starts when a third of
+//! a certificate's life is left; a new CA joins the bundle beside the old one, so clients
+//! that still trust only the old CA keep working until the old CA expires.
+
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use time::OffsetDateTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("cannot make a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("a time outside the certificate range: {0}")]
+    Time(String),
+}
+
+/// The CA and serving certificate, as kept in the shared Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsMaterial {
+    /// PEM of every CA a client should trust (the current one last).
+    pub ca_bundle: String,
+    /// The current CA (PEM) and its key.
+    pub ca_cert: String,
+    pub ca_key: String,
+    /// The serving certificate (PEM) and its key.
+    pub cert: String,
+    pub key: String,
+    /// Unix seconds after which the current CA and the serving certificate expire.
+    pub ca_not_after: i64,
+    pub cert_not_after: i64,
+    /// Expiry of each CA in `ca_bundle`, in the same order.
+    pub bundle_not_after: Vec<i64>,
+}
+
+/// Lifetimes of the CA and the serving certificate.
+#[derive(Clone, Copy, Debug)]
+pub struct Validity {
+    pub ca: Duration,
+    pub cert: Duration,
+}
+
+impl Default for Validity {
+    fn default() -> Self {
+        Self {
+            ca: Duration::from_secs(5 * 365 * 24 * 3600),
+            cert: Duration::from_secs(365 * 24 * 3600),
+        }
+    }
+}
+
+/// What to do with the TLS material now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Renewal {
+    Keep,
+    /// A new serving certificate from the current CA.
+    NewCert,
+    /// A new CA (kept beside the old one in the bundle) and a new serving certificate.
+    NewCa,
+}
+
+/// Decides the renewal due at `now` (unix seconds).
+pub fn plan(material: Option<&TlsMaterial>, now: i64, validity: Validity) -> Renewal {
+    let Some(m) = material else {
+        return Renewal::NewCa;
+    };
+    let third = |d: Duration| i64::try_from(d.as_secs() / 3).unwrap_or(i64::MAX);
+    if m.ca_not_after - now <= third(validity.ca) {
+        Renewal::NewCa
+    } else if m.cert_not_after - now <= third(validity.cert) {
+        Renewal::NewCert
+    } else {
+        Renewal::Keep
+    }
+}
+
+const CA_NAME: &str = "starsink webhook CA";
+
+fn ca_params(now: i64, validity: Duration) -> Result<CertificateParams, CertError> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, CA_NAME);
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    set_validity(&mut p, now, validity)?;
+    Ok(p)
+}
+
+fn set_validity(p: &mut CertificateParams, now: i64, validity: Duration) -> Result<(), CertError> {
+    let at =
+        |t: i64| OffsetDateTime::from_unix_timestamp(t).map_err(|e| CertError::Time(e.to_string()));
+    // A minute of slack for clocks that run behind.
+    p.not_before = at(now - 60)?;
+    p.not_after = at(now + i64::try_from(validity.as_secs()).unwrap_or(i64::MAX / 2))?;
+    Ok(())
+}
+
+/// Makes whatever `renewal` calls for, serving `dns_names`, at `now`.
+pub fn renew(
+    current: Option<&TlsMaterial>,
+    renewal: Renewal,
+    dns_names: &[String],
+    now: i64,
+    validity: Validity,
+) -> Result<TlsMaterial, CertError> {
+    let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2);
+    let (ca_cert, ca_key, ca_not_after, mut bundle) = match (renewal, current) {
+        (Renewal::Keep, Some(m)) => return Ok(m.clone()),
+        (Renewal::NewCert, Some(m)) => (
+            m.ca_cert.clone(),
+            m.ca_key.clone(),
+            m.ca_not_after,
+            bundle_entries(m),
+        ),
+        _ => {
+            let key = KeyPair::generate()?;
+            let cert = ca_params(now, validity.ca)?.self_signed(&key)?;
+            // Old CAs stay trusted until they expire.
+            let kept = current
+                .map(|m| {
+                    bundle_entries(m)
+                        .into_iter()
+                        .filter(|(_, not_after)| *not_after > now)
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                cert.pem(),
+                key.serialize_pem(),
+                now + secs(validity.ca),
+                kept,
+            )
+        }
+    };
+    if !bundle.iter().any(|(pem, _)| *pem == ca_cert) {
+        bundle.push((ca_cert.clone(), ca_not_after));
+    }
+
+    let ca_key_pair = KeyPair::from_pem(&ca_key)?;
+    let issuer = Issuer::new(ca_params(now, validity.ca)?, ca_key_pair);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(dns_names.to_vec())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        dns_names.first().cloned().unwrap_or_default(),
+    );
+    params.distinguished_name = dn;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    // The serving certificate never outlives its CA.
+    let cert_validity = validity.cert.min(Duration::from_secs(
+        u64::try_from((ca_not_after - now).max(1)).unwrap_or(1),
+    ));
+    set_validity(&mut params, now, cert_validity)?;
+    let cert = params.signed_by(&key, &issuer)?;
+
+    Ok(TlsMaterial {
+        ca_bundle: bundle
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .collect::<Vec<_>>()
+            .concat(),
+        bundle_not_after: bundle.iter().map(|(_, t)| *t).collect(),
+        ca_cert,
+        ca_key,
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+        ca_not_after,
+        cert_not_after: now + secs(cert_validity),
+    })
+}
+
+/// The CAs of a bundle with their expiry.
+fn bundle_entries(m: &TlsMaterial) -> Vec<(String, i64)> {
+    let pems = split_pem(&m.ca_bundle);
+    pems.into_iter()
+        .zip(
+            m.bundle_not_after
+                .iter()
+                .copied()
+                .chain(std::iter::repeat(m.ca_not_after)),
+        )
+        .collect()
+}
+
+/// Splits concatenated PEM certificates.
+pub fn split_pem(bundle: &str) -> Vec<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    bundle
+        .split_inclusive(END)
+        .map(|p| p.trim_start().to_owned())
+        .filter(|p| p.contains("BEGIN CERTIFICATE"))
+        .map(|p| format!("{p}\n"))
+        .collect()
+}
+
+/// The DNS names a webhook Service answers to.
+pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
+    vec![
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+        format!("{service}.{namespace}"),
+        service.to_owned(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn short() -> Validity {
+        Validity {
+            ca: Duration::from_secs(3000),
+            cert: Duration::from_secs(300),
+        }
+    }
+
+    #[test]
+    fn nothing_yet_means_a_new_ca_then_nothing_until_a_third_of_a_life_is_left() {
+        assert_eq!(plan(None, NOW, short()), Renewal::NewCa);
+        let m = renew(
+            None,
+            Renewal::NewCa,
+            &service_dns_names("w", "ns"),
+            NOW,
+            short(),
+        )
+        .unwrap();
+        assert_eq!(m.cert_not_after, NOW + 300);
+        assert_eq!(m.ca_not_after, NOW + 3000);
+        assert_eq!(plan(Some(&m), NOW + 199, short()), Renewal::Keep);
+        assert_eq!(plan(Some(&m), NOW + 200, short()), Renewal::NewCert);
+        assert_eq!(plan(Some(&m), NOW + 2000, short()), Renewal::NewCa);
+    }
+
+    #[test]
+    fn a_new_cert_keeps_the_ca_and_a_new_ca_joins_the_old_one_in_the_bundle() {
+        let names = service_dns_names("w", "ns");
+        let first = renew(None, Renewal::NewCa, &names, NOW, short()).unwrap();
+        let second = renew(Some(&first), Renewal::NewCert, &names, NOW + 250, short()).unwrap();
+        assert_eq!(second.ca_cert, first.ca_cert);
+        assert_eq!(second.ca_bundle, first.ca_bundle);
+        assert_ne!(second.cert, first.cert);
+        let third = renew(Some(&second), Renewal::NewCa, &names, NOW + 2100, short()).unwrap();
+        assert_ne!(third.ca_cert, first.ca_cert);
+        let cas = split_pem(&third.ca_bundle);
+        assert_eq!(cas.len(), 2);
+        assert_eq!(cas[0].trim(), first.ca_cert.trim());
+        // Once the old CA has expired it leaves the bundle.
+        let fourth = renew(Some(&third), Renewal::NewCa, &names, NOW + 3100, short()).unwrap();
+        assert_eq!(
+            split_pem(&fourth.ca_bundle).len(),
+            2,
+            "third's CA and the new one"
+        );
+        assert!(!fourth.ca_bundle.contains(first.ca_cert.trim()));
+    }
+
+    #[test]
+    fn the_serving_certificate_never_outlives_its_ca() {
+        let names = service_dns_names("w", "ns");
+        let v = Validity {
+            ca: Duration::from_secs(100),
+            cert: Duration::from_secs(1000),
+        };
+        let m = renew(None, Renewal::NewCa, &names, NOW, v).unwrap();
+        assert!(m.cert_not_after <= m.ca_not_after);
+    }
+}
