@@ -251,9 +251,19 @@ async fn the_controller_binary_takes_the_lease_reconciles_and_lets_go_on_sigterm
         l.local_addr().unwrap().port()
     };
     let log = dir.path().join("controller.log");
+    let webhook_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    api.put(
+        "admissionregistration.k8s.io/mutatingwebhookconfigurations",
+        kube_api::webhook_configuration("starsink"),
+    );
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_starsink"))
         .args(["controller", "--metrics-addr"])
         .arg(format!("127.0.0.1:{metrics_port}"))
+        .arg("--webhook-addr")
+        .arg(format!("127.0.0.1:{webhook_port}"))
         .env("KUBECONFIG", &kubeconfig)
         .env("POD_NAMESPACE", "starsink-system")
         .env("POD_NAME", "controller-0")
@@ -278,6 +288,19 @@ async fn the_controller_binary_takes_the_lease_reconciles_and_lets_go_on_sigterm
     .await;
     api.wait_for("Ready=True from the leader", WAIT, |a| {
         is_ready(a, "True", "Ready") && config_map(a).is_some()
+    })
+    .await;
+
+    // Every replica manages the webhook's TLS: the Secret exists and the caBundle is set.
+    api.wait_for("the webhook TLS Secret and caBundle", WAIT, |a| {
+        a.get("core/secrets", "starsink-system", "starsink-webhook-tls")
+            .is_some()
+            && a.get(
+                "admissionregistration.k8s.io/mutatingwebhookconfigurations",
+                "",
+                "starsink",
+            )
+            .is_some_and(|c| c["webhooks"][0]["clientConfig"]["caBundle"].is_string())
     })
     .await;
 

@@ -3,6 +3,8 @@
 //! exactly what `inject()` gives. Bad bodies, other kinds and oversized requests get a
 //! well-formed denial or pass-through, never a crash.
 
+mod kube_api;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +65,21 @@ async fn start() -> Server {
     .unwrap();
     let resolver = Arc::new(CertResolver::default());
     resolver.set(&material.cert, &material.key).unwrap();
+    let (addr, metrics, stop) = serve_with(resolver.clone()).await;
+    Server {
+        addr,
+        material,
+        resolver,
+        metrics,
+        stop,
+    }
+}
+
+/// Starts the webhook on a loopback port with the fixture sinks and `resolver`'s
+/// certificate.
+async fn serve_with(
+    resolver: Arc<CertResolver>,
+) -> (std::net::SocketAddr, Arc<WebhookMetrics>, CancellationToken) {
     let metrics = Arc::new(WebhookMetrics::default());
     let webhook = Arc::new(Webhook {
         sinks: Arc::new(sinks()),
@@ -72,19 +89,8 @@ async fn start() -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(serve(
-        listener,
-        tls_config(resolver.clone()),
-        webhook,
-        stop.clone(),
-    ));
-    Server {
-        addr,
-        material,
-        resolver,
-        metrics,
-        stop,
-    }
+    tokio::spawn(serve(listener, tls_config(resolver), webhook, stop.clone()));
+    (addr, metrics, stop)
 }
 
 /// POSTs `body` to /mutate over TLS, trusting only `ca_bundle`, as the API server does
@@ -306,4 +312,73 @@ async fn a_swapped_certificate_is_served_at_once_without_a_restart() {
     .await;
     assert_eq!(status, 200);
     server.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_and_the_ca_bundle_follows_with_no_failed_review() {
+    use starsink::operator::tls::{ensure, run, TlsOptions};
+    const CONFIGS: &str = "admissionregistration.k8s.io/mutatingwebhookconfigurations";
+
+    let api = kube_api::FakeApi::new();
+    api.put(CONFIGS, kube_api::webhook_configuration("starsink"));
+    let client = api.client();
+    let opts = TlsOptions {
+        namespace: "starsink-system".into(),
+        secret: "starsink-webhook-tls".into(),
+        webhook_config: "starsink".into(),
+        service: "starsink-webhook".into(),
+        // Renewal at a third of the life left: a new certificate every 2s, a new CA at 6s.
+        validity: Validity {
+            ca: Duration::from_secs(9),
+            cert: Duration::from_secs(3),
+        },
+    };
+    let resolver = Arc::new(CertResolver::default());
+    ensure(&client, &opts, &resolver)
+        .await
+        .expect("first certificate");
+    let (addr, _, stop) = serve_with(resolver.clone()).await;
+    tokio::spawn(run(client, opts, resolver, stop.clone()));
+
+    // Review continuously, trusting what the API server would: the configuration's caBundle.
+    let pod = fixture_pod("02-multi-container.yaml");
+    let body = review(&pod, "Pod", "", "shop");
+    let mut certs = std::collections::BTreeSet::new();
+    let mut cas = std::collections::BTreeSet::new();
+    let mut reviews = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while certs.len() < 4 || cas.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "saw {} certificates and {} CAs in 30s",
+            certs.len(),
+            cas.len()
+        );
+        let config = api.get(CONFIGS, "", "starsink").unwrap();
+        let bundle = String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(
+                    config["webhooks"][0]["clientConfig"]["caBundle"]
+                        .as_str()
+                        .unwrap(),
+                )
+                .unwrap(),
+        )
+        .unwrap();
+        let (status, answer) = post(addr, &bundle, &body).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            response(&answer)["allowed"],
+            true,
+            "review {reviews} failed: {answer}"
+        );
+        reviews += 1;
+        let secret = api
+            .get("core/secrets", "starsink-system", "starsink-webhook-tls")
+            .unwrap();
+        certs.insert(secret["data"]["tls.crt"].as_str().unwrap().to_owned());
+        cas.insert(secret["data"]["ca.crt"].as_str().unwrap().to_owned());
+    }
+    assert!(reviews > 10, "only {reviews} reviews across the rotations");
+    stop.cancel();
 }

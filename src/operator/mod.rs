@@ -5,6 +5,7 @@ pub mod controller;
 pub mod inject;
 pub mod manifests;
 pub mod reconcile;
+pub mod tls;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -32,6 +33,24 @@ pub struct ControllerArgs {
     /// Reconcile without a Lease (only for a single replica).
     #[arg(long)]
     pub no_leader_election: bool,
+    /// Where the admission webhook listens (HTTPS, POST /mutate). Every replica serves it.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub webhook_addr: SocketAddr,
+    /// The Service in front of the webhook (its DNS names go into the certificate).
+    #[arg(long, default_value = "starsink-webhook")]
+    pub webhook_service: String,
+    /// The MutatingWebhookConfiguration whose caBundle the controller keeps current.
+    #[arg(long, default_value = "starsink")]
+    pub webhook_config: String,
+    /// The Secret (in $POD_NAMESPACE) holding the webhook's CA and certificate.
+    #[arg(long, default_value = "starsink-webhook-tls")]
+    pub tls_secret: String,
+    /// Serve tls.crt/tls.key from this directory (cert-manager) instead of managing a CA.
+    #[arg(long)]
+    pub cert_dir: Option<std::path::PathBuf>,
+    /// The loader image injected into pods.
+    #[arg(long, env = "STARSINK_LOADER_IMAGE")]
+    pub loader_image: Option<String>,
 }
 
 /// The Lease the replicas compete for.
@@ -45,10 +64,12 @@ pub enum OperatorError {
     Start(#[from] StartError),
     #[error("{0}")]
     Metrics(String),
-    #[error("leader election needs the Lease's namespace: set POD_NAMESPACE (the chart does) or --lease-namespace, or pass --no-leader-election for a single replica")]
+    #[error("the controller needs its own namespace (for the Lease and the webhook's TLS Secret): set POD_NAMESPACE (the chart does) or --lease-namespace")]
     NoLeaseNamespace,
     #[error("leader election: {0}")]
     Lease(String),
+    #[error("webhook: {0}")]
+    Webhook(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -61,17 +82,19 @@ pub async fn run(args: ControllerArgs) -> Result<(), OperatorError> {
     check_crd(&client).await?;
 
     let metrics = Arc::new(ControllerMetrics::default());
+    let webhook_metrics = Arc::new(webhook::WebhookMetrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let listener = crate::telemetry::bind(args.metrics_addr, "--metrics-addr")
         .await
         .map_err(OperatorError::Metrics)?;
-    let render = metrics.clone();
+    let (render, render_webhook) = (metrics.clone(), webhook_metrics.clone());
     tokio::spawn(crate::telemetry::serve(
         listener,
-        Arc::new(move || render.render()),
+        Arc::new(move || render.render() + &render_webhook.render()),
         ready.clone(),
         stop.clone(),
     ));
+    start_webhook(&client, &args, webhook_metrics, stop.clone()).await?;
     let identity = args
         .identity
         .clone()
@@ -127,6 +150,108 @@ pub async fn run(args: ControllerArgs) -> Result<(), OperatorError> {
     // Dropping the receiver releases the Lease, so another replica takes over at once.
     drop(leader);
     let _ = task.await;
+    Ok(())
+}
+
+/// Starts the admission webhook on this replica: its own sink cache (a reflector, so no
+/// API call per review), the cluster version, TLS (managed or from `--cert-dir`), and
+/// the HTTPS server, all stopped by `stop`.
+async fn start_webhook(
+    client: &Client,
+    args: &ControllerArgs,
+    metrics: Arc<webhook::WebhookMetrics>,
+    stop: CancellationToken,
+) -> Result<(), OperatorError> {
+    use futures::StreamExt;
+    use kube::runtime::{reflector, watcher, WatchStreamExt};
+
+    let (store, writer) = reflector::store();
+    let sinks = reflector::reflector(
+        writer,
+        watcher(
+            kube::Api::<crate::api::StarRocksSink>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .applied_objects()
+    .default_backoff();
+    let stopping = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sinks.for_each(|_| futures::future::ready(())) => {}
+            _ = stopping.cancelled() => {}
+        }
+    });
+
+    let version = client
+        .apiserver_version()
+        .await
+        .map_err(OperatorError::Client)?;
+    let kube_version =
+        manifests::parse_kube_version(&format!("{}.{}", version.major, version.minor))
+            .map_err(OperatorError::Webhook)?;
+    let mut settings = inject::InjectSettings {
+        kube_version,
+        ..inject::InjectSettings::default()
+    };
+    if let Some(image) = &args.loader_image {
+        settings.image = image.clone();
+    }
+    tracing::info!(kubernetes = %format!("{}.{}", kube_version.0, kube_version.1), native_sidecars = kube_version >= (1, 29), "webhook settings");
+
+    let resolver = Arc::new(webhook::CertResolver::default());
+    match &args.cert_dir {
+        Some(dir) => {
+            tokio::spawn(tls::watch_dir(
+                dir.clone(),
+                resolver.clone(),
+                std::time::Duration::from_secs(10),
+                stop.clone(),
+            ));
+        }
+        None => {
+            let namespace = args
+                .lease_namespace
+                .clone()
+                .ok_or(OperatorError::NoLeaseNamespace)?;
+            let opts = tls::TlsOptions {
+                namespace,
+                secret: args.tls_secret.clone(),
+                webhook_config: args.webhook_config.clone(),
+                service: args.webhook_service.clone(),
+                validity: certs::Validity::default(),
+            };
+            // The first certificate is in place before the server accepts anything.
+            tls::ensure(client, &opts, &resolver)
+                .await
+                .map_err(|e| OperatorError::Webhook(e.to_string()))?;
+            tokio::spawn(tls::run(
+                client.clone(),
+                opts,
+                resolver.clone(),
+                stop.clone(),
+            ));
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(args.webhook_addr)
+        .await
+        .map_err(|e| {
+            OperatorError::Webhook(format!(
+                "--webhook-addr {}: cannot listen ({e}); pick a free address",
+                args.webhook_addr
+            ))
+        })?;
+    let hook = Arc::new(webhook::Webhook {
+        sinks: Arc::new(store),
+        settings,
+        metrics,
+    });
+    tokio::spawn(webhook::serve(
+        listener,
+        webhook::tls_config(resolver),
+        hook,
+        stop,
+    ));
     Ok(())
 }
 

@@ -131,6 +131,10 @@ fn kind_of(resource: &str) -> (&'static str, &'static str) {
         "starsink.io/starrockssinks" => ("starsink.io/v1alpha1", "StarRocksSink"),
         "events.k8s.io/events" => ("events.k8s.io/v1", "Event"),
         "coordination.k8s.io/leases" => ("coordination.k8s.io/v1", "Lease"),
+        "admissionregistration.k8s.io/mutatingwebhookconfigurations" => (
+            "admissionregistration.k8s.io/v1",
+            "MutatingWebhookConfiguration",
+        ),
         "apiextensions.k8s.io/customresourcedefinitions" => {
             ("apiextensions.k8s.io/v1", "CustomResourceDefinition")
         }
@@ -318,6 +322,12 @@ impl FakeApi {
         let path = req.uri().path().to_owned();
         let q = req.uri().query().unwrap_or("").to_owned();
         self.store().requests.push(format!("{method} {path}?{q}"));
+        if path == "/version" {
+            return json_response(
+                StatusCode::OK,
+                &json!({"major": "1", "minor": "30", "gitVersion": "v1.30.0-emulated", "platform": "linux/amd64"}),
+            );
+        }
         let Some(t) = parse_path(&path) else {
             return status_response(
                 StatusCode::NOT_FOUND,
@@ -325,11 +335,14 @@ impl FakeApi {
                 format!("no route {path}"),
             );
         };
-        let merge = req
+        let content_type = req
             .headers()
             .get("content-type")
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("merge-patch"));
+            .unwrap_or("")
+            .to_owned();
+        let merge = content_type.contains("merge-patch");
+        let json_patch = content_type.contains("json-patch");
         // No strategic-merge list semantics are emulated: for the objects here (Leases,
         // Events) a strategic merge patch is a merge patch.
         let body = match req.into_body().collect_bytes().await {
@@ -352,9 +365,23 @@ impl FakeApi {
                 }
             }
             (Method::PATCH, Some(name)) if merge => self.merge(&t, name, &body),
+            (Method::PATCH, Some(name)) if json_patch => self.json_patch(&t, name, &body),
+            (Method::PUT, Some(name)) => self.replace(&t, name, &body),
             (Method::PATCH, Some(name)) => self.apply(&t, name, &body),
             (Method::POST, None) => {
                 let mut obj: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                if let Some(name) = obj["metadata"]["name"].as_str() {
+                    if self
+                        .get(&t.resource, t.namespace.as_deref().unwrap_or(""), name)
+                        .is_some()
+                    {
+                        return status_response(
+                            StatusCode::CONFLICT,
+                            "AlreadyExists",
+                            format!("{} \"{name}\" already exists", t.resource),
+                        );
+                    }
+                }
                 if obj["metadata"]["name"].is_null() {
                     let prefix = obj["metadata"]["generateName"].as_str().unwrap_or("obj-");
                     obj["metadata"]["name"] = json!(format!("{prefix}{}", self.store().rv + 1));
@@ -509,6 +536,50 @@ impl FakeApi {
         json_response(StatusCode::OK, &self.put(&t.resource, obj))
     }
 
+    /// PUT: replaces the object if the caller's resourceVersion is the stored one.
+    fn replace(&self, t: &Target, name: &str, body: &[u8]) -> Response<ResponseBody> {
+        let ns = t.namespace.clone().unwrap_or_default();
+        let Ok(obj) = serde_json::from_slice::<Value>(body) else {
+            return status_response(StatusCode::BAD_REQUEST, "BadRequest", "not JSON".into());
+        };
+        let Some(current) = self.get(&t.resource, &ns, name) else {
+            return status_response(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{} \"{name}\" not found", t.resource),
+            );
+        };
+        let wanted = &obj["metadata"]["resourceVersion"];
+        if !wanted.is_null() && *wanted != current["metadata"]["resourceVersion"] {
+            return status_response(
+                StatusCode::CONFLICT,
+                "Conflict",
+                "the object has been modified; please apply your changes to the latest version"
+                    .into(),
+            );
+        }
+        json_response(StatusCode::OK, &self.put(&t.resource, obj))
+    }
+
+    /// A JSON patch (RFC 6902).
+    fn json_patch(&self, t: &Target, name: &str, body: &[u8]) -> Response<ResponseBody> {
+        let ns = t.namespace.clone().unwrap_or_default();
+        let (Some(mut obj), Ok(patch)) = (
+            self.get(&t.resource, &ns, name),
+            serde_json::from_slice::<json_patch::Patch>(body),
+        ) else {
+            return status_response(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{name} not found"),
+            );
+        };
+        if let Err(e) = json_patch::patch(&mut obj, &patch) {
+            return status_response(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string());
+        }
+        json_response(StatusCode::OK, &self.put(&t.resource, obj))
+    }
+
     /// Stores a status change: new resourceVersion, same generation.
     fn put_status(&self, resource: &str, obj: Value) -> Value {
         let gen = obj["metadata"]["generation"].clone();
@@ -588,4 +659,19 @@ impl FakeApi {
         .expect("write kubeconfig");
         path
     }
+}
+
+/// A MutatingWebhookConfiguration as the chart installs it, without a caBundle yet.
+pub fn webhook_configuration(name: &str) -> Value {
+    json!({
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "inject.starsink.io",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "clientConfig": {
+                "service": {"name": "starsink-webhook", "namespace": "starsink-system", "path": "/mutate"},
+            },
+        }],
+    })
 }

@@ -1,0 +1,309 @@
+//! Keeps the webhook's TLS material current without cert-manager: the CA and serving
+//! certificate live in one Secret shared by the replicas; the CA bundle goes into the
+//! MutatingWebhookConfiguration; the serving certificate is swapped into the running
+//! server. With cert-manager, certificates are read from a mounted directory instead and
+//! reloaded when they change.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::certs::{plan, renew, service_dns_names, Renewal, TlsMaterial, Validity};
+use super::webhook::CertResolver;
+
+/// Where the TLS material lives and what it serves.
+#[derive(Clone, Debug)]
+pub struct TlsOptions {
+    pub namespace: String,
+    pub secret: String,
+    /// The MutatingWebhookConfiguration whose `caBundle`s are kept current.
+    pub webhook_config: String,
+    pub service: String,
+    pub validity: Validity,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Cert(#[from] super::certs::CertError),
+    #[error("{0}")]
+    Load(String),
+}
+
+fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> TlsError {
+    let action = action.into();
+    move |source| TlsError::Kube { action, source }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+const NOT_AFTER: &str = "starsink.io/not-after";
+
+/// Reads the material from the Secret, if it is all there.
+pub fn from_secret(secret: &Secret) -> Option<TlsMaterial> {
+    let data = secret.data.as_ref()?;
+    let text = |k: &str| {
+        data.get(k)
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+    };
+    let times: Vec<i64> = secret
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(NOT_AFTER)?
+        .split(',')
+        .filter_map(|t| t.trim().parse().ok())
+        .collect();
+    // ca, cert, then one per bundle entry
+    let (ca_not_after, cert_not_after) = (*times.first()?, *times.get(1)?);
+    Some(TlsMaterial {
+        ca_bundle: text("ca-bundle.crt")?,
+        ca_cert: text("ca.crt")?,
+        ca_key: text("ca.key")?,
+        cert: text("tls.crt")?,
+        key: text("tls.key")?,
+        ca_not_after,
+        cert_not_after,
+        bundle_not_after: times[2..].to_vec(),
+    })
+}
+
+fn to_secret(m: &TlsMaterial, opts: &TlsOptions, resource_version: Option<String>) -> Secret {
+    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+    let times: Vec<String> = [m.ca_not_after, m.cert_not_after]
+        .iter()
+        .chain(m.bundle_not_after.iter())
+        .map(|t| t.to_string())
+        .collect();
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(opts.secret.clone()),
+            namespace: Some(opts.namespace.clone()),
+            resource_version,
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".into(),
+                "starsink".into(),
+            )])),
+            annotations: Some(BTreeMap::from([(NOT_AFTER.into(), times.join(","))])),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            ("ca-bundle.crt".into(), bytes(&m.ca_bundle)),
+            ("ca.crt".into(), bytes(&m.ca_cert)),
+            ("ca.key".into(), bytes(&m.ca_key)),
+            ("tls.crt".into(), bytes(&m.cert)),
+            ("tls.key".into(), bytes(&m.key)),
+        ])),
+        ..Secret::default()
+    }
+}
+
+/// Brings the Secret, the webhook configuration's CA bundle and the served certificate up
+/// to date; returns when to look again. Replicas race safely: the Secret is created or
+/// replaced at a resourceVersion, and the loser re-reads.
+pub async fn ensure(
+    client: &Client,
+    opts: &TlsOptions,
+    resolver: &CertResolver,
+) -> Result<Duration, TlsError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &opts.namespace);
+    let names = service_dns_names(&opts.service, &opts.namespace);
+    let mut attempts = 0;
+    let material = loop {
+        attempts += 1;
+        let now = unix_now();
+        let current = secrets
+            .get_opt(&opts.secret)
+            .await
+            .map_err(kube_err(format!(
+                "reading Secret {}/{}",
+                opts.namespace, opts.secret
+            )))?;
+        let material = current.as_ref().and_then(from_secret);
+        let renewal = plan(material.as_ref(), now, opts.validity);
+        if renewal == Renewal::Keep {
+            if let Some(m) = material {
+                break m;
+            }
+        }
+        let next = renew(material.as_ref(), renewal, &names, now, opts.validity)?;
+        let written = match &current {
+            None => secrets
+                .create(&PostParams::default(), &to_secret(&next, opts, None))
+                .await
+                .map(|_| ()),
+            Some(s) => secrets
+                .replace(
+                    &opts.secret,
+                    &PostParams::default(),
+                    &to_secret(&next, opts, s.metadata.resource_version.clone()),
+                )
+                .await
+                .map(|_| ()),
+        };
+        match written {
+            Ok(()) => {
+                tracing::info!(secret = %opts.secret, renewal = ?renewal, not_after = next.cert_not_after, "webhook certificate renewed");
+                break next;
+            }
+            // Another replica wrote first: use what it wrote.
+            Err(kube::Error::Api(e)) if e.code == 409 && attempts < 5 => continue,
+            Err(e) => {
+                return Err(TlsError::Kube {
+                    action: format!("writing Secret {}/{}", opts.namespace, opts.secret),
+                    source: e,
+                })
+            }
+        }
+    };
+    // Clients must trust the new CA before the server presents a certificate it signed.
+    patch_ca_bundle(client, opts, &material.ca_bundle).await?;
+    resolver
+        .set(&material.cert, &material.key)
+        .map_err(TlsError::Load)?;
+    let now = unix_now();
+    let third = i64::try_from(opts.validity.cert.as_secs() / 3).unwrap_or(i64::MAX);
+    let due = (material.cert_not_after - third).min(
+        material.ca_not_after - i64::try_from(opts.validity.ca.as_secs() / 3).unwrap_or(i64::MAX),
+    );
+    let wait = u64::try_from((due - now).max(1)).unwrap_or(1).min(3600);
+    Ok(Duration::from_secs(wait))
+}
+
+/// Sets every webhook's `clientConfig.caBundle` in the configuration, if it differs.
+async fn patch_ca_bundle(client: &Client, opts: &TlsOptions, bundle: &str) -> Result<(), TlsError> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let Some(config) = api
+        .get_opt(&opts.webhook_config)
+        .await
+        .map_err(kube_err(format!(
+            "reading MutatingWebhookConfiguration {}",
+            opts.webhook_config
+        )))?
+    else {
+        tracing::warn!(config = %opts.webhook_config, "MutatingWebhookConfiguration not found; the chart creates it, and its caBundle is set once it exists");
+        return Ok(());
+    };
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bundle);
+    let mut ops = Vec::new();
+    for (i, w) in config.webhooks.iter().flatten().enumerate() {
+        let current = w
+            .client_config
+            .ca_bundle
+            .as_ref()
+            .map(|b| base64::engine::general_purpose::STANDARD.encode(&b.0));
+        if current.as_deref() != Some(encoded.as_str()) {
+            ops.push(serde_json::json!({
+                "op": "add",
+                "path": format!("/webhooks/{i}/clientConfig/caBundle"),
+                "value": encoded,
+            }));
+        }
+    }
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
+        .map_err(|e| TlsError::Load(format!("caBundle patch: {e}")))?;
+    api.patch(
+        &opts.webhook_config,
+        &PatchParams::default(),
+        &Patch::<()>::Json(patch),
+    )
+    .await
+    .map_err(kube_err(format!(
+        "patching caBundle of {}",
+        opts.webhook_config
+    )))?;
+    tracing::info!(config = %opts.webhook_config, "caBundle updated");
+    Ok(())
+}
+
+/// Keeps the material current until `stop`, retrying failures after 10s.
+pub async fn run(
+    client: Client,
+    opts: TlsOptions,
+    resolver: Arc<CertResolver>,
+    stop: CancellationToken,
+) {
+    loop {
+        let wait = match ensure(&client, &opts, &resolver).await {
+            Ok(wait) => wait,
+            Err(e) => {
+                tracing::error!(error = %e, "webhook TLS: cannot bring the certificate up to date; retrying in 10s");
+                Duration::from_secs(10)
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// cert-manager mode: serves `tls.crt`/`tls.key` from `dir`, reloading them when they
+/// change (checked every `every`).
+pub async fn watch_dir(
+    dir: PathBuf,
+    resolver: Arc<CertResolver>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut seen: Option<(SystemTime, SystemTime)> = None;
+    loop {
+        match load_dir(&dir, &resolver, &mut seen) {
+            Ok(true) => tracing::info!(dir = %dir.display(), "webhook certificate loaded"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "webhook certificate not loaded")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Loads the directory's certificate if it changed since `seen`; `Ok(true)` if loaded.
+pub fn load_dir(
+    dir: &Path,
+    resolver: &CertResolver,
+    seen: &mut Option<(SystemTime, SystemTime)>,
+) -> Result<bool, String> {
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let modified = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let stamp = (modified(&cert)?, modified(&key)?);
+    if *seen == Some(stamp) {
+        return Ok(false);
+    }
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+    resolver.set(&read(&cert)?, &read(&key)?)?;
+    *seen = Some(stamp);
+    Ok(true)
+}
