@@ -307,3 +307,62 @@ pub fn load_dir(
     *seen = Some(stamp);
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::certs::{renew, Renewal, Validity};
+
+    fn material() -> TlsMaterial {
+        renew(
+            None,
+            Renewal::NewCa,
+            &service_dns_names("w", "ns"),
+            unix_now(),
+            Validity::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_mounted_certificate_is_loaded_once_and_again_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolver = CertResolver::default();
+        let mut seen = None;
+        assert!(
+            load_dir(dir.path(), &resolver, &mut seen).is_err(),
+            "nothing mounted yet"
+        );
+        let write = |m: &TlsMaterial| {
+            std::fs::write(dir.path().join("tls.crt"), &m.cert).unwrap();
+            std::fs::write(dir.path().join("tls.key"), &m.key).unwrap();
+        };
+        write(&material());
+        assert_eq!(load_dir(dir.path(), &resolver, &mut seen), Ok(true));
+        assert_eq!(load_dir(dir.path(), &resolver, &mut seen), Ok(false));
+        // cert-manager renews: new files, new modification times.
+        let first = seen;
+        while seen == first {
+            write(&material());
+            load_dir(dir.path(), &resolver, &mut seen).unwrap();
+        }
+        std::fs::write(dir.path().join("tls.key"), "not a key").unwrap();
+        assert!(
+            load_dir(dir.path(), &resolver, &mut seen).is_err(),
+            "a broken key is reported"
+        );
+    }
+
+    #[test]
+    fn the_secret_round_trips_the_material() {
+        let m = material();
+        let opts = TlsOptions {
+            namespace: "ns".into(),
+            secret: "tls".into(),
+            webhook_config: "starsink".into(),
+            service: "w".into(),
+            validity: Validity::default(),
+        };
+        assert_eq!(from_secret(&to_secret(&m, &opts, None)), Some(m));
+    }
+}
