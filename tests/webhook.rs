@@ -286,10 +286,19 @@ async fn bad_requests_get_a_well_formed_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swapped_certificate_is_served_at_once_without_a_restart() {
     let server = start().await;
-    let next = renew(
+    let names = service_dns_names("starsink-webhook", "starsink-system");
+    let published = renew(
         Some(&server.material),
         Renewal::NewCa,
-        &service_dns_names("starsink-webhook", "starsink-system"),
+        &names,
+        now(),
+        Validity::default(),
+    )
+    .unwrap();
+    let next = renew(
+        Some(&published),
+        Renewal::NewCert,
+        &names,
         now(),
         Validity::default(),
     )
@@ -327,10 +336,11 @@ async fn certificates_rotate_and_the_ca_bundle_follows_with_no_failed_review() {
         secret: "starsink-webhook-tls".into(),
         webhook_config: "starsink".into(),
         service: "starsink-webhook".into(),
-        // Renewal at a third of the life left: a new certificate every 2s, a new CA at 6s.
+        // Renewal at a third of the life left: a new certificate every 4s, a new CA at 8s
+        // that signs from 9s on.
         validity: Validity {
-            ca: Duration::from_secs(9),
-            cert: Duration::from_secs(3),
+            ca: Duration::from_secs(12),
+            cert: Duration::from_secs(6),
         },
     };
     let resolver = Arc::new(CertResolver::default());

@@ -70,12 +70,27 @@ pub fn plan(material: Option<&TlsMaterial>, now: i64, validity: Validity) -> Ren
     };
     let third = |d: Duration| i64::try_from(d.as_secs() / 3).unwrap_or(i64::MAX);
     if m.ca_not_after - now <= third(validity.ca) {
-        Renewal::NewCa
-    } else if m.cert_not_after - now <= third(validity.cert) {
+        return Renewal::NewCa;
+    }
+    if m.cert_not_after - now > third(validity.cert) {
+        return Renewal::Keep;
+    }
+    // A CA only signs once clients have had time to learn it from the bundle, unless the
+    // serving certificate has run out.
+    let ca_created = m.ca_not_after - i64::try_from(validity.ca.as_secs()).unwrap_or(i64::MAX);
+    if now - ca_created >= settle(validity) || m.cert_not_after <= now {
         Renewal::NewCert
     } else {
         Renewal::Keep
     }
+}
+
+/// How long a new CA is only published (in the bundle) before it signs: a sixth of the
+/// serving certificate's life, at least 1s.
+pub fn settle(validity: Validity) -> i64 {
+    i64::try_from(validity.cert.as_secs() / 6)
+        .unwrap_or(i64::MAX)
+        .max(1)
 }
 
 const CA_NAME: &str = "starsink webhook CA";
@@ -140,6 +155,29 @@ pub fn renew(
     if !bundle.iter().any(|(pem, _)| *pem == ca_cert) {
         bundle.push((ca_cert.clone(), ca_not_after));
     }
+    let bundle_pem = bundle
+        .iter()
+        .map(|(p, _)| p.as_str())
+        .collect::<Vec<_>>()
+        .concat();
+    let bundle_not_after: Vec<i64> = bundle.iter().map(|(_, t)| *t).collect();
+
+    // A new CA is published first; the serving certificate signed by the old CA stays
+    // until it is due, so clients that have not yet seen the new bundle keep working.
+    if let (Renewal::NewCa, Some(m)) = (renewal, current) {
+        if m.cert_not_after > now {
+            return Ok(TlsMaterial {
+                ca_bundle: bundle_pem,
+                bundle_not_after,
+                ca_cert,
+                ca_key,
+                ca_not_after,
+                cert: m.cert.clone(),
+                key: m.key.clone(),
+                cert_not_after: m.cert_not_after,
+            });
+        }
+    }
 
     let ca_key_pair = KeyPair::from_pem(&ca_key)?;
     let issuer = Issuer::new(ca_params(now, validity.ca)?, ca_key_pair);
@@ -161,12 +199,8 @@ pub fn renew(
     let cert = params.signed_by(&key, &issuer)?;
 
     Ok(TlsMaterial {
-        ca_bundle: bundle
-            .iter()
-            .map(|(p, _)| p.as_str())
-            .collect::<Vec<_>>()
-            .concat(),
-        bundle_not_after: bundle.iter().map(|(_, t)| *t).collect(),
+        ca_bundle: bundle_pem,
+        bundle_not_after,
         ca_cert,
         ca_key,
         cert: cert.pem(),
@@ -239,6 +273,32 @@ mod tests {
         assert_eq!(plan(Some(&m), NOW + 199, short()), Renewal::Keep);
         assert_eq!(plan(Some(&m), NOW + 200, short()), Renewal::NewCert);
         assert_eq!(plan(Some(&m), NOW + 2000, short()), Renewal::NewCa);
+    }
+
+    #[test]
+    fn a_new_ca_is_published_before_it_signs() {
+        let names = service_dns_names("w", "ns");
+        let first = renew(None, Renewal::NewCa, &names, NOW, short()).unwrap();
+        let cert = renew(Some(&first), Renewal::NewCert, &names, NOW + 1900, short()).unwrap();
+        // The CA is due at NOW+2000: the bundle grows, the served certificate stays.
+        let rotated = renew(Some(&cert), Renewal::NewCa, &names, NOW + 2000, short()).unwrap();
+        assert_eq!(
+            rotated.cert, cert.cert,
+            "the old CA's certificate is still served"
+        );
+        assert_eq!(split_pem(&rotated.ca_bundle).len(), 2);
+        // Its certificate falls due (a third of its life left) while the new CA is still
+        // too fresh to sign...
+        let mut due = rotated.clone();
+        due.cert_not_after = NOW + 2090;
+        let fresh = NOW + 2000 + settle(short()) - 1;
+        assert_eq!(plan(Some(&due), fresh, short()), Renewal::Keep);
+        // ...until the new CA has been published for a while,
+        assert_eq!(plan(Some(&due), fresh + 1, short()), Renewal::NewCert);
+        // or the served certificate runs out.
+        let mut expiring = rotated.clone();
+        expiring.cert_not_after = NOW + 2030;
+        assert_eq!(plan(Some(&expiring), NOW + 2030, short()), Renewal::NewCert);
     }
 
     #[test]

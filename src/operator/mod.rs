@@ -51,6 +51,16 @@ pub struct ControllerArgs {
     /// The loader image injected into pods.
     #[arg(long, env = "STARSINK_LOADER_IMAGE")]
     pub loader_image: Option<String>,
+    /// The injected loader's default resources, as JSON (a Kubernetes
+    /// ResourceRequirements), for sinks that set no `sidecar.resources`.
+    #[arg(long, env = "STARSINK_LOADER_RESOURCES", value_parser = parse_resources)]
+    pub loader_resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+}
+
+fn parse_resources(s: &str) -> Result<k8s_openapi::api::core::v1::ResourceRequirements, String> {
+    serde_json::from_str(s).map_err(|e| {
+        format!("not a ResourceRequirements in JSON ({e}); e.g. {{\"requests\":{{\"cpu\":\"50m\",\"memory\":\"64Mi\"}},\"limits\":{{\"memory\":\"256Mi\"}}}}")
+    })
 }
 
 /// The Lease the replicas compete for.
@@ -196,6 +206,9 @@ async fn start_webhook(
     };
     if let Some(image) = &args.loader_image {
         settings.image = image.clone();
+    }
+    if let Some(resources) = &args.loader_resources {
+        settings.resources = Some(resources.clone());
     }
     tracing::info!(kubernetes = %format!("{}.{}", kube_version.0, kube_version.1), native_sidecars = kube_version >= (1, 29), "webhook settings");
 
