@@ -1,0 +1,3 @@
+module example.com/starsink-producer
+
+go 1.22

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Sends standard input, one record per line, to a starsink sink's Unix socket.
+#
+#   printf '{"id":1,"name":"a"}\n' | STARSINK_SOCKET_ORDERS=/var/run/starsink/orders.sock ./producer.sh
+#   ./producer.sh /var/run/starsink/orders.sock < records.ndjson
+#
+# Needs socat (or an nc with -U). A missing socket is retried for a while.
+set -euo pipefail
+
+sock="${1:-${STARSINK_SOCKET_ORDERS:-}}"
+if [[ -z "$sock" ]]; then
+  echo "producer: no socket: set STARSINK_SOCKET_ORDERS or pass the path as the first argument" >&2
+  exit 2
+fi
+
+attempts="${ATTEMPTS:-30}"
+for ((i = 1; i <= attempts; i++)); do
+  [[ -S "$sock" ]] && break
+  echo "producer: $sock does not exist yet (attempt $i/$attempts); is the loader running (pod labelled starsink.io/inject and the sink Ready)?" >&2
+  sleep 1
+done
+if [[ ! -S "$sock" ]]; then
+  echo "producer: gave up waiting for $sock" >&2
+  exit 1
+fi
+
+if command -v socat >/dev/null; then
+  exec socat -u STDIN "UNIX-CONNECT:$sock"
+elif command -v nc >/dev/null; then
+  exec nc -N -U "$sock"
+else
+  echo "producer: needs socat or nc (with -U); install one, e.g. apt-get install socat" >&2
+  exit 2
+fi
