@@ -45,6 +45,9 @@ struct Store {
 #[derive(Clone)]
 pub struct FakeApi {
     store: Arc<Mutex<Store>>,
+    /// Held across each read-modify-write (a PATCH, a PUT, a test's put), so writes are
+    /// atomic as they are in the API server: a status write never reverts a spec change.
+    writes: Arc<Mutex<()>>,
     /// Bumped on every change, so watches and tests can await one.
     changed: watch::Sender<u64>,
 }
@@ -165,6 +168,7 @@ impl FakeApi {
     pub fn new() -> Self {
         Self {
             store: Arc::new(Mutex::new(Store::default())),
+            writes: Arc::new(Mutex::new(())),
             changed: watch::channel(0).0,
         }
     }
@@ -185,7 +189,16 @@ impl FakeApi {
 
     /// Creates or replaces an object as a user would (kubectl apply): `metadata.generation`
     /// moves when anything but status and metadata changes. Returns the stored object.
-    pub fn put(&self, resource: &str, mut obj: Value) -> Value {
+    pub fn put(&self, resource: &str, obj: Value) -> Value {
+        let _write = self.write_lock();
+        self.put_unlocked(resource, obj)
+    }
+
+    fn write_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn put_unlocked(&self, resource: &str, mut obj: Value) -> Value {
         let (api_version, kind) = kind_of(resource);
         obj["apiVersion"] = json!(api_version);
         obj["kind"] = json!(kind);
@@ -252,6 +265,7 @@ impl FakeApi {
 
     /// Deletes an object, as `kubectl delete` would.
     pub fn delete(&self, resource: &str, namespace: &str, name: &str) {
+        let _write = self.write_lock();
         let mut st = self.store();
         let Some(mut obj) = st
             .objects
@@ -369,6 +383,7 @@ impl FakeApi {
             (Method::PUT, Some(name)) => self.replace(&t, name, &body),
             (Method::PATCH, Some(name)) => self.apply(&t, name, &body),
             (Method::POST, None) => {
+                let _write = self.write_lock();
                 let mut obj: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 if let Some(name) = obj["metadata"]["name"].as_str() {
                     if self
@@ -387,7 +402,7 @@ impl FakeApi {
                     obj["metadata"]["name"] = json!(format!("{prefix}{}", self.store().rv + 1));
                 }
                 obj["metadata"]["namespace"] = json!(t.namespace.clone().unwrap_or_default());
-                json_response(StatusCode::CREATED, &self.put(&t.resource, obj))
+                json_response(StatusCode::CREATED, &self.put_unlocked(&t.resource, obj))
             }
             (m, _) => status_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -492,6 +507,7 @@ impl FakeApi {
     /// Server-side apply, simplified: the applied fields are merged into the stored object
     /// (no field ownership, so no conflicts); on `/status` only the status is taken.
     fn apply(&self, t: &Target, name: &str, body: &[u8]) -> Response<ResponseBody> {
+        let _write = self.write_lock();
         let Ok(patch) = serde_json::from_slice::<Value>(body) else {
             return status_response(
                 StatusCode::BAD_REQUEST,
@@ -516,11 +532,12 @@ impl FakeApi {
         merge_patch(&mut obj, &patch);
         obj["metadata"]["namespace"] = json!(ns);
         obj["metadata"]["name"] = json!(name);
-        json_response(StatusCode::OK, &self.put(&t.resource, obj))
+        json_response(StatusCode::OK, &self.put_unlocked(&t.resource, obj))
     }
 
     /// A JSON merge patch (RFC 7386), as the event recorder sends for a repeated Event.
     fn merge(&self, t: &Target, name: &str, body: &[u8]) -> Response<ResponseBody> {
+        let _write = self.write_lock();
         let ns = t.namespace.clone().unwrap_or_default();
         let (Some(mut obj), Ok(patch)) = (
             self.get(&t.resource, &ns, name),
@@ -533,11 +550,12 @@ impl FakeApi {
             );
         };
         merge_patch(&mut obj, &patch);
-        json_response(StatusCode::OK, &self.put(&t.resource, obj))
+        json_response(StatusCode::OK, &self.put_unlocked(&t.resource, obj))
     }
 
     /// PUT: replaces the object if the caller's resourceVersion is the stored one.
     fn replace(&self, t: &Target, name: &str, body: &[u8]) -> Response<ResponseBody> {
+        let _write = self.write_lock();
         let ns = t.namespace.clone().unwrap_or_default();
         let Ok(obj) = serde_json::from_slice::<Value>(body) else {
             return status_response(StatusCode::BAD_REQUEST, "BadRequest", "not JSON".into());
@@ -558,11 +576,12 @@ impl FakeApi {
                     .into(),
             );
         }
-        json_response(StatusCode::OK, &self.put(&t.resource, obj))
+        json_response(StatusCode::OK, &self.put_unlocked(&t.resource, obj))
     }
 
     /// A JSON patch (RFC 6902).
     fn json_patch(&self, t: &Target, name: &str, body: &[u8]) -> Response<ResponseBody> {
+        let _write = self.write_lock();
         let ns = t.namespace.clone().unwrap_or_default();
         let (Some(mut obj), Ok(patch)) = (
             self.get(&t.resource, &ns, name),
@@ -577,13 +596,13 @@ impl FakeApi {
         if let Err(e) = json_patch::patch(&mut obj, &patch) {
             return status_response(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string());
         }
-        json_response(StatusCode::OK, &self.put(&t.resource, obj))
+        json_response(StatusCode::OK, &self.put_unlocked(&t.resource, obj))
     }
 
     /// Stores a status change: new resourceVersion, same generation.
     fn put_status(&self, resource: &str, obj: Value) -> Value {
         let gen = obj["metadata"]["generation"].clone();
-        let mut stored = self.put(resource, obj);
+        let mut stored = self.put_unlocked(resource, obj);
         if stored["metadata"]["generation"] != gen {
             // `put` bumps generation on spec changes only; a status write never changes spec.
             stored["metadata"]["generation"] = gen;
