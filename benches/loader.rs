@@ -101,6 +101,8 @@ async fn main() {
         all.push(throughput(format, bytes).await);
     }
     let lateness = timer_lateness().await;
+    let outage = if smoke { 2 } else { 60 };
+    let (outage_peak_kib, outage_written) = dead_endpoint(Duration::from_secs(outage)).await;
 
     println!();
     println!("| format | MiB/s | loader CPU-s/GiB | idle RSS | peak RSS | loads |");
@@ -118,6 +120,11 @@ async fn main() {
         );
     }
     println!();
+    println!(
+        "StarRocks down for {outage}s while 4 producers write (maxBytes {MAX_BYTES_MIB}MiB): peak RSS {:.1} MiB; producers got {:.0} MiB in before backpressure held them",
+        outage_peak_kib as f64 / 1024.0,
+        outage_written as f64 / (1 << 20) as f64
+    );
     println!(
         "timer flush lateness over {} idle batches (interval 200ms): median {} ms, max {} ms",
         lateness.len(),
@@ -204,6 +211,74 @@ async fn throughput(format: Format, bytes: u64) -> Figures {
     }
 }
 
+/// Peak RSS of a loader whose StarRocks answers 503 to everything for `outage`, while
+/// 4 producers keep writing as fast as the loader lets them; and the bytes they got in.
+async fn dead_endpoint(outage: Duration) -> (u64, u64) {
+    let sr = DevEndpoint::start(EndpointConfig {
+        keep_rows: false,
+        faults: starsink::dev_endpoint::Faults {
+            unavailable: 1.0,
+            ..Default::default()
+        },
+        ..EndpointConfig::default()
+    })
+    .await
+    .expect("start endpoint");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("down.sock");
+    let config = format!(
+        "labelPrefix: down\nshutdownTimeout: 2s\nsinks:\n  - name: down\n    socket: {}\n    starrocks:\n      feEndpoints: [\"{}\"]\n      database: bench\n      table: down\n    flush:\n      interval: 1s\n      maxBytes: {MAX_BYTES_MIB}MiB\n    retry:\n      minBackoff: 100ms\n      maxBackoff: 1s\n",
+        socket.display(),
+        sr.fe_url()
+    );
+    // Every retry would log a warning; only errors matter here.
+    let mut loader = spawn_loader_logging(dir.path(), &config, &socket, "error").await;
+    let pid = loader.id().expect("loader pid");
+    let mut block = Vec::with_capacity(1 << 20);
+    let mut id = 0;
+    while block.len() < 1 << 20 {
+        Format::Json.row(id, &mut block);
+        id += 1;
+    }
+    let block = std::sync::Arc::new(block);
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let deadline = Instant::now() + outage;
+    let mut writers = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (block, socket, written) = (block.clone(), socket.clone(), written.clone());
+        writers.push(tokio::spawn(async move {
+            let mut conn = UnixStream::connect(&socket).await.expect("connect");
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                // A blocked write is the backpressure; give up at the deadline.
+                match tokio::time::timeout(left, conn.write_all(&block)).await {
+                    Ok(Ok(())) => {
+                        written.fetch_add(block.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    _ => break,
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let peak = proc_status(pid, "VmHWM:");
+    // Nothing can be loaded: the loader must say so and exit non-zero, not hang.
+    if let Some(pid) = loader.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let status = loader.wait().await.expect("wait for the loader");
+    assert_eq!(status.code(), Some(1), "records were lost, so exit 1");
+    (peak, written.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// How late each idle batch's timer flush commits, past its 200ms interval.
 async fn timer_lateness() -> Vec<Duration> {
     let sr = DevEndpoint::start(EndpointConfig::default())
@@ -239,12 +314,16 @@ async fn timer_lateness() -> Vec<Duration> {
 }
 
 async fn spawn_loader(dir: &Path, config: &str, socket: &Path) -> Child {
+    spawn_loader_logging(dir, config, socket, "warn").await
+}
+
+async fn spawn_loader_logging(dir: &Path, config: &str, socket: &Path, level: &str) -> Child {
     let path: PathBuf = dir.join("loader.yaml");
     std::fs::write(&path, config).expect("write config");
     let child = Command::new(env!("CARGO_BIN_EXE_starsink"))
         .args(["loader", "--config"])
         .arg(&path)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", level)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -13,6 +13,7 @@ pub mod record;
 pub mod shutdown;
 pub mod sink_task;
 pub mod socket;
+pub mod spool;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

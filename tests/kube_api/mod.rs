@@ -457,16 +457,23 @@ impl FakeApi {
             );
             async move {
                 loop {
-                    let pending: Vec<Change> = api
-                        .store()
-                        .log
-                        .iter()
-                        .filter(|c| c.rv > seen && c.resource == resource)
-                        .cloned()
-                        .collect();
-                    if let Some(last) = api.store().log.last() {
-                        seen = seen.max(last.rv);
-                    }
+                    // One snapshot: what is sent and how far `seen` moves must agree, or
+                    // a change logged in between would be skipped.
+                    let pending: Vec<Change> = {
+                        let store = api.store();
+                        if let Some(last) = store.log.last() {
+                            let pending = store
+                                .log
+                                .iter()
+                                .filter(|c| c.rv > seen && c.resource == resource)
+                                .cloned()
+                                .collect();
+                            seen = seen.max(last.rv);
+                            pending
+                        } else {
+                            Vec::new()
+                        }
+                    };
                     let lines: Vec<u8> = pending
                         .iter()
                         .filter(|c| {

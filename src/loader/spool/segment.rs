@@ -1,0 +1,382 @@
+//! The spool's on-disk segment format, and its recovery. Pure: bytes in, frames out.
+//!
+//! ```text
+//! segment = header frame*
+//! header  = "STSKSPL\0" version:u16le reserved:[u8; 6]                      (16 bytes)
+//! frame   = marker:[F5 FF 53 4B] len:u32le crc:u32le kind:u8 payload:[u8; len-1]
+//!           crc = CRC-32 (IEEE) of kind and payload
+//! ```
+//! The marker bytes can never start valid UTF-8, so a JSON record cannot contain them;
+//! after damage in the middle of a segment, recovery finds the next frame by its marker
+//! and a valid checksum, and salvages everything readable.
+
+use bytes::{BufMut, Bytes};
+
+/// The segment format this build writes and reads.
+pub const VERSION: u16 = 1;
+const MAGIC: &[u8; 8] = b"STSKSPL\0";
+pub const HEADER_LEN: usize = 16;
+const MARKER: [u8; 4] = [0xF5, 0xFF, 0x53, 0x4B];
+const FRAME_HEAD: usize = 12;
+/// Larger length fields are damage, not frames.
+const MAX_FRAME: usize = 1 << 30;
+
+/// One entry of a segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// Accepted records with consecutive sequence numbers from `first_seq`; `data` is
+    /// the records, each ending in `\n`.
+    Records {
+        first_seq: u64,
+        count: u32,
+        data: Bytes,
+    },
+    /// Records `first_seq..end_seq` were sealed into a batch with this label, written
+    /// before the batch's first send.
+    Sealed {
+        first_seq: u64,
+        end_seq: u64,
+        label: String,
+    },
+    /// The batch with this label has its verdict: its records need nothing more.
+    Done { label: String, outcome: Outcome },
+}
+
+/// How a batch ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Committed,
+    DeadLettered,
+}
+
+/// Damage found while reading a segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Damage {
+    /// The segment ends inside a frame (a crash mid-write): truncate to `at`.
+    TornTail { at: usize, dropped: usize },
+    /// Unreadable bytes at `at` followed by readable frames: the segment is moved aside
+    /// and what could be read is salvaged.
+    Corrupt { at: usize, skipped: usize },
+    /// Not a segment at all (bad header); nothing in it can be trusted.
+    BadHeader,
+    /// A zero-length file (created, never written).
+    Empty,
+}
+
+/// What a segment holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    pub frames: Vec<Frame>,
+    /// The end of the last good frame: a torn segment is truncated here.
+    pub end: usize,
+    pub damage: Vec<Damage>,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("spool segment format version {found} is newer than this starsink reads ({VERSION}); run the newer starsink on this spool, or move the spool directory aside")]
+    Newer { found: u16 },
+}
+
+/// The 16-byte segment header.
+pub fn header() -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    h
+}
+
+impl Frame {
+    fn kind(&self) -> u8 {
+        match self {
+            Frame::Records { .. } => 1,
+            Frame::Sealed { .. } => 2,
+            Frame::Done { .. } => 3,
+        }
+    }
+
+    /// Appends this frame, ready to write, to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut body = Vec::new();
+        body.push(self.kind());
+        match self {
+            Frame::Records {
+                first_seq,
+                count,
+                data,
+            } => {
+                body.put_u64_le(*first_seq);
+                body.put_u32_le(*count);
+                body.extend_from_slice(data);
+            }
+            Frame::Sealed {
+                first_seq,
+                end_seq,
+                label,
+            } => {
+                body.put_u64_le(*first_seq);
+                body.put_u64_le(*end_seq);
+                put_str(&mut body, label);
+            }
+            Frame::Done { label, outcome } => {
+                put_str(&mut body, label);
+                body.push(match outcome {
+                    Outcome::Committed => 0,
+                    Outcome::DeadLettered => 1,
+                });
+            }
+        }
+        out.extend_from_slice(&MARKER);
+        out.put_u32_le(u32::try_from(body.len()).unwrap_or(u32::MAX));
+        out.put_u32_le(crc32fast::hash(&body));
+        out.extend_from_slice(&body);
+    }
+
+    fn decode(body: &[u8]) -> Option<Frame> {
+        let (&kind, mut rest) = body.split_first()?;
+        match kind {
+            1 => {
+                let first_seq = take_u64(&mut rest)?;
+                let count = take_u32(&mut rest)?;
+                Some(Frame::Records {
+                    first_seq,
+                    count,
+                    data: Bytes::copy_from_slice(rest),
+                })
+            }
+            2 => {
+                let first_seq = take_u64(&mut rest)?;
+                let end_seq = take_u64(&mut rest)?;
+                let label = take_str(&mut rest)?;
+                (rest.is_empty() && end_seq >= first_seq).then_some(Frame::Sealed {
+                    first_seq,
+                    end_seq,
+                    label,
+                })
+            }
+            3 => {
+                let label = take_str(&mut rest)?;
+                let outcome = match rest {
+                    [0] => Outcome::Committed,
+                    [1] => Outcome::DeadLettered,
+                    _ => return None,
+                };
+                Some(Frame::Done { label, outcome })
+            }
+            _ => None,
+        }
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.put_u16_le(u16::try_from(s.len()).unwrap_or(u16::MAX));
+    out.extend_from_slice(&s.as_bytes()[..s.len().min(u16::MAX as usize)]);
+}
+
+fn take_u64(b: &mut &[u8]) -> Option<u64> {
+    let (head, rest) = b.split_first_chunk::<8>()?;
+    *b = rest;
+    Some(u64::from_le_bytes(*head))
+}
+
+fn take_u32(b: &mut &[u8]) -> Option<u32> {
+    let (head, rest) = b.split_first_chunk::<4>()?;
+    *b = rest;
+    Some(u32::from_le_bytes(*head))
+}
+
+fn take_str(b: &mut &[u8]) -> Option<String> {
+    let (head, rest) = b.split_first_chunk::<2>()?;
+    let len = usize::from(u16::from_le_bytes(*head));
+    if rest.len() < len {
+        return None;
+    }
+    let s = String::from_utf8(rest[..len].to_vec()).ok()?;
+    *b = &rest[len..];
+    Some(s)
+}
+
+/// A whole, valid frame at `at`: the frame and where it ends.
+fn frame_at(seg: &[u8], at: usize) -> Option<(Frame, usize)> {
+    let head = seg.get(at..at + FRAME_HEAD)?;
+    if head[..4] != MARKER {
+        return None;
+    }
+    let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    let crc = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+    if len == 0 || len > MAX_FRAME {
+        return None;
+    }
+    let body = seg.get(at + FRAME_HEAD..at + FRAME_HEAD + len)?;
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    Some((Frame::decode(body)?, at + FRAME_HEAD + len))
+}
+
+/// The next offset after `from` where a whole valid frame starts.
+fn resync(seg: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while let Some(i) = memchr::memmem::find(&seg[at..], &MARKER) {
+        let candidate = at + i;
+        if frame_at(seg, candidate).is_some() {
+            return Some(candidate);
+        }
+        at = candidate + 1;
+    }
+    None
+}
+
+/// Reads a segment, tolerating damage: a torn tail is cut off, corrupt bytes in the
+/// middle are skipped to the next readable frame. Only a newer format is an error.
+pub fn read(seg: &[u8]) -> Result<Recovered, FormatError> {
+    let mut out = Recovered::default();
+    if seg.is_empty() {
+        out.damage.push(Damage::Empty);
+        return Ok(out);
+    }
+    if seg.len() < HEADER_LEN || &seg[..8] != MAGIC {
+        out.damage.push(Damage::BadHeader);
+        return Ok(out);
+    }
+    let version = u16::from_le_bytes([seg[8], seg[9]]);
+    if version > VERSION {
+        return Err(FormatError::Newer { found: version });
+    }
+    let mut at = HEADER_LEN;
+    out.end = at;
+    while at < seg.len() {
+        if let Some((frame, next)) = frame_at(seg, at) {
+            out.frames.push(frame);
+            at = next;
+            out.end = at;
+            continue;
+        }
+        match resync(seg, at + 1) {
+            Some(next) => {
+                out.damage.push(Damage::Corrupt {
+                    at,
+                    skipped: next - at,
+                });
+                at = next;
+            }
+            None => {
+                out.damage.push(Damage::TornTail {
+                    at,
+                    dropped: seg.len() - at,
+                });
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn segment(frames: &[Frame]) -> (Vec<u8>, Vec<usize>) {
+        let mut seg = header().to_vec();
+        let mut ends = Vec::new();
+        for f in frames {
+            f.encode(&mut seg);
+            ends.push(seg.len());
+        }
+        (seg, ends)
+    }
+
+    fn frame() -> impl Strategy<Value = Frame> {
+        let label = "[-_a-zA-Z0-9]{1,40}";
+        prop_oneof![
+            (
+                any::<u64>(),
+                1u32..50,
+                proptest::collection::vec(any::<u8>(), 0..300)
+            )
+                .prop_map(|(first_seq, count, data)| Frame::Records {
+                    first_seq,
+                    count,
+                    data: data.into()
+                }),
+            (0u64..1 << 40, 0u64..1000, label).prop_map(|(first_seq, n, label)| Frame::Sealed {
+                first_seq,
+                end_seq: first_seq + n,
+                label
+            }),
+            (label, any::<bool>()).prop_map(|(label, dl)| Frame::Done {
+                label,
+                outcome: if dl {
+                    Outcome::DeadLettered
+                } else {
+                    Outcome::Committed
+                }
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn frames_read_back_as_written(frames in proptest::collection::vec(frame(), 0..20)) {
+            let (seg, _) = segment(&frames);
+            let r = read(&seg).unwrap();
+            prop_assert_eq!(r.frames, frames);
+            prop_assert!(r.damage.is_empty());
+            prop_assert_eq!(r.end, seg.len());
+        }
+
+        #[test]
+        fn a_cut_anywhere_keeps_every_whole_frame_before_it(
+            frames in proptest::collection::vec(frame(), 1..12),
+            cut in any::<proptest::sample::Index>(),
+        ) {
+            let (seg, ends) = segment(&frames);
+            let cut = HEADER_LEN + cut.index(seg.len() - HEADER_LEN);
+            let r = read(&seg[..cut]).unwrap();
+            let whole = ends.iter().filter(|&&e| e <= cut).count();
+            prop_assert_eq!(&r.frames[..], &frames[..whole]);
+            let boundary = if whole == 0 { HEADER_LEN } else { ends[whole - 1] };
+            prop_assert_eq!(r.end, boundary);
+            if cut == boundary {
+                prop_assert!(r.damage.is_empty());
+            } else {
+                prop_assert_eq!(r.damage, vec![Damage::TornTail { at: boundary, dropped: cut - boundary }]);
+            }
+        }
+
+        #[test]
+        fn a_flipped_byte_loses_only_its_own_frame(
+            frames in proptest::collection::vec(frame(), 2..12),
+            which in any::<proptest::sample::Index>(),
+            offset in any::<proptest::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let (mut seg, ends) = segment(&frames);
+            // Damage any frame but the last, so readable frames follow it.
+            let k = which.index(frames.len() - 1);
+            let start = if k == 0 { HEADER_LEN } else { ends[k - 1] };
+            let at = start + offset.index(ends[k] - start);
+            seg[at] ^= flip;
+            let r = read(&seg).unwrap();
+            let mut expected = frames.clone();
+            expected.remove(k);
+            prop_assert_eq!(r.frames, expected);
+            prop_assert_eq!(r.damage, vec![Damage::Corrupt { at: start, skipped: ends[k] - start }]);
+        }
+    }
+
+    #[test]
+    fn empty_foreign_and_newer_segments_are_told_apart() {
+        assert_eq!(read(b"").unwrap().damage, vec![Damage::Empty]);
+        assert_eq!(
+            read(b"not a spool segment at all").unwrap().damage,
+            vec![Damage::BadHeader]
+        );
+        let mut newer = header();
+        newer[8..10].copy_from_slice(&(VERSION + 1).to_le_bytes());
+        let err = read(&newer).unwrap_err();
+        assert_eq!(err, FormatError::Newer { found: VERSION + 1 });
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+}
