@@ -5,3 +5,4 @@
 //! batches. This module holds the pieces built so far; see [`segment`] for the format.
 
 pub mod segment;
+pub mod store;

@@ -1,0 +1,519 @@
+//! A sink's spool directory: append-only segments of [`Frame`]s, owned by the sink task
+//! (no locks). Records get consecutive sequence numbers; a batch is a contiguous range of
+//! them, sealed (label written and synced) before its first send and marked done at its
+//! verdict. Batches finish in seal order (one load in flight), so a segment can go once
+//! every record in it is below the done watermark and every label sealed in it is done.
+//!
+//! Opening a spool recovers it: every segment is read (damage tolerated and reported), the
+//! pending state (sealed batches without a verdict, records not yet in a batch) is written
+//! into one fresh segment and synced, and only then are the old segments removed (a
+//! corrupt one is moved into `corrupt/`). A crash in between leaves both, which replay
+//! merges by sequence number and label.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::segment::{self, Damage, FormatError, Frame, Outcome};
+
+/// A segment is closed and a new one started past this size.
+const SEGMENT_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("spool segment {file}: {source}")]
+    Format {
+        file: PathBuf,
+        #[source]
+        source: FormatError,
+    },
+}
+
+/// A sealed batch that has no verdict yet: resolve its label before any re-send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingBatch {
+    pub label: String,
+    pub seqs: Range<u64>,
+    /// The batch's records, each without its `\n`.
+    pub records: Vec<Bytes>,
+}
+
+/// What the spool held at open.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replay {
+    /// In seal order.
+    pub sealed: Vec<PendingBatch>,
+    /// Records after the last sealed batch, in order, with their sequence numbers.
+    pub unsealed: Vec<(u64, Bytes)>,
+    /// Damage found, per segment file, for logs and metrics.
+    pub damage: Vec<(PathBuf, Damage)>,
+}
+
+struct Segment {
+    path: PathBuf,
+    /// One past the highest record sequence number in it (0 if none).
+    records_end: u64,
+    /// Labels sealed in it that have no verdict yet.
+    open_labels: HashSet<String>,
+}
+
+/// The sink task's handle on its spool directory.
+pub struct Spool {
+    dir: PathBuf,
+    segments: Vec<Segment>,
+    file: File,
+    file_len: u64,
+    next_id: u64,
+    next_seq: u64,
+    /// Sealed batches in order, awaiting their verdicts: (label, end of their records).
+    sealed: VecDeque<(String, u64)>,
+    /// Every record below this has a verdict.
+    done_below: u64,
+    buf: Vec<u8>,
+    /// The current segment is closed past this size.
+    segment_bytes: u64,
+}
+
+fn io_err(dir: &Path) -> impl Fn(io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        dir: dir.to_owned(),
+        source,
+    }
+}
+
+fn segment_name(id: u64) -> String {
+    format!("{id:020}.seg")
+}
+
+/// The segment files of `dir`, oldest first.
+fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let id = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".seg"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(id) = id {
+            out.push((id, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl Spool {
+    /// Opens (creating if needed) and recovers the spool in `dir`.
+    pub fn open(dir: &Path) -> Result<(Spool, Replay), SpoolError> {
+        Self::open_with(dir, SEGMENT_BYTES)
+    }
+
+    /// [`Spool::open`], with segments closed past `segment_bytes`.
+    pub fn open_with(dir: &Path, segment_bytes: u64) -> Result<(Spool, Replay), SpoolError> {
+        let err = io_err(dir);
+        fs::create_dir_all(dir).map_err(&err)?;
+        let old = list(dir).map_err(&err)?;
+
+        let mut records: BTreeMap<u64, Bytes> = BTreeMap::new();
+        let mut sealed: Vec<(String, Range<u64>)> = Vec::new();
+        let mut done: HashSet<String> = HashSet::new();
+        let mut damage = Vec::new();
+        let mut corrupt = Vec::new();
+        for (_, path) in &old {
+            let bytes = fs::read(path).map_err(&err)?;
+            let r = segment::read(&bytes).map_err(|source| SpoolError::Format {
+                file: path.clone(),
+                source,
+            })?;
+            for d in r.damage {
+                if matches!(d, Damage::Corrupt { .. } | Damage::BadHeader) {
+                    corrupt.push(path.clone());
+                }
+                damage.push((path.clone(), d));
+            }
+            for frame in r.frames {
+                match frame {
+                    Frame::Records {
+                        first_seq, data, ..
+                    } => {
+                        let mut seq = first_seq;
+                        for line in data.split(|&b| b == b'\n') {
+                            if seq - first_seq < u64::from(u32::MAX) && !line.is_empty() {
+                                records.insert(seq, data.slice_ref(line));
+                                seq += 1;
+                            }
+                        }
+                    }
+                    Frame::Sealed {
+                        first_seq,
+                        end_seq,
+                        label,
+                    } => {
+                        if !sealed.iter().any(|(l, _)| *l == label) {
+                            sealed.push((label, first_seq..end_seq));
+                        }
+                    }
+                    Frame::Done { label, .. } => {
+                        done.insert(label);
+                    }
+                }
+            }
+        }
+
+        let sealed_end = sealed.iter().map(|(_, r)| r.end).max().unwrap_or(0);
+        let pending: Vec<PendingBatch> = sealed
+            .into_iter()
+            .filter(|(label, _)| !done.contains(label))
+            .map(|(label, seqs)| PendingBatch {
+                records: seqs
+                    .clone()
+                    .filter_map(|s| records.get(&s).cloned())
+                    .collect(),
+                label,
+                seqs,
+            })
+            .collect();
+        let unsealed: Vec<(u64, Bytes)> = records
+            .range(sealed_end..)
+            .map(|(s, b)| (*s, b.clone()))
+            .collect();
+        let next_seq = records
+            .keys()
+            .next_back()
+            .map_or(sealed_end, |s| (s + 1).max(sealed_end));
+        let next_id = old.last().map_or(0, |(id, _)| id + 1);
+
+        let mut spool = Spool {
+            dir: dir.to_owned(),
+            segments: Vec::new(),
+            file: Self::create_segment(dir, next_id).map_err(&err)?,
+            file_len: segment::HEADER_LEN as u64,
+            next_id: next_id + 1,
+            next_seq,
+            sealed: VecDeque::new(),
+            done_below: 0,
+            buf: Vec::new(),
+            segment_bytes,
+        };
+        spool.segments.push(Segment {
+            path: dir.join(segment_name(next_id)),
+            records_end: 0,
+            open_labels: HashSet::new(),
+        });
+        // Rewrite what is still pending, sync it, then drop the old segments.
+        for batch in &pending {
+            spool.write_records(batch.seqs.start, &batch.records);
+            spool.write_frame(&Frame::Sealed {
+                first_seq: batch.seqs.start,
+                end_seq: batch.seqs.end,
+                label: batch.label.clone(),
+            });
+            spool.note_sealed(&batch.label, batch.seqs.end);
+        }
+        if let Some((first, _)) = unsealed.first() {
+            let lines: Vec<Bytes> = unsealed.iter().map(|(_, b)| b.clone()).collect();
+            spool.write_records(*first, &lines);
+        }
+        spool.flush().map_err(&err)?;
+        spool.file.sync_data().map_err(&err)?;
+        for (_, path) in &old {
+            if corrupt.contains(path) {
+                let aside = dir.join("corrupt");
+                fs::create_dir_all(&aside).map_err(&err)?;
+                let name = path.file_name().unwrap_or_default();
+                fs::rename(path, aside.join(name)).map_err(&err)?;
+            } else {
+                fs::remove_file(path).map_err(&err)?;
+            }
+        }
+        sync_dir(dir).map_err(&err)?;
+        Ok((
+            spool,
+            Replay {
+                sealed: pending,
+                unsealed,
+                damage,
+            },
+        ))
+    }
+
+    fn create_segment(dir: &Path, id: u64) -> io::Result<File> {
+        let mut f = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(dir.join(segment_name(id)))?;
+        f.write_all(&segment::header())?;
+        Ok(f)
+    }
+
+    fn write_frame(&mut self, frame: &Frame) {
+        frame.encode(&mut self.buf);
+    }
+
+    fn write_records(&mut self, first_seq: u64, records: &[Bytes]) {
+        let mut data = Vec::with_capacity(records.iter().map(|r| r.len() + 1).sum());
+        for r in records {
+            data.extend_from_slice(r);
+            data.push(b'\n');
+        }
+        self.write_frame(&Frame::Records {
+            first_seq,
+            count: u32::try_from(records.len()).unwrap_or(u32::MAX),
+            data: data.into(),
+        });
+        let end = first_seq + records.len() as u64;
+        if let Some(seg) = self.segments.last_mut() {
+            seg.records_end = seg.records_end.max(end);
+        }
+    }
+
+    fn note_sealed(&mut self, label: &str, end: u64) {
+        self.sealed.push_back((label.to_owned(), end));
+        if let Some(seg) = self.segments.last_mut() {
+            seg.open_labels.insert(label.to_owned());
+        }
+    }
+
+    /// Writes buffered frames to the current segment (the page cache, not yet the disk).
+    pub fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.file.write_all(&self.buf)?;
+            self.file_len += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far survive a power cut.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.flush()?;
+        self.file.sync_data()
+    }
+
+    /// Appends accepted records (each without `\n`); returns their sequence numbers.
+    pub fn append(&mut self, records: &[Bytes]) -> io::Result<Range<u64>> {
+        let first = self.next_seq;
+        self.write_records(first, records);
+        self.next_seq += records.len() as u64;
+        self.flush()?;
+        self.maybe_roll()?;
+        Ok(first..self.next_seq)
+    }
+
+    /// Records that `seqs` form the batch `label`; synced before this returns, so the
+    /// label survives anything that happens once the batch is sent.
+    pub fn seal(&mut self, label: &str, seqs: Range<u64>) -> io::Result<()> {
+        self.write_frame(&Frame::Sealed {
+            first_seq: seqs.start,
+            end_seq: seqs.end,
+            label: label.to_owned(),
+        });
+        self.note_sealed(label, seqs.end);
+        self.sync()
+    }
+
+    /// Records a batch's verdict and removes the segments nothing refers to any more.
+    pub fn done(&mut self, label: &str, outcome: Outcome) -> io::Result<()> {
+        self.write_frame(&Frame::Done {
+            label: label.to_owned(),
+            outcome,
+        });
+        self.flush()?;
+        while let Some((front, end)) = self.sealed.front() {
+            if front != label {
+                break;
+            }
+            self.done_below = self.done_below.max(*end);
+            self.sealed.pop_front();
+        }
+        for seg in &mut self.segments {
+            seg.open_labels.remove(label);
+        }
+        self.collect()
+    }
+
+    /// Removes closed segments whose records all have verdicts and whose labels are done.
+    fn collect(&mut self) -> io::Result<()> {
+        let mut removed = false;
+        let mut i = 0;
+        // Never the last one: it is the segment being written.
+        while i + 1 < self.segments.len() {
+            let seg = &self.segments[i];
+            if seg.records_end <= self.done_below && seg.open_labels.is_empty() {
+                fs::remove_file(&seg.path)?;
+                self.segments.remove(i);
+                removed = true;
+            } else {
+                i += 1;
+            }
+        }
+        if removed {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    fn maybe_roll(&mut self) -> io::Result<()> {
+        if self.file_len < self.segment_bytes {
+            return Ok(());
+        }
+        self.sync()?;
+        let id = self.next_id;
+        self.next_id += 1;
+        self.file = Self::create_segment(&self.dir, id)?;
+        self.file_len = segment::HEADER_LEN as u64;
+        self.segments.push(Segment {
+            path: self.dir.join(segment_name(id)),
+            records_end: 0,
+            open_labels: HashSet::new(),
+        });
+        sync_dir(&self.dir)
+    }
+
+    /// Segment files currently on disk.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recs(range: Range<u64>) -> Vec<Bytes> {
+        range
+            .map(|i| Bytes::from(format!("{{\"id\":{i}}}")))
+            .collect()
+    }
+
+    #[test]
+    fn a_fresh_spool_replays_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, replay) = Spool::open(dir.path()).unwrap();
+        assert_eq!(replay, Replay::default());
+    }
+
+    #[test]
+    fn reopening_gives_back_pending_batches_with_their_labels_and_unsealed_records() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut spool, _) = Spool::open(dir.path()).unwrap();
+            assert_eq!(spool.append(&recs(0..3)).unwrap(), 0..3);
+            assert_eq!(spool.append(&recs(3..5)).unwrap(), 3..5);
+            spool.seal("p_s_1_0", 0..4).unwrap();
+            spool.append(&recs(5..6)).unwrap();
+            spool.seal("p_s_1_1", 4..6).unwrap();
+            spool.done("p_s_1_0", Outcome::Committed).unwrap();
+            spool.append(&recs(6..8)).unwrap();
+            // A crash: nothing more is written.
+        }
+        let (mut spool, replay) = Spool::open(dir.path()).unwrap();
+        assert_eq!(
+            replay.sealed,
+            vec![PendingBatch {
+                label: "p_s_1_1".into(),
+                seqs: 4..6,
+                records: recs(4..6)
+            }]
+        );
+        assert_eq!(replay.unsealed, (6..8).zip(recs(6..8)).collect::<Vec<_>>());
+        assert!(replay.damage.is_empty());
+        // New records continue the numbering.
+        assert_eq!(spool.append(&recs(8..9)).unwrap(), 8..9);
+        // And the recovered state survives a second crash too.
+        drop(spool);
+        let (_, again) = Spool::open(dir.path()).unwrap();
+        assert_eq!(again.sealed, replay.sealed);
+        assert_eq!(again.unsealed.len(), 3);
+    }
+
+    #[test]
+    fn a_torn_tail_loses_only_the_unfinished_write() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut spool, _) = Spool::open(dir.path()).unwrap();
+            spool.append(&recs(0..10)).unwrap();
+            spool.append(&recs(10..20)).unwrap();
+        }
+        let (_, seg) = list(dir.path()).unwrap().pop().unwrap();
+        let len = fs::metadata(&seg).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.set_len(len - 7).unwrap();
+        let (_, replay) = Spool::open(dir.path()).unwrap();
+        assert_eq!(replay.unsealed.len(), 10, "the first frame survives");
+        assert!(matches!(replay.damage[..], [(_, Damage::TornTail { .. })]));
+        assert!(!dir.path().join("corrupt").exists());
+    }
+
+    #[test]
+    fn a_corrupt_segment_is_moved_aside_and_what_is_readable_salvaged() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut spool, _) = Spool::open(dir.path()).unwrap();
+            spool.append(&recs(0..10)).unwrap();
+            spool.append(&recs(10..20)).unwrap();
+            spool.append(&recs(20..30)).unwrap();
+        }
+        let (_, seg) = list(dir.path()).unwrap().pop().unwrap();
+        let mut bytes = fs::read(&seg).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xFF;
+        fs::write(&seg, &bytes).unwrap();
+        let (_, replay) = Spool::open(dir.path()).unwrap();
+        assert_eq!(replay.unsealed.len(), 20, "two of three frames salvaged");
+        assert!(matches!(replay.damage[..], [(_, Damage::Corrupt { .. })]));
+        let aside = fs::read_dir(dir.path().join("corrupt")).unwrap().count();
+        assert_eq!(aside, 1, "the damaged segment is kept for inspection");
+    }
+
+    #[test]
+    fn empty_and_foreign_files_do_not_stop_the_spool_but_a_newer_format_does() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(segment_name(0)), b"").unwrap();
+        fs::write(dir.path().join(segment_name(1)), b"garbage garbage garbage").unwrap();
+        let (_, replay) = Spool::open(dir.path()).unwrap();
+        assert_eq!(replay.damage.len(), 2);
+        let mut newer = segment::header();
+        newer[8] = 0xFF;
+        fs::write(dir.path().join(segment_name(99)), newer).unwrap();
+        let err = Spool::open(dir.path())
+            .err()
+            .expect("a newer format is refused");
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+
+    #[test]
+    fn segments_go_once_their_batches_have_verdicts() {
+        let dir = tempfile::tempdir().unwrap();
+        // Small segments: every append closes one.
+        let (mut spool, _) = Spool::open_with(dir.path(), 64).unwrap();
+        let big: Vec<Bytes> = vec![Bytes::from(vec![b'x'; 100])];
+        let a = spool.append(&big).unwrap();
+        let b = spool.append(&big).unwrap();
+        assert_eq!(spool.segment_count(), 3);
+        spool.seal("l_0", a.clone()).unwrap();
+        spool.seal("l_1", b.clone()).unwrap();
+        spool.done("l_0", Outcome::Committed).unwrap();
+        // The first segment's record has its verdict; the second's label (sealed in the
+        // current segment) and record do not.
+        assert_eq!(spool.segment_count(), 2);
+        spool.done("l_1", Outcome::DeadLettered).unwrap();
+        assert_eq!(spool.segment_count(), 1);
+        assert_eq!(list(dir.path()).unwrap().len(), 1);
+    }
+}
