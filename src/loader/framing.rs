@@ -81,6 +81,7 @@ impl LineFramer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Just;
 
     fn frame(max: usize, pieces: &[&[u8]], eof: bool) -> Vec<String> {
         let mut f = LineFramer::new(max);
@@ -135,6 +136,64 @@ mod tests {
     #[test]
     fn an_over_long_unterminated_line_at_eof_is_too_long() {
         assert_eq!(frame(3, &[b"abcdefgh"], true), ["<too long: 8>"]);
+    }
+
+    /// What framing must give for `input`: split on `\n`, drop one trailing `\r`, a last
+    /// unterminated line counts, and lines over `max` are rejected as too long (their
+    /// reported length is for the log; whether it counts a dropped `\r` may vary).
+    fn model(max: usize, input: &[u8]) -> Vec<String> {
+        let mut lines: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+        if lines.last().is_some_and(|l| l.is_empty()) {
+            lines.pop();
+        }
+        lines
+            .into_iter()
+            .map(|raw| {
+                let l = raw.strip_suffix(b"\r").unwrap_or(raw);
+                if l.len() > max {
+                    "<too long>".to_owned()
+                } else {
+                    String::from_utf8_lossy(l).into_owned()
+                }
+            })
+            .collect()
+    }
+
+    fn without_lengths(lines: Vec<String>) -> Vec<String> {
+        lines
+            .into_iter()
+            .map(|l| {
+                if l.starts_with("<too long") {
+                    "<too long>".into()
+                } else {
+                    l
+                }
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn framing_does_not_depend_on_how_the_stream_is_split(
+            input in proptest::collection::vec(
+                proptest::prop_oneof![
+                    Just(b'\n'), Just(b'\r'), Just(b'a'), Just(b'{'), Just(b'"'), proptest::num::u8::ANY
+                ],
+                0..400,
+            ),
+            cuts in proptest::collection::vec(proptest::num::usize::ANY, 0..20),
+            max in 1usize..40,
+        ) {
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+            points.push(0);
+            points.push(input.len());
+            points.sort_unstable();
+            points.dedup();
+            let pieces: Vec<&[u8]> = points.windows(2).map(|w| &input[w[0]..w[1]]).collect();
+            let whole = without_lengths(frame(max, &[&input], true));
+            proptest::prop_assert_eq!(&without_lengths(frame(max, &pieces, true)), &whole);
+            proptest::prop_assert_eq!(whole, model(max, &input));
+        }
     }
 
     #[test]
