@@ -82,11 +82,33 @@ pub async fn deliver(
     label: &str,
     body: &Bytes,
     retry: &RetrySpec,
+    report: impl FnMut(&Attempt),
+) -> Delivered {
+    deliver_from(client, label, body, retry, Start::Send, report).await
+}
+
+/// Where a delivery starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// A new batch: send it.
+    Send,
+    /// A batch that may have been sent before (replayed from the spool after a restart):
+    /// ask the label's state first, and send only if StarRocks has no load under it.
+    Resolve,
+}
+
+/// [`deliver`], starting as `start` says.
+pub async fn deliver_from(
+    client: &mut StreamLoadClient,
+    label: &str,
+    body: &Bytes,
+    retry: &RetrySpec,
+    start: Start,
     mut report: impl FnMut(&Attempt),
 ) -> Delivered {
     let started = Instant::now();
     let mut backoff = Backoff::new(retry);
-    let mut resolve = false;
+    let mut resolve = start == Start::Resolve;
     let mut last_problem = String::new();
     loop {
         let out_of_time = started.elapsed() >= retry.give_up_after.0;
@@ -169,6 +191,46 @@ pub async fn deliver(
 mod tests {
     use super::*;
     use crate::api::HumanDuration;
+    use crate::dev_endpoint::{DevEndpoint, EndpointConfig};
+
+    fn client(fe: &str) -> StreamLoadClient {
+        let sink: crate::api::SinkSpec = serde_yaml::from_str(&format!(
+            "name: orders\nsocket: /tmp/orders.sock\nstarrocks:\n  feEndpoints: [\"{fe}\"]\n  database: shop\n  table: orders\n"
+        ))
+        .unwrap();
+        StreamLoadClient::new(&sink).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_resumed_batch_already_committed_is_not_sent_again() {
+        let sr = DevEndpoint::start(EndpointConfig::default()).await.unwrap();
+        let mut c = client(&sr.fe_url());
+        let body = Bytes::from_static(br#"[{"id":1}]"#);
+        let retry = RetrySpec::default();
+        let first = deliver(&mut c, "p_orders_a_0", &body, &retry, |_| {}).await;
+        assert!(matches!(first, Delivered::Committed { .. }));
+        // After a restart the spool still has the batch: its label says it is done.
+        let mut attempts = Vec::new();
+        let again = deliver_from(&mut c, "p_orders_a_0", &body, &retry, Start::Resolve, |a| {
+            attempts.push(a.outcome())
+        })
+        .await;
+        assert!(matches!(again, Delivered::Committed { .. }));
+        assert_eq!(sr.state().loads.len(), 1, "no second load");
+        assert_eq!(sr.committed_rows(), 1);
+        // A batch StarRocks never saw is sent.
+        let fresh = deliver_from(
+            &mut c,
+            "p_orders_a_1",
+            &body,
+            &retry,
+            Start::Resolve,
+            |_| {},
+        )
+        .await;
+        assert!(matches!(fresh, Delivered::Committed { .. }));
+        assert_eq!(sr.committed_rows(), 2);
+    }
 
     #[test]
     fn backoff_doubles_to_its_cap_with_jitter_in_the_upper_half() {

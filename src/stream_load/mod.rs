@@ -7,6 +7,6 @@ pub mod label;
 pub mod response;
 
 pub use client::StreamLoadClient;
-pub use delivery::{deliver, Attempt, Delivered};
+pub use delivery::{deliver, deliver_from, Attempt, Delivered, Start};
 pub use label::LabelGen;
 pub use response::{classify, LoadState, Verdict};
