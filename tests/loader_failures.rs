@@ -347,3 +347,74 @@ async fn a_bad_config_stops_the_loader_with_the_key_and_the_fix() {
         assert!(!socket.exists(), "a refused config must not create sockets");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_spool_what_starrocks_did_not_take_by_the_deadline_loads_on_the_next_start() {
+    let spool = tempfile::tempdir().unwrap();
+    let sr = endpoint(Faults {
+        unavailable: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    let fe = sr.fe_url();
+    let config = |dir: &std::path::Path, prefix: &str| {
+        format!(
+            "shutdownTimeout: 2s\n{}",
+            one_sink(
+                dir,
+                prefix,
+                &fe,
+                &format!(
+                    "    spoolDir: {}\n    flush:\n      interval: 1h\n      maxRows: 120\n    retry:\n      minBackoff: 20ms\n      maxBackoff: 100ms\n",
+                    spool.path().display()
+                )
+            )
+        )
+    };
+    let mut first = Loader::start(|dir| config(dir, "first")).await;
+    let lines: Vec<String> = (0..300).map(row).collect();
+    write_lines(&first.socket("orders"), &lines).await;
+    first.signal(Signal::SIGTERM);
+    let status = first.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(4), "{}", first.log_text());
+    let acc = first.accounting();
+    assert_eq!(
+        (
+            acc["spooled"].as_u64(),
+            acc["lost"].as_u64(),
+            acc["committed"].as_u64()
+        ),
+        (Some(300), Some(0), Some(0)),
+        "{acc}"
+    );
+
+    // StarRocks is back; a new loader on the same spool loads all of it, once.
+    sr.set_faults(Faults::default());
+    let mut second = Loader::start(|dir| config(dir, "second")).await;
+    assert!(
+        sr.wait_for_rows(300, Duration::from_secs(10)).await,
+        "{}",
+        second.log_text()
+    );
+    second.signal(Signal::SIGTERM);
+    let status = second.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "{}", second.log_text());
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 300);
+    // Sealed batches kept their labels across the restart.
+    let labels: Vec<String> = sr
+        .state()
+        .loads
+        .iter()
+        .filter(|l| l.status == "Success")
+        .map(|l| l.label.clone())
+        .collect();
+    assert!(labels.iter().any(|l| l.starts_with("first_")), "{labels:?}");
+    let acc = second.accounting();
+    assert_eq!(acc["spooled"].as_u64(), Some(0), "{acc}");
+
+    // A third start finds nothing left.
+    let mut third = Loader::start(|dir| config(dir, "third")).await;
+    third.signal(Signal::SIGTERM);
+    assert!(third.wait_exit(Duration::from_secs(10)).await.success());
+    assert_eq!(sr.committed_rows(), 300);
+}

@@ -156,6 +156,7 @@ impl LoaderConfig {
         }
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut sockets: HashMap<PathBuf, usize> = HashMap::new();
+        let mut spools: HashMap<PathBuf, usize> = HashMap::new();
         for (i, sink) in self.sinks.iter().enumerate() {
             let key = format!("sinks[{i}]");
             issues.extend(validate_sink(sink, &key));
@@ -168,6 +169,17 @@ impl LoaderConfig {
                         sink.name
                     ),
                 ));
+            }
+            if let Some(dir) = &sink.spool_dir {
+                if let Some(first) = spools.insert(normalize(dir), i) {
+                    issues.push(ConfigIssue::new(
+                        format!("{key}.spoolDir"),
+                        format!(
+                            "`{}` is also the spoolDir of sinks[{first}]; give each sink its own spool directory",
+                            dir.display()
+                        ),
+                    ));
+                }
             }
             if let Some(first) = sockets.insert(normalize(&sink.socket), i) {
                 issues.push(ConfigIssue::new(

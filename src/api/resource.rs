@@ -176,6 +176,8 @@ impl StarRocksSinkSpec {
             flush: self.flush,
             retry: self.retry,
             dead_letter_dir: None,
+            spool_dir: None,
+            spool_sync: Default::default(),
         }
     }
 

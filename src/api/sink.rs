@@ -41,6 +41,29 @@ pub struct SinkSpec {
     /// `dead-letter/<sink>` directory beside the socket.
     #[serde(default)]
     pub dead_letter_dir: Option<PathBuf>,
+    /// Keep accepted records on disk here until StarRocks has them: they survive a crash,
+    /// `kill -9` and a shutdown deadline, and the next start loads them under the same
+    /// labels. Unset: records live in memory only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_dir: Option<PathBuf>,
+    /// When spooled records reach the disk (see [`SpoolSync`]).
+    #[serde(default)]
+    pub spool_sync: SpoolSync,
+}
+
+/// When spooled records are synced to disk. A process crash (or `kill -9`) loses nothing
+/// that was written under any policy: the kernel has it. A power cut or kernel crash loses
+/// what was not yet synced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolSync {
+    /// After every read from a producer: nothing is lost on a power cut; slowest.
+    Always,
+    /// At most 100ms or 1MiB after a write, whichever comes first.
+    #[default]
+    Interval,
+    /// Left to the kernel (usually within 30s).
+    Never,
 }
 
 impl SinkSpec {

@@ -35,6 +35,10 @@ pub struct SinkMetrics {
     load_duration: Histogram,
     /// Bytes held in batches (filling, waiting and in flight).
     pub buffered_bytes: AtomicU64,
+    /// Records taken over from the spool at start.
+    pub replayed: AtomicU64,
+    /// Records in the spool this run: appended plus replayed.
+    pub spooled: AtomicU64,
 }
 
 impl SinkMetrics {
@@ -83,16 +87,26 @@ impl SinkMetrics {
         self.load_duration.observe(secs);
     }
 
-    /// Records accepted (framed and not rejected) and not yet committed or dead-lettered.
+    /// Records accepted (framed and not rejected, or replayed from the spool) and not yet
+    /// committed or dead-lettered.
     pub fn outstanding(&self) -> u64 {
-        self.accepted()
-            .saturating_sub(self.loaded.load(Relaxed) + self.dead_lettered.load(Relaxed))
+        self.accepted().saturating_sub(self.finished())
+    }
+
+    /// Of the outstanding records, those the spool keeps for the next start.
+    pub fn left_in_spool(&self) -> u64 {
+        self.spooled.load(Relaxed).saturating_sub(self.finished())
+    }
+
+    fn finished(&self) -> u64 {
+        self.loaded.load(Relaxed) + self.dead_lettered.load(Relaxed)
     }
 
     pub fn accepted(&self) -> u64 {
         self.received
             .load(Relaxed)
             .saturating_sub(self.rejected_total())
+            + self.replayed.load(Relaxed)
     }
 }
 

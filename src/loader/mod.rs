@@ -41,6 +41,11 @@ pub enum LoaderError {
     Client { sink: String, message: String },
     #[error("{0}")]
     Metrics(String),
+    #[error("sink {sink}: {source}")]
+    Spool {
+        sink: String,
+        source: spool::store::SpoolError,
+    },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -88,13 +93,29 @@ pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
             message,
         })?;
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-        let task = SinkTask::new(
+        let mut task = SinkTask::new(
             sink,
             LabelGen::new(&prefix, &sink.name, &start_id),
             client,
             rx,
             metrics.clone(),
         );
+        if let Some(dir) = &sink.spool_dir {
+            let (spool, replay) =
+                spool::store::Spool::open(dir).map_err(|source| LoaderError::Spool {
+                    sink: sink.name.clone(),
+                    source,
+                })?;
+            for (file, damage) in &replay.damage {
+                tracing::warn!(sink = %sink.name, file = %file.display(), damage = ?damage, "spool damage recovered; readable records kept, damaged segments moved to corrupt/");
+            }
+            let unsealed = replay.unsealed.len();
+            let sealed: usize = replay.sealed.iter().map(|b| b.records.len()).sum();
+            if unsealed + sealed > 0 {
+                tracing::info!(sink = %sink.name, sealed_batches = replay.sealed.len(), sealed_records = sealed, unsealed_records = unsealed, "spool replay: loading what the last run left");
+            }
+            task = task.with_spool(spool, replay);
+        }
         tasks.push(tokio::spawn(task.run(Stopping {
             stop: phases.stop.clone(),
             deadline: phases.deadline.clone(),

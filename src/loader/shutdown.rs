@@ -68,7 +68,9 @@ pub struct Accounting {
     pub committed: u64,
     pub dead_lettered: u64,
     pub rejected: u64,
-    /// Accepted and neither committed nor dead-lettered.
+    /// Not committed yet, but kept in the spool: the next start loads them.
+    pub spooled: u64,
+    /// Accepted and neither committed, dead-lettered nor spooled.
     pub lost: u64,
 }
 
@@ -80,7 +82,9 @@ impl Accounting {
             a.committed += s.loaded.load(Relaxed);
             a.dead_lettered += s.dead_lettered.load(Relaxed);
             a.rejected += s.rejected_total();
-            a.lost += s.outstanding();
+            let spooled = s.left_in_spool();
+            a.spooled += spooled;
+            a.lost += s.outstanding().saturating_sub(spooled);
         }
         a
     }
@@ -89,6 +93,8 @@ impl Accounting {
     pub fn exit_code(&self) -> i32 {
         if self.lost > 0 {
             EXIT_LOST
+        } else if self.spooled > 0 {
+            EXIT_SPOOLED
         } else if self.dead_lettered > 0 {
             EXIT_DEAD_LETTERED
         } else {
@@ -103,6 +109,7 @@ impl Accounting {
             committed,
             dead_lettered,
             rejected,
+            spooled,
             lost,
         } = *self;
         if lost > 0 {
@@ -111,17 +118,21 @@ impl Accounting {
                 committed,
                 dead_lettered,
                 rejected,
+                spooled,
                 lost,
                 "loader stopped: {lost} accepted record(s) were NOT committed and are lost"
             );
+        } else if spooled > 0 {
+            tracing::warn!(accepted, committed, dead_lettered, rejected, spooled, lost, "loader stopped: {spooled} record(s) not committed yet are kept in the spool; the next start loads them under the same labels");
         } else if dead_lettered > 0 {
-            tracing::warn!(accepted, committed, dead_lettered, rejected, lost, "loader stopped: {dead_lettered} record(s) refused by StarRocks are in the dead-letter directory");
+            tracing::warn!(accepted, committed, dead_lettered, rejected, spooled, lost, "loader stopped: {dead_lettered} record(s) refused by StarRocks are in the dead-letter directory");
         } else {
             tracing::info!(
                 accepted,
                 committed,
                 dead_lettered,
                 rejected,
+                spooled,
                 lost,
                 "loader stopped: every accepted record was committed"
             );
@@ -135,3 +146,5 @@ pub const EXIT_LOST: i32 = 1;
 pub const EXIT_CONFIG: i32 = 2;
 /// Exit code when nothing was lost but some records went to the dead-letter directory.
 pub const EXIT_DEAD_LETTERED: i32 = 3;
+/// Exit code when records were not committed by the deadline but the spool keeps them.
+pub const EXIT_SPOOLED: i32 = 4;

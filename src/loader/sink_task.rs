@@ -2,19 +2,30 @@
 //! while at most one other is being loaded, seals on size, rows, the oldest record's
 //! deadline or shutdown, and stops reading (backpressure) when a sealed batch must wait.
 
+use std::collections::VecDeque;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{Format, RetrySpec, SinkSpec};
+use crate::api::{Format, RetrySpec, SinkSpec, SpoolSync};
 use crate::loader::batch::{Batch, Chunk, FlushPolicy, FlushTrigger, Sealed};
 use crate::loader::metrics::SinkMetrics;
-use crate::stream_load::{deliver, Attempt, Delivered, LabelGen, StreamLoadClient};
+use crate::loader::spool::segment::Outcome;
+use crate::loader::spool::store::{PendingBatch, Replay, Spool};
+use crate::stream_load::{deliver_from, Attempt, Delivered, LabelGen, Start, StreamLoadClient};
+
+/// With `spoolSync: interval`, written records reach the disk at most this long after...
+const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// ...or once this many bytes are waiting, whichever comes first.
+const SYNC_BYTES: usize = 1 << 20;
 
 /// Once shutdown has begun, records still arriving on open connections wait at most this
 /// long before they are flushed, whatever the sink's interval.
@@ -24,6 +35,8 @@ const SHUTDOWN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 struct Labelled {
     label: String,
     batch: Sealed,
+    /// Replayed from the spool: resolve the label before any send.
+    start: Start,
 }
 
 /// How a load ended, as the sink task sees it.
@@ -38,6 +51,7 @@ struct InFlight {
     /// Gives back the client, the verdict and the body (for reuse).
     handle: JoinHandle<(StreamLoadClient, Verdict, bytes::Bytes)>,
     trigger: FlushTrigger,
+    label: String,
     rows: u64,
     bytes: u64,
 }
@@ -61,6 +75,11 @@ pub struct SinkTask {
     client: Option<StreamLoadClient>,
     rx: mpsc::Receiver<Chunk>,
     metrics: Arc<SinkMetrics>,
+    /// The sink's spool, if it has one: records are appended on arrival, labels synced
+    /// before the first send, verdicts recorded.
+    spool: Option<Spool>,
+    spool_sync: SpoolSync,
+    replay: Option<Replay>,
 }
 
 impl SinkTask {
@@ -81,31 +100,152 @@ impl SinkTask {
             client: Some(client),
             rx,
             metrics,
+            spool: None,
+            spool_sync: sink.spool_sync,
+            replay: None,
+        }
+    }
+
+    /// Gives the task its opened spool and what it held at start.
+    pub fn with_spool(mut self, spool: Spool, replay: Replay) -> Self {
+        self.spool = Some(spool);
+        self.replay = Some(replay);
+        self
+    }
+
+    /// Stops using the spool after a disk error; the sink goes on in memory.
+    fn spool_failed(&mut self, what: &str, e: std::io::Error) {
+        tracing::error!(sink = %self.name, error = %e, "spool {what} failed; this sink now keeps records in memory only");
+        self.spool = None;
+    }
+
+    /// Appends a received chunk's records to the spool; returns the first one's sequence
+    /// number (0 without a spool).
+    fn spool_append(
+        &mut self,
+        chunk: &Chunk,
+        unsynced: &mut usize,
+        sync_due: &mut Option<Instant>,
+    ) -> u64 {
+        let Some(spool) = self.spool.as_mut() else {
+            return 0;
+        };
+        let mut start = 0usize;
+        let records: Vec<Bytes> = chunk
+            .ends
+            .iter()
+            .map(|&end| {
+                let r = chunk.data.slice(start..end as usize - 1);
+                start = end as usize;
+                r
+            })
+            .collect();
+        let appended = spool.append(&records).and_then(|seqs| {
+            match self.spool_sync {
+                SpoolSync::Always => spool.sync()?,
+                SpoolSync::Interval => {
+                    *unsynced += chunk.data.len();
+                    if *unsynced >= SYNC_BYTES {
+                        spool.sync()?;
+                        *unsynced = 0;
+                        *sync_due = None;
+                    } else if sync_due.is_none() {
+                        *sync_due = Some(Instant::now() + SYNC_INTERVAL);
+                    }
+                }
+                SpoolSync::Never => {}
+            }
+            Ok(seqs)
+        });
+        match appended {
+            Ok(seqs) => {
+                self.metrics.spooled.fetch_add(chunk.rows() as u64, Relaxed);
+                seqs.start
+            }
+            Err(e) => {
+                self.spool_failed("write", e);
+                0
+            }
+        }
+    }
+
+    /// A batch the spool held sealed at start, ready to deliver under its label.
+    fn replayed_batch(&self, pending: PendingBatch) -> Labelled {
+        let rows = pending.records.len() as u64;
+        let chunk = encode_records(self.format, &pending.records);
+        let mut body = chunk.data.to_vec();
+        if self.format == Format::Json {
+            body.insert(0, b'[');
+            if let Some(last) = body.last_mut() {
+                *last = b']';
+            }
+        }
+        Labelled {
+            label: pending.label,
+            batch: Sealed {
+                body: body.into(),
+                rows,
+                trigger: FlushTrigger::Shutdown,
+            },
+            start: Start::Resolve,
         }
     }
 
     /// Runs until the channel is closed and everything is loaded, or the deadline passes.
     pub async fn run(mut self, stopping: Stopping) {
         let mut filling = Batch::new(self.format, self.policy);
-        // The rest of a chunk that did not fit in the batch it arrived at.
-        let mut leftover: Option<(Chunk, usize)> = None;
+        // The spool sequence numbers of the filling batch's records.
+        let mut filling_seqs: Option<Range<u64>> = None;
+        // The rest of a chunk that did not fit in the batch it arrived at, with the
+        // sequence number of the chunk's first record.
+        let mut leftover: Option<(Chunk, usize, u64)> = None;
         // A sealed batch waiting for the load in flight; while it waits, nothing is read.
         let mut waiting: Option<Labelled> = None;
+        // Batches the spool held sealed at start; they go before any new one.
+        let mut replayed: VecDeque<Labelled> = VecDeque::new();
         let mut in_flight: Option<InFlight> = None;
         let mut input_open = true;
         let mut stop_seen = false;
+        let mut unsynced = 0usize;
+        let mut sync_due: Option<Instant> = None;
+
+        if let Some(replay) = self.replay.take() {
+            let mut count = 0;
+            for pending in replay.sealed {
+                count += pending.records.len() as u64;
+                replayed.push_back(self.replayed_batch(pending));
+            }
+            if let Some((first, _)) = replay.unsealed.first() {
+                let records: Vec<Bytes> = replay.unsealed.iter().map(|(_, r)| r.clone()).collect();
+                count += records.len() as u64;
+                let mut chunk = encode_records(self.format, &records);
+                // They waited through a restart already: due at once.
+                chunk.arrived = Instant::now()
+                    .checked_sub(self.policy.interval)
+                    .unwrap_or_else(Instant::now);
+                leftover = Some((chunk, 0, *first));
+            }
+            self.metrics.replayed.fetch_add(count, Relaxed);
+            self.metrics.spooled.fetch_add(count, Relaxed);
+        }
 
         loop {
             if in_flight.is_none() {
-                if let Some(next) = waiting.take() {
+                if let Some(next) = replayed.pop_front().or_else(|| waiting.take()) {
                     in_flight = Some(self.start_load(next));
                 }
             }
             if waiting.is_none() {
-                if let Some((chunk, from)) = leftover.take() {
-                    if let Some((next, trigger)) = filling.push(&chunk, from) {
-                        waiting = self.seal(&mut filling, trigger);
-                        leftover = (next < chunk.rows()).then_some((chunk, next));
+                if let Some((chunk, from, base)) = leftover.take() {
+                    let pushed = filling.push(&chunk, from);
+                    let taken_to = pushed.map_or(chunk.rows(), |(next, _)| next);
+                    if taken_to > from {
+                        let (start, end) = (base + from as u64, base + taken_to as u64);
+                        filling_seqs = Some(filling_seqs.map_or(start..end, |s| s.start..end));
+                    }
+                    if let Some((next, trigger)) = pushed {
+                        waiting = self.seal(&mut filling, &mut filling_seqs, trigger);
+                        leftover = (next < chunk.rows()).then_some((chunk, next, base));
                     }
                     self.update_buffered(&filling, &waiting, &in_flight);
                     continue;
@@ -113,10 +253,10 @@ impl SinkTask {
             }
             if !input_open && waiting.is_none() && leftover.is_none() {
                 if !filling.is_empty() {
-                    waiting = self.seal(&mut filling, FlushTrigger::Shutdown);
+                    waiting = self.seal(&mut filling, &mut filling_seqs, FlushTrigger::Shutdown);
                     continue;
                 }
-                if in_flight.is_none() {
+                if in_flight.is_none() && replayed.is_empty() {
                     break;
                 }
             }
@@ -139,6 +279,17 @@ impl SinkTask {
                     match done {
                         Ok((client, verdict, body)) => {
                             self.client = Some(client);
+                            let outcome = match verdict {
+                                Verdict::Committed => Some(Outcome::Committed),
+                                Verdict::DeadLettered => Some(Outcome::DeadLettered),
+                                // Not recorded: the spool keeps the batch for the next start.
+                                Verdict::Lost => None,
+                            };
+                            if let (Some(outcome), Some(spool)) = (outcome, self.spool.as_mut()) {
+                                if let Err(e) = spool.done(&finished.label, outcome) {
+                                    self.spool_failed("verdict", e);
+                                }
+                            }
                             match finished.trigger {
                                 FlushTrigger::Size | FlushTrigger::Rows => {
                                     if let Ok(body) = body.try_into_mut() {
@@ -167,15 +318,25 @@ impl SinkTask {
                 _ = stopping.stop.cancelled(), if !stop_seen => {
                     stop_seen = true;
                     if waiting.is_none() && !filling.is_empty() {
-                        waiting = self.seal(&mut filling, FlushTrigger::Shutdown);
+                        waiting = self.seal(&mut filling, &mut filling_seqs, FlushTrigger::Shutdown);
+                    }
+                }
+                _ = tokio::time::sleep_until(sync_due.unwrap_or_else(Instant::now)), if sync_due.is_some() => {
+                    sync_due = None;
+                    unsynced = 0;
+                    if let Some(Err(e)) = self.spool.as_mut().map(Spool::sync) {
+                        self.spool_failed("sync", e);
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && waiting.is_none() => {
-                    waiting = self.seal(&mut filling, FlushTrigger::Interval);
+                    waiting = self.seal(&mut filling, &mut filling_seqs, FlushTrigger::Interval);
                 }
                 chunk = self.rx.recv(), if input_open && waiting.is_none() && leftover.is_none() => {
                     match chunk {
-                        Some(chunk) => leftover = Some((chunk, 0)),
+                        Some(chunk) => {
+                            let base = self.spool_append(&chunk, &mut unsynced, &mut sync_due);
+                            leftover = Some((chunk, 0, base));
+                        }
                         None => input_open = false,
                     }
                 }
@@ -197,9 +358,22 @@ impl SinkTask {
         self.metrics.buffered_bytes.store(bytes, Relaxed);
     }
 
-    fn seal(&mut self, filling: &mut Batch, trigger: FlushTrigger) -> Option<Labelled> {
+    fn seal(
+        &mut self,
+        filling: &mut Batch,
+        seqs: &mut Option<Range<u64>>,
+        trigger: FlushTrigger,
+    ) -> Option<Labelled> {
         let batch = filling.seal(trigger)?;
         let label = self.labels.next_label();
+        let seqs = seqs.take();
+        if let (Some(spool), Some(seqs)) = (self.spool.as_mut(), seqs) {
+            // Durable before the first send: after a crash the batch is resolved by this
+            // label, never sent under another.
+            if let Err(e) = spool.seal(&label, seqs) {
+                self.spool_failed("seal", e);
+            }
+        }
         self.metrics.flushed(trigger);
         tracing::info!(
             sink = %self.name,
@@ -209,7 +383,11 @@ impl SinkTask {
             label = %label,
             "flush"
         );
-        Some(Labelled { label, batch })
+        Some(Labelled {
+            label,
+            batch,
+            start: Start::Send,
+        })
     }
 
     fn start_load(&mut self, next: Labelled) -> InFlight {
@@ -219,6 +397,8 @@ impl SinkTask {
         let rows = next.batch.rows;
         let bytes = next.batch.body.len() as u64;
         let trigger = next.batch.trigger;
+        let in_flight_label = next.label.clone();
+        let start = next.start;
         let retry = self.retry;
         let metrics = self.metrics.clone();
         let name = self.name.clone();
@@ -226,8 +406,8 @@ impl SinkTask {
         let format = self.format;
         let handle = tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let Labelled { label, batch } = next;
-            let delivered = deliver(&mut client, &label, &batch.body, &retry, |a| {
+            let Labelled { label, batch, .. } = next;
+            let delivered = deliver_from(&mut client, &label, &batch.body, &retry, start, |a| {
                 metrics.load_attempt(a.outcome());
                 log_attempt(&name, &label, a);
             })
@@ -276,6 +456,7 @@ impl SinkTask {
         InFlight {
             handle,
             trigger,
+            label: in_flight_label,
             rows,
             bytes,
         }
@@ -340,4 +521,24 @@ async fn dead_letter(
     });
     tokio::fs::write(dir.join(format!("{label}.reason.json")), meta.to_string()).await?;
     Ok(data)
+}
+
+/// Records (each without its line end) as a chunk: each followed by the body's delimiter.
+fn encode_records(format: Format, records: &[Bytes]) -> Chunk {
+    let delimiter = match format {
+        Format::Json => b',',
+        Format::Csv => b'\n',
+    };
+    let mut data = Vec::with_capacity(records.iter().map(|r| r.len() + 1).sum());
+    let mut ends = Vec::with_capacity(records.len());
+    for r in records {
+        data.extend_from_slice(r);
+        data.push(delimiter);
+        ends.push(u32::try_from(data.len()).unwrap_or(u32::MAX));
+    }
+    Chunk {
+        data: data.into(),
+        ends,
+        arrived: Instant::now(),
+    }
 }

@@ -167,7 +167,8 @@ pub async fn connect(path: &Path) -> UnixStream {
         .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()))
 }
 
-/// Writes `lines` (each without newline) to a new connection and closes it.
+/// Writes `lines` (each without newline) to a new connection and closes it. A loader
+/// that stops reading for a minute fails the test instead of hanging it.
 pub async fn write_lines(path: &Path, lines: &[String]) {
     let mut s = connect(path).await;
     let mut buf = Vec::new();
@@ -175,8 +176,16 @@ pub async fn write_lines(path: &Path, lines: &[String]) {
         buf.extend_from_slice(l.as_bytes());
         buf.push(b'\n');
     }
-    s.write_all(&buf).await.expect("write");
-    s.shutdown().await.expect("shutdown");
+    let written = tokio::time::timeout(Duration::from_secs(60), async {
+        s.write_all(&buf).await.expect("write");
+        s.shutdown().await.expect("shutdown");
+    })
+    .await;
+    assert!(
+        written.is_ok(),
+        "the loader stopped reading {} for 60s (backpressure that never ended)",
+        path.display()
+    );
 }
 
 /// The ids of JSON rows `{"id":N,...}` in commit order.
