@@ -68,9 +68,15 @@ impl Loader {
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                let mut l = sink.lock().unwrap();
-                l.push(line);
-                count_tx.send_replace(l.len());
+                // Release the log lock before notifying: `wait_log` runs its check (which
+                // takes the log lock) while holding the watch channel's lock, so holding both
+                // here in the other order deadlocks the test runtime.
+                let count = {
+                    let mut l = sink.lock().unwrap();
+                    l.push(line);
+                    l.len()
+                };
+                count_tx.send_replace(count);
             }
         });
         let mut loader = Loader {
