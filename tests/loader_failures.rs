@@ -49,10 +49,7 @@ async fn refused_batches_are_dead_lettered_with_their_reason_and_the_exit_code_s
         "{}",
         loader.log_text()
     );
-    loader.signal(Signal::SIGTERM);
-    let status = loader.wait_exit(Duration::from_secs(10)).await;
-    assert_eq!(status.code(), Some(3), "{}", loader.log_text());
-    let acc = loader.accounting();
+    let acc = loader.stop_expecting(3).await;
     assert_eq!(
         (acc["dead_lettered"].as_u64(), acc["lost"].as_u64()),
         (Some(50), Some(0)),
@@ -123,10 +120,7 @@ async fn starrocks_down_through_the_shutdown_budget_exits_one_and_counts_the_los
     write_lines(&loader.socket("orders"), &lines).await;
     // Written and closed before the signal: the drain still reads them, so they count as
     // accepted, and with StarRocks down they are lost, loudly.
-    loader.signal(Signal::SIGTERM);
-    let status = loader.wait_exit(Duration::from_secs(10)).await;
-    assert_eq!(status.code(), Some(1), "{}", loader.log_text());
-    let acc = loader.accounting();
+    let acc = loader.stop_expecting(1).await;
     assert_eq!(
         (
             acc["accepted"].as_u64(),
@@ -374,10 +368,7 @@ async fn with_a_spool_what_starrocks_did_not_take_by_the_deadline_loads_on_the_n
     let mut first = Loader::start(|dir| config(dir, "first")).await;
     let lines: Vec<String> = (0..300).map(row).collect();
     write_lines(&first.socket("orders"), &lines).await;
-    first.signal(Signal::SIGTERM);
-    let status = first.wait_exit(Duration::from_secs(10)).await;
-    assert_eq!(status.code(), Some(4), "{}", first.log_text());
-    let acc = first.accounting();
+    let acc = first.stop_expecting(4).await;
     assert_eq!(
         (
             acc["spooled"].as_u64(),

@@ -128,6 +128,14 @@ impl Loader {
         }
     }
 
+    /// Sends SIGTERM, asserts the exit code, and returns the final accounting line.
+    pub async fn stop_expecting(&mut self, code: i32) -> serde_json::Value {
+        self.signal(Signal::SIGTERM);
+        let status = self.wait_exit(Duration::from_secs(10)).await;
+        assert_eq!(status.code(), Some(code), "{}", self.log_text());
+        self.accounting()
+    }
+
     pub fn log_text(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
