@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::sink::{defaults, Format, SinkSpec};
-use super::units::HumanDuration;
+use super::sink::{defaults, Acks, Format, SinkSpec};
+use super::units::{ByteSize, HumanDuration};
 
 /// The whole loader configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -435,6 +435,26 @@ pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
         bad(
             "flush.maxRows",
             "must be more than zero, e.g. 500000".into(),
+        );
+    }
+    if sink.spool_dir.is_some() {
+        let need = max_bytes.saturating_mul(2);
+        if sink.spool_max_bytes.0 < need {
+            bad(
+                "spoolMaxBytes",
+                format!(
+                    "{} cannot hold the two batches of flush.maxBytes {} a sink keeps (one loading, one filling); make it at least {}",
+                    sink.spool_max_bytes,
+                    f.max_bytes,
+                    ByteSize(need)
+                ),
+            );
+        }
+    }
+    if sink.acks == Acks::Spooled && sink.spool_dir.is_none() {
+        bad(
+            "acks",
+            "`spooled` needs a spoolDir to spool to; set spoolDir, or use acks: committed".into(),
         );
     }
     let r = &sink.retry;

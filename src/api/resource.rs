@@ -178,6 +178,8 @@ impl StarRocksSinkSpec {
             dead_letter_dir: None,
             spool_dir: None,
             spool_sync: Default::default(),
+            spool_max_bytes: super::sink::defaults::spool_max_bytes(),
+            acks: Default::default(),
         }
     }
 

@@ -49,6 +49,41 @@ pub struct SinkSpec {
     /// When spooled records reach the disk (see [`SpoolSync`]).
     #[serde(default)]
     pub spool_sync: SpoolSync,
+    /// Bound on the spool's disk use. While the spool holds this much, the sockets are not
+    /// read (producers' writes wait); nothing is dropped. At least twice `flush.maxBytes`.
+    #[serde(default = "defaults::spool_max_bytes")]
+    pub spool_max_bytes: ByteSize,
+    /// What the loader writes back to producers on their connection (see [`Acks`]).
+    #[serde(default)]
+    pub acks: Acks,
+}
+
+/// Acknowledgements written back on a producer's connection. With acks on, the loader
+/// writes `ok N\n` once lines 1..N of the connection are settled (each one is safe as the
+/// mode says, unless an `err` line named it) and `err LINE REASON\n` for each line that was
+/// not accepted. Acks are cumulative and coalesced: a producer that never reads them is
+/// never blocked by them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Acks {
+    /// Nothing is written back.
+    #[default]
+    None,
+    /// A line is acked once it is in the spool and synced as `spoolSync` says. Needs `spoolDir`.
+    Spooled,
+    /// A line is acked once StarRocks committed it; a batch StarRocks refused for good gets
+    /// `err LINE dead_lettered` for each of its lines.
+    Committed,
+}
+
+impl Acks {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Acks::None => "none",
+            Acks::Spooled => "spooled",
+            Acks::Committed => "committed",
+        }
+    }
 }
 
 /// When spooled records are synced to disk. A process crash (or `kill -9`) loses nothing
@@ -240,6 +275,9 @@ pub mod defaults {
     }
     pub fn max_backoff() -> HumanDuration {
         HumanDuration::from_secs(30)
+    }
+    pub fn spool_max_bytes() -> ByteSize {
+        ByteSize::gib(1)
     }
     pub fn give_up_after() -> HumanDuration {
         HumanDuration::from_secs(600)

@@ -85,6 +85,9 @@ impl ByteSize {
     pub const fn mib(n: u64) -> Self {
         Self(n * 1024 * 1024)
     }
+    pub const fn gib(n: u64) -> Self {
+        Self(n << 30)
+    }
 }
 
 impl fmt::Display for ByteSize {

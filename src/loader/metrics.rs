@@ -39,6 +39,10 @@ pub struct SinkMetrics {
     pub replayed: AtomicU64,
     /// Records in the spool this run: appended plus replayed.
     pub spooled: AtomicU64,
+    /// Bytes the spool takes on disk.
+    pub spool_bytes: AtomicU64,
+    /// `err` reports for producers dropped because their connection's queue was full.
+    pub ack_errs_dropped: AtomicU64,
 }
 
 impl SinkMetrics {
@@ -227,6 +231,20 @@ pub fn render(sinks: &[Arc<SinkMetrics>]) -> String {
         "Bytes held in batches not yet committed.",
         &mut simple("starsink_buffered_bytes", |s| {
             s.buffered_bytes.load(Relaxed)
+        }),
+    );
+    family(
+        "starsink_spool_bytes",
+        "gauge",
+        "Bytes the sink's spool takes on disk (0 without a spool).",
+        &mut simple("starsink_spool_bytes", |s| s.spool_bytes.load(Relaxed)),
+    );
+    family(
+        "starsink_ack_errors_dropped_total",
+        "counter",
+        "err lines not written to a producer because it left 1024 of them unread.",
+        &mut simple("starsink_ack_errors_dropped_total", |s| {
+            s.ack_errs_dropped.load(Relaxed)
         }),
     );
     out

@@ -102,9 +102,11 @@ pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
         );
         if let Some(dir) = &sink.spool_dir {
             let (spool, replay) =
-                spool::store::Spool::open(dir).map_err(|source| LoaderError::Spool {
-                    sink: sink.name.clone(),
-                    source,
+                spool::store::Spool::open(dir, sink.spool_max_bytes.0).map_err(|source| {
+                    LoaderError::Spool {
+                        sink: sink.name.clone(),
+                        source,
+                    }
                 })?;
             for (file, damage) in &replay.damage {
                 tracing::warn!(sink = %sink.name, file = %file.display(), damage = ?damage, "spool damage recovered; readable records kept, damaged segments moved to corrupt/");

@@ -37,6 +37,10 @@ struct Labelled {
     batch: Sealed,
     /// Replayed from the spool: resolve the label before any send.
     start: Start,
+    /// Its records' spool sequence numbers (with a spool).
+    seqs: Option<Range<u64>>,
+    /// The body is not in memory: read it back from the spool when its turn comes.
+    on_disk: bool,
 }
 
 /// How a load ended, as the sink task sees it.
@@ -169,26 +173,81 @@ impl SinkTask {
         }
     }
 
-    /// A batch the spool held sealed at start, ready to deliver under its label.
+    /// A batch the spool held sealed at start: it waits on disk for its turn, and its
+    /// label is resolved before any send.
     fn replayed_batch(&self, pending: PendingBatch) -> Labelled {
-        let rows = pending.records.len() as u64;
-        let chunk = encode_records(self.format, &pending.records);
-        let mut body = chunk.data.to_vec();
-        if self.format == Format::Json {
-            body.insert(0, b'[');
-            if let Some(last) = body.last_mut() {
-                *last = b']';
-            }
-        }
         Labelled {
             label: pending.label,
             batch: Sealed {
-                body: body.into(),
-                rows,
+                body: Bytes::new(),
+                rows: pending.records.len() as u64,
                 trigger: FlushTrigger::Shutdown,
             },
             start: Start::Resolve,
+            seqs: Some(pending.seqs),
+            on_disk: true,
         }
+    }
+
+    /// A sealed batch goes to `waiting` when that is free and nothing is queued before
+    /// it; otherwise (only with a spool) it waits on disk, its body dropped from memory.
+    fn enqueue(
+        &self,
+        sealed: Option<Labelled>,
+        waiting: &mut Option<Labelled>,
+        backlog: &mut VecDeque<Labelled>,
+    ) {
+        let Some(mut next) = sealed else { return };
+        if waiting.is_none() && backlog.is_empty() {
+            *waiting = Some(next);
+            return;
+        }
+        if self.spool.is_some() && next.seqs.is_some() {
+            next.batch.body = Bytes::new();
+            next.on_disk = true;
+        }
+        backlog.push_back(next);
+    }
+
+    /// The next queued batch, with its body read back from the spool if it waited there.
+    /// Without a usable spool, batches that waited on disk stay there for the next start.
+    fn take_backlog(&mut self, backlog: &mut VecDeque<Labelled>) -> Option<Labelled> {
+        while let Some(mut next) = backlog.pop_front() {
+            if !next.on_disk {
+                return Some(next);
+            }
+            let (Some(spool), Some(seqs)) = (self.spool.as_mut(), next.seqs.clone()) else {
+                tracing::error!(sink = %self.name, label = %next.label, rows = next.batch.rows, "the spool failed; this batch stays in the spool directory for the next start");
+                continue;
+            };
+            match spool.read(seqs) {
+                Ok(records) if records.is_empty() => {
+                    tracing::warn!(sink = %self.name, label = %next.label, "none of this batch's records survived damage to the spool; nothing to load");
+                    if let Err(e) = spool.done(&next.label, Outcome::Committed) {
+                        self.spool_failed("verdict", e);
+                    }
+                }
+                Ok(records) => {
+                    if records.len() as u64 != next.batch.rows {
+                        tracing::warn!(sink = %self.name, label = %next.label, expected = next.batch.rows, found = records.len(), "the spool gave back fewer records than the batch had (damage found at start)");
+                    }
+                    next.batch.rows = records.len() as u64;
+                    next.batch.body = encode_body(self.format, &records);
+                    next.on_disk = false;
+                    return Some(next);
+                }
+                Err(e) => {
+                    tracing::error!(sink = %self.name, label = %next.label, "this batch stays in the spool directory for the next start");
+                    self.spool_failed("read", e);
+                }
+            }
+        }
+        None
+    }
+
+    /// Sealing is possible now: `waiting` is free, or a spool can hold the batch.
+    fn can_seal(&self, waiting: &Option<Labelled>) -> bool {
+        waiting.is_none() || self.spool.is_some()
     }
 
     /// Runs until the channel is closed and everything is loaded, or the deadline passes.
@@ -199,21 +258,24 @@ impl SinkTask {
         // The rest of a chunk that did not fit in the batch it arrived at, with the
         // sequence number of the chunk's first record.
         let mut leftover: Option<(Chunk, usize, u64)> = None;
-        // A sealed batch waiting for the load in flight; while it waits, nothing is read.
+        // A sealed batch waiting for the load in flight. Without a spool, nothing is read
+        // while it waits.
         let mut waiting: Option<Labelled> = None;
-        // Batches the spool held sealed at start; they go before any new one.
-        let mut replayed: VecDeque<Labelled> = VecDeque::new();
+        // With a spool: sealed batches behind `waiting`, in seal order, kept on disk only.
+        // Those the spool held sealed at start come first.
+        let mut backlog: VecDeque<Labelled> = VecDeque::new();
         let mut in_flight: Option<InFlight> = None;
         let mut input_open = true;
         let mut stop_seen = false;
         let mut unsynced = 0usize;
         let mut sync_due: Option<Instant> = None;
+        let mut was_full = false;
 
         if let Some(replay) = self.replay.take() {
             let mut count = 0;
             for pending in replay.sealed {
                 count += pending.records.len() as u64;
-                replayed.push_back(self.replayed_batch(pending));
+                backlog.push_back(self.replayed_batch(pending));
             }
             if let Some((first, _)) = replay.unsealed.first() {
                 let records: Vec<Bytes> = replay.unsealed.iter().map(|(_, r)| r.clone()).collect();
@@ -231,11 +293,18 @@ impl SinkTask {
 
         loop {
             if in_flight.is_none() {
-                if let Some(next) = replayed.pop_front().or_else(|| waiting.take()) {
+                let next = match waiting.take() {
+                    Some(w) => Some(w),
+                    None => self.take_backlog(&mut backlog),
+                };
+                if let Some(next) = next {
                     in_flight = Some(self.start_load(next));
                 }
             }
-            if waiting.is_none() {
+            if waiting.is_none() && !backlog.is_empty() {
+                waiting = self.take_backlog(&mut backlog);
+            }
+            if self.can_seal(&waiting) {
                 if let Some((chunk, from, base)) = leftover.take() {
                     let pushed = filling.push(&chunk, from);
                     let taken_to = pushed.map_or(chunk.rows(), |(next, _)| next);
@@ -244,23 +313,36 @@ impl SinkTask {
                         filling_seqs = Some(filling_seqs.map_or(start..end, |s| s.start..end));
                     }
                     if let Some((next, trigger)) = pushed {
-                        waiting = self.seal(&mut filling, &mut filling_seqs, trigger);
+                        let sealed = self.seal(&mut filling, &mut filling_seqs, trigger);
+                        self.enqueue(sealed, &mut waiting, &mut backlog);
                         leftover = (next < chunk.rows()).then_some((chunk, next, base));
                     }
                     self.update_buffered(&filling, &waiting, &in_flight);
                     continue;
                 }
             }
-            if !input_open && waiting.is_none() && leftover.is_none() {
+            if !input_open && leftover.is_none() && self.can_seal(&waiting) {
                 if !filling.is_empty() {
-                    waiting = self.seal(&mut filling, &mut filling_seqs, FlushTrigger::Shutdown);
+                    let sealed = self.seal(&mut filling, &mut filling_seqs, FlushTrigger::Shutdown);
+                    self.enqueue(sealed, &mut waiting, &mut backlog);
                     continue;
                 }
-                if in_flight.is_none() && replayed.is_empty() {
+                if in_flight.is_none() && waiting.is_none() && backlog.is_empty() {
                     break;
                 }
             }
 
+            // A full spool stops the reads (producers wait on their sockets) until verdicts
+            // free space. Once shutdown has begun, records already accepted still go in.
+            let spool_full = !stop_seen && self.spool.as_ref().is_some_and(Spool::is_full);
+            if spool_full != was_full {
+                was_full = spool_full;
+                if spool_full {
+                    tracing::warn!(sink = %self.name, bytes = self.spool.as_ref().map_or(0, Spool::bytes), "spool is full (spoolMaxBytes); producers wait until loads free space");
+                } else {
+                    tracing::info!(sink = %self.name, "spool has room again; reading producers");
+                }
+            }
             let deadline = if stop_seen {
                 filling.deadline_capped(SHUTDOWN_INTERVAL)
             } else {
@@ -317,8 +399,9 @@ impl SinkTask {
                 }
                 _ = stopping.stop.cancelled(), if !stop_seen => {
                     stop_seen = true;
-                    if waiting.is_none() && !filling.is_empty() {
-                        waiting = self.seal(&mut filling, &mut filling_seqs, FlushTrigger::Shutdown);
+                    if self.can_seal(&waiting) && !filling.is_empty() {
+                        let sealed = self.seal(&mut filling, &mut filling_seqs, FlushTrigger::Shutdown);
+                        self.enqueue(sealed, &mut waiting, &mut backlog);
                     }
                 }
                 _ = tokio::time::sleep_until(sync_due.unwrap_or_else(Instant::now)), if sync_due.is_some() => {
@@ -328,10 +411,11 @@ impl SinkTask {
                         self.spool_failed("sync", e);
                     }
                 }
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && waiting.is_none() => {
-                    waiting = self.seal(&mut filling, &mut filling_seqs, FlushTrigger::Interval);
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && self.can_seal(&waiting) => {
+                    let sealed = self.seal(&mut filling, &mut filling_seqs, FlushTrigger::Interval);
+                    self.enqueue(sealed, &mut waiting, &mut backlog);
                 }
-                chunk = self.rx.recv(), if input_open && waiting.is_none() && leftover.is_none() => {
+                chunk = self.rx.recv(), if input_open && self.can_seal(&waiting) && leftover.is_none() && !spool_full => {
                     match chunk {
                         Some(chunk) => {
                             let base = self.spool_append(&chunk, &mut unsynced, &mut sync_due);
@@ -356,6 +440,9 @@ impl SinkTask {
             + waiting.as_ref().map_or(0, |w| w.batch.body.len() as u64)
             + in_flight.as_ref().map_or(0, |f| f.bytes);
         self.metrics.buffered_bytes.store(bytes, Relaxed);
+        if let Some(spool) = &self.spool {
+            self.metrics.spool_bytes.store(spool.bytes(), Relaxed);
+        }
     }
 
     fn seal(
@@ -366,11 +453,12 @@ impl SinkTask {
     ) -> Option<Labelled> {
         let batch = filling.seal(trigger)?;
         let label = self.labels.next_label();
-        let seqs = seqs.take();
-        if let (Some(spool), Some(seqs)) = (self.spool.as_mut(), seqs) {
+        let mut seqs = seqs.take();
+        if let (Some(spool), Some(range)) = (self.spool.as_mut(), seqs.clone()) {
             // Durable before the first send: after a crash the batch is resolved by this
             // label, never sent under another.
-            if let Err(e) = spool.seal(&label, seqs) {
+            if let Err(e) = spool.seal(&label, range) {
+                seqs = None;
                 self.spool_failed("seal", e);
             }
         }
@@ -387,6 +475,8 @@ impl SinkTask {
             label,
             batch,
             start: Start::Send,
+            seqs,
+            on_disk: false,
         })
     }
 
@@ -521,6 +611,19 @@ async fn dead_letter(
     });
     tokio::fs::write(dir.join(format!("{label}.reason.json")), meta.to_string()).await?;
     Ok(data)
+}
+
+/// Records (each without its line end) as a Stream Load body.
+fn encode_body(format: Format, records: &[Bytes]) -> Bytes {
+    let chunk = encode_records(format, records);
+    let mut body = chunk.data.to_vec();
+    if format == Format::Json {
+        body.insert(0, b'[');
+        if let Some(last) = body.last_mut() {
+            *last = b']';
+        }
+    }
+    body.into()
 }
 
 /// Records (each without its line end) as a chunk: each followed by the body's delimiter.

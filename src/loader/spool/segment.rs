@@ -95,41 +95,57 @@ impl Frame {
         }
     }
 
-    /// Appends this frame, ready to write, to `out`.
+    /// Appends this frame, ready to write, to `out`. A Records frame's data is copied
+    /// once, straight into `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let mut body = Vec::new();
-        body.push(self.kind());
-        match self {
+        let mut head = Vec::with_capacity(32);
+        head.push(self.kind());
+        let data: &[u8] = match self {
             Frame::Records {
                 first_seq,
                 count,
                 data,
             } => {
-                body.put_u64_le(*first_seq);
-                body.put_u32_le(*count);
-                body.extend_from_slice(data);
+                head.put_u64_le(*first_seq);
+                head.put_u32_le(*count);
+                data
             }
             Frame::Sealed {
                 first_seq,
                 end_seq,
                 label,
             } => {
-                body.put_u64_le(*first_seq);
-                body.put_u64_le(*end_seq);
-                put_str(&mut body, label);
+                head.put_u64_le(*first_seq);
+                head.put_u64_le(*end_seq);
+                put_str(&mut head, label);
+                &[]
             }
             Frame::Done { label, outcome } => {
-                put_str(&mut body, label);
-                body.push(match outcome {
+                put_str(&mut head, label);
+                head.push(match outcome {
                     Outcome::Committed => 0,
                     Outcome::DeadLettered => 1,
                 });
+                &[]
             }
-        }
+        };
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head);
+        crc.update(data);
+        out.reserve(FRAME_HEAD + head.len() + data.len());
         out.extend_from_slice(&MARKER);
-        out.put_u32_le(u32::try_from(body.len()).unwrap_or(u32::MAX));
-        out.put_u32_le(crc32fast::hash(&body));
-        out.extend_from_slice(&body);
+        out.put_u32_le(u32::try_from(head.len() + data.len()).unwrap_or(u32::MAX));
+        out.put_u32_le(crc.finalize());
+        out.extend_from_slice(&head);
+        out.extend_from_slice(data);
+    }
+
+    /// The one whole, valid frame `bytes` holds (as written by [`Frame::encode`]).
+    pub fn decode_exact(bytes: &[u8]) -> Option<Frame> {
+        match frame_at(bytes, 0) {
+            Some((frame, end)) if end == bytes.len() => Some(frame),
+            _ => None,
+        }
     }
 
     fn decode(body: &[u8]) -> Option<Frame> {

@@ -20,8 +20,11 @@ use bytes::Bytes;
 
 use super::segment::{self, Damage, FormatError, Frame, Outcome};
 
-/// A segment is closed and a new one started past this size.
+/// A segment is closed and a new one started past this size (or an eighth of the spool's
+/// cap, if smaller, so that space comes back in steps well below the cap).
 const SEGMENT_BYTES: u64 = 64 << 20;
+/// The smallest segment size, however small the cap.
+const MIN_SEGMENT_BYTES: u64 = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -60,7 +63,10 @@ pub struct Replay {
 }
 
 struct Segment {
+    id: u64,
     path: PathBuf,
+    /// Its size on disk, once closed (the current segment's is `Spool::file_len`).
+    bytes: u64,
     /// One past the highest record sequence number in it (0 if none).
     records_end: u64,
     /// Labels sealed in it that have no verdict yet.
@@ -82,6 +88,28 @@ pub struct Spool {
     buf: Vec<u8>,
     /// The current segment is closed past this size.
     segment_bytes: u64,
+    /// The cap on disk use: past it, [`Spool::is_full`] says so.
+    max_bytes: u64,
+    /// Bytes of the closed segments still on disk.
+    closed_bytes: u64,
+    /// Where each Records frame of the live segments is, by its first sequence number:
+    /// how a batch that waited on disk is read back.
+    index: BTreeMap<u64, RecordsAt>,
+}
+
+/// A Records frame's place on disk.
+#[derive(Clone, Copy, Debug)]
+struct RecordsAt {
+    segment: u64,
+    offset: u64,
+    len: usize,
+}
+
+/// The records of a Records frame's data: `\n`-terminated lines.
+fn lines(data: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    data.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| data.slice_ref(l))
 }
 
 fn io_err(dir: &Path) -> impl Fn(io::Error) -> SpoolError + '_ {
@@ -114,13 +142,19 @@ fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 }
 
 impl Spool {
-    /// Opens (creating if needed) and recovers the spool in `dir`.
-    pub fn open(dir: &Path) -> Result<(Spool, Replay), SpoolError> {
-        Self::open_with(dir, SEGMENT_BYTES)
+    /// Opens (creating if needed) and recovers the spool in `dir`, whose disk use is
+    /// capped at `max_bytes`.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<(Spool, Replay), SpoolError> {
+        let segment_bytes = (max_bytes / 8).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES);
+        Self::open_with(dir, segment_bytes, max_bytes)
     }
 
     /// [`Spool::open`], with segments closed past `segment_bytes`.
-    pub fn open_with(dir: &Path, segment_bytes: u64) -> Result<(Spool, Replay), SpoolError> {
+    pub fn open_with(
+        dir: &Path,
+        segment_bytes: u64,
+        max_bytes: u64,
+    ) -> Result<(Spool, Replay), SpoolError> {
         let err = io_err(dir);
         fs::create_dir_all(dir).map_err(&err)?;
         let old = list(dir).map_err(&err)?;
@@ -147,12 +181,8 @@ impl Spool {
                     Frame::Records {
                         first_seq, data, ..
                     } => {
-                        let mut seq = first_seq;
-                        for line in data.split(|&b| b == b'\n') {
-                            if seq - first_seq < u64::from(u32::MAX) && !line.is_empty() {
-                                records.insert(seq, data.slice_ref(line));
-                                seq += 1;
-                            }
+                        for (seq, line) in (first_seq..).zip(lines(&data)) {
+                            records.insert(seq, line);
                         }
                     }
                     Frame::Sealed {
@@ -205,9 +235,14 @@ impl Spool {
             done_below: 0,
             buf: Vec::new(),
             segment_bytes,
+            max_bytes,
+            closed_bytes: 0,
+            index: BTreeMap::new(),
         };
         spool.segments.push(Segment {
+            id: next_id,
             path: dir.join(segment_name(next_id)),
+            bytes: 0,
             records_end: 0,
             open_labels: HashSet::new(),
         });
@@ -267,11 +302,21 @@ impl Spool {
             data.extend_from_slice(r);
             data.push(b'\n');
         }
+        let offset = self.file_len + self.buf.len() as u64;
         self.write_frame(&Frame::Records {
             first_seq,
             count: u32::try_from(records.len()).unwrap_or(u32::MAX),
             data: data.into(),
         });
+        let len = (self.file_len + self.buf.len() as u64 - offset) as usize;
+        self.index.insert(
+            first_seq,
+            RecordsAt {
+                segment: self.next_id - 1,
+                offset,
+                len,
+            },
+        );
         let end = first_seq + records.len() as u64;
         if let Some(seg) = self.segments.last_mut() {
             seg.records_end = seg.records_end.max(end);
@@ -340,7 +385,28 @@ impl Spool {
         for seg in &mut self.segments {
             seg.open_labels.remove(label);
         }
+        // Everything has its verdict: start a fresh segment so that the current one can
+        // go too (when it is big enough to be worth a new file, or the spool is full).
+        let caught_up = self.done_below >= self.next_seq
+            && self
+                .segments
+                .last()
+                .is_some_and(|s| s.open_labels.is_empty());
+        if caught_up && (self.file_len >= self.segment_bytes / 4 || self.is_full()) {
+            self.roll()?;
+        }
         self.collect()
+    }
+
+    /// Bytes the spool takes on disk (and in its write buffer).
+    pub fn bytes(&self) -> u64 {
+        self.closed_bytes + self.file_len + self.buf.len() as u64
+    }
+
+    /// The spool holds `spoolMaxBytes` or more: take no more records until verdicts free
+    /// some space.
+    pub fn is_full(&self) -> bool {
+        self.bytes() >= self.max_bytes
     }
 
     /// Removes closed segments whose records all have verdicts and whose labels are done.
@@ -352,6 +418,9 @@ impl Spool {
             let seg = &self.segments[i];
             if seg.records_end <= self.done_below && seg.open_labels.is_empty() {
                 fs::remove_file(&seg.path)?;
+                let id = seg.id;
+                self.index.retain(|_, at| at.segment != id);
+                self.closed_bytes -= seg.bytes;
                 self.segments.remove(i);
                 removed = true;
             } else {
@@ -368,17 +437,72 @@ impl Spool {
         if self.file_len < self.segment_bytes {
             return Ok(());
         }
+        self.roll()
+    }
+
+    /// Closes the current segment (synced) and starts a new one.
+    fn roll(&mut self) -> io::Result<()> {
         self.sync()?;
         let id = self.next_id;
         self.next_id += 1;
         self.file = Self::create_segment(&self.dir, id)?;
+        if let Some(closed) = self.segments.last_mut() {
+            closed.bytes = self.file_len;
+            self.closed_bytes += self.file_len;
+        }
         self.file_len = segment::HEADER_LEN as u64;
         self.segments.push(Segment {
+            id,
             path: self.dir.join(segment_name(id)),
+            bytes: 0,
             records_end: 0,
             open_labels: HashSet::new(),
         });
         sync_dir(&self.dir)
+    }
+
+    /// Reads back the records `seqs` (each without `\n`), for a batch that waited on disk.
+    /// Records the spool lost to damage before this run are not there: fewer come back.
+    pub fn read(&mut self, seqs: Range<u64>) -> io::Result<Vec<Bytes>> {
+        use std::os::unix::fs::FileExt;
+        self.flush()?;
+        let from = self
+            .index
+            .range(..=seqs.start)
+            .next_back()
+            .map_or(seqs.start, |(first, _)| *first);
+        let mut out = Vec::with_capacity((seqs.end - seqs.start) as usize);
+        let mut open: Option<(u64, File)> = None;
+        for (_, at) in self.index.range(from..seqs.end) {
+            let file = match &open {
+                Some((id, f)) if *id == at.segment => f,
+                _ => {
+                    let f = File::open(self.dir.join(segment_name(at.segment)))?;
+                    &open.insert((at.segment, f)).1
+                }
+            };
+            let mut bytes = vec![0; at.len];
+            file.read_exact_at(&mut bytes, at.offset)?;
+            let Some(Frame::Records {
+                first_seq, data, ..
+            }) = Frame::decode_exact(&bytes)
+            else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "segment {} changed under the spool at offset {}",
+                        segment_name(at.segment),
+                        at.offset
+                    ),
+                ));
+            };
+            for (seq, line) in (first_seq..).zip(lines(&data)) {
+                if seqs.contains(&seq) {
+                    out.push(line);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Segment files currently on disk.
@@ -404,7 +528,7 @@ mod tests {
     #[test]
     fn a_fresh_spool_replays_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, replay) = Spool::open(dir.path()).unwrap();
+        let (_, replay) = Spool::open(dir.path(), 1 << 30).unwrap();
         assert_eq!(replay, Replay::default());
     }
 
@@ -412,7 +536,7 @@ mod tests {
     fn reopening_gives_back_pending_batches_with_their_labels_and_unsealed_records() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (mut spool, _) = Spool::open(dir.path()).unwrap();
+            let (mut spool, _) = Spool::open(dir.path(), 1 << 30).unwrap();
             assert_eq!(spool.append(&recs(0..3)).unwrap(), 0..3);
             assert_eq!(spool.append(&recs(3..5)).unwrap(), 3..5);
             spool.seal("p_s_1_0", 0..4).unwrap();
@@ -422,7 +546,7 @@ mod tests {
             spool.append(&recs(6..8)).unwrap();
             // A crash: nothing more is written.
         }
-        let (mut spool, replay) = Spool::open(dir.path()).unwrap();
+        let (mut spool, replay) = Spool::open(dir.path(), 1 << 30).unwrap();
         assert_eq!(
             replay.sealed,
             vec![PendingBatch {
@@ -437,7 +561,7 @@ mod tests {
         assert_eq!(spool.append(&recs(8..9)).unwrap(), 8..9);
         // And the recovered state survives a second crash too.
         drop(spool);
-        let (_, again) = Spool::open(dir.path()).unwrap();
+        let (_, again) = Spool::open(dir.path(), 1 << 30).unwrap();
         assert_eq!(again.sealed, replay.sealed);
         assert_eq!(again.unsealed.len(), 3);
     }
@@ -446,7 +570,7 @@ mod tests {
     fn a_torn_tail_loses_only_the_unfinished_write() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (mut spool, _) = Spool::open(dir.path()).unwrap();
+            let (mut spool, _) = Spool::open(dir.path(), 1 << 30).unwrap();
             spool.append(&recs(0..10)).unwrap();
             spool.append(&recs(10..20)).unwrap();
         }
@@ -454,7 +578,7 @@ mod tests {
         let len = fs::metadata(&seg).unwrap().len();
         let f = OpenOptions::new().write(true).open(&seg).unwrap();
         f.set_len(len - 7).unwrap();
-        let (_, replay) = Spool::open(dir.path()).unwrap();
+        let (_, replay) = Spool::open(dir.path(), 1 << 30).unwrap();
         assert_eq!(replay.unsealed.len(), 10, "the first frame survives");
         assert!(matches!(replay.damage[..], [(_, Damage::TornTail { .. })]));
         assert!(!dir.path().join("corrupt").exists());
@@ -464,7 +588,7 @@ mod tests {
     fn a_corrupt_segment_is_moved_aside_and_what_is_readable_salvaged() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (mut spool, _) = Spool::open(dir.path()).unwrap();
+            let (mut spool, _) = Spool::open(dir.path(), 1 << 30).unwrap();
             spool.append(&recs(0..10)).unwrap();
             spool.append(&recs(10..20)).unwrap();
             spool.append(&recs(20..30)).unwrap();
@@ -474,7 +598,7 @@ mod tests {
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0xFF;
         fs::write(&seg, &bytes).unwrap();
-        let (_, replay) = Spool::open(dir.path()).unwrap();
+        let (_, replay) = Spool::open(dir.path(), 1 << 30).unwrap();
         assert_eq!(replay.unsealed.len(), 20, "two of three frames salvaged");
         assert!(matches!(replay.damage[..], [(_, Damage::Corrupt { .. })]));
         let aside = fs::read_dir(dir.path().join("corrupt")).unwrap().count();
@@ -486,12 +610,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(segment_name(0)), b"").unwrap();
         fs::write(dir.path().join(segment_name(1)), b"garbage garbage garbage").unwrap();
-        let (_, replay) = Spool::open(dir.path()).unwrap();
+        let (_, replay) = Spool::open(dir.path(), 1 << 30).unwrap();
         assert_eq!(replay.damage.len(), 2);
         let mut newer = segment::header();
         newer[8] = 0xFF;
         fs::write(dir.path().join(segment_name(99)), newer).unwrap();
-        let err = Spool::open(dir.path())
+        let err = Spool::open(dir.path(), 1 << 30)
             .err()
             .expect("a newer format is refused");
         assert!(err.to_string().contains("newer"), "{err}");
@@ -501,7 +625,7 @@ mod tests {
     fn segments_go_once_their_batches_have_verdicts() {
         let dir = tempfile::tempdir().unwrap();
         // Small segments: every append closes one.
-        let (mut spool, _) = Spool::open_with(dir.path(), 64).unwrap();
+        let (mut spool, _) = Spool::open_with(dir.path(), 64, u64::MAX).unwrap();
         let big: Vec<Bytes> = vec![Bytes::from(vec![b'x'; 100])];
         let a = spool.append(&big).unwrap();
         let b = spool.append(&big).unwrap();
@@ -515,5 +639,59 @@ mod tests {
         spool.done("l_1", Outcome::DeadLettered).unwrap();
         assert_eq!(spool.segment_count(), 1);
         assert_eq!(list(dir.path()).unwrap().len(), 1);
+    }
+
+    fn disk_bytes(dir: &Path) -> u64 {
+        list(dir)
+            .unwrap()
+            .iter()
+            .map(|(_, p)| fs::metadata(p).unwrap().len())
+            .sum()
+    }
+
+    #[test]
+    fn the_cap_counts_what_is_on_disk_and_verdicts_free_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open_with(dir.path(), 1000, 3000).unwrap();
+        let record = vec![Bytes::from(vec![b'x'; 200])];
+        let mut seqs = Vec::new();
+        while !spool.is_full() {
+            seqs.push(spool.append(&record).unwrap());
+        }
+        assert_eq!(spool.bytes(), disk_bytes(dir.path()));
+        assert!(spool.bytes() >= 3000 && spool.bytes() < 3000 + 300);
+        for (i, s) in seqs.iter().enumerate() {
+            spool.seal(&format!("l_{i}"), s.clone()).unwrap();
+        }
+        for i in 0..seqs.len() {
+            spool.done(&format!("l_{i}"), Outcome::Committed).unwrap();
+        }
+        // All verdicts in: only a fresh segment is left, whatever the current one held.
+        assert!(!spool.is_full());
+        assert_eq!(spool.segment_count(), 1);
+        assert_eq!(spool.bytes(), segment::HEADER_LEN as u64);
+        assert_eq!(spool.bytes(), disk_bytes(dir.path()));
+    }
+
+    #[test]
+    fn batches_read_back_from_disk_across_frames_segments_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open_with(dir.path(), 100, u64::MAX).unwrap();
+        for i in 0..10 {
+            spool.append(&recs(i * 3..i * 3 + 3)).unwrap();
+        }
+        assert!(spool.segment_count() > 3);
+        assert_eq!(spool.read(0..30).unwrap(), recs(0..30));
+        assert_eq!(spool.read(4..17).unwrap(), recs(4..17));
+        spool.seal("l_0", 0..4).unwrap();
+        spool.seal("l_1", 4..17).unwrap();
+        spool.done("l_0", Outcome::Committed).unwrap();
+        assert_eq!(spool.read(4..17).unwrap(), recs(4..17));
+        drop(spool);
+        // After a restart the pending batch is in the compacted segment, and still readable.
+        let (mut spool, replay) = Spool::open_with(dir.path(), 100, u64::MAX).unwrap();
+        assert_eq!(replay.sealed[0].seqs, 4..17);
+        assert_eq!(spool.read(4..17).unwrap(), recs(4..17));
+        assert_eq!(spool.read(17..30).unwrap(), recs(17..30));
     }
 }
