@@ -16,7 +16,7 @@ fn padded_row(id: u64, pad: usize) -> String {
 /// A one-sink loader config with the spool in `spool` and the sink settings in `extra`.
 fn spooled_sink(dir: &Path, prefix: &str, fe: &str, spool: &Path, extra: &str) -> String {
     format!(
-        "labelPrefix: {prefix}\nsinks:\n{}",
+        "labelPrefix: {prefix}\nshutdownTimeout: 2s\nsinks:\n{}",
         sink_yaml(
             "orders",
             &dir.join("orders.sock"),
@@ -99,4 +99,221 @@ async fn a_full_spool_stops_the_reads_until_loads_free_space_and_loses_nothing()
     let acc = loader.stop_expecting(0).await;
     assert_eq!(acc["committed"].as_u64(), Some(40_000), "{acc}");
     assert_exactly_once(&ids(&sr.rows("shop.orders")), 40_000);
+}
+
+/// Writes `lines` on one connection, closes the write side and collects every ack line
+/// the loader writes back until it closes the connection. Reads as it writes.
+async fn write_and_read_acks(path: &Path, lines: &[String]) -> Vec<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (read, mut write) = connect(path).await.into_split();
+    let reader = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        let mut lines = BufReader::new(read).lines();
+        while let Some(line) = lines.next_line().await.expect("read acks") {
+            acks.push(line);
+        }
+        acks
+    });
+    let mut buf = Vec::new();
+    for l in lines {
+        buf.extend_from_slice(l.as_bytes());
+        buf.push(b'\n');
+    }
+    write.write_all(&buf).await.expect("write");
+    write.shutdown().await.expect("shutdown");
+    tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("the loader did not finish acking within 60s")
+        .expect("ack reader")
+}
+
+/// `(ok counts in order, err lines as (line, reason) in order)`, checking that every
+/// line is one or the other and that each `err` comes before any `ok` covering it.
+fn parse_acks(acks: &[String]) -> (Vec<u64>, Vec<(u64, String)>) {
+    let (mut oks, mut errs) = (Vec::new(), Vec::new());
+    for a in acks {
+        let parts: Vec<&str> = a.split(' ').collect();
+        match parts.as_slice() {
+            ["ok", n] => {
+                let n: u64 = n.parse().expect("ok count");
+                assert!(
+                    oks.last().is_none_or(|&last| n > last),
+                    "ok went back: {acks:?}"
+                );
+                oks.push(n);
+            }
+            ["err", line, reason] => {
+                let line: u64 = line.parse().expect("err line");
+                assert!(
+                    oks.last().is_none_or(|&ok| line > ok),
+                    "err {line} came after ok {:?}",
+                    oks.last()
+                );
+                errs.push((line, reason.to_string()));
+            }
+            _ => panic!("not an ack line: {a:?}"),
+        }
+    }
+    (oks, errs)
+}
+
+/// 1000 lines; lines 7, 500 and 501 (1-based) are not JSON objects, line 900 is empty.
+fn lines_with_bad_ones() -> (Vec<String>, Vec<u64>) {
+    let mut lines = Vec::new();
+    let mut good = Vec::new();
+    let mut id = 0;
+    for line in 1..=1000u64 {
+        match line {
+            7 | 500 | 501 => lines.push("not json".to_string()),
+            900 => lines.push(String::new()),
+            _ => {
+                lines.push(padded_row(id, 10));
+                good.push(id);
+                id += 1;
+            }
+        }
+    }
+    (lines, good)
+}
+
+fn expected_errs() -> Vec<(u64, String)> {
+    vec![
+        (7, "not_json".into()),
+        (500, "not_json".into()),
+        (501, "not_json".into()),
+        (900, "empty".into()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_spooled_count_every_line_and_name_the_refused_ones() {
+    let spool = tempfile::tempdir().unwrap();
+    // StarRocks is down: `spooled` acks must not wait for it.
+    let sr = endpoint(Faults {
+        unavailable: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| {
+        spooled_sink(
+            dir,
+            "acks",
+            &fe,
+            spool.path(),
+            "    acks: spooled\n    flush:\n      maxRows: 100\n    retry:\n      minBackoff: 20ms\n      maxBackoff: 100ms\n",
+        )
+    })
+    .await;
+    let (lines, good) = lines_with_bad_ones();
+    let acks = write_and_read_acks(&loader.socket("orders"), &lines).await;
+    let (oks, errs) = parse_acks(&acks);
+    assert_eq!(errs, expected_errs());
+    assert_eq!(oks.last(), Some(&1000), "{acks:?}");
+    assert_eq!(sr.committed_rows(), 0);
+
+    // What was acked is on disk: StarRocks comes back after a restart and gets it all.
+    let acc = loader.stop_expecting(4).await;
+    assert_eq!(acc["spooled"].as_u64(), Some(good.len() as u64), "{acc}");
+    sr.set_faults(Faults::default());
+    let mut again = Loader::start(|dir| spooled_sink(dir, "again", &fe, spool.path(), "")).await;
+    assert!(
+        sr.wait_for_rows(good.len() as u64, Duration::from_secs(20))
+            .await
+    );
+    again.stop_expecting(0).await;
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), good.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_committed_follow_the_commits_and_report_refused_batches_line_by_line() {
+    let sr = endpoint(Faults::default()).await;
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| {
+        format!(
+            "labelPrefix: committed\nsinks:\n{}",
+            sink_yaml(
+                "orders",
+                &dir.join("orders.sock"),
+                &fe,
+                "    acks: committed\n    flush:\n      maxRows: 100\n      interval: 50ms\n"
+            )
+        )
+    })
+    .await;
+    let (lines, good) = lines_with_bad_ones();
+    let socket = loader.socket("orders");
+    let acks = write_and_read_acks(&socket, &lines).await;
+    let (oks, errs) = parse_acks(&acks);
+    assert_eq!(errs, expected_errs());
+    assert_eq!(oks.last(), Some(&1000), "{acks:?}");
+    // Committed means committed: by the last ok, StarRocks has every good row.
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), good.len() as u64);
+
+    // A connection whose batches StarRocks refuses hears about each of its lines.
+    sr.set_faults(Faults {
+        refuse: 1.0,
+        ..Faults::default()
+    });
+    let refused: Vec<String> = (0..250).map(|i| padded_row(10_000 + i, 10)).collect();
+    let acks = write_and_read_acks(&socket, &refused).await;
+    let (oks, errs) = parse_acks(&acks);
+    let expected: Vec<(u64, String)> = (1..=250).map(|l| (l, "dead_lettered".into())).collect();
+    assert_eq!(errs, expected);
+    assert_eq!(oks.last(), Some(&250));
+    loader.stop_expecting(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_never_reads_its_acks_is_never_held_back_by_them() {
+    let sr = endpoint(Faults::default()).await;
+    let fe = sr.fe_url();
+    let port = free_port();
+    let mut loader = Loader::start(|dir| {
+        format!(
+            "labelPrefix: deaf\nmetricsAddr: 127.0.0.1:{port}\nsinks:\n{}",
+            sink_yaml(
+                "orders",
+                &dir.join("orders.sock"),
+                &fe,
+                "    acks: committed\n    flush:\n      maxRows: 1000\n      interval: 50ms\n"
+            )
+        )
+    })
+    .await;
+    // Every other line is refused: 100k `err` lines (about 1.5 MB) no one reads, far more
+    // than the socket buffer and the err queue hold.
+    let lines: Vec<String> = (0..200_000u64)
+        .map(|i| {
+            if i % 2 == 0 {
+                padded_row(i / 2, 10)
+            } else {
+                "x".into()
+            }
+        })
+        .collect();
+    let socket = loader.socket("orders");
+    let mut conn = connect(&socket).await;
+    let mut buf = Vec::new();
+    for l in &lines {
+        buf.extend_from_slice(l.as_bytes());
+        buf.push(b'\n');
+    }
+    use tokio::io::AsyncWriteExt;
+    tokio::time::timeout(Duration::from_secs(60), conn.write_all(&buf))
+        .await
+        .expect("the producer was held back by acks it did not read")
+        .expect("write");
+    conn.shutdown().await.expect("shutdown");
+    assert!(
+        sr.wait_for_rows(100_000, Duration::from_secs(30)).await,
+        "{}",
+        loader.log_text()
+    );
+    // The err lines that did not fit were dropped, and counted.
+    let (_, text) = http_get(port, "/metrics").await;
+    assert!(metric(&text, "starsink_ack_errors_dropped_total{sink=\"orders\"}") > 0.0);
+    drop(conn);
+    loader.stop_expecting(0).await;
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 100_000);
 }

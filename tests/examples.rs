@@ -77,6 +77,11 @@ fn every_example_manifest_validates_and_so_does_the_injected_app() {
 
 /// A loader with one JSON sink, `orders`, flushing every 100ms.
 async fn loader(sr: &DevEndpoint) -> Loader {
+    loader_with(sr, "").await
+}
+
+/// [`loader`], with more sink settings.
+async fn loader_with(sr: &DevEndpoint, extra: &str) -> Loader {
     let fe = sr.fe_url();
     Loader::start(|dir| {
         format!(
@@ -85,7 +90,7 @@ async fn loader(sr: &DevEndpoint) -> Loader {
                 "orders",
                 &dir.join("orders.sock"),
                 &fe,
-                "    flush:\n      interval: 100ms\n"
+                &format!("    flush:\n      interval: 100ms\n{extra}")
             )
         )
     })
@@ -116,6 +121,36 @@ async fn the_python_producer_loads_its_records() {
     );
     assert!(sr.wait_for_rows(300, Duration::from_secs(10)).await);
     assert_exactly_once(&ids(&sr.rows("shop.orders")), 300);
+    finish(loader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_producer_waits_for_its_acks_and_reports_refused_lines() {
+    let sr = endpoint(Faults::default()).await;
+    let loader = loader_with(&sr, "    acks: committed\n").await;
+    let run = |args: &[&str]| {
+        tokio::process::Command::new("python3")
+            .arg(repo("examples/producers/python/producer.py"))
+            .args(args)
+            .env("STARSINK_SOCKET_ORDERS", loader.socket("orders"))
+            .output()
+    };
+    let out = run(&["200", "--acks"]).await.expect("run python3");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("200 of 200 lines acked, 0 refused"), "{err}");
+    // Acked as committed: StarRocks has them all already.
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 200);
+
+    // A bad line after record 205 is line 7 of this connection.
+    let out = run(&["10", "--start", "200", "--acks", "--bad", "205"])
+        .await
+        .expect("run python3");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("line 7 not loaded: not_json"), "{err}");
+    assert!(err.contains("11 of 11 lines acked, 1 refused"), "{err}");
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 210);
     finish(loader).await;
 }
 
@@ -163,6 +198,43 @@ async fn the_shell_producer_loads_standard_input() {
     );
     assert!(sr.wait_for_rows(150, Duration::from_secs(10)).await);
     assert_exactly_once(&ids(&sr.rows("shop.orders")), 150);
+    finish(loader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shell_producer_waits_for_its_acks() {
+    let sr = endpoint(Faults::default()).await;
+    let loader = loader_with(&sr, "    acks: committed\n").await;
+    let run = |input: String| {
+        let mut child = tokio::process::Command::new(repo("examples/producers/shell/producer.sh"))
+            .env("STARSINK_SOCKET_ORDERS", loader.socket("orders"))
+            .env("ACKS", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run producer.sh");
+        let mut stdin = child.stdin.take().unwrap();
+        async move {
+            stdin.write_all(input.as_bytes()).await.unwrap();
+            drop(stdin);
+            child.wait_with_output().await.unwrap()
+        }
+    };
+    let lines: String = (0..150)
+        .map(|i| format!("{{\"id\":{i},\"name\":\"shell-{i}\"}}\n"))
+        .collect();
+    let out = run(lines).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("150 of 150 lines acked"), "{err}");
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 150);
+
+    let out = run("{\"id\":150}\n[1,2]\n".into()).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("err 2 not_object"), "{err}");
+    assert!(err.contains("2 of 2 lines acked"), "{err}");
     finish(loader).await;
 }
 

@@ -16,6 +16,11 @@ pub struct Chunk {
     pub ends: Vec<u32>,
     /// When the bytes were read from the socket: the start of the records' wait.
     pub arrived: Instant,
+    /// The producer's connection, when it wants acks. Its records in this chunk are
+    /// then consecutive lines of the connection, starting at `first_line`.
+    pub ack: Option<std::sync::Arc<crate::loader::ack::ConnAck>>,
+    /// The connection line number (1-based) of the first record.
+    pub first_line: u64,
 }
 
 impl Chunk {
@@ -239,6 +244,8 @@ mod tests {
             ends.push(data.len() as u32);
         }
         Chunk {
+            ack: None,
+            first_line: 1,
             data: data.into(),
             ends,
             arrived: Instant::now(),

@@ -41,6 +41,8 @@ pub struct SinkMetrics {
     pub spooled: AtomicU64,
     /// Bytes the spool takes on disk.
     pub spool_bytes: AtomicU64,
+    /// Damage found in the spool at start (torn tails, corrupt stretches, bad files).
+    pub spool_damage: AtomicU64,
     /// `err` reports for producers dropped because their connection's queue was full.
     pub ack_errs_dropped: AtomicU64,
 }
@@ -114,6 +116,70 @@ impl SinkMetrics {
     }
 }
 
+/// The series with one value per sink: name, type, help, value.
+type Simple = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&SinkMetrics) -> u64,
+);
+const SIMPLE: &[Simple] = &[
+    (
+        "starsink_records_received_total",
+        "counter",
+        "Lines read from producers, rejected ones included.",
+        |s| s.received.load(Relaxed),
+    ),
+    (
+        "starsink_records_loaded_total",
+        "counter",
+        "Records committed in StarRocks.",
+        |s| s.loaded.load(Relaxed),
+    ),
+    (
+        "starsink_records_dead_lettered_total",
+        "counter",
+        "Records written to the dead-letter directory.",
+        |s| s.dead_lettered.load(Relaxed),
+    ),
+    (
+        "starsink_bytes_loaded_total",
+        "counter",
+        "Stream Load body bytes committed.",
+        |s| s.bytes_loaded.load(Relaxed),
+    ),
+    (
+        "starsink_buffered_bytes",
+        "gauge",
+        "Bytes held in batches not yet committed.",
+        |s| s.buffered_bytes.load(Relaxed),
+    ),
+    (
+        "starsink_records_replayed_total",
+        "counter",
+        "Records the spool held at start, loaded by this run.",
+        |s| s.replayed.load(Relaxed),
+    ),
+    (
+        "starsink_spool_damage_total",
+        "counter",
+        "Damage repaired in the spool at start: torn tails, corrupt stretches, empty or foreign files.",
+        |s| s.spool_damage.load(Relaxed),
+    ),
+    (
+        "starsink_spool_bytes",
+        "gauge",
+        "Bytes the sink's spool takes on disk (0 without a spool).",
+        |s| s.spool_bytes.load(Relaxed),
+    ),
+    (
+        "starsink_ack_errors_dropped_total",
+        "counter",
+        "err lines not written to a producer because it left 1024 of them unread.",
+        |s| s.ack_errs_dropped.load(Relaxed),
+    ),
+];
+
 /// Renders every sink's counters in the Prometheus text format.
 pub fn render(sinks: &[Arc<SinkMetrics>]) -> String {
     let mut out = String::new();
@@ -121,21 +187,13 @@ pub fn render(sinks: &[Arc<SinkMetrics>]) -> String {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         rows(&mut out);
     };
-    let simple = |name: &'static str, get: fn(&SinkMetrics) -> u64| {
-        move |out: &mut String| {
+    for (name, kind, help, get) in SIMPLE {
+        family(name, kind, help, &mut |out| {
             for s in sinks {
                 let _ = writeln!(out, "{name}{{sink=\"{}\"}} {}", s.sink, get(s));
             }
-        }
-    };
-    family(
-        "starsink_records_received_total",
-        "counter",
-        "Lines read from producers, rejected ones included.",
-        &mut simple("starsink_records_received_total", |s| {
-            s.received.load(Relaxed)
-        }),
-    );
+        });
+    }
     family(
         "starsink_records_rejected_total",
         "counter",
@@ -153,28 +211,6 @@ pub fn render(sinks: &[Arc<SinkMetrics>]) -> String {
                 }
             }
         },
-    );
-    family(
-        "starsink_records_loaded_total",
-        "counter",
-        "Records committed in StarRocks.",
-        &mut simple("starsink_records_loaded_total", |s| s.loaded.load(Relaxed)),
-    );
-    family(
-        "starsink_records_dead_lettered_total",
-        "counter",
-        "Records written to the dead-letter directory.",
-        &mut simple("starsink_records_dead_lettered_total", |s| {
-            s.dead_lettered.load(Relaxed)
-        }),
-    );
-    family(
-        "starsink_bytes_loaded_total",
-        "counter",
-        "Stream Load body bytes committed.",
-        &mut simple("starsink_bytes_loaded_total", |s| {
-            s.bytes_loaded.load(Relaxed)
-        }),
     );
     family(
         "starsink_loads_total",
@@ -224,28 +260,6 @@ pub fn render(sinks: &[Arc<SinkMetrics>]) -> String {
                 );
             }
         },
-    );
-    family(
-        "starsink_buffered_bytes",
-        "gauge",
-        "Bytes held in batches not yet committed.",
-        &mut simple("starsink_buffered_bytes", |s| {
-            s.buffered_bytes.load(Relaxed)
-        }),
-    );
-    family(
-        "starsink_spool_bytes",
-        "gauge",
-        "Bytes the sink's spool takes on disk (0 without a spool).",
-        &mut simple("starsink_spool_bytes", |s| s.spool_bytes.load(Relaxed)),
-    );
-    family(
-        "starsink_ack_errors_dropped_total",
-        "counter",
-        "err lines not written to a producer because it left 1024 of them unread.",
-        &mut simple("starsink_ack_errors_dropped_total", |s| {
-            s.ack_errs_dropped.load(Relaxed)
-        }),
     );
     out
 }

@@ -5,6 +5,7 @@
 //!                 one per sink     one per connection                one per sink   one load in flight
 //! ```
 
+pub mod ack;
 pub mod batch;
 pub mod framing;
 pub mod json;
@@ -32,6 +33,9 @@ use socket::{Ingest, SocketError};
 /// Chunks (each at most one socket read of records) queued per sink before connections
 /// stop being read.
 const CHANNEL_CHUNKS: usize = 16;
+
+/// How long, once every sink is done, the loader waits for the last acks to be written.
+const ACK_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
@@ -78,6 +82,7 @@ pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
     let start_id = label::start_id();
     let mut sinks = Vec::new();
     let mut tasks = Vec::new();
+    let ack_writers = tokio_util::task::TaskTracker::new();
     for sink in &config.sinks {
         let metrics = Arc::new(SinkMetrics::new(&sink.name));
         let mode = parse_mode(&sink.socket_mode).unwrap_or(0o660);
@@ -108,6 +113,10 @@ pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
                         source,
                     }
                 })?;
+            metrics.spool_damage.store(
+                replay.damage.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             for (file, damage) in &replay.damage {
                 tracing::warn!(sink = %sink.name, file = %file.display(), damage = ?damage, "spool damage recovered; readable records kept, damaged segments moved to corrupt/");
             }
@@ -125,7 +134,12 @@ pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
         tokio::spawn(socket::accept_loop(
             listener,
             sink.socket.clone(),
-            Arc::new(Ingest::new(sink, metrics.clone())),
+            Arc::new(Ingest::new(
+                sink,
+                metrics.clone(),
+                ack_writers.clone(),
+                phases.deadline.clone(),
+            )),
             tx,
             phases.stop.clone(),
             phases.drain.clone(),
@@ -162,6 +176,16 @@ pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
     };
     tokio::select! {
         _ = all_done => {}
+        _ = phases.abort.cancelled() => {}
+    }
+    // Producers waiting for their last `ok` get it: each writer ends once its lines are
+    // settled, its producer is gone, or the deadline passes.
+    // A producer that does not read its acks gets a short grace, not the whole budget.
+    ack_writers.close();
+    tokio::select! {
+        _ = ack_writers.wait() => {}
+        _ = tokio::time::sleep(ACK_GRACE) => {}
+        _ = phases.deadline.cancelled() => {}
         _ = phases.abort.cancelled() => {}
     }
     ready.store(false, std::sync::atomic::Ordering::Relaxed);

@@ -15,7 +15,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{Format, RetrySpec, SinkSpec, SpoolSync};
+use crate::api::{Acks, Format, RetrySpec, SinkSpec, SpoolSync};
+use crate::loader::ack::ConnAck;
 use crate::loader::batch::{Batch, Chunk, FlushPolicy, FlushTrigger, Sealed};
 use crate::loader::metrics::SinkMetrics;
 use crate::loader::spool::segment::Outcome;
@@ -41,6 +42,36 @@ struct Labelled {
     seqs: Option<Range<u64>>,
     /// The body is not in memory: read it back from the spool when its turn comes.
     on_disk: bool,
+    /// The producers' lines in it that wait for this batch's verdict.
+    acks: Vec<AckPart>,
+}
+
+/// Consecutive lines of one producer's connection within a batch.
+struct AckPart {
+    conn: Arc<ConnAck>,
+    first: u64,
+    count: u64,
+}
+
+impl AckPart {
+    /// Adds lines `first..first + count` of `conn` to `parts`, merged with the last part
+    /// when they continue it.
+    fn add(parts: &mut Vec<AckPart>, conn: &Arc<ConnAck>, first: u64, count: u64) {
+        if count == 0 {
+            return;
+        }
+        if let Some(last) = parts.last_mut() {
+            if Arc::ptr_eq(&last.conn, conn) && last.first + last.count == first {
+                last.count += count;
+                return;
+            }
+        }
+        parts.push(AckPart {
+            conn: conn.clone(),
+            first,
+            count,
+        });
+    }
 }
 
 /// How a load ended, as the sink task sees it.
@@ -58,6 +89,7 @@ struct InFlight {
     label: String,
     rows: u64,
     bytes: u64,
+    acks: Vec<AckPart>,
 }
 
 /// The shutdown signals a sink task obeys.
@@ -84,6 +116,9 @@ pub struct SinkTask {
     spool: Option<Spool>,
     spool_sync: SpoolSync,
     replay: Option<Replay>,
+    acks: Acks,
+    /// With `acks: spooled`: connections' lines written to the spool and not yet synced.
+    unsynced_acks: Vec<(Arc<ConnAck>, u64)>,
 }
 
 impl SinkTask {
@@ -107,6 +142,8 @@ impl SinkTask {
             spool: None,
             spool_sync: sink.spool_sync,
             replay: None,
+            acks: sink.acks,
+            unsynced_acks: Vec::new(),
         }
     }
 
@@ -121,6 +158,8 @@ impl SinkTask {
     fn spool_failed(&mut self, what: &str, e: std::io::Error) {
         tracing::error!(sink = %self.name, error = %e, "spool {what} failed; this sink now keeps records in memory only");
         self.spool = None;
+        // Lines not yet synced are acked at their commit instead.
+        self.unsynced_acks.clear();
     }
 
     /// Appends a received chunk's records to the spool; returns the first one's sequence
@@ -144,32 +183,68 @@ impl SinkTask {
                 r
             })
             .collect();
+        let mut synced = false;
         let appended = spool.append(&records).and_then(|seqs| {
             match self.spool_sync {
-                SpoolSync::Always => spool.sync()?,
+                SpoolSync::Always => {
+                    spool.sync()?;
+                    synced = true;
+                }
                 SpoolSync::Interval => {
                     *unsynced += chunk.data.len();
                     if *unsynced >= SYNC_BYTES {
                         spool.sync()?;
+                        synced = true;
                         *unsynced = 0;
                         *sync_due = None;
                     } else if sync_due.is_none() {
                         *sync_due = Some(Instant::now() + SYNC_INTERVAL);
                     }
                 }
-                SpoolSync::Never => {}
+                // The page cache has it: it survives the process, which is all `never` promises.
+                SpoolSync::Never => synced = true,
             }
             Ok(seqs)
         });
         match appended {
             Ok(seqs) => {
                 self.metrics.spooled.fetch_add(chunk.rows() as u64, Relaxed);
+                if let (Acks::Spooled, Some(conn)) = (self.acks, &chunk.ack) {
+                    let through = chunk.first_line + chunk.rows() as u64 - 1;
+                    self.unsynced_acks.push((conn.clone(), through));
+                }
+                if synced {
+                    self.spool_synced();
+                }
                 seqs.start
             }
             Err(e) => {
                 self.spool_failed("write", e);
                 0
             }
+        }
+    }
+
+    /// Everything written to the spool is synced: its lines are acked (`acks: spooled`).
+    fn spool_synced(&mut self) {
+        for (conn, through) in self.unsynced_acks.drain(..) {
+            conn.settle_through(through);
+        }
+    }
+
+    /// A batch's verdict reaches the producers whose lines it holds. Committed lines are
+    /// settled; with `acks: committed`, lines of a refused batch get an `err` first.
+    fn ack_verdict(&self, parts: Vec<AckPart>, verdict: &Verdict) {
+        let refused = match verdict {
+            Verdict::Committed => None,
+            Verdict::DeadLettered => Some("dead_lettered"),
+            Verdict::Lost => Some("lost"),
+        };
+        for part in parts {
+            if let (Some(reason), Acks::Committed) = (refused, self.acks) {
+                part.conn.report(part.first, part.count, reason);
+            }
+            part.conn.settle_through(part.first + part.count - 1);
         }
     }
 
@@ -186,6 +261,7 @@ impl SinkTask {
             start: Start::Resolve,
             seqs: Some(pending.seqs),
             on_disk: true,
+            acks: Vec::new(),
         }
     }
 
@@ -255,6 +331,8 @@ impl SinkTask {
         let mut filling = Batch::new(self.format, self.policy);
         // The spool sequence numbers of the filling batch's records.
         let mut filling_seqs: Option<Range<u64>> = None;
+        // The producers' lines in the filling batch.
+        let mut filling_acks: Vec<AckPart> = Vec::new();
         // The rest of a chunk that did not fit in the batch it arrived at, with the
         // sequence number of the chunk's first record.
         let mut leftover: Option<(Chunk, usize, u64)> = None;
@@ -311,9 +389,14 @@ impl SinkTask {
                     if taken_to > from {
                         let (start, end) = (base + from as u64, base + taken_to as u64);
                         filling_seqs = Some(filling_seqs.map_or(start..end, |s| s.start..end));
+                        if let Some(conn) = &chunk.ack {
+                            let first = chunk.first_line + from as u64;
+                            AckPart::add(&mut filling_acks, conn, first, (taken_to - from) as u64);
+                        }
                     }
                     if let Some((next, trigger)) = pushed {
-                        let sealed = self.seal(&mut filling, &mut filling_seqs, trigger);
+                        let sealed =
+                            self.seal(&mut filling, &mut filling_seqs, &mut filling_acks, trigger);
                         self.enqueue(sealed, &mut waiting, &mut backlog);
                         leftover = (next < chunk.rows()).then_some((chunk, next, base));
                     }
@@ -323,7 +406,12 @@ impl SinkTask {
             }
             if !input_open && leftover.is_none() && self.can_seal(&waiting) {
                 if !filling.is_empty() {
-                    let sealed = self.seal(&mut filling, &mut filling_seqs, FlushTrigger::Shutdown);
+                    let sealed = self.seal(
+                        &mut filling,
+                        &mut filling_seqs,
+                        &mut filling_acks,
+                        FlushTrigger::Shutdown,
+                    );
                     self.enqueue(sealed, &mut waiting, &mut backlog);
                     continue;
                 }
@@ -380,6 +468,7 @@ impl SinkTask {
                                 }
                                 FlushTrigger::Interval | FlushTrigger::Shutdown => filling.release_spare(),
                             }
+                            self.ack_verdict(finished.acks, &verdict);
                             match verdict {
                                 Verdict::Committed => {
                                     self.metrics.loaded.fetch_add(finished.rows, Relaxed);
@@ -400,19 +489,21 @@ impl SinkTask {
                 _ = stopping.stop.cancelled(), if !stop_seen => {
                     stop_seen = true;
                     if self.can_seal(&waiting) && !filling.is_empty() {
-                        let sealed = self.seal(&mut filling, &mut filling_seqs, FlushTrigger::Shutdown);
+                        let sealed = self.seal(&mut filling, &mut filling_seqs, &mut filling_acks, FlushTrigger::Shutdown);
                         self.enqueue(sealed, &mut waiting, &mut backlog);
                     }
                 }
                 _ = tokio::time::sleep_until(sync_due.unwrap_or_else(Instant::now)), if sync_due.is_some() => {
                     sync_due = None;
                     unsynced = 0;
-                    if let Some(Err(e)) = self.spool.as_mut().map(Spool::sync) {
-                        self.spool_failed("sync", e);
+                    match self.spool.as_mut().map(Spool::sync) {
+                        Some(Ok(())) => self.spool_synced(),
+                        Some(Err(e)) => self.spool_failed("sync", e),
+                        None => {}
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && self.can_seal(&waiting) => {
-                    let sealed = self.seal(&mut filling, &mut filling_seqs, FlushTrigger::Interval);
+                    let sealed = self.seal(&mut filling, &mut filling_seqs, &mut filling_acks, FlushTrigger::Interval);
                     self.enqueue(sealed, &mut waiting, &mut backlog);
                 }
                 chunk = self.rx.recv(), if input_open && self.can_seal(&waiting) && leftover.is_none() && !spool_full => {
@@ -449,17 +540,22 @@ impl SinkTask {
         &mut self,
         filling: &mut Batch,
         seqs: &mut Option<Range<u64>>,
+        acks: &mut Vec<AckPart>,
         trigger: FlushTrigger,
     ) -> Option<Labelled> {
         let batch = filling.seal(trigger)?;
+        let acks = std::mem::take(acks);
         let label = self.labels.next_label();
         let mut seqs = seqs.take();
         if let (Some(spool), Some(range)) = (self.spool.as_mut(), seqs.clone()) {
             // Durable before the first send: after a crash the batch is resolved by this
             // label, never sent under another.
-            if let Err(e) = spool.seal(&label, range) {
-                seqs = None;
-                self.spool_failed("seal", e);
+            match spool.seal(&label, range) {
+                Ok(()) => self.spool_synced(),
+                Err(e) => {
+                    seqs = None;
+                    self.spool_failed("seal", e);
+                }
             }
         }
         self.metrics.flushed(trigger);
@@ -477,10 +573,11 @@ impl SinkTask {
             start: Start::Send,
             seqs,
             on_disk: false,
+            acks,
         })
     }
 
-    fn start_load(&mut self, next: Labelled) -> InFlight {
+    fn start_load(&mut self, mut next: Labelled) -> InFlight {
         let Some(mut client) = self.client.take() else {
             unreachable!("the client is back whenever no load is in flight");
         };
@@ -488,6 +585,7 @@ impl SinkTask {
         let bytes = next.batch.body.len() as u64;
         let trigger = next.batch.trigger;
         let in_flight_label = next.label.clone();
+        let acks = std::mem::take(&mut next.acks);
         let start = next.start;
         let retry = self.retry;
         let metrics = self.metrics.clone();
@@ -549,6 +647,7 @@ impl SinkTask {
             label: in_flight_label,
             rows,
             bytes,
+            acks,
         }
     }
 }
@@ -640,6 +739,8 @@ fn encode_records(format: Format, records: &[Bytes]) -> Chunk {
         ends.push(u32::try_from(data.len()).unwrap_or(u32::MAX));
     }
     Chunk {
+        ack: None,
+        first_line: 1,
         data: data.into(),
         ends,
         arrived: Instant::now(),

@@ -15,8 +15,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::api::{Format, SinkSpec};
+use crate::api::{Acks, Format, SinkSpec};
+use crate::loader::ack::{self, ReadProgress};
 use crate::loader::batch::Chunk;
 use crate::loader::framing::{Line, LineFramer};
 use crate::loader::metrics::SinkMetrics;
@@ -78,15 +80,28 @@ pub struct Ingest {
     pub format: Format,
     pub max_record: usize,
     pub metrics: Arc<SinkMetrics>,
+    pub acks: Acks,
+    /// Where connections' ack writers run; the loader waits for them before it exits.
+    pub ack_writers: TaskTracker,
+    /// The shutdown deadline: ack writers give up at it.
+    pub deadline: CancellationToken,
     limit: LogLimit,
 }
 
 impl Ingest {
-    pub fn new(sink: &SinkSpec, metrics: Arc<SinkMetrics>) -> Self {
+    pub fn new(
+        sink: &SinkSpec,
+        metrics: Arc<SinkMetrics>,
+        ack_writers: TaskTracker,
+        deadline: CancellationToken,
+    ) -> Self {
         Self {
             format: sink.format,
             max_record: usize::try_from(sink.max_record_bytes()).unwrap_or(usize::MAX),
             metrics,
+            acks: sink.acks,
+            ack_writers,
+            deadline,
             limit: LogLimit::default(),
         }
     }
@@ -149,76 +164,151 @@ pub async fn accept_loop(
     }
 }
 
-/// Reads one producer's lines until it closes, or until the shutdown drain ends.
+/// Reads one producer's lines until it closes, or until the shutdown drain ends. With
+/// acks on, a writer task answers on the same connection (see [`crate::loader::ack`]).
 async fn connection(
-    mut stream: UnixStream,
+    stream: UnixStream,
     ingest: Arc<Ingest>,
     tx: mpsc::Sender<Chunk>,
     drain: CancellationToken,
 ) {
+    let (mut read, write) = stream.into_split();
+    let mut acks = None;
+    if ingest.acks != Acks::None {
+        let (ack, progress, writer) =
+            ack::channel(ingest.metrics.clone(), write, ingest.deadline.clone());
+        ingest.ack_writers.spawn(writer);
+        acks = Some((ack, progress));
+    } else {
+        drop(write);
+    }
+    let ack = acks.as_ref().map(|(a, _)| a.clone());
+    let publish = |lines: u64, last_record: u64, done: bool| {
+        if let Some((_, progress)) = &acks {
+            progress.send_replace(ReadProgress {
+                lines,
+                last_record,
+                done,
+            });
+        }
+    };
+    let unfinished = |line_no: u64, pending: usize, why: &str| {
+        ingest.metrics.received.fetch_add(1, Relaxed);
+        ingest.reject(
+            RejectReason::Incomplete,
+            line_no + 1,
+            &format!("{pending} bytes of an unfinished line {why}"),
+        );
+        if let Some(a) = &ack {
+            a.report(line_no + 1, 1, RejectReason::Incomplete.as_str());
+        }
+    };
+
     let mut framer = LineFramer::new(ingest.max_record);
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut line_no: u64 = 0;
+    let mut last_record: u64 = 0;
+    let delimiter = match ingest.format {
+        Format::Json => b',',
+        Format::Csv => b'\n',
+    };
     loop {
         if buf.capacity() - buf.len() < READ_SIZE / 4 {
             buf.reserve(READ_SIZE);
         }
-        let read = tokio::select! {
+        let r = tokio::select! {
             biased;
             _ = drain.cancelled() => {
                 let pending = framer.pending(&buf);
                 if pending > 0 {
-                    ingest.reject(RejectReason::Incomplete, line_no + 1, &format!("{pending} bytes of an unfinished line when the shutdown drain ended"));
-                    ingest.metrics.received.fetch_add(1, Relaxed);
+                    unfinished(line_no, pending, "when the shutdown drain ended");
+                    line_no += 1;
                 }
+                publish(line_no, last_record, true);
                 return;
             }
-            r = stream.read_buf(&mut buf) => r,
+            r = read.read_buf(&mut buf) => r,
         };
         let arrived = Instant::now();
-        let eof = match read {
+        let eof = match r {
             Ok(0) => true,
             Ok(_) => false,
             Err(e) => {
                 let pending = framer.pending(&buf);
                 if pending > 0 {
-                    ingest.metrics.received.fetch_add(1, Relaxed);
-                    ingest.reject(
-                        RejectReason::Incomplete,
-                        line_no + 1,
-                        &format!(
-                            "{pending} bytes of an unfinished line when the connection failed: {e}"
-                        ),
+                    unfinished(
+                        line_no,
+                        pending,
+                        &format!("when the connection failed: {e}"),
                     );
+                    line_no += 1;
                 }
+                publish(line_no, last_record, true);
                 return;
             }
         };
         let before = line_no;
+        let mut chunks = Vec::new();
         // Records never take more room than the bytes they came in (plus a delimiter for
         // a last line without newline), so one allocation holds them all.
         let mut out = Vec::with_capacity(buf.len() + 1);
         let mut ends = Vec::with_capacity(buf.len() / 64 + 1);
-        let delimiter = match ingest.format {
-            Format::Json => b',',
-            Format::Csv => b'\n',
-        };
+        let mut first_line = 0;
+        let mut errs: Option<ack::ErrRun> = None;
         let mut each = |line: Line<'_>| {
             line_no += 1;
-            match line {
-                Line::TooLong(n) => ingest.reject(
-                    RejectReason::TooLong,
-                    line_no,
-                    &format!("{n} bytes is over maxRecordBytes {}", ingest.max_record),
-                ),
+            let refused = match line {
+                Line::TooLong(n) => {
+                    ingest.reject(
+                        RejectReason::TooLong,
+                        line_no,
+                        &format!("{n} bytes is over maxRecordBytes {}", ingest.max_record),
+                    );
+                    RejectReason::TooLong
+                }
                 Line::Record(r) => match record::check(ingest.format, r) {
                     Ok(()) => {
+                        if ends.is_empty() {
+                            first_line = line_no;
+                        }
                         out.extend_from_slice(r);
                         out.push(delimiter);
                         ends.push(out.len() as u32);
+                        last_record = line_no;
+                        return;
                     }
-                    Err(reason) => ingest.reject(reason, line_no, &preview(r)),
+                    Err(reason) => {
+                        ingest.reject(reason, line_no, &preview(r));
+                        reason
+                    }
                 },
+            };
+            if let Some(a) = &ack {
+                // A chunk's records must be consecutive lines: close it at a refused one.
+                if !ends.is_empty() {
+                    chunks.push(Chunk {
+                        data: std::mem::take(&mut out).into(),
+                        ends: std::mem::take(&mut ends),
+                        arrived,
+                        ack: Some(a.clone()),
+                        first_line,
+                    });
+                }
+                let reason = refused.as_str();
+                match &mut errs {
+                    Some(run) if run.reason == reason && run.first + run.count == line_no => {
+                        run.count += 1
+                    }
+                    _ => {
+                        if let Some(run) = errs.replace(ack::ErrRun {
+                            first: line_no,
+                            count: 1,
+                            reason,
+                        }) {
+                            a.report(run.first, run.count, run.reason);
+                        }
+                    }
+                }
             }
         };
         if eof {
@@ -227,13 +317,23 @@ async fn connection(
         } else {
             framer.drain(&mut buf, &mut each);
         }
-        ingest.metrics.received.fetch_add(line_no - before, Relaxed);
         if !ends.is_empty() {
-            let chunk = Chunk {
+            chunks.push(Chunk {
                 data: out.into(),
                 ends,
                 arrived,
-            };
+                ack: ack.clone(),
+                first_line,
+            });
+        }
+        if let (Some(a), Some(run)) = (&ack, errs) {
+            a.report(run.first, run.count, run.reason);
+        }
+        ingest.metrics.received.fetch_add(line_no - before, Relaxed);
+        // Errs first, then progress, then the records: the writer never says `ok` past a
+        // refused line before its `err` is queued.
+        publish(line_no, last_record, eof);
+        for chunk in chunks {
             // Waiting here is the backpressure: a full channel stops this socket's reads.
             if tx.send(chunk).await.is_err() {
                 tracing::error!(sink = %ingest.metrics.sink, "sink task is gone; records of this connection are lost");

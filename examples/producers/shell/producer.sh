@@ -5,6 +5,10 @@
 #   ./producer.sh /var/run/starsink/orders.sock < records.ndjson
 #
 # Needs socat (or an nc with -U). A missing socket is retried for a while.
+#
+# With ACKS=1 (for a sink with `acks: spooled` or `acks: committed`; needs socat) the
+# script waits for the loader's answer, `ok N` / `err LINE REASON`, prints the err lines
+# and exits 1 unless every line was acked.
 set -euo pipefail
 
 sock="${1:-${STARSINK_SOCKET_ORDERS:-}}"
@@ -22,6 +26,20 @@ done
 if [[ ! -S "$sock" ]]; then
   echo "producer: gave up waiting for $sock" >&2
   exit 1
+fi
+
+if [[ "${ACKS:-0}" == 1 ]]; then
+  lines="$(mktemp)"
+  trap 'rm -f "$lines"' EXIT
+  cat >"$lines"
+  sent=$(wc -l <"$lines")
+  # After stdin ends, socat waits up to -t seconds for the loader to finish acking.
+  acks="$(socat -t "${ACK_TIMEOUT:-60}" - "UNIX-CONNECT:$sock" <"$lines")"
+  grep '^err ' <<<"$acks" >&2 || true
+  acked=$(grep '^ok ' <<<"$acks" | tail -n 1 | cut -d' ' -f2)
+  echo "producer: ${acked:-0} of $sent lines acked" >&2
+  [[ "${acked:-0}" == "$sent" ]] && ! grep -q '^err ' <<<"$acks"
+  exit
 fi
 
 if command -v socat >/dev/null; then
