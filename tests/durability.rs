@@ -6,6 +6,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use support::*;
 
 /// A JSON row padded to about `pad` bytes.
@@ -316,4 +317,192 @@ async fn a_producer_that_never_reads_its_acks_is_never_held_back_by_them() {
     drop(conn);
     loader.stop_expecting(0).await;
     assert_exactly_once(&ids(&sr.rows("shop.orders")), 100_000);
+}
+
+/// One producer of a kill round: writes ids `base..base + quota` in small writes until
+/// the loader dies or the quota is written, reading `ok N` as they come. Returns how many
+/// of its lines (from the first) were acked.
+async fn kill_round_producer(
+    socket: std::path::PathBuf,
+    base: u64,
+    quota: u64,
+    written: tokio::sync::watch::Sender<u64>,
+) -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let Ok(stream) = tokio::net::UnixStream::connect(&socket).await else {
+        return 0;
+    };
+    let (read, mut write) = stream.into_split();
+    let acked = std::sync::Arc::new(AtomicU64::new(0));
+    let seen = acked.clone();
+    let reader = tokio::spawn(async move {
+        let mut lines = BufReader::new(read).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(n) = line.strip_prefix("ok ").and_then(|n| n.parse().ok()) {
+                seen.store(n, SeqCst);
+            }
+        }
+    });
+    let mut next = 0;
+    while next < quota {
+        let mut buf = String::new();
+        for id in base + next..base + (next + 50).min(quota) {
+            buf.push_str(&padded_row(id, 40));
+            buf.push('\n');
+        }
+        if write.write_all(buf.as_bytes()).await.is_err() {
+            break;
+        }
+        written.send_modify(|w| *w += (next + 50).min(quota) - next);
+        next = (next + 50).min(quota);
+        tokio::task::yield_now().await;
+    }
+    let _ = write.shutdown().await;
+    // The reader ends when the loader closes the connection: all acked, or it died.
+    let _ = tokio::time::timeout(Duration::from_secs(30), reader).await;
+    acked.load(SeqCst)
+}
+
+/// Where a round's `kill -9` lands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KillAt {
+    /// While producers are writing, after a random number of lines.
+    Writing,
+    /// Just after a batch is sealed: its load is in flight (and some loads are slow).
+    LoadInFlight,
+    /// After the endpoint committed a load but dropped the answer: the loader does not
+    /// know yet that the label is committed.
+    CommittedUnanswered,
+    /// While the new process replays what the last one left.
+    Replaying,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_loses_no_acked_row_and_loads_none_twice() {
+    const ROUNDS: u64 = 24;
+    const PRODUCERS: u64 = 3;
+    const QUOTA: u64 = 4000;
+    let seed = std::env::var("STARSINK_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("kill -9 rounds with STARSINK_KILL_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let spool = tempfile::tempdir().unwrap();
+    let sr = endpoint(Faults {
+        commit_then_drop: 0.3,
+        slow: 0.3,
+        slow_by: Duration::from_millis(150),
+        fail: 0.1,
+        ..Faults::default()
+    })
+    .await;
+    let fe = sr.fe_url();
+    let config = |dir: &Path, prefix: &str| {
+        spooled_sink(
+            dir,
+            prefix,
+            &fe,
+            spool.path(),
+            "    acks: spooled\n    flush:\n      maxRows: 300\n      interval: 30ms\n    retry:\n      minBackoff: 10ms\n      maxBackoff: 50ms\n",
+        )
+    };
+
+    let mut acked: Vec<u64> = Vec::new();
+    let mut landed = std::collections::HashMap::<&str, u64>::new();
+    for round in 0..ROUNDS {
+        let at = match round % 4 {
+            0 => KillAt::Writing,
+            1 => KillAt::LoadInFlight,
+            2 => KillAt::CommittedUnanswered,
+            _ => KillAt::Replaying,
+        };
+        let mut loader = Loader::start(|dir| config(dir, &format!("r{round}"))).await;
+        let (written, mut lines_written) = tokio::sync::watch::channel(0u64);
+        let producers: Vec<_> = (0..PRODUCERS)
+            .map(|p| {
+                let base = round * 1_000_000 + p * 100_000;
+                let socket = loader.socket("orders");
+                let producer = kill_round_producer(socket, base, QUOTA, written.clone());
+                (base, tokio::spawn(producer))
+            })
+            .collect();
+        // Wait for the moment (bounded: if it does not come, the kill lands anyway).
+        let within = Duration::from_secs(5);
+        let hit = match at {
+            KillAt::Writing => {
+                let lines = rng.u64(1..QUOTA * PRODUCERS);
+                let reached = lines_written.wait_for(|w| *w >= lines);
+                matches!(tokio::time::timeout(within, reached).await, Ok(Ok(_)))
+            }
+            KillAt::LoadInFlight => loader.wait_log("\"message\":\"flush\"", within).await,
+            KillAt::CommittedUnanswered => loader.wait_log("load outcome unknown", within).await,
+            KillAt::Replaying => loader.wait_log("spool replay", within).await,
+        };
+        if hit {
+            *landed.entry(format!("{at:?}").leak()).or_default() += 1;
+        }
+        loader.signal(Signal::SIGKILL);
+        let status = loader.wait_exit(Duration::from_secs(10)).await;
+        assert_eq!(
+            status.code(),
+            None,
+            "round {round}: the loader was not killed"
+        );
+        for (base, producer) in producers {
+            let n = producer.await.unwrap();
+            acked.extend(base..base + n);
+        }
+    }
+
+    // StarRocks behaves again; a last start loads whatever the spool still holds.
+    sr.set_faults(Faults::default());
+    let mut last = Loader::start(|dir| {
+        config(dir, "last").replace("shutdownTimeout: 2s", "shutdownTimeout: 20s")
+    })
+    .await;
+    let acc = last.stop_expecting(0).await;
+    assert_eq!(acc["lost"].as_u64(), Some(0), "{acc}");
+
+    let loaded = ids(&sr.rows("shop.orders"));
+    let mut seen = std::collections::HashSet::new();
+    let dups: Vec<u64> = loaded
+        .iter()
+        .filter(|id| !seen.insert(**id))
+        .copied()
+        .collect();
+    assert!(
+        dups.is_empty(),
+        "seed {seed}: {} rows loaded twice, e.g. {:?}",
+        dups.len(),
+        &dups[..dups.len().min(10)]
+    );
+    let missing: Vec<u64> = acked
+        .iter()
+        .filter(|id| !seen.contains(id))
+        .copied()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "seed {seed}: {} acked rows never loaded, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(
+        acked.len() > 1000,
+        "seed {seed}: only {} rows were acked",
+        acked.len()
+    );
+    println!(
+        "seed {seed}: {} rows loaded, {} acked, kills landed: {landed:?}",
+        loaded.len(),
+        acked.len()
+    );
+    for at in ["LoadInFlight", "CommittedUnanswered", "Replaying"] {
+        assert!(
+            landed.get(at).copied().unwrap_or(0) > 0,
+            "seed {seed}: no kill landed at {at}: {landed:?}"
+        );
+    }
 }
