@@ -67,6 +67,8 @@ impl Format {
 
 struct Figures {
     format: Format,
+    /// The sink's spool: none, or `spoolSync: interval`.
+    spool: bool,
     bytes: u64,
     secs: f64,
     cpu_secs: f64,
@@ -98,20 +100,26 @@ async fn main() {
     );
     let mut all = Vec::new();
     for format in [Format::Json, Format::Csv] {
-        all.push(throughput(format, bytes).await);
+        for spool in [false, true] {
+            all.push(throughput(format, bytes, spool).await);
+        }
     }
     let lateness = timer_lateness().await;
     let outage = if smoke { 2 } else { 60 };
-    let (outage_peak_kib, outage_written) = dead_endpoint(Duration::from_secs(outage)).await;
+    let (outage_peak_kib, outage_written) = dead_endpoint(Duration::from_secs(outage), None).await;
+    let spool_cap_mib = if smoke { 128 } else { 512 };
+    let (spooled_peak_kib, spooled_written) =
+        dead_endpoint(Duration::from_secs(outage), Some(spool_cap_mib)).await;
 
     println!();
-    println!("| format | MiB/s | loader CPU-s/GiB | idle RSS | peak RSS | loads |");
-    println!("|---|---|---|---|---|---|");
+    println!("| format | spool | MiB/s | loader CPU-s/GiB | idle RSS | peak RSS | loads |");
+    println!("|---|---|---|---|---|---|---|");
     for f in &all {
         let gib = f.bytes as f64 / (1u64 << 30) as f64;
         println!(
-            "| {} | {:.0} | {:.2} | {:.1} MiB | {:.1} MiB | {} |",
+            "| {} | {} | {:.0} | {:.2} | {:.1} MiB | {:.1} MiB | {} |",
             f.format.name(),
+            if f.spool { "interval" } else { "none" },
             f.bytes as f64 / (1 << 20) as f64 / f.secs,
             f.cpu_secs / gib,
             f.idle_rss_kib as f64 / 1024.0,
@@ -126,6 +134,11 @@ async fn main() {
         outage_written as f64 / (1 << 20) as f64
     );
     println!(
+        "The same with a spool (spoolMaxBytes {spool_cap_mib}MiB): peak RSS {:.1} MiB; producers got {:.0} MiB in before the full spool held them",
+        spooled_peak_kib as f64 / 1024.0,
+        spooled_written as f64 / (1 << 20) as f64
+    );
+    println!(
         "timer flush lateness over {} idle batches (interval 200ms): median {} ms, max {} ms",
         lateness.len(),
         lateness[lateness.len() / 2].as_millis(),
@@ -134,7 +147,7 @@ async fn main() {
 }
 
 /// Writes `bytes` of rows through `CONNECTIONS` connections and waits until all are loaded.
-async fn throughput(format: Format, bytes: u64) -> Figures {
+async fn throughput(format: Format, bytes: u64, spool: bool) -> Figures {
     let sr = DevEndpoint::start(EndpointConfig {
         keep_rows: false,
         ..EndpointConfig::default()
@@ -144,12 +157,18 @@ async fn throughput(format: Format, bytes: u64) -> Figures {
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("bench.sock");
     let metrics = free_port();
-    let config = format!(
+    let mut config = format!(
         "labelPrefix: bench\nmetricsAddr: 127.0.0.1:{metrics}\nsinks:\n  - name: bench\n    socket: {}\n    format: {}\n    starrocks:\n      feEndpoints: [\"{}\"]\n      database: bench\n      table: events\n    flush:\n      interval: 250ms\n      maxBytes: {MAX_BYTES_MIB}MiB\n      maxRows: 10000000\n",
         socket.display(),
         format.name(),
         sr.fe_url()
     );
+    if spool {
+        config.push_str(&format!(
+            "    spoolDir: {}\n    spoolSync: interval\n",
+            dir.path().join("spool").display()
+        ));
+    }
     let mut loader = spawn_loader(dir.path(), &config, &socket).await;
     let pid = loader.id().expect("loader pid");
     // Idle: after start-up, before any record.
@@ -202,6 +221,7 @@ async fn throughput(format: Format, bytes: u64) -> Figures {
     stop(&mut loader).await;
     Figures {
         format,
+        spool,
         bytes,
         secs,
         cpu_secs,
@@ -213,7 +233,8 @@ async fn throughput(format: Format, bytes: u64) -> Figures {
 
 /// Peak RSS of a loader whose StarRocks answers 503 to everything for `outage`, while
 /// 4 producers keep writing as fast as the loader lets them; and the bytes they got in.
-async fn dead_endpoint(outage: Duration) -> (u64, u64) {
+/// With `spool_mib`, the sink has a spool of that cap.
+async fn dead_endpoint(outage: Duration, spool_mib: Option<u64>) -> (u64, u64) {
     let sr = DevEndpoint::start(EndpointConfig {
         keep_rows: false,
         faults: starsink::dev_endpoint::Faults {
@@ -226,11 +247,17 @@ async fn dead_endpoint(outage: Duration) -> (u64, u64) {
     .expect("start endpoint");
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("down.sock");
-    let config = format!(
+    let mut config = format!(
         "labelPrefix: down\nshutdownTimeout: 2s\nsinks:\n  - name: down\n    socket: {}\n    starrocks:\n      feEndpoints: [\"{}\"]\n      database: bench\n      table: down\n    flush:\n      interval: 1s\n      maxBytes: {MAX_BYTES_MIB}MiB\n    retry:\n      minBackoff: 100ms\n      maxBackoff: 1s\n",
         socket.display(),
         sr.fe_url()
     );
+    if let Some(mib) = spool_mib {
+        config.push_str(&format!(
+            "    spoolDir: {}\n    spoolMaxBytes: {mib}MiB\n",
+            dir.path().join("spool").display()
+        ));
+    }
     // Every retry would log a warning; only errors matter here.
     let mut loader = spawn_loader_logging(dir.path(), &config, &socket, "error").await;
     let pid = loader.id().expect("loader pid");
@@ -275,7 +302,13 @@ async fn dead_endpoint(outage: Duration) -> (u64, u64) {
         );
     }
     let status = loader.wait().await.expect("wait for the loader");
-    assert_eq!(status.code(), Some(1), "records were lost, so exit 1");
+    // Nothing could be committed: lost without a spool (1), kept in it with one (4).
+    let expected = if spool_mib.is_some() { 4 } else { 1 };
+    assert_eq!(
+        status.code(),
+        Some(expected),
+        "the exit code says what happened"
+    );
     (peak, written.load(std::sync::atomic::Ordering::Relaxed))
 }
 

@@ -506,3 +506,167 @@ async fn kill_9_at_random_moments_loses_no_acked_row_and_loads_none_twice() {
         );
     }
 }
+
+/// A spool holding 300 rows StarRocks never took (3 connections of 100, so several
+/// Records frames and sealed batches), left by a loader stopped with exit code 4.
+async fn spool_with_300_unloaded_rows() -> tempfile::TempDir {
+    let spool = tempfile::tempdir().unwrap();
+    let sr = endpoint(Faults {
+        unavailable: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| {
+        spooled_sink(
+            dir,
+            "fill",
+            &fe,
+            spool.path(),
+            "    flush:\n      maxRows: 100\n    retry:\n      minBackoff: 20ms\n      maxBackoff: 100ms\n",
+        )
+    })
+    .await;
+    for c in 0..3u64 {
+        let rows: Vec<String> = (c * 100..c * 100 + 100)
+            .map(|i| padded_row(i, 20))
+            .collect();
+        write_lines(&loader.socket("orders"), &rows).await;
+    }
+    let acc = loader.stop_expecting(4).await;
+    assert_eq!(acc["spooled"].as_u64(), Some(300), "{acc}");
+    spool
+}
+
+/// A copy of a spool directory's segment files.
+fn copy_spool(from: &Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    to
+}
+
+fn only_segment(spool: &Path) -> std::path::PathBuf {
+    let segs: Vec<_> = std::fs::read_dir(spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    segs.into_iter().next().unwrap()
+}
+
+/// Starts a loader on `spool` against a healthy endpoint, waits for `rows` rows and stops
+/// it (exit 0); returns the loaded ids and the loader's log.
+async fn recover(spool: &Path, rows: u64) -> (Vec<u64>, String) {
+    let sr = endpoint(Faults::default()).await;
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| spooled_sink(dir, "recover", &fe, spool, "")).await;
+    assert!(
+        sr.wait_for_rows(rows, Duration::from_secs(20)).await,
+        "{}",
+        loader.log_text()
+    );
+    let acc = loader.stop_expecting(0).await;
+    assert_eq!(acc["committed"].as_u64(), Some(rows), "{acc}");
+    (ids(&sr.rows("shop.orders")), loader.log_text())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_spool_is_repaired_at_start_and_what_is_readable_loads_once() {
+    let original = spool_with_300_unloaded_rows().await;
+
+    // A torn tail (a write cut short by a crash): nothing whole is lost.
+    let torn = copy_spool(original.path());
+    let seg = only_segment(torn.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes.extend_from_slice(&[0xF5, 0xFF, 0x53, 0x4B, 0x40, 0, 0, 0, 0x01]);
+    std::fs::write(&seg, bytes).unwrap();
+    let (ids_loaded, log) = recover(torn.path(), 300).await;
+    assert_exactly_once(&ids_loaded, 300);
+    assert!(log.contains("torn tail"), "{log}");
+    assert!(!torn.path().join("corrupt").exists());
+
+    // A zero-length segment (created, never written) is removed; everything loads.
+    let empty = copy_spool(original.path());
+    std::fs::write(empty.path().join("00000000000000001000.seg"), b"").unwrap();
+    let (ids_loaded, log) = recover(empty.path(), 300).await;
+    assert_exactly_once(&ids_loaded, 300);
+    assert!(log.contains("empty file"), "{log}");
+
+    // A flipped byte in the middle: that frame's records are gone, the rest load once,
+    // and the damaged file is kept aside for inspection.
+    let flipped = copy_spool(original.path());
+    let seg = only_segment(flipped.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = memchr_find(&bytes, b"\"id\":150,").expect("row 150 in the segment");
+    bytes[at + 3] ^= 0x55;
+    std::fs::write(&seg, bytes).unwrap();
+    let readable = {
+        let sr = endpoint(Faults::default()).await;
+        let fe = sr.fe_url();
+        let mut loader =
+            Loader::start(|dir| spooled_sink(dir, "flipped", &fe, flipped.path(), "")).await;
+        assert!(
+            loader
+                .wait_log("spool replay", Duration::from_secs(5))
+                .await
+        );
+        let acc = loader.stop_expecting(0).await;
+        let loaded = ids(&sr.rows("shop.orders"));
+        assert_eq!(
+            acc["committed"].as_u64(),
+            Some(loaded.len() as u64),
+            "{acc}"
+        );
+        let log = loader.log_text();
+        assert!(log.contains("corrupt: "), "{log}");
+        loaded
+    };
+    let mut unique = readable.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), readable.len(), "a row loaded twice");
+    assert!(
+        readable.len() >= 200 && readable.len() < 300,
+        "{} rows",
+        readable.len()
+    );
+    assert!(!readable.contains(&150));
+    assert!(unique.iter().all(|id| *id < 300));
+    let aside: Vec<_> = std::fs::read_dir(flipped.path().join("corrupt"))
+        .unwrap()
+        .collect();
+    assert_eq!(aside.len(), 1);
+
+    // A spool from a newer starsink: a clear error, exit 2, no socket, files untouched.
+    let newer = tempfile::tempdir().unwrap();
+    let mut header = starsink::loader::spool::segment::header();
+    header[8..10].copy_from_slice(&2u16.to_le_bytes());
+    let seg = newer.path().join("00000000000000000000.seg");
+    std::fs::write(&seg, header).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("loader.yaml");
+    std::fs::write(
+        &config,
+        spooled_sink(dir.path(), "newer", &dead_address(), newer.path(), ""),
+    )
+    .unwrap();
+    let (status, log) = run_loader_to_exit(&config, Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(
+        log.contains("00000000000000000000.seg") && log.contains("version 2 is newer"),
+        "{log}"
+    );
+    assert!(log.contains("run the newer starsink"), "{log}");
+    assert!(!dir.path().join("orders.sock").exists());
+    assert_eq!(std::fs::read(&seg).unwrap(), header);
+}
+
+fn memchr_find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}

@@ -83,8 +83,41 @@ pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
     let mut sinks = Vec::new();
     let mut tasks = Vec::new();
     let ack_writers = tokio_util::task::TaskTracker::new();
+    // Spools first: one that cannot be opened stops the start before any socket exists.
+    let mut spools = Vec::new();
     for sink in &config.sinks {
+        let Some(dir) = &sink.spool_dir else {
+            spools.push(None);
+            continue;
+        };
+        let (spool, replay) =
+            spool::store::Spool::open(dir, sink.spool_max_bytes.0).map_err(|source| {
+                LoaderError::Spool {
+                    sink: sink.name.clone(),
+                    source,
+                }
+            })?;
+        for (file, damage) in &replay.damage {
+            tracing::warn!(sink = %sink.name, file = %file.display(), "spool damage repaired: {damage}");
+        }
+        if replay.orphaned > 0 {
+            tracing::warn!(sink = %sink.name, records = replay.orphaned, "spool damage took the labels of some batches; their records load again under new labels (rows StarRocks already had from them will be duplicated)");
+        }
+        let unsealed = replay.unsealed.len();
+        let sealed: usize = replay.sealed.iter().map(|b| b.records.len()).sum();
+        if unsealed + sealed > 0 {
+            tracing::info!(sink = %sink.name, sealed_batches = replay.sealed.len(), sealed_records = sealed, unsealed_records = unsealed, "spool replay: loading what the last run left");
+        }
+        spools.push(Some((spool, replay)));
+    }
+    for (sink, spool) in config.sinks.iter().zip(spools) {
         let metrics = Arc::new(SinkMetrics::new(&sink.name));
+        if let Some((_, replay)) = &spool {
+            metrics.spool_damage.store(
+                replay.damage.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         let mode = parse_mode(&sink.socket_mode).unwrap_or(0o660);
         let listener =
             socket::bind(&sink.socket, mode)
@@ -105,26 +138,7 @@ pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
             rx,
             metrics.clone(),
         );
-        if let Some(dir) = &sink.spool_dir {
-            let (spool, replay) =
-                spool::store::Spool::open(dir, sink.spool_max_bytes.0).map_err(|source| {
-                    LoaderError::Spool {
-                        sink: sink.name.clone(),
-                        source,
-                    }
-                })?;
-            metrics.spool_damage.store(
-                replay.damage.len() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            for (file, damage) in &replay.damage {
-                tracing::warn!(sink = %sink.name, file = %file.display(), damage = ?damage, "spool damage recovered; readable records kept, damaged segments moved to corrupt/");
-            }
-            let unsealed = replay.unsealed.len();
-            let sealed: usize = replay.sealed.iter().map(|b| b.records.len()).sum();
-            if unsealed + sealed > 0 {
-                tracing::info!(sink = %sink.name, sealed_batches = replay.sealed.len(), sealed_records = sealed, unsealed_records = unsealed, "spool replay: loading what the last run left");
-            }
+        if let Some((spool, replay)) = spool {
             task = task.with_spool(spool, replay);
         }
         tasks.push(tokio::spawn(task.run(Stopping {

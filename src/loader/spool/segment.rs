@@ -63,6 +63,17 @@ pub enum Damage {
     Empty,
 }
 
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Damage::TornTail { at, dropped } => write!(f, "torn tail: {dropped} bytes of an unfinished write at offset {at} cut off (a crash mid-write; every whole record kept)"),
+            Damage::Corrupt { at, skipped } => write!(f, "corrupt: {skipped} unreadable bytes at offset {at} skipped, the readable records salvaged; the file is kept in corrupt/ for inspection"),
+            Damage::BadHeader => write!(f, "not a spool segment (bad header); moved to corrupt/"),
+            Damage::Empty => write!(f, "empty file (created, never written); removed"),
+        }
+    }
+}
+
 /// What a segment holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovered {

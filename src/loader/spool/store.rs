@@ -60,6 +60,9 @@ pub struct Replay {
     pub unsealed: Vec<(u64, Bytes)>,
     /// Damage found, per segment file, for logs and metrics.
     pub damage: Vec<(PathBuf, Damage)>,
+    /// Of `unsealed`, records whose batch's Sealed frame was lost to damage: they may
+    /// have been committed already.
+    pub orphaned: u64,
 }
 
 struct Segment {
@@ -202,6 +205,8 @@ impl Spool {
         }
 
         let sealed_end = sealed.iter().map(|(_, r)| r.end).max().unwrap_or(0);
+        let mut ranges: Vec<Range<u64>> = sealed.iter().map(|(_, r)| r.clone()).collect();
+        ranges.sort_by_key(|r| r.start);
         let pending: Vec<PendingBatch> = sealed
             .into_iter()
             .filter(|(label, _)| !done.contains(label))
@@ -214,14 +219,36 @@ impl Spool {
                 seqs,
             })
             .collect();
-        let unsealed: Vec<(u64, Bytes)> = records
-            .range(sealed_end..)
-            .map(|(s, b)| (*s, b.clone()))
-            .collect();
-        let next_seq = records
+        // Records in no readable batch: those after the last seal, and any whose Sealed
+        // frame was lost to damage (their fate is unknown: they load again, under a new
+        // label). Renumbered when that closes gaps, so that they are consecutive.
+        let mut ri = 0;
+        let mut loose: Vec<(u64, Bytes)> = Vec::new();
+        let mut orphaned = 0u64;
+        for (&seq, record) in &records {
+            while ri < ranges.len() && ranges[ri].end <= seq {
+                ri += 1;
+            }
+            if ri < ranges.len() && ranges[ri].start <= seq {
+                continue;
+            }
+            if seq < sealed_end {
+                orphaned += 1;
+            }
+            loose.push((seq, record.clone()));
+        }
+        let mut next_seq = records
             .keys()
             .next_back()
             .map_or(sealed_end, |s| (s + 1).max(sealed_end));
+        let consecutive = loose.windows(2).all(|w| w[1].0 == w[0].0 + 1);
+        let unsealed: Vec<(u64, Bytes)> = if orphaned == 0 && consecutive {
+            loose
+        } else {
+            let base = next_seq;
+            next_seq += loose.len() as u64;
+            (base..).zip(loose.into_iter().map(|(_, r)| r)).collect()
+        };
         let next_id = old.last().map_or(0, |(id, _)| id + 1);
 
         let mut spool = Spool {
@@ -279,6 +306,7 @@ impl Spool {
                 sealed: pending,
                 unsealed,
                 damage,
+                orphaned,
             },
         ))
     }
@@ -693,5 +721,32 @@ mod tests {
         assert_eq!(replay.sealed[0].seqs, 4..17);
         assert_eq!(spool.read(4..17).unwrap(), recs(4..17));
         assert_eq!(spool.read(17..30).unwrap(), recs(17..30));
+    }
+
+    #[test]
+    fn records_whose_label_was_lost_to_damage_load_again_renumbered() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut spool, _) = Spool::open(dir.path(), 1 << 30).unwrap();
+            spool.append(&recs(0..3)).unwrap();
+            spool.seal("label_zero", 0..3).unwrap();
+            spool.append(&recs(3..5)).unwrap();
+            spool.seal("label_one", 3..5).unwrap();
+        }
+        let (_, path) = list(dir.path()).unwrap().pop().unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        let at = memchr::memmem::find(&bytes, b"label_zero").unwrap();
+        bytes[at] ^= 0xff;
+        fs::write(&path, bytes).unwrap();
+
+        let (mut spool, replay) = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(replay.sealed.len(), 1);
+        assert_eq!(replay.sealed[0].label, "label_one");
+        assert_eq!(replay.orphaned, 3);
+        assert_eq!(replay.unsealed, (5..8).zip(recs(0..3)).collect::<Vec<_>>());
+        assert!(matches!(replay.damage[0].1, Damage::Corrupt { .. }));
+        // The renumbered records are where the spool says they are.
+        assert_eq!(spool.read(5..8).unwrap(), recs(0..3));
+        assert_eq!(spool.append(&recs(8..9)).unwrap(), 8..9);
     }
 }
