@@ -309,6 +309,13 @@ fn rules_that_span_fields_are_cel_in_the_crd_and_the_same_words_in_rust() {
         true,
     );
     refused(
+        "spec/acks",
+        "spooled".into(),
+        "spec.acks",
+        "`spooled` needs a spool to spool to",
+        true,
+    );
+    refused(
         "metadata/name",
         "Orders.v2".into(),
         "metadata.name",
@@ -324,6 +331,13 @@ fn what_neither_schema_nor_cel_says_the_shared_rust_check_does() {
         100.into(),
         "spec.flush.maxBytes",
         "too small",
+        false,
+    );
+    refused(
+        "spec/spool",
+        serde_json::json!({"maxBytes": "64MiB"}),
+        "spec.spool.maxBytes",
+        "cannot hold the two batches",
         false,
     );
     refused(

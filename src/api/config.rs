@@ -454,7 +454,7 @@ pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
     if sink.acks == Acks::Spooled && sink.spool_dir.is_none() {
         bad(
             "acks",
-            "`spooled` needs a spoolDir to spool to; set spoolDir, or use acks: committed".into(),
+            "`spooled` needs a spool to spool to; set spoolDir (spec.spool in a StarRocksSink), or use acks: committed".into(),
         );
     }
     let r = &sink.retry;

@@ -11,13 +11,15 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::config::{validate_sink, ConfigIssue};
-use super::sink::{FlushSpec, Format, RetrySpec, SinkSpec, StarRocksSpec};
+use super::sink::{Acks, FlushSpec, Format, RetrySpec, SinkSpec, SpoolSync, StarRocksSpec};
 use super::units::{ByteSize, HumanDuration};
 
 /// Where the sidecar's sockets live in a pod (an `emptyDir` shared with the apps).
 pub const SOCKET_DIR: &str = "/var/run/starsink";
 /// Where a sink's credentials Secret is mounted in the loader, one directory per sink.
 pub const SECRET_DIR: &str = "/etc/starsink/credentials";
+/// Where the loader's spool volume is mounted; each sink spools in a directory of its own.
+pub const SPOOL_DIR: &str = "/var/lib/starsink/spool";
 
 /// A sink: records that pods write to a Unix socket are loaded into one StarRocks table.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -60,6 +62,11 @@ pub const SECRET_DIR: &str = "/etc/starsink/credentials";
         "fieldPath": ".flush.interval",
     },
     {
+        "rule": "!has(self.acks) || self.acks != 'spooled' || has(self.spool)",
+        "message": "`spooled` needs a spool to spool to; set spool, or use acks: committed",
+        "fieldPath": ".acks",
+    },
+    {
         "rule": "!has(self.retry) || !has(self.retry.minBackoff) || !has(self.retry.maxBackoff) || duration(self.retry.maxBackoff) >= duration(self.retry.minBackoff)",
         "message": "retry.maxBackoff is below retry.minBackoff",
         "fieldPath": ".retry.maxBackoff",
@@ -84,12 +91,37 @@ pub struct StarRocksSinkSpec {
     pub retry: RetrySpec,
     /// The Secret, in the sink's namespace, holding the StarRocks user and password.
     pub credentials_secret_ref: CredentialsSecretRef,
+    /// Keep accepted records on disk in the pod until StarRocks has them (see [`SpoolSpec`]).
+    /// Unset: in memory only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<SpoolSpec>,
+    /// What the loader writes back to producers on their connection: `none`, `spooled`
+    /// (needs `spool`) or `committed`.
+    #[serde(default)]
+    pub acks: Acks,
     /// Overrides for the loader sidecar of pods that use this sink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar: Option<SidecarSpec>,
 }
 
 /// A Secret with the StarRocks credentials.
+/// A sink's spool in the pod. The injector gives the loader an `emptyDir` volume for it
+/// (sized to the spools' caps): it survives loader restarts and crashes, not the pod's
+/// deletion. Annotate the pod `starsink.io/spool-volume: NAME` to spool on a volume of
+/// its own instead (e.g. a StatefulSet's persistent volume claim).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpoolSpec {
+    /// Disk cap; when the spool is full, producers' writes wait. At least twice
+    /// `flush.maxBytes`.
+    #[serde(default = "super::sink::defaults::spool_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// When spooled records are synced to disk: `always`, `interval` (100ms or 1MiB) or
+    /// `never` (the kernel decides).
+    #[serde(default)]
+    pub sync: SpoolSync,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialsSecretRef {
@@ -176,10 +208,16 @@ impl StarRocksSinkSpec {
             flush: self.flush,
             retry: self.retry,
             dead_letter_dir: None,
-            spool_dir: None,
-            spool_sync: Default::default(),
-            spool_max_bytes: super::sink::defaults::spool_max_bytes(),
-            acks: Default::default(),
+            spool_dir: self
+                .spool
+                .as_ref()
+                .map(|_| format!("{SPOOL_DIR}/{name}").into()),
+            spool_sync: self.spool.as_ref().map(|s| s.sync).unwrap_or_default(),
+            spool_max_bytes: self
+                .spool
+                .as_ref()
+                .map_or_else(super::sink::defaults::spool_max_bytes, |s| s.max_bytes),
+            acks: self.acks,
         }
     }
 
@@ -189,9 +227,11 @@ impl StarRocksSinkSpec {
         validate_sink(&self.to_sink_spec(name, "user"), "spec")
             .into_iter()
             .map(|mut issue| {
-                if issue.key == "spec.name" {
-                    issue.key = "metadata.name".into();
-                }
+                issue.key = match issue.key.as_str() {
+                    "spec.name" => "metadata.name".into(),
+                    "spec.spoolMaxBytes" => "spec.spool.maxBytes".into(),
+                    _ => issue.key,
+                };
                 issue
             })
             .collect()

@@ -89,7 +89,7 @@ impl Acks {
 /// When spooled records are synced to disk. A process crash (or `kill -9`) loses nothing
 /// that was written under any policy: the kernel has it. A power cut or kernel crash loses
 /// what was not yet synced.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SpoolSync {
     /// After every read from a producer: nothing is lost on a power cut; slowest.

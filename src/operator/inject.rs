@@ -13,13 +13,17 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::reconcile::{config_map_name, requested_sinks, CONFIG_KEY, SINKS_ANNOTATION};
-use crate::api::resource::{SECRET_DIR, SOCKET_DIR};
+use crate::api::resource::{SECRET_DIR, SOCKET_DIR, SPOOL_DIR};
 use crate::api::StarRocksSink;
 
 /// The loader container's name.
 pub const LOADER: &str = "starsink-loader";
 /// The socket volume's name.
 pub const SOCKETS_VOLUME: &str = "starsink-sockets";
+/// The spool volume's name, when the injector adds one (an `emptyDir`).
+pub const SPOOL_VOLUME: &str = "starsink-spool";
+/// Names a volume of the pod's own to spool on instead of an `emptyDir`.
+pub const SPOOL_VOLUME_ANNOTATION: &str = "starsink.io/spool-volume";
 /// Set on an injected pod, listing the sinks its loader serves.
 pub const INJECTED_ANNOTATION: &str = "starsink.io/injected";
 /// `skip`: start the pod without sinks that do not exist, instead of denying it.
@@ -169,8 +173,31 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
         ));
     }
 
+    // Sinks with a spool share one volume: the pod's own when it names one, else an
+    // emptyDir sized to their caps (plus a tenth: segments are freed in steps).
+    let spool_bytes: u64 = found
+        .iter()
+        .filter_map(|s| s.spec.spool.as_ref())
+        .map(|sp| sp.max_bytes.0)
+        .sum();
+    let own_spool_volume = pod.annotations().get(SPOOL_VOLUME_ANNOTATION).cloned();
+    if let Some(name) = &own_spool_volume {
+        if !spec.volumes.iter().flatten().any(|v| &v.name == name) {
+            return Outcome::Denied(format!(
+                "pod {pod_name}: annotation {SPOOL_VOLUME_ANNOTATION} names volume {name}, which the pod does not have; add that volume or remove the annotation"
+            ));
+        }
+    }
+    let spool_volume = (spool_bytes > 0).then(|| {
+        own_spool_volume
+            .clone()
+            .unwrap_or_else(|| SPOOL_VOLUME.to_owned())
+    });
+    let add_spool_volume = spool_volume.is_some() && own_spool_volume.is_none();
+
     // Names and paths we add must not be taken.
     let volume_names: Vec<String> = std::iter::once(SOCKETS_VOLUME.to_owned())
+        .chain(add_spool_volume.then(|| SPOOL_VOLUME.to_owned()))
         .chain(found.iter().flat_map(|s| {
             let n = s.name_any();
             [config_volume(&n), credentials_volume(&n)]
@@ -253,6 +280,18 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Volume::default()
     });
+    if add_spool_volume {
+        volumes.push(Volume {
+            name: SPOOL_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                    (spool_bytes.saturating_add(spool_bytes / 10)).to_string(),
+                )),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
     for s in &found {
         let n = s.name_any();
         volumes.push(Volume {
@@ -291,7 +330,14 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
         }
     }
 
-    let loader = loader_container(&found, settings, shutdown_secs, native);
+    let mut loader = loader_container(&found, settings, shutdown_secs, native);
+    if let (Some(name), Some(mounts)) = (spool_volume, loader.volume_mounts.as_mut()) {
+        mounts.push(VolumeMount {
+            name,
+            mount_path: SPOOL_DIR.into(),
+            ..VolumeMount::default()
+        });
+    }
     if native {
         spec.init_containers
             .get_or_insert_with(Vec::new)
