@@ -106,10 +106,9 @@ async fn main() {
     }
     let lateness = timer_lateness().await;
     let outage = if smoke { 2 } else { 60 };
-    let (outage_peak_kib, outage_written) = dead_endpoint(Duration::from_secs(outage), None).await;
+    let down = dead_endpoint(Duration::from_secs(outage), None).await;
     let spool_cap_mib = if smoke { 128 } else { 512 };
-    let (spooled_peak_kib, spooled_written) =
-        dead_endpoint(Duration::from_secs(outage), Some(spool_cap_mib)).await;
+    let spooled = dead_endpoint(Duration::from_secs(outage), Some(spool_cap_mib)).await;
 
     println!();
     println!("| format | spool | MiB/s | loader CPU-s/GiB | idle RSS | peak RSS | loads |");
@@ -130,14 +129,20 @@ async fn main() {
     println!();
     println!(
         "StarRocks down for {outage}s while 4 producers write (maxBytes {MAX_BYTES_MIB}MiB): peak RSS {:.1} MiB; producers got {:.0} MiB in before backpressure held them",
-        outage_peak_kib as f64 / 1024.0,
-        outage_written as f64 / (1 << 20) as f64
+        down.peak_rss_kib as f64 / 1024.0,
+        down.written as f64 / (1 << 20) as f64
     );
     println!(
         "The same with a spool (spoolMaxBytes {spool_cap_mib}MiB): peak RSS {:.1} MiB; producers got {:.0} MiB in before the full spool held them",
-        spooled_peak_kib as f64 / 1024.0,
-        spooled_written as f64 / (1 << 20) as f64
+        spooled.peak_rss_kib as f64 / 1024.0,
+        spooled.written as f64 / (1 << 20) as f64
     );
+    if let Some((rss, secs, rows)) = spooled.replay {
+        println!(
+            "A new loader replayed that spool ({rows} rows) into a healthy endpoint in {secs:.1}s, peak RSS {:.1} MiB",
+            rss as f64 / 1024.0
+        );
+    }
     println!(
         "timer flush lateness over {} idle batches (interval 200ms): median {} ms, max {} ms",
         lateness.len(),
@@ -233,8 +238,9 @@ async fn throughput(format: Format, bytes: u64, spool: bool) -> Figures {
 
 /// Peak RSS of a loader whose StarRocks answers 503 to everything for `outage`, while
 /// 4 producers keep writing as fast as the loader lets them; and the bytes they got in.
-/// With `spool_mib`, the sink has a spool of that cap.
-async fn dead_endpoint(outage: Duration, spool_mib: Option<u64>) -> (u64, u64) {
+/// With `spool_mib`, the sink has a spool of that cap, and once the loader has exited a
+/// new one replays it into a healthy endpoint: its peak RSS and how long it took.
+async fn dead_endpoint(outage: Duration, spool_mib: Option<u64>) -> Outage {
     let sr = DevEndpoint::start(EndpointConfig {
         keep_rows: false,
         faults: starsink::dev_endpoint::Faults {
@@ -309,7 +315,45 @@ async fn dead_endpoint(outage: Duration, spool_mib: Option<u64>) -> (u64, u64) {
         Some(expected),
         "the exit code says what happened"
     );
-    (peak, written.load(std::sync::atomic::Ordering::Relaxed))
+    let mut out = Outage {
+        peak_rss_kib: peak,
+        written: written.load(std::sync::atomic::Ordering::Relaxed),
+        replay: None,
+    };
+    if spool_mib.is_some() {
+        sr.set_faults(Default::default());
+        let port = free_port();
+        let config = format!("metricsAddr: 127.0.0.1:{port}\n{config}");
+        let started = Instant::now();
+        let mut again = spawn_loader_logging(dir.path(), &config, &socket, "error").await;
+        let pid = again.id().expect("loader pid");
+        let replayed = loop {
+            let n = metric(port, "starsink_records_replayed_total", "down").await;
+            if n > 0 {
+                break n;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        while metric(port, "starsink_records_loaded_total", "down").await < replayed {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        out.replay = Some((
+            proc_status(pid, "VmHWM:"),
+            started.elapsed().as_secs_f64(),
+            replayed,
+        ));
+        stop(&mut again).await;
+    }
+    out
+}
+
+/// What the outage phase measured.
+struct Outage {
+    peak_rss_kib: u64,
+    /// Bytes producers got in before they were held back.
+    written: u64,
+    /// With a spool: the replaying loader's peak RSS (KiB), seconds to load it all, rows.
+    replay: Option<(u64, f64, u64)>,
 }
 
 /// How late each idle batch's timer flush commits, past its 200ms interval.
@@ -382,8 +426,13 @@ async fn stop(loader: &mut Child) {
     assert!(status.success(), "the loader exited with {status}");
 }
 
-/// `starsink_records_loaded_total` from the loader's `/metrics`.
+/// `starsink_records_loaded_total` of sink `bench` from the loader's `/metrics`.
 async fn loaded(port: u16) -> u64 {
+    metric(port, "starsink_records_loaded_total", "bench").await
+}
+
+/// A per-sink series from the loader's `/metrics` (0 while it cannot be read).
+async fn metric(port: u16, name: &str, sink: &str) -> u64 {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
         return 0;
     };
@@ -394,7 +443,7 @@ async fn loaded(port: u16) -> u64 {
     let mut text = String::new();
     let _ = s.read_to_string(&mut text).await;
     text.lines()
-        .find_map(|l| l.strip_prefix("starsink_records_loaded_total{sink=\"bench\"} "))
+        .find_map(|l| l.strip_prefix(&format!("{name}{{sink=\"{sink}\"}} ")))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }

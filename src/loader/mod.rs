@@ -104,8 +104,8 @@ pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
             tracing::warn!(sink = %sink.name, records = replay.orphaned, "spool damage took the labels of some batches; their records load again under new labels (rows StarRocks already had from them will be duplicated)");
         }
         let unsealed = replay.unsealed.len();
-        let sealed: usize = replay.sealed.iter().map(|b| b.records.len()).sum();
-        if unsealed + sealed > 0 {
+        let sealed: u64 = replay.sealed.iter().map(|b| b.rows).sum();
+        if unsealed as u64 + sealed > 0 {
             tracing::info!(sink = %sink.name, sealed_batches = replay.sealed.len(), sealed_records = sealed, unsealed_records = unsealed, "spool replay: loading what the last run left");
         }
         spools.push(Some((spool, replay)));

@@ -173,39 +173,31 @@ impl SinkTask {
         let Some(spool) = self.spool.as_mut() else {
             return 0;
         };
-        let mut start = 0usize;
-        let records: Vec<Bytes> = chunk
-            .ends
-            .iter()
-            .map(|&end| {
-                let r = chunk.data.slice(start..end as usize - 1);
-                start = end as usize;
-                r
-            })
-            .collect();
         let mut synced = false;
-        let appended = spool.append(&records).and_then(|seqs| {
-            match self.spool_sync {
-                SpoolSync::Always => {
-                    spool.sync()?;
-                    synced = true;
-                }
-                SpoolSync::Interval => {
-                    *unsynced += chunk.data.len();
-                    if *unsynced >= SYNC_BYTES {
+        let appended = spool
+            .append_chunk(&chunk.data, &chunk.ends)
+            .and_then(|seqs| {
+                match self.spool_sync {
+                    SpoolSync::Always => {
                         spool.sync()?;
                         synced = true;
-                        *unsynced = 0;
-                        *sync_due = None;
-                    } else if sync_due.is_none() {
-                        *sync_due = Some(Instant::now() + SYNC_INTERVAL);
                     }
+                    SpoolSync::Interval => {
+                        *unsynced += chunk.data.len();
+                        if *unsynced >= SYNC_BYTES {
+                            spool.sync()?;
+                            synced = true;
+                            *unsynced = 0;
+                            *sync_due = None;
+                        } else if sync_due.is_none() {
+                            *sync_due = Some(Instant::now() + SYNC_INTERVAL);
+                        }
+                    }
+                    // The page cache has it: it survives the process, which is all `never` promises.
+                    SpoolSync::Never => synced = true,
                 }
-                // The page cache has it: it survives the process, which is all `never` promises.
-                SpoolSync::Never => synced = true,
-            }
-            Ok(seqs)
-        });
+                Ok(seqs)
+            });
         match appended {
             Ok(seqs) => {
                 self.metrics.spooled.fetch_add(chunk.rows() as u64, Relaxed);
@@ -255,7 +247,7 @@ impl SinkTask {
             label: pending.label,
             batch: Sealed {
                 body: Bytes::new(),
-                rows: pending.records.len() as u64,
+                rows: pending.rows,
                 trigger: FlushTrigger::Shutdown,
             },
             start: Start::Resolve,
@@ -296,19 +288,38 @@ impl SinkTask {
                 tracing::error!(sink = %self.name, label = %next.label, rows = next.batch.rows, "the spool failed; this batch stays in the spool directory for the next start");
                 continue;
             };
-            match spool.read(seqs) {
-                Ok(records) if records.is_empty() => {
+            // The body is built straight from the frames read back: the batch is in
+            // memory once.
+            let (delimiter, open) = match self.format {
+                Format::Json => (b',', Some(b'[')),
+                Format::Csv => (b'\n', None),
+            };
+            let mut body = Vec::with_capacity(self.policy.max_bytes.min(256 << 20));
+            body.extend(open);
+            let mut rows = 0u64;
+            let read = spool.read_each(seqs, |record| {
+                body.extend_from_slice(&record);
+                body.push(delimiter);
+                rows += 1;
+            });
+            match read {
+                Ok(()) if rows == 0 => {
                     tracing::warn!(sink = %self.name, label = %next.label, "none of this batch's records survived damage to the spool; nothing to load");
                     if let Err(e) = spool.done(&next.label, Outcome::Committed) {
                         self.spool_failed("verdict", e);
                     }
                 }
-                Ok(records) => {
-                    if records.len() as u64 != next.batch.rows {
-                        tracing::warn!(sink = %self.name, label = %next.label, expected = next.batch.rows, found = records.len(), "the spool gave back fewer records than the batch had (damage found at start)");
+                Ok(()) => {
+                    if rows != next.batch.rows {
+                        tracing::warn!(sink = %self.name, label = %next.label, expected = next.batch.rows, found = rows, "the spool gave back fewer records than the batch had (damage found at start)");
                     }
-                    next.batch.rows = records.len() as u64;
-                    next.batch.body = encode_body(self.format, &records);
+                    if self.format == Format::Json {
+                        if let Some(last) = body.last_mut() {
+                            *last = b']';
+                        }
+                    }
+                    next.batch.rows = rows;
+                    next.batch.body = body.into();
                     next.on_disk = false;
                     return Some(next);
                 }
@@ -352,7 +363,7 @@ impl SinkTask {
         if let Some(replay) = self.replay.take() {
             let mut count = 0;
             for pending in replay.sealed {
-                count += pending.records.len() as u64;
+                count += pending.rows;
                 backlog.push_back(self.replayed_batch(pending));
             }
             if let Some((first, _)) = replay.unsealed.first() {
@@ -710,19 +721,6 @@ async fn dead_letter(
     });
     tokio::fs::write(dir.join(format!("{label}.reason.json")), meta.to_string()).await?;
     Ok(data)
-}
-
-/// Records (each without its line end) as a Stream Load body.
-fn encode_body(format: Format, records: &[Bytes]) -> Bytes {
-    let chunk = encode_records(format, records);
-    let mut body = chunk.data.to_vec();
-    if format == Format::Json {
-        body.insert(0, b'[');
-        if let Some(last) = body.last_mut() {
-            *last = b']';
-        }
-    }
-    body.into()
 }
 
 /// Records (each without its line end) as a chunk: each followed by the body's delimiter.

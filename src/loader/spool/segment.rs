@@ -151,15 +151,43 @@ impl Frame {
         out.extend_from_slice(data);
     }
 
-    /// The one whole, valid frame `bytes` holds (as written by [`Frame::encode`]).
-    pub fn decode_exact(bytes: &[u8]) -> Option<Frame> {
-        match frame_at(bytes, 0) {
+    /// Appends a Records frame whose data is `data` as changed in place by `fix` (once
+    /// copied into `out`): one copy, and the CRC taken over the result.
+    pub fn encode_records_with(
+        out: &mut Vec<u8>,
+        first_seq: u64,
+        count: u32,
+        data: &[u8],
+        fix: impl FnOnce(&mut [u8]),
+    ) {
+        let mut head = Vec::with_capacity(13);
+        head.push(1);
+        head.put_u64_le(first_seq);
+        head.put_u32_le(count);
+        let start = out.len();
+        out.reserve(FRAME_HEAD + head.len() + data.len());
+        out.extend_from_slice(&MARKER);
+        out.put_u32_le(u32::try_from(head.len() + data.len()).unwrap_or(u32::MAX));
+        out.put_u32_le(0);
+        out.extend_from_slice(&head);
+        let data_at = out.len();
+        out.extend_from_slice(data);
+        fix(&mut out[data_at..]);
+        let crc = crc32fast::hash(&out[start + FRAME_HEAD..]);
+        out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// The one whole, valid frame `bytes` holds (as written by [`Frame::encode`]); a
+    /// Records frame's data shares `bytes`' memory.
+    pub fn decode_exact(bytes: &Bytes) -> Option<Frame> {
+        match frame_at(bytes, 0, &|s| bytes.slice_ref(s)) {
             Some((frame, end)) if end == bytes.len() => Some(frame),
             _ => None,
         }
     }
 
-    fn decode(body: &[u8]) -> Option<Frame> {
+    /// `share` makes the Bytes of a Records frame's data from its slice of `body`.
+    fn decode(body: &[u8], share: Share<'_>) -> Option<Frame> {
         let (&kind, mut rest) = body.split_first()?;
         match kind {
             1 => {
@@ -168,7 +196,7 @@ impl Frame {
                 Some(Frame::Records {
                     first_seq,
                     count,
-                    data: Bytes::copy_from_slice(rest),
+                    data: share(rest),
                 })
             }
             2 => {
@@ -223,8 +251,11 @@ fn take_str(b: &mut &[u8]) -> Option<String> {
     Some(s)
 }
 
+/// Makes a Records frame's data from its slice of the segment: a copy, or a view.
+type Share<'a> = &'a dyn Fn(&[u8]) -> Bytes;
+
 /// A whole, valid frame at `at`: the frame and where it ends.
-fn frame_at(seg: &[u8], at: usize) -> Option<(Frame, usize)> {
+fn frame_at(seg: &[u8], at: usize, share: Share<'_>) -> Option<(Frame, usize)> {
     let head = seg.get(at..at + FRAME_HEAD)?;
     if head[..4] != MARKER {
         return None;
@@ -238,7 +269,7 @@ fn frame_at(seg: &[u8], at: usize) -> Option<(Frame, usize)> {
     if crc32fast::hash(body) != crc {
         return None;
     }
-    Some((Frame::decode(body)?, at + FRAME_HEAD + len))
+    Some((Frame::decode(body, share)?, at + FRAME_HEAD + len))
 }
 
 /// The next offset after `from` where a whole valid frame starts.
@@ -246,7 +277,7 @@ fn resync(seg: &[u8], from: usize) -> Option<usize> {
     let mut at = from;
     while let Some(i) = memchr::memmem::find(&seg[at..], &MARKER) {
         let candidate = at + i;
-        if frame_at(seg, candidate).is_some() {
+        if frame_at(seg, candidate, &|_| Bytes::new()).is_some() {
             return Some(candidate);
         }
         at = candidate + 1;
@@ -257,6 +288,15 @@ fn resync(seg: &[u8], from: usize) -> Option<usize> {
 /// Reads a segment, tolerating damage: a torn tail is cut off, corrupt bytes in the
 /// middle are skipped to the next readable frame. Only a newer format is an error.
 pub fn read(seg: &[u8]) -> Result<Recovered, FormatError> {
+    read_with(seg, &|s| Bytes::copy_from_slice(s))
+}
+
+/// [`read`], with the Records frames' data sharing `seg`'s memory (no copy).
+pub fn read_shared(seg: &Bytes) -> Result<Recovered, FormatError> {
+    read_with(seg, &|s| seg.slice_ref(s))
+}
+
+fn read_with(seg: &[u8], share: Share<'_>) -> Result<Recovered, FormatError> {
     let mut out = Recovered::default();
     if seg.is_empty() {
         out.damage.push(Damage::Empty);
@@ -273,7 +313,7 @@ pub fn read(seg: &[u8]) -> Result<Recovered, FormatError> {
     let mut at = HEADER_LEN;
     out.end = at;
     while at < seg.len() {
-        if let Some((frame, next)) = frame_at(seg, at) {
+        if let Some((frame, next)) = frame_at(seg, at, share) {
             out.frames.push(frame);
             at = next;
             out.end = at;

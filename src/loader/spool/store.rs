@@ -42,13 +42,20 @@ pub enum SpoolError {
     },
 }
 
-/// A sealed batch that has no verdict yet: resolve its label before any re-send.
+/// A sealed batch that has no verdict yet: resolve its label before any re-send. Its
+/// records stay on disk; [`Spool::read`] gives them back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingBatch {
     pub label: String,
     pub seqs: Range<u64>,
-    /// The batch's records, each without its `\n`.
-    pub records: Vec<Bytes>,
+    /// Records of it the spool still has (fewer than `seqs` after damage).
+    pub rows: u64,
+}
+
+/// The start of the (sorted, disjoint) range in `ranges` holding `seq`.
+fn batch_start(ranges: &[Range<u64>], seq: u64) -> u64 {
+    let i = ranges.partition_point(|r| r.end <= seq);
+    ranges.get(i).map_or(seq, |r| r.start)
 }
 
 /// What the spool held at open.
@@ -153,6 +160,11 @@ impl Spool {
     }
 
     /// [`Spool::open`], with segments closed past `segment_bytes`.
+    ///
+    /// Memory stays bounded by one segment whatever the spool holds: a first pass reads
+    /// each segment in turn and keeps only where records are and which batches are
+    /// pending; a second pass copies the pending records, segment by segment, into fresh
+    /// segments.
     pub fn open_with(
         dir: &Path,
         segment_bytes: u64,
@@ -161,18 +173,23 @@ impl Spool {
         let err = io_err(dir);
         fs::create_dir_all(dir).map_err(&err)?;
         let old = list(dir).map_err(&err)?;
+        let read_segment = |path: &PathBuf| -> Result<segment::Recovered, SpoolError> {
+            let bytes = Bytes::from(fs::read(path).map_err(&err)?);
+            segment::read_shared(&bytes).map_err(|source| SpoolError::Format {
+                file: path.clone(),
+                source,
+            })
+        };
 
-        let mut records: BTreeMap<u64, Bytes> = BTreeMap::new();
+        // Pass 1: what is where.
+        let mut record_seqs: Vec<Range<u64>> = Vec::new();
         let mut sealed: Vec<(String, Range<u64>)> = Vec::new();
+        let mut seen_labels: HashSet<String> = HashSet::new();
         let mut done: HashSet<String> = HashSet::new();
         let mut damage = Vec::new();
         let mut corrupt = Vec::new();
         for (_, path) in &old {
-            let bytes = fs::read(path).map_err(&err)?;
-            let r = segment::read(&bytes).map_err(|source| SpoolError::Format {
-                file: path.clone(),
-                source,
-            })?;
+            let r = read_segment(path)?;
             for d in r.damage {
                 if matches!(d, Damage::Corrupt { .. } | Damage::BadHeader) {
                     corrupt.push(path.clone());
@@ -184,16 +201,15 @@ impl Spool {
                     Frame::Records {
                         first_seq, data, ..
                     } => {
-                        for (seq, line) in (first_seq..).zip(lines(&data)) {
-                            records.insert(seq, line);
-                        }
+                        let n = lines(&data).count() as u64;
+                        record_seqs.push(first_seq..first_seq + n);
                     }
                     Frame::Sealed {
                         first_seq,
                         end_seq,
                         label,
                     } => {
-                        if !sealed.iter().any(|(l, _)| *l == label) {
+                        if seen_labels.insert(label.clone()) {
                             sealed.push((label, first_seq..end_seq));
                         }
                     }
@@ -204,53 +220,52 @@ impl Spool {
             }
         }
 
-        let sealed_end = sealed.iter().map(|(_, r)| r.end).max().unwrap_or(0);
-        let mut ranges: Vec<Range<u64>> = sealed.iter().map(|(_, r)| r.clone()).collect();
-        ranges.sort_by_key(|r| r.start);
-        let pending: Vec<PendingBatch> = sealed
-            .into_iter()
-            .filter(|(label, _)| !done.contains(label))
-            .map(|(label, seqs)| PendingBatch {
-                records: seqs
-                    .clone()
-                    .filter_map(|s| records.get(&s).cloned())
-                    .collect(),
-                label,
-                seqs,
-            })
-            .collect();
         // Records in no readable batch: those after the last seal, and any whose Sealed
         // frame was lost to damage (their fate is unknown: they load again, under a new
         // label). Renumbered when that closes gaps, so that they are consecutive.
-        let mut ri = 0;
-        let mut loose: Vec<(u64, Bytes)> = Vec::new();
+        let sealed_end = sealed.iter().map(|(_, r)| r.end).max().unwrap_or(0);
+        let mut ranges: Vec<Range<u64>> = sealed.iter().map(|(_, r)| r.clone()).collect();
+        ranges.sort_by_key(|r| r.start);
+        let in_a_batch = |seq: u64| {
+            let i = ranges.partition_point(|r| r.end <= seq);
+            i < ranges.len() && ranges[i].start <= seq
+        };
+        let mut loose: Vec<u64> = Vec::new();
         let mut orphaned = 0u64;
-        for (&seq, record) in &records {
-            while ri < ranges.len() && ranges[ri].end <= seq {
-                ri += 1;
+        let mut last_seq = None;
+        for r in &record_seqs {
+            for seq in r.clone() {
+                last_seq = Some(last_seq.map_or(seq, |l: u64| l.max(seq)));
+                if !in_a_batch(seq) {
+                    orphaned += u64::from(seq < sealed_end);
+                    loose.push(seq);
+                }
             }
-            if ri < ranges.len() && ranges[ri].start <= seq {
-                continue;
-            }
-            if seq < sealed_end {
-                orphaned += 1;
-            }
-            loose.push((seq, record.clone()));
         }
-        let mut next_seq = records
-            .keys()
-            .next_back()
-            .map_or(sealed_end, |s| (s + 1).max(sealed_end));
-        let consecutive = loose.windows(2).all(|w| w[1].0 == w[0].0 + 1);
-        let unsealed: Vec<(u64, Bytes)> = if orphaned == 0 && consecutive {
-            loose
+        loose.sort_unstable();
+        loose.dedup();
+        let mut next_seq = last_seq.map_or(sealed_end, |s| (s + 1).max(sealed_end));
+        let consecutive = loose.windows(2).all(|w| w[1] == w[0] + 1);
+        // Where each loose record goes: its own number, or the next free ones.
+        let renumber: BTreeMap<u64, u64> = if orphaned == 0 && consecutive {
+            loose.iter().map(|s| (*s, *s)).collect()
         } else {
             let base = next_seq;
             next_seq += loose.len() as u64;
-            (base..).zip(loose.into_iter().map(|(_, r)| r)).collect()
+            loose.iter().zip(base..).map(|(s, n)| (*s, n)).collect()
         };
-        let next_id = old.last().map_or(0, |(id, _)| id + 1);
+        let pending: Vec<(String, Range<u64>)> = sealed
+            .into_iter()
+            .filter(|(label, _)| !done.contains(label))
+            .collect();
+        let mut pending_ranges: Vec<Range<u64>> = pending.iter().map(|(_, r)| r.clone()).collect();
+        pending_ranges.sort_by_key(|r| r.start);
+        let is_pending = |seq: u64| {
+            let i = pending_ranges.partition_point(|r| r.end <= seq);
+            i < pending_ranges.len() && pending_ranges[i].start <= seq
+        };
 
+        let next_id = old.last().map_or(0, |(id, _)| id + 1);
         let mut spool = Spool {
             dir: dir.to_owned(),
             segments: Vec::new(),
@@ -273,19 +288,71 @@ impl Spool {
             records_end: 0,
             open_labels: HashSet::new(),
         });
-        // Rewrite what is still pending, sync it, then drop the old segments.
-        for batch in &pending {
-            spool.write_records(batch.seqs.start, &batch.records);
-            spool.write_frame(&Frame::Sealed {
-                first_seq: batch.seqs.start,
-                end_seq: batch.seqs.end,
-                label: batch.label.clone(),
-            });
-            spool.note_sealed(&batch.label, batch.seqs.end);
+
+        // Pass 2: copy what is pending, one old segment at a time. Each record is copied
+        // once, even if a crash during an earlier open left it in two segments.
+        let mut rows: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut unsealed: Vec<(u64, Bytes)> = Vec::new();
+        let mut copied: HashSet<u64> = HashSet::new();
+        let io = |e| SpoolError::Io {
+            dir: dir.to_owned(),
+            source: e,
+        };
+        for (_, path) in &old {
+            let r = read_segment(path)?;
+            for frame in r.frames {
+                let Frame::Records {
+                    first_seq, data, ..
+                } = frame
+                else {
+                    continue;
+                };
+                let mut run: Vec<Bytes> = Vec::new();
+                let mut run_start = 0;
+                for (seq, line) in (first_seq..).zip(lines(&data)) {
+                    let target = if is_pending(seq) {
+                        *rows.entry(batch_start(&pending_ranges, seq)).or_default() += 1;
+                        Some(seq)
+                    } else {
+                        renumber.get(&seq).copied()
+                    };
+                    let Some(target) = target.filter(|t| copied.insert(*t)) else {
+                        continue;
+                    };
+                    if renumber.contains_key(&seq) {
+                        unsealed.push((target, line.clone()));
+                    }
+                    if !run.is_empty() && run_start + run.len() as u64 != target {
+                        spool.write_records(run_start, &std::mem::take(&mut run));
+                        spool.flush().map_err(io)?;
+                        spool.maybe_roll().map_err(io)?;
+                    }
+                    if run.is_empty() {
+                        run_start = target;
+                    }
+                    run.push(line);
+                }
+                if !run.is_empty() {
+                    spool.write_records(run_start, &run);
+                    spool.flush().map_err(io)?;
+                    spool.maybe_roll().map_err(io)?;
+                }
+            }
         }
-        if let Some((first, _)) = unsealed.first() {
-            let lines: Vec<Bytes> = unsealed.iter().map(|(_, b)| b.clone()).collect();
-            spool.write_records(*first, &lines);
+        unsealed.sort_by_key(|(s, _)| *s);
+        let mut replay_sealed = Vec::with_capacity(pending.len());
+        for (label, seqs) in pending {
+            spool.write_frame(&Frame::Sealed {
+                first_seq: seqs.start,
+                end_seq: seqs.end,
+                label: label.clone(),
+            });
+            spool.note_sealed(&label, seqs.end);
+            replay_sealed.push(PendingBatch {
+                rows: rows.get(&seqs.start).copied().unwrap_or(0),
+                label,
+                seqs,
+            });
         }
         spool.flush().map_err(&err)?;
         spool.file.sync_data().map_err(&err)?;
@@ -303,7 +370,7 @@ impl Spool {
         Ok((
             spool,
             Replay {
-                sealed: pending,
+                sealed: replay_sealed,
                 unsealed,
                 damage,
                 orphaned,
@@ -379,6 +446,40 @@ impl Spool {
         let first = self.next_seq;
         self.write_records(first, records);
         self.next_seq += records.len() as u64;
+        self.flush()?;
+        self.maybe_roll()?;
+        Ok(first..self.next_seq)
+    }
+
+    /// Appends a chunk's records: `data` holds them each followed by one delimiter byte,
+    /// record `i` ending (delimiter included) at `ends[i]`. The delimiters are written as
+    /// `\n`, in one copy from `data` into the segment's buffer.
+    pub fn append_chunk(&mut self, data: &[u8], ends: &[u32]) -> io::Result<Range<u64>> {
+        let first = self.next_seq;
+        let count = ends.len() as u64;
+        let offset = self.file_len + self.buf.len() as u64;
+        let Some(&last) = ends.last() else {
+            return Ok(first..first);
+        };
+        let body = &data[..last as usize];
+        Frame::encode_records_with(&mut self.buf, first, ends.len() as u32, body, |out| {
+            for &end in ends {
+                out[end as usize - 1] = b'\n';
+            }
+        });
+        let len = (self.file_len + self.buf.len() as u64 - offset) as usize;
+        self.index.insert(
+            first,
+            RecordsAt {
+                segment: self.next_id - 1,
+                offset,
+                len,
+            },
+        );
+        if let Some(seg) = self.segments.last_mut() {
+            seg.records_end = seg.records_end.max(first + count);
+        }
+        self.next_seq += count;
         self.flush()?;
         self.maybe_roll()?;
         Ok(first..self.next_seq)
@@ -492,6 +593,14 @@ impl Spool {
     /// Reads back the records `seqs` (each without `\n`), for a batch that waited on disk.
     /// Records the spool lost to damage before this run are not there: fewer come back.
     pub fn read(&mut self, seqs: Range<u64>) -> io::Result<Vec<Bytes>> {
+        let mut out = Vec::with_capacity((seqs.end - seqs.start) as usize);
+        self.read_each(seqs, |r| out.push(r))?;
+        Ok(out)
+    }
+
+    /// [`Spool::read`], handing each record to `each` (a view of one frame read from disk,
+    /// so that a batch is held in memory once, where `each` puts it).
+    pub fn read_each(&mut self, seqs: Range<u64>, mut each: impl FnMut(Bytes)) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
         self.flush()?;
         let from = self
@@ -499,7 +608,6 @@ impl Spool {
             .range(..=seqs.start)
             .next_back()
             .map_or(seqs.start, |(first, _)| *first);
-        let mut out = Vec::with_capacity((seqs.end - seqs.start) as usize);
         let mut open: Option<(u64, File)> = None;
         for (_, at) in self.index.range(from..seqs.end) {
             let file = match &open {
@@ -511,6 +619,7 @@ impl Spool {
             };
             let mut bytes = vec![0; at.len];
             file.read_exact_at(&mut bytes, at.offset)?;
+            let bytes = Bytes::from(bytes);
             let Some(Frame::Records {
                 first_seq, data, ..
             }) = Frame::decode_exact(&bytes)
@@ -526,11 +635,11 @@ impl Spool {
             };
             for (seq, line) in (first_seq..).zip(lines(&data)) {
                 if seqs.contains(&seq) {
-                    out.push(line);
+                    each(line);
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Segment files currently on disk.
@@ -580,9 +689,10 @@ mod tests {
             vec![PendingBatch {
                 label: "p_s_1_1".into(),
                 seqs: 4..6,
-                records: recs(4..6)
+                rows: 2
             }]
         );
+        assert_eq!(spool.read(4..6).unwrap(), recs(4..6));
         assert_eq!(replay.unsealed, (6..8).zip(recs(6..8)).collect::<Vec<_>>());
         assert!(replay.damage.is_empty());
         // New records continue the numbering.
@@ -748,5 +858,23 @@ mod tests {
         // The renumbered records are where the spool says they are.
         assert_eq!(spool.read(5..8).unwrap(), recs(0..3));
         assert_eq!(spool.append(&recs(8..9)).unwrap(), 8..9);
+    }
+
+    #[test]
+    fn a_chunk_is_spooled_as_its_records_whatever_its_delimiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 30).unwrap();
+        // A JSON chunk: records each followed by `,`.
+        let data = b"{\"id\":0},{\"id\":1},{\"id\":2},";
+        assert_eq!(spool.append_chunk(data, &[9, 18, 27]).unwrap(), 0..3);
+        // A CSV chunk: records each followed by `\n`.
+        assert_eq!(spool.append_chunk(b"3,x\n4,y\n", &[4, 8]).unwrap(), 3..5);
+        let mut want = recs(0..3);
+        want.extend([Bytes::from("3,x"), Bytes::from("4,y")]);
+        assert_eq!(spool.read(0..5).unwrap(), want);
+        drop(spool);
+        let (_, replay) = Spool::open(dir.path(), 1 << 30).unwrap();
+        let unsealed: Vec<Bytes> = replay.unsealed.into_iter().map(|(_, r)| r).collect();
+        assert_eq!(unsealed, want);
     }
 }
