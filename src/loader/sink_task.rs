@@ -258,19 +258,23 @@ impl SinkTask {
     }
 
     /// A sealed batch goes to `waiting` when that is free and nothing is queued before
-    /// it; otherwise (only with a spool) it waits on disk, its body dropped from memory.
+    /// it. With a spool it waits on disk instead, its body dropped from memory, whenever
+    /// it cannot be sent at once: memory then holds the batch loading and the one
+    /// filling, never a third.
     fn enqueue(
         &self,
         sealed: Option<Labelled>,
         waiting: &mut Option<Labelled>,
         backlog: &mut VecDeque<Labelled>,
+        loading: bool,
     ) {
         let Some(mut next) = sealed else { return };
-        if waiting.is_none() && backlog.is_empty() {
+        let on_disk = self.spool.is_some() && next.seqs.is_some();
+        if waiting.is_none() && backlog.is_empty() && !(loading && on_disk) {
             *waiting = Some(next);
             return;
         }
-        if self.spool.is_some() && next.seqs.is_some() {
+        if on_disk {
             next.batch.body = Bytes::new();
             next.on_disk = true;
         }
@@ -390,9 +394,6 @@ impl SinkTask {
                     in_flight = Some(self.start_load(next));
                 }
             }
-            if waiting.is_none() && !backlog.is_empty() {
-                waiting = self.take_backlog(&mut backlog);
-            }
             if self.can_seal(&waiting) {
                 if let Some((chunk, from, base)) = leftover.take() {
                     let pushed = filling.push(&chunk, from);
@@ -408,7 +409,7 @@ impl SinkTask {
                     if let Some((next, trigger)) = pushed {
                         let sealed =
                             self.seal(&mut filling, &mut filling_seqs, &mut filling_acks, trigger);
-                        self.enqueue(sealed, &mut waiting, &mut backlog);
+                        self.enqueue(sealed, &mut waiting, &mut backlog, in_flight.is_some());
                         leftover = (next < chunk.rows()).then_some((chunk, next, base));
                     }
                     self.update_buffered(&filling, &waiting, &in_flight);
@@ -423,7 +424,7 @@ impl SinkTask {
                         &mut filling_acks,
                         FlushTrigger::Shutdown,
                     );
-                    self.enqueue(sealed, &mut waiting, &mut backlog);
+                    self.enqueue(sealed, &mut waiting, &mut backlog, in_flight.is_some());
                     continue;
                 }
                 if in_flight.is_none() && waiting.is_none() && backlog.is_empty() {
@@ -501,7 +502,7 @@ impl SinkTask {
                     stop_seen = true;
                     if self.can_seal(&waiting) && !filling.is_empty() {
                         let sealed = self.seal(&mut filling, &mut filling_seqs, &mut filling_acks, FlushTrigger::Shutdown);
-                        self.enqueue(sealed, &mut waiting, &mut backlog);
+                        self.enqueue(sealed, &mut waiting, &mut backlog, in_flight.is_some());
                     }
                 }
                 _ = tokio::time::sleep_until(sync_due.unwrap_or_else(Instant::now)), if sync_due.is_some() => {
@@ -515,7 +516,7 @@ impl SinkTask {
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && self.can_seal(&waiting) => {
                     let sealed = self.seal(&mut filling, &mut filling_seqs, &mut filling_acks, FlushTrigger::Interval);
-                    self.enqueue(sealed, &mut waiting, &mut backlog);
+                    self.enqueue(sealed, &mut waiting, &mut backlog, in_flight.is_some());
                 }
                 chunk = self.rx.recv(), if input_open && self.can_seal(&waiting) && leftover.is_none() && !spool_full => {
                     match chunk {
