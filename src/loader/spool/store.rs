@@ -320,7 +320,8 @@ impl Spool {
                         continue;
                     };
                     if renumber.contains_key(&seq) {
-                        unsealed.push((target, line.clone()));
+                        // A copy: a view would keep the whole segment's buffer alive.
+                        unsealed.push((target, Bytes::copy_from_slice(&line)));
                     }
                     if !run.is_empty() && run_start + run.len() as u64 != target {
                         spool.write_records(run_start, &std::mem::take(&mut run));
