@@ -52,6 +52,34 @@ pub struct PendingBatch {
     pub rows: u64,
 }
 
+/// A set of sequence numbers kept as disjoint runs: small however many it holds, as
+/// long as they come mostly in order (as records do).
+#[derive(Default)]
+struct SeqSet {
+    /// start -> end (exclusive).
+    runs: BTreeMap<u64, u64>,
+}
+
+impl SeqSet {
+    /// Adds `seq`; false if it was there already.
+    fn insert(&mut self, seq: u64) -> bool {
+        let before = self.runs.range(..=seq).next_back().map(|(s, e)| (*s, *e));
+        if before.is_some_and(|(_, e)| e > seq) {
+            return false;
+        }
+        let start = match before {
+            Some((s, e)) if e == seq => s,
+            _ => seq,
+        };
+        let mut end = seq + 1;
+        if let Some(next_end) = self.runs.remove(&end) {
+            end = next_end;
+        }
+        self.runs.insert(start, end);
+        true
+    }
+}
+
 /// The start of the (sorted, disjoint) range in `ranges` holding `seq`.
 fn batch_start(ranges: &[Range<u64>], seq: u64) -> u64 {
     let i = ranges.partition_point(|r| r.end <= seq);
@@ -293,7 +321,7 @@ impl Spool {
         // once, even if a crash during an earlier open left it in two segments.
         let mut rows: BTreeMap<u64, u64> = BTreeMap::new();
         let mut unsealed: Vec<(u64, Bytes)> = Vec::new();
-        let mut copied: HashSet<u64> = HashSet::new();
+        let mut copied = SeqSet::default();
         let io = |e| SpoolError::Io {
             dir: dir.to_owned(),
             source: e,
@@ -877,5 +905,20 @@ mod tests {
         let (_, replay) = Spool::open(dir.path(), 1 << 30).unwrap();
         let unsealed: Vec<Bytes> = replay.unsealed.into_iter().map(|(_, r)| r).collect();
         assert_eq!(unsealed, want);
+    }
+
+    #[test]
+    fn a_seq_set_keeps_runs() {
+        let mut set = SeqSet::default();
+        for s in [5, 6, 7, 3, 4, 9] {
+            assert!(set.insert(s), "{s}");
+        }
+        for s in [3, 5, 7, 9] {
+            assert!(!set.insert(s), "{s}");
+        }
+        assert_eq!(
+            set.runs.into_iter().collect::<Vec<_>>(),
+            vec![(3, 8), (9, 10)]
+        );
     }
 }
