@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
@@ -216,6 +216,8 @@ async fn connection(
         if buf.capacity() - buf.len() < READ_SIZE / 4 {
             buf.reserve(READ_SIZE);
         }
+        // At most READ_SIZE a read, whatever the buffer grew to: a chunk is bounded.
+        let mut limited = (&mut buf).limit(READ_SIZE);
         let r = tokio::select! {
             biased;
             _ = drain.cancelled() => {
@@ -227,7 +229,7 @@ async fn connection(
                 publish(line_no, last_record, true);
                 return;
             }
-            r = read.read_buf(&mut buf) => r,
+            r = read.read_buf(&mut limited) => r,
         };
         let arrived = Instant::now();
         let eof = match r {

@@ -471,6 +471,7 @@ impl Spool {
     }
 
     /// Appends accepted records (each without `\n`); returns their sequence numbers.
+    #[cfg(test)]
     pub fn append(&mut self, records: &[Bytes]) -> io::Result<Range<u64>> {
         let first = self.next_seq;
         self.write_records(first, records);
