@@ -104,28 +104,17 @@ async fn main() {
             all.push(throughput(format, bytes, spool).await);
         }
     }
+    if args.iter().any(|a| a == "--throughput-only") {
+        print_throughput(&all);
+        return;
+    }
     let lateness = timer_lateness().await;
     let outage = if smoke { 2 } else { 60 };
     let down = dead_endpoint(Duration::from_secs(outage), None).await;
     let spool_cap_mib = if smoke { 128 } else { 512 };
     let spooled = dead_endpoint(Duration::from_secs(outage), Some(spool_cap_mib)).await;
 
-    println!();
-    println!("| format | spool | MiB/s | loader CPU-s/GiB | idle RSS | peak RSS | loads |");
-    println!("|---|---|---|---|---|---|---|");
-    for f in &all {
-        let gib = f.bytes as f64 / (1u64 << 30) as f64;
-        println!(
-            "| {} | {} | {:.0} | {:.2} | {:.1} MiB | {:.1} MiB | {} |",
-            f.format.name(),
-            if f.spool { "interval" } else { "none" },
-            f.bytes as f64 / (1 << 20) as f64 / f.secs,
-            f.cpu_secs / gib,
-            f.idle_rss_kib as f64 / 1024.0,
-            f.peak_rss_kib as f64 / 1024.0,
-            f.loads
-        );
-    }
+    print_throughput(&all);
     println!();
     println!(
         "StarRocks down for {outage}s while 4 producers write (maxBytes {MAX_BYTES_MIB}MiB): peak RSS {:.1} MiB; producers got {:.0} MiB in before backpressure held them",
@@ -149,6 +138,25 @@ async fn main() {
         lateness[lateness.len() / 2].as_millis(),
         lateness[lateness.len() - 1].as_millis()
     );
+}
+
+fn print_throughput(all: &[Figures]) {
+    println!();
+    println!("| format | spool | MiB/s | loader CPU-s/GiB | idle RSS | peak RSS | loads |");
+    println!("|---|---|---|---|---|---|---|");
+    for f in all {
+        let gib = f.bytes as f64 / (1u64 << 30) as f64;
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.1} MiB | {:.1} MiB | {} |",
+            f.format.name(),
+            if f.spool { "interval" } else { "none" },
+            f.bytes as f64 / (1 << 20) as f64 / f.secs,
+            f.cpu_secs / gib,
+            f.idle_rss_kib as f64 / 1024.0,
+            f.peak_rss_kib as f64 / 1024.0,
+            f.loads
+        );
+    }
 }
 
 /// Writes `bytes` of rows through `CONNECTIONS` connections and waits until all are loaded.
