@@ -348,7 +348,24 @@ async fn the_size_trigger_keeps_bodies_under_max_bytes_and_off_the_fe() {
     // With a 1h interval, only the size trigger can load these before shutdown.
     let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
     let expected_loads = bytes / (64 << 10);
-    assert!(sr.wait_for_rows(1, Duration::from_secs(10)).await);
+    // Every full batch is sealed by size once the loader has read the lines; only then
+    // does SIGTERM flush the rest (writing to the socket finishes before the reading).
+    let size_flushes = |loader: &Loader| {
+        loader
+            .log_json()
+            .iter()
+            .filter(|l| l["trigger"] == "size")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while size_flushes(&loader) < expected_loads {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} size flushes within 10s, expected {expected_loads}",
+            size_flushes(&loader)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     loader.signal(Signal::SIGTERM);
     assert!(
         loader.wait_exit(Duration::from_secs(20)).await.success(),
@@ -380,15 +397,7 @@ async fn the_size_trigger_keeps_bodies_under_max_bytes_and_off_the_fe() {
     assert_eq!(st.fe_body_bytes, 0, "body bytes reached the FE");
     assert_eq!(st.auth_failures, 0);
     assert_eq!(st.missing_expect, 0);
-    let size_flushes = loader
-        .log_json()
-        .iter()
-        .filter(|l| l["trigger"] == "size")
-        .count();
-    assert!(
-        size_flushes >= expected_loads,
-        "{size_flushes} size flushes"
-    );
+    assert!(size_flushes(&loader) >= expected_loads);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
