@@ -43,11 +43,7 @@ fn spool_disk_bytes(spool: &Path) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_stops_the_reads_until_loads_free_space_and_loses_nothing() {
     let spool = tempfile::tempdir().unwrap();
-    let sr = endpoint(Faults {
-        unavailable: 1.0,
-        ..Faults::default()
-    })
-    .await;
+    let sr = down_endpoint().await;
     let fe = sr.fe_url();
     const CAP: u64 = 256 << 10;
     let mut loader = Loader::start(|dir| {
@@ -190,11 +186,7 @@ fn expected_errs() -> Vec<(u64, String)> {
 async fn acks_spooled_count_every_line_and_name_the_refused_ones() {
     let spool = tempfile::tempdir().unwrap();
     // StarRocks is down: `spooled` acks must not wait for it.
-    let sr = endpoint(Faults {
-        unavailable: 1.0,
-        ..Faults::default()
-    })
-    .await;
+    let sr = down_endpoint().await;
     let fe = sr.fe_url();
     let mut loader = Loader::start(|dir| {
         spooled_sink(
@@ -511,11 +503,7 @@ async fn kill_9_at_random_moments_loses_no_acked_row_and_loads_none_twice() {
 /// Records frames and sealed batches), left by a loader stopped with exit code 4.
 async fn spool_with_300_unloaded_rows() -> tempfile::TempDir {
     let spool = tempfile::tempdir().unwrap();
-    let sr = endpoint(Faults {
-        unavailable: 1.0,
-        ..Faults::default()
-    })
-    .await;
+    let sr = down_endpoint().await;
     let fe = sr.fe_url();
     let mut loader = Loader::start(|dir| {
         spooled_sink(
@@ -669,4 +657,37 @@ async fn a_damaged_spool_is_repaired_at_start_and_what_is_readable_loads_once() 
 
 fn memchr_find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_acks_the_loader_leaves_its_side_of_the_connection_open() {
+    use tokio::io::AsyncWriteExt;
+    let sr = endpoint(Faults::default()).await;
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| {
+        format!(
+            "labelPrefix: quiet\nsinks:\n{}",
+            sink_yaml(
+                "orders",
+                &dir.join("orders.sock"),
+                &fe,
+                "    flush:\n      interval: 50ms\n"
+            )
+        )
+    })
+    .await;
+    let mut conn = connect(&loader.socket("orders")).await;
+    conn.write_all(format!("{}\n", padded_row(0, 10)).as_bytes())
+        .await
+        .unwrap();
+    // The record is loaded, so its connection task is well under way. An end of file
+    // here would tell a bidirectional producer (`socat -`) that the session is over.
+    assert!(sr.wait_for_rows(1, Duration::from_secs(10)).await);
+    let mut byte = [0u8; 1];
+    match conn.try_read(&mut byte) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the loader closed or wrote on a connection without acks: {other:?}"),
+    }
+    drop(conn);
+    loader.stop_expecting(0).await;
 }

@@ -98,11 +98,7 @@ async fn refused_batches_are_dead_lettered_with_their_reason_and_the_exit_code_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starrocks_down_through_the_shutdown_budget_exits_one_and_counts_the_lost_rows() {
-    let sr = endpoint(Faults {
-        unavailable: 1.0,
-        ..Faults::default()
-    })
-    .await;
+    let sr = down_endpoint().await;
     let fe = sr.fe_url();
     let mut loader = Loader::start(|dir| {
         format!(
@@ -143,11 +139,7 @@ async fn starrocks_down_through_the_shutdown_budget_exits_one_and_counts_the_los
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once_with_the_accounting_line() {
-    let sr = endpoint(Faults {
-        unavailable: 1.0,
-        ..Faults::default()
-    })
-    .await;
+    let sr = down_endpoint().await;
     let fe = sr.fe_url();
     let mut loader = Loader::start(|dir| {
         format!(
@@ -345,11 +337,7 @@ async fn a_bad_config_stops_the_loader_with_the_key_and_the_fix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_spool_what_starrocks_did_not_take_by_the_deadline_loads_on_the_next_start() {
     let spool = tempfile::tempdir().unwrap();
-    let sr = endpoint(Faults {
-        unavailable: 1.0,
-        ..Faults::default()
-    })
-    .await;
+    let sr = down_endpoint().await;
     let fe = sr.fe_url();
     let config = |dir: &std::path::Path, prefix: &str| {
         format!(

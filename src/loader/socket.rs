@@ -174,13 +174,17 @@ async fn connection(
 ) {
     let (mut read, write) = stream.into_split();
     let mut acks = None;
+    // Without acks the write half is held, untouched, while the connection lasts:
+    // dropping it would shut our side down, and a producer such as `socat -` takes that
+    // end of file as the end of the session and may stop sending.
+    let mut _silent = None;
     if ingest.acks != Acks::None {
         let (ack, progress, writer) =
             ack::channel(ingest.metrics.clone(), write, ingest.deadline.clone());
         ingest.ack_writers.spawn(writer);
         acks = Some((ack, progress));
     } else {
-        drop(write);
+        _silent = Some(write);
     }
     let ack = acks.as_ref().map(|(a, _)| a.clone());
     let publish = |lines: u64, last_record: u64, done: bool| {

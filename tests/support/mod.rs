@@ -276,6 +276,15 @@ pub async fn endpoint(faults: Faults) -> DevEndpoint {
     .expect("start the dev endpoint")
 }
 
+/// A dev endpoint that is "down": it answers 503 to every load.
+pub async fn down_endpoint() -> DevEndpoint {
+    endpoint(Faults {
+        unavailable: 1.0,
+        ..Faults::default()
+    })
+    .await
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
