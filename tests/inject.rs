@@ -1,12 +1,15 @@
 //! Injection over a corpus of realistic manifests (tests/fixtures/inject), each with its
 //! expected result: `NN-name.out.yaml` when injected (or passed through), or
 //! `NN-name.denied.txt` when refused. Every output is validated against the Kubernetes
-//! OpenAPI schema with `kubernetes-validate` (installed by scripts/install-tools), checked
-//! against Pod Security "restricted" where the input met it, and injected again to show
-//! nothing changes.
+//! OpenAPI schema with `kubernetes-validate` (installed by scripts/install-tools), against
+//! the API server's own object validation (`kube_rules`: name lengths, port names, probes
+//! per container kind, ...), against Pod Security "restricted" where the input met it, and
+//! injected again to show nothing changes.
 //!
 //! After an intended change, regenerate the expected files with
 //! `STARSINK_UPDATE_GOLDEN=1 cargo test --test inject` and review the diff.
+
+mod kube_rules;
 
 use std::path::{Path, PathBuf};
 
@@ -274,43 +277,57 @@ fn the_shutdown_budget_follows_the_grace_period_and_a_sink_can_raise_it() {
     assert_eq!(shutdown_timeout(&spec), "25s");
 }
 
-/// What Pod Security "restricted" requires of each container, given the pod's context.
-fn restricted_violations(spec: &Value) -> Vec<String> {
-    let pod = &spec["securityContext"];
-    let mut out = Vec::new();
-    let containers = spec["initContainers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(spec["containers"].as_array().into_iter().flatten());
-    for c in containers {
-        let sc = &c["securityContext"];
-        let name = c["name"].as_str().unwrap_or("?");
-        if sc["allowPrivilegeEscalation"] != false {
-            out.push(format!("{name}: allowPrivilegeEscalation is not false"));
-        }
-        if !sc["capabilities"]["drop"]
-            .as_array()
-            .is_some_and(|d| d.iter().any(|x| x == "ALL"))
-        {
-            out.push(format!("{name}: does not drop ALL capabilities"));
-        }
-        if sc["runAsNonRoot"] != true && pod["runAsNonRoot"] != true {
-            out.push(format!("{name}: runAsNonRoot is not set"));
-        }
-        if sc["runAsUser"] == 0 {
-            out.push(format!("{name}: runs as root"));
-        }
-        let seccomp = if sc["seccompProfile"].is_null() {
-            &pod["seccompProfile"]
-        } else {
-            &sc["seccompProfile"]
-        };
-        if seccomp["type"] != "RuntimeDefault" && seccomp["type"] != "Localhost" {
-            out.push(format!("{name}: no RuntimeDefault seccomp profile"));
+/// What a real API server would refuse in a manifest, with Pod Security "restricted".
+fn restricted_violations(doc: &Value) -> Vec<String> {
+    kube_rules::problems_restricted(doc)
+}
+
+#[test]
+fn every_output_passes_the_api_servers_own_validation() {
+    let mut refused = Vec::new();
+    for (case, out) in run_all() {
+        let input: Value = serde_yaml::from_str(&std::fs::read_to_string(&case).unwrap()).unwrap();
+        let before = kube_rules::problems(&input);
+        assert!(
+            before.is_empty(),
+            "{}: the fixture itself: {before:?}",
+            case.display()
+        );
+        let Ok(text) = out else { continue };
+        let doc: Value = serde_yaml::from_str(&text).unwrap();
+        for p in kube_rules::problems(&doc) {
+            refused.push(format!("{}: {p}", case.display()));
         }
     }
-    out
+    assert!(
+        refused.is_empty(),
+        "a real API server would refuse:\n{}",
+        refused.join("\n")
+    );
+}
+
+#[test]
+fn long_sink_names_give_names_that_fit_and_stay_apart() {
+    let out = output("20-");
+    assert!(kube_rules::problems(&out).is_empty());
+    let spec = pod_spec(&out);
+    let volumes: Vec<&str> = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(volumes.len(), 7, "{volumes:?}");
+    let unique: std::collections::BTreeSet<_> = volumes.iter().collect();
+    assert_eq!(unique.len(), volumes.len(), "{volumes:?}");
+    assert!(volumes.iter().all(|v| v.len() <= 63), "{volumes:?}");
+    // The socket paths and variables keep the whole sink name: only Kubernetes names
+    // are cut.
+    let long = "events-from-the-checkout-service-in-the-eu-west-region-2024-aaa";
+    let app = &spec["containers"][0];
+    assert!(app["env"].as_array().unwrap().iter().any(|e| e["name"]
+        == format!("STARSINK_SOCKET_{}", long.to_uppercase().replace('-', "_"))
+        && e["value"] == format!("/var/run/starsink/{long}.sock")));
 }
 
 #[test]
@@ -318,11 +335,11 @@ fn a_restricted_pod_stays_restricted_with_the_loader() {
     let case = dir().join("11-restricted-pss.yaml");
     let input: Value = serde_yaml::from_str(&std::fs::read_to_string(case).unwrap()).unwrap();
     assert!(
-        restricted_violations(pod_spec(&input)).is_empty(),
+        restricted_violations(&input).is_empty(),
         "the fixture itself"
     );
     let out = output("11-");
-    let v = restricted_violations(pod_spec(&out));
+    let v = restricted_violations(&out);
     assert!(v.is_empty(), "{v:?}");
     assert_eq!(
         loader(pod_spec(&out))["securityContext"]["readOnlyRootFilesystem"],

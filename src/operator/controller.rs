@@ -18,7 +18,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
-use super::reconcile::{decide, requested_sinks, Next, HASH_ANNOTATION, INJECT_LABEL};
+use super::pod_contract::{HASH_ANNOTATION, INJECT_LABEL};
+use super::reconcile::{decide, requested_sinks, Next};
 use crate::api::StarRocksSink;
 use crate::telemetry::Histogram;
 

@@ -12,22 +12,15 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::reconcile::{config_map_name, requested_sinks, CONFIG_KEY, SINKS_ANNOTATION};
+use super::pod_contract::{
+    config_map_name, config_volume, credentials_volume, socket_env_name, CONFIG_KEY,
+    INJECTED_ANNOTATION, LOADER, METRICS_PORT_NAME, ON_MISSING_ANNOTATION, SINKS_ANNOTATION,
+    SOCKETS_VOLUME, SPOOL_VOLUME, SPOOL_VOLUME_ANNOTATION,
+};
+use super::reconcile::requested_sinks;
 use crate::api::resource::{SECRET_DIR, SOCKET_DIR, SPOOL_DIR};
 use crate::api::StarRocksSink;
 
-/// The loader container's name.
-pub const LOADER: &str = "starsink-loader";
-/// The socket volume's name.
-pub const SOCKETS_VOLUME: &str = "starsink-sockets";
-/// The spool volume's name, when the injector adds one (an `emptyDir`).
-pub const SPOOL_VOLUME: &str = "starsink-spool";
-/// Names a volume of the pod's own to spool on instead of an `emptyDir`.
-pub const SPOOL_VOLUME_ANNOTATION: &str = "starsink.io/spool-volume";
-/// Set on an injected pod, listing the sinks its loader serves.
-pub const INJECTED_ANNOTATION: &str = "starsink.io/injected";
-/// `skip`: start the pod without sinks that do not exist, instead of denying it.
-pub const ON_MISSING_ANNOTATION: &str = "starsink.io/on-missing-sink";
 /// Where a sink's loader settings (its ConfigMap) are mounted in the loader.
 pub const SINK_CONFIG_DIR: &str = "/etc/starsink/sinks";
 /// The loader's non-root user (distroless `nonroot`).
@@ -84,11 +77,6 @@ pub enum Outcome {
     Injected(Box<Pod>),
     /// The pod must not be admitted, and why (with the fix).
     Denied(String),
-}
-
-/// `STARSINK_SOCKET_<SINK>`: upper-cased, `-` as `_`.
-pub fn socket_env_name(sink: &str) -> String {
-    format!("STARSINK_SOCKET_{}", sink.to_uppercase().replace('-', "_"))
 }
 
 /// Attaches the loader to `pod` for the sinks it asks for. `sinks` are the sinks that
@@ -348,14 +336,6 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
     Outcome::Injected(Box::new(out))
 }
 
-fn config_volume(sink: &str) -> String {
-    format!("starsink-config-{sink}")
-}
-
-fn credentials_volume(sink: &str) -> String {
-    format!("starsink-credentials-{sink}")
-}
-
 /// The loader's `shutdownTimeout` for a pod grace period: the grace period minus a
 /// margin of a sixth (1s to 5s), and at least 1s.
 pub fn shutdown_budget(grace_seconds: i64) -> i64 {
@@ -419,7 +399,7 @@ fn loader_container(
         volume_mounts: Some(mounts),
         resources,
         ports: Some(vec![k8s_openapi::api::core::v1::ContainerPort {
-            name: Some("starsink-metrics".into()),
+            name: Some(METRICS_PORT_NAME.into()),
             container_port: i32::from(settings.metrics_port),
             ..Default::default()
         }]),

@@ -12,16 +12,9 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::{StarRocksSink, StarRocksSinkStatus};
 
-/// The label a pod opts in with.
-pub const INJECT_LABEL: &str = "starsink.io/inject";
-/// The pod annotation listing the sinks it uses, comma-separated.
-pub const SINKS_ANNOTATION: &str = "starsink.io/sinks";
-/// The ConfigMap annotation carrying the hash of its content.
-pub const HASH_ANNOTATION: &str = "starsink.io/config-hash";
-/// The label naming the sink a ConfigMap belongs to.
-pub const SINK_LABEL: &str = "starsink.io/sink";
-/// The key of the loader's sink settings in the ConfigMap.
-pub const CONFIG_KEY: &str = "sink.yaml";
+use super::pod_contract::{
+    config_map_name, CONFIG_KEY, HASH_ANNOTATION, INJECT_LABEL, SINKS_ANNOTATION, SINK_LABEL,
+};
 
 /// Why a sink is (not) ready; the `reason` of its `Ready` condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,11 +223,6 @@ fn check(sink: &StarRocksSink, secret: Option<&Secret>) -> Result<String, (Reaso
         ));
     }
     Ok(user)
-}
-
-/// `starsink-<sink>`: the ConfigMap holding a sink's loader settings.
-pub fn config_map_name(sink: &str) -> String {
-    format!("starsink-{sink}")
 }
 
 /// The sink's loader settings as a ConfigMap owned by the sink (garbage-collected with
