@@ -5,9 +5,8 @@
 use std::path::Path;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 use starsink::api::resource::crd_yaml;
 use starsink::api::StarRocksSink;
 
@@ -16,7 +15,7 @@ fn repo(path: &str) -> std::path::PathBuf {
 }
 
 fn schema() -> Value {
-    let crd = StarRocksSink::crd();
+    let crd = starsink::api::resource::crd();
     let v = &crd.spec.versions[0];
     serde_json::to_value(
         v.schema
@@ -347,4 +346,110 @@ fn what_neither_schema_nor_cel_says_the_shared_rust_check_does() {
         "cannot be set",
         false,
     );
+}
+
+#[test]
+fn values_the_loader_cannot_read_are_refused_by_the_schema_alone() {
+    // Each passed the old schema (unbounded digits) and then broke every reader of the
+    // sink list. Refused by the schema, they get one error each, and no CEL error on top.
+    let cases = [
+        (
+            "spec/retry/giveUpAfter",
+            json!("99999999999999999999h"),
+            "/spec/retry/giveUpAfter",
+        ),
+        ("spec/flush/interval", json!("5"), "/spec/flush/interval"),
+        ("spec/flush/interval", json!("1.5s"), "/spec/flush/interval"),
+        ("spec/retry/minBackoff", json!(""), "/spec/retry/minBackoff"),
+        (
+            "spec/maxRecordBytes",
+            json!("99999999999999999999GiB"),
+            "/spec/maxRecordBytes",
+        ),
+        (
+            "spec/flush/maxBytes",
+            json!(99_999_999_999_999_999u64),
+            "/spec/flush/maxBytes",
+        ),
+        (
+            "spec/flush/maxRows",
+            json!(99_999_999_999_999_999u64),
+            "/spec/flush/maxRows",
+        ),
+    ];
+    for (path, value, at) in cases {
+        let doc = with(path, value.clone());
+        let errors = schema_errors(&doc);
+        assert!(
+            errors.iter().any(|e| e.starts_with(&format!("{at}: "))),
+            "{path} = {value}: expected a schema error at {at}, got {errors:#?}"
+        );
+        let cel = cel_errors(&doc);
+        assert!(cel.is_empty(), "{path} = {value}: CEL added {cel:?}");
+    }
+}
+
+#[test]
+fn every_cel_duration_call_is_guarded_by_the_schemas_own_pattern() {
+    let rules = schema()["properties"]["spec"]["x-kubernetes-validations"].clone();
+    let pattern = starsink::api::units::DURATION_PATTERN;
+    let mut calls = 0;
+    for rule in rules.as_array().unwrap() {
+        let rule = rule["rule"].as_str().unwrap();
+        for arg in rule.split("duration(self.").skip(1) {
+            let field = format!("self.{}", &arg[..arg.find(')').unwrap()]);
+            let guard = format!("!({field} != '' && {field}.matches('{pattern}')) ||");
+            assert!(rule.contains(&guard), "{field} unguarded in {rule}");
+            calls += 1;
+        }
+    }
+    assert_eq!(calls, 3);
+}
+
+#[test]
+fn the_schema_has_no_nullable_field_and_no_format_the_server_warns_about() {
+    fn walk(node: &Value, path: &str, out: &mut Vec<String>) {
+        match node {
+            Value::Object(m) => {
+                if m.contains_key("nullable") {
+                    out.push(format!("{path}: nullable"));
+                }
+                if let Some(f) = m.get("format").and_then(Value::as_str) {
+                    // The formats apiextensions-apiserver knows (k8s.io/kube-openapi
+                    // pkg/validation/strfmt, plus int32/int64/float/double/byte).
+                    let known = [
+                        "int32",
+                        "int64",
+                        "float",
+                        "double",
+                        "byte",
+                        "date",
+                        "date-time",
+                        "duration",
+                        "uri",
+                        "email",
+                        "hostname",
+                        "ipv4",
+                        "ipv6",
+                        "cidr",
+                        "mac",
+                        "uuid",
+                        "password",
+                        "binary",
+                    ];
+                    if !known.contains(&f) {
+                        out.push(format!("{path}: format {f}"));
+                    }
+                }
+                for (k, v) in m {
+                    walk(v, &format!("{path}/{k}"), out);
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| walk(v, path, out)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(&schema(), "", &mut found);
+    assert!(found.is_empty(), "{found:#?}");
 }

@@ -5,6 +5,9 @@
 //! loader's own [`validate_sink`], so both reject the same things with the same words.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -12,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{validate_sink, ConfigIssue};
 use super::sink::{Acks, FlushSpec, Format, RetrySpec, SinkSpec, SpoolSync, StarRocksSpec};
-use super::units::{ByteSize, HumanDuration};
+use super::units::{ByteSize, HumanDuration, DURATION_PATTERN};
 
 /// Where the sidecar's sockets live in a pod (an `emptyDir` shared with the apps).
 pub const SOCKET_DIR: &str = "/var/run/starsink";
@@ -56,8 +59,12 @@ pub const SPOOL_DIR: &str = "/var/lib/starsink/spool";
         "message": "columnSeparator only applies to format: csv; remove it or set format: csv",
         "fieldPath": ".columnSeparator",
     },
+    // The rules that call duration() first check the value has the form the schema's
+    // pattern admits: the API server runs CEL even on a value the pattern refused, and
+    // duration() on it adds a second, confusing error (a type conversion to
+    // google.protobuf.Duration) to the clear one.
     {
-        "rule": "!has(self.flush) || !has(self.flush.interval) || duration(self.flush.interval) > duration('0s')",
+        "rule": format!("!has(self.flush) || !has(self.flush.interval) || !{} || duration(self.flush.interval) > duration('0s')", is_duration("self.flush.interval")),
         "message": "flush.interval must be more than zero; it bounds how long a record waits, e.g. 5s",
         "fieldPath": ".flush.interval",
     },
@@ -67,7 +74,7 @@ pub const SPOOL_DIR: &str = "/var/lib/starsink/spool";
         "fieldPath": ".acks",
     },
     {
-        "rule": "!has(self.retry) || !has(self.retry.minBackoff) || !has(self.retry.maxBackoff) || duration(self.retry.maxBackoff) >= duration(self.retry.minBackoff)",
+        "rule": format!("!has(self.retry) || !has(self.retry.minBackoff) || !has(self.retry.maxBackoff) || !{} || !{} || duration(self.retry.maxBackoff) >= duration(self.retry.minBackoff)", is_duration("self.retry.minBackoff"), is_duration("self.retry.maxBackoff")),
         "message": "retry.maxBackoff is below retry.minBackoff",
         "fieldPath": ".retry.maxBackoff",
     },
@@ -102,6 +109,12 @@ pub struct StarRocksSinkSpec {
     /// Overrides for the loader sidecar of pods that use this sink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar: Option<SidecarSpec>,
+}
+
+/// A CEL test that `field` holds what the schema admits as a duration ([`DURATION_PATTERN`],
+/// not empty), so `duration(field)` cannot fail.
+fn is_duration(field: &str) -> String {
+    format!("({field} != '' && {field}.matches('{DURATION_PATTERN}'))")
 }
 
 /// A Secret with the StarRocks credentials.
@@ -238,10 +251,63 @@ impl StarRocksSinkSpec {
     }
 }
 
+/// The CustomResourceDefinition, as the API server should store it: derived from the
+/// types, then [`tighten`]ed.
+pub fn crd() -> CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    let mut crd = StarRocksSink::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            tighten(schema);
+        }
+    }
+    crd
+}
+
+/// Two fixes to the generated schema, applied to every node:
+/// - no `nullable`: for a field that is not nullable the API server prunes a `null`
+///   (what `kubectl apply --server-side` stores for a key left empty) and applies the
+///   default, where `nullable: true` kept it and the controller could not read it;
+/// - no `format: uint64` (or `uint32`, ...): the API server knows only `int32` and
+///   `int64` and warns on every apply; the bounds are `minimum`/`maximum` instead.
+pub fn tighten(schema: &mut JSONSchemaProps) {
+    schema.nullable = None;
+    if schema
+        .format
+        .as_deref()
+        .is_some_and(|f| f.starts_with("uint"))
+    {
+        schema.format = None;
+    }
+    let children = schema
+        .properties
+        .iter_mut()
+        .flat_map(|p| p.values_mut())
+        .chain(schema.items.iter_mut().flat_map(|items| match items {
+            JSONSchemaPropsOrArray::Schema(s) => std::slice::from_mut(s.as_mut()),
+            JSONSchemaPropsOrArray::Schemas(v) => v.as_mut_slice(),
+        }))
+        .chain(
+            schema
+                .additional_properties
+                .iter_mut()
+                .filter_map(|a| match a {
+                    JSONSchemaPropsOrBool::Schema(s) => Some(s.as_mut()),
+                    JSONSchemaPropsOrBool::Bool(_) => None,
+                }),
+        );
+    for child in children {
+        tighten(child);
+    }
+}
+
 /// The CustomResourceDefinition as YAML, with a header saying where it comes from.
 pub fn crd_yaml() -> String {
-    use kube::CustomResourceExt;
-    let body = serde_yaml::to_string(&StarRocksSink::crd())
+    let body = serde_yaml::to_string(&crd())
         .unwrap_or_else(|e| unreachable!("a CRD always serialises: {e}"));
     format!("# Generated by `starsink crd`; do not edit. Regenerate: cargo run -- crd > crds/starrocks-sink.yaml\n{body}")
 }

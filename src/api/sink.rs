@@ -207,7 +207,7 @@ pub struct FlushSpec {
     #[serde(default = "defaults::max_bytes")]
     pub max_bytes: ByteSize,
     #[serde(default = "defaults::max_rows")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1_000_000_000_000u64))]
     pub max_rows: u64,
 }
 

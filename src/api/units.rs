@@ -157,11 +157,23 @@ impl<'de> Deserialize<'de> for ByteSize {
 }
 
 /// Durations in a resource are kept to the form both the loader and Kubernetes' CEL
-/// `duration()` read: digits and a unit, repeated (`250ms`, `5s`, `1h30m`).
-pub const DURATION_PATTERN: &str = "^([0-9]+(ns|us|ms|s|m|h))+$";
+/// `duration()` read: digits and a unit, largest unit first (`250ms`, `5s`, `1h30m`). The
+/// digit counts are bounded so the longest duration the pattern admits (about 146 years)
+/// fits Go's `time.Duration` (292 years), which CEL's `duration()` converts to: an
+/// unbounded count let `99999999999999999999h` past the schema and broke every reader.
+pub const DURATION_PATTERN: &str =
+    "^([0-9]{1,5}h)?([0-9]{1,7}m)?([0-9]{1,9}s)?([0-9]{1,12}ms)?([0-9]{1,15}us)?([0-9]{1,18}ns)?$";
 
-/// A size as a string: digits and an optional unit.
-pub const SIZE_PATTERN: &str = "^[0-9]+ ?(B|KiB|Ki|MiB|Mi|GiB|Gi|KB|kB|K|k|MB|M|GB|G)?$";
+/// The longest duration string [`DURATION_PATTERN`] admits; also bounds the cost the API
+/// server estimates for the CEL rules that read durations.
+pub const DURATION_MAX_LENGTH: u64 = 75;
+
+/// A size as a string: digits and an optional unit, with at most about 10^15 bytes in any
+/// unit (so it always fits the loader's u64).
+pub const SIZE_PATTERN: &str = "^([0-9]{1,15} ?B?|[0-9]{1,12} ?(KiB|Ki|KB|kB|K|k)|[0-9]{1,9} ?(MiB|Mi|MB|M)|[0-9]{1,6} ?(GiB|Gi|GB|G))$";
+
+/// The largest size as a plain integer: 10^15 bytes, beside [`SIZE_PATTERN`]'s bound.
+pub const SIZE_MAX: u64 = 1_000_000_000_000_000;
 
 impl schemars::JsonSchema for HumanDuration {
     fn schema_name() -> std::borrow::Cow<'static, str> {
@@ -176,6 +188,8 @@ impl schemars::JsonSchema for HumanDuration {
         schemars::json_schema!({
             "type": "string",
             "pattern": DURATION_PATTERN,
+            "minLength": 2,
+            "maxLength": DURATION_MAX_LENGTH,
         })
     }
 }
@@ -197,6 +211,7 @@ impl schemars::JsonSchema for ByteSize {
         schemars::json_schema!({
             "x-kubernetes-int-or-string": true,
             "minimum": 0,
+            "maximum": SIZE_MAX,
             "pattern": SIZE_PATTERN,
         })
     }
@@ -208,29 +223,59 @@ mod tests {
 
     #[test]
     fn the_schema_patterns_accept_exactly_what_the_parsers_read() {
-        let duration = regex_lite(DURATION_PATTERN);
+        let duration = schema_check::<HumanDuration>();
         for ok in ["250ms", "5s", "1h", "1h30m", "10m", "100us", "7ns"] {
             assert!(duration(ok), "{ok}");
             assert!(ok.parse::<HumanDuration>().is_ok(), "{ok}");
         }
-        for bad in ["5", "1.5s", "5 s", "-1s", "5sec", ""] {
+        for bad in [
+            "5",
+            "1.5s",
+            "5 s",
+            "-1s",
+            "5sec",
+            "",
+            "99999999999999999999h",
+            "5s1h",
+        ] {
             assert!(!duration(bad), "{bad}");
         }
-        let size = regex_lite(SIZE_PATTERN);
+        // The longest the pattern admits still parses, in the loader and as a Go duration.
+        let longest = "99999h9999999m999999999s999999999999ms999999999999999us999999999999999999ns";
+        assert!(duration(longest));
+        assert_eq!(longest.len() as u64, DURATION_MAX_LENGTH);
+        let parsed = longest.parse::<HumanDuration>().expect("parses");
+        assert!(parsed.0.as_nanos() < i64::MAX as u128, "fits time.Duration");
+        let size = schema_check::<ByteSize>();
         for ok in ["64MiB", "1GiB", "65536", "10 KB", "512Ki"] {
             assert!(size(ok), "{ok}");
             assert!(ok.parse::<ByteSize>().is_ok(), "{ok}");
         }
-        for bad in ["64 furlongs", "MiB", "-1"] {
+        for bad in [
+            "64 furlongs",
+            "MiB",
+            "-1",
+            "99999999999999999999GiB",
+            "9999999GiB",
+        ] {
             assert!(!size(bad), "{bad}");
+        }
+        for longest in [
+            "999999999999999",
+            "999999999999KiB",
+            "999999999MiB",
+            "999999GiB",
+        ] {
+            assert!(size(longest), "{longest}");
+            assert!(longest.parse::<ByteSize>().is_ok(), "{longest}");
         }
     }
 
-    /// The pattern as a JSON-schema validator (the API server's dialect) checks it.
-    fn regex_lite(pattern: &str) -> impl Fn(&str) -> bool {
-        let v =
-            jsonschema::validator_for(&serde_json::json!({"type": "string", "pattern": pattern}))
-                .expect("valid pattern");
+    /// The type's schema, as a JSON-schema validator (the API server's dialect) checks it
+    /// on a string value.
+    fn schema_check<T: schemars::JsonSchema>() -> impl Fn(&str) -> bool {
+        let schema = serde_json::to_value(schemars::schema_for!(T)).expect("a schema");
+        let v = jsonschema::validator_for(&schema).expect("valid schema");
         move |s| v.is_valid(&serde_json::json!(s))
     }
 
