@@ -4,6 +4,7 @@
 //! status as a user would see them with kubectl.
 
 mod kube_api;
+mod kube_rules;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -210,6 +211,124 @@ async fn the_controller_renders_config_reports_status_and_follows_changes() {
         .unwrap();
 }
 
+fn named_sink(name: &str, spec_patch: Value) -> Value {
+    let mut s = sink("orders");
+    s["metadata"]["name"] = json!(name);
+    for (k, v) in spec_patch.as_object().unwrap() {
+        s["spec"][k] = v.clone();
+    }
+    s
+}
+
+fn condition(api: &FakeApi, name: &str) -> Option<(String, String, String)> {
+    let s = api.get(SINKS, "shop", name)?;
+    let c = s["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?
+        .clone();
+    Some((
+        c["status"].as_str()?.into(),
+        c["reason"].as_str()?.into(),
+        c["message"].as_str()?.into(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_unreadable_sink_is_reported_on_itself_and_every_other_sink_reconciles() {
+    let api = FakeApi::new();
+    api.put("core/secrets", secret());
+    // Stored before the controller starts, as after a restart: its first list holds them.
+    // A value the loader cannot read (an older schema let it through) ...
+    api.put(
+        SINKS,
+        named_sink(
+            "broken",
+            json!({"maxRecordBytes": "99999999999999999999GiB"}),
+        ),
+    );
+    // ... a null, as `kubectl apply --server-side` stores for a key left empty ...
+    api.put(
+        SINKS,
+        named_sink("nulls", json!({"flush": {"maxBytes": null}})),
+    );
+    // ... and the longest name a sink may have, with a ConfigMap name and label to fit.
+    let long = "a".repeat(63);
+    api.put(SINKS, named_sink(&long, json!({})));
+    api.put(SINKS, sink("orders"));
+
+    let ctx = Context::new(
+        api.client(),
+        Reporter {
+            controller: "starsink-test".into(),
+            instance: None,
+        },
+        Arc::new(ControllerMetrics::default()),
+    );
+    let stop = CancellationToken::new();
+    let stopping = stop.clone();
+    let controller = tokio::spawn(run_controller(
+        ctx,
+        async move { stopping.cancelled().await },
+    ));
+
+    api.wait_for(
+        "every readable sink Ready, the broken one InvalidSpec",
+        WAIT,
+        |a| {
+            ["orders", "nulls", long.as_str()]
+                .iter()
+                .all(|n| condition(a, n).is_some_and(|c| c.0 == "True"))
+                && condition(a, "broken").is_some_and(|c| c.1 == "InvalidSpec")
+        },
+    )
+    .await;
+    let (status, _, message) = condition(&api, "broken").unwrap();
+    assert_eq!(status, "False");
+    assert!(message.starts_with("spec.maxRecordBytes: "), "{message}");
+    api.wait_for("a Warning Event naming the field", WAIT, |a| {
+        a.all("events.k8s.io/events").iter().any(|e| {
+            e["type"] == "Warning"
+                && e["regarding"]["name"] == "broken"
+                && e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("spec.maxRecordBytes"))
+        })
+    })
+    .await;
+    let nulls = api
+        .get("core/configmaps", "shop", "starsink-nulls")
+        .unwrap();
+    let rendered: starsink::api::SinkSpec =
+        serde_yaml::from_str(nulls["data"]["sink.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        rendered.flush.max_bytes,
+        starsink::api::sink::defaults::max_bytes()
+    );
+    assert!(api
+        .get("core/configmaps", "shop", "starsink-broken")
+        .is_none());
+    assert!(api
+        .get("core/configmaps", "shop", &format!("starsink-{long}"))
+        .is_some());
+    assert!(api.refused().is_empty(), "{:?}", api.refused());
+
+    // Fixed, it becomes Ready like the others.
+    api.put(
+        SINKS,
+        named_sink("broken", json!({"maxRecordBytes": "1MiB"})),
+    );
+    api.wait_for("the fixed sink Ready", WAIT, |a| {
+        condition(a, "broken").is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    stop.cancel();
+    tokio::time::timeout(WAIT, controller)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test]
 async fn without_the_crd_the_controller_refuses_to_start_and_says_how_to_install_it() {
     let api = FakeApi::new();
@@ -255,9 +374,10 @@ async fn the_controller_binary_takes_the_lease_reconciles_and_lets_go_on_sigterm
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    api.put(
-        "admissionregistration.k8s.io/mutatingwebhookconfigurations",
-        kube_api::webhook_configuration("starsink"),
+    // The controller's own Deployment, named by --owner-deployment as the chart does.
+    let deployment = api.put(
+        "apps/deployments",
+        json!({"metadata": {"name": "starsink", "namespace": "starsink-system"}}),
     );
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_starsink"))
         .args(["controller", "--metrics-addr"])
@@ -267,6 +387,7 @@ async fn the_controller_binary_takes_the_lease_reconciles_and_lets_go_on_sigterm
         .env("KUBECONFIG", &kubeconfig)
         .env("POD_NAMESPACE", "starsink-system")
         .env("POD_NAME", "controller-0")
+        .env("STARSINK_OWNER_DEPLOYMENT", "starsink")
         .env("RUST_LOG", "info")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -291,7 +412,17 @@ async fn the_controller_binary_takes_the_lease_reconciles_and_lets_go_on_sigterm
     })
     .await;
 
-    // Every replica manages the webhook's TLS: the Secret exists and the caBundle is set.
+    // The webhook configuration is created after the controller started (helm creates it
+    // after the Deployment): its caBundle is set at once, not at the next renewal check.
+    api.wait_for("the webhook TLS Secret", WAIT, |a| {
+        a.get("core/secrets", "starsink-system", "starsink-webhook-tls")
+            .is_some()
+    })
+    .await;
+    api.put(
+        "admissionregistration.k8s.io/mutatingwebhookconfigurations",
+        kube_api::webhook_configuration("starsink"),
+    );
     api.wait_for("the webhook TLS Secret and caBundle", WAIT, |a| {
         a.get("core/secrets", "starsink-system", "starsink-webhook-tls")
             .is_some()
@@ -303,6 +434,41 @@ async fn the_controller_binary_takes_the_lease_reconciles_and_lets_go_on_sigterm
             .is_some_and(|c| c["webhooks"][0]["clientConfig"]["caBundle"].is_string())
     })
     .await;
+
+    let ca_patch = api
+        .requests()
+        .into_iter()
+        .find(|r| r.starts_with("PATCH /apis/admissionregistration.k8s.io"))
+        .expect("a caBundle patch");
+    assert!(
+        ca_patch.contains("fieldManager=starsink-controller"),
+        "{ca_patch}"
+    );
+    // What the controller created goes with its Deployment at uninstall.
+    let owned_by_deployment = |obj: Option<Value>| {
+        obj.is_some_and(|o| {
+            o["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|refs| {
+                    refs.iter().any(|r| {
+                        r["uid"] == deployment["metadata"]["uid"] && r["kind"] == "Deployment"
+                    })
+                })
+        })
+    };
+    api.wait_for("the Lease owned by the Deployment", WAIT, |a| {
+        owned_by_deployment(a.get(
+            "coordination.k8s.io/leases",
+            "starsink-system",
+            "starsink-controller",
+        ))
+    })
+    .await;
+    assert!(owned_by_deployment(api.get(
+        "core/secrets",
+        "starsink-system",
+        "starsink-webhook-tls"
+    )));
 
     kill(
         Pid::from_raw(child.id().expect("running") as i32),
@@ -320,4 +486,59 @@ async fn the_controller_binary_takes_the_lease_reconciles_and_lets_go_on_sigterm
         "the Lease is released at exit, so another replica takes over at once: {:?}",
         lease_holder(&api)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_controller_even_while_the_api_server_does_not_answer() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use tokio::io::AsyncReadExt;
+
+    // An API server that accepts connections and reads requests, but never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = format!("http://{}", silent.local_addr().unwrap());
+    let (seen_tx, mut seen) = tokio::sync::mpsc::channel::<()>(16);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut conn, _)) = silent.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf).await;
+            let _ = seen_tx.try_send(());
+            held.push(conn);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = FakeApi::kubeconfig(&server, dir.path());
+    let port = |()| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_starsink"))
+        .args(["controller", "--metrics-addr"])
+        .arg(format!("127.0.0.1:{}", port(())))
+        .arg("--webhook-addr")
+        .arg(format!("127.0.0.1:{}", port(())))
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAMESPACE", "starsink-system")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn starsink controller");
+    tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .expect("the controller calls the API server");
+    kill(
+        Pid::from_raw(child.id().expect("running") as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    // STOP_BOUND, plus room for a loaded machine; the kubelet's default grace is 30s.
+    let bound = starsink::operator::STOP_BOUND + Duration::from_secs(10);
+    let status = tokio::time::timeout(bound, child.wait())
+        .await
+        .expect("the controller exits after SIGTERM without being killed")
+        .unwrap();
+    assert!(status.code().is_some(), "exited by itself: {status:?}");
 }

@@ -5,12 +5,15 @@
 
 mod kube_api;
 
+mod kube_rules;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{json, Value};
+use starsink::api::resource::StoredSink;
 use starsink::http1::Conn;
 use starsink::operator::certs::{renew, service_dns_names, Renewal, TlsMaterial, Validity};
 use starsink::operator::inject::{inject, InjectSettings, Outcome};
@@ -190,6 +193,11 @@ async fn the_patch_over_https_gives_what_inject_gives() {
         .unwrap();
         let mut patched = pod.clone();
         json_patch::patch(&mut patched, &patch).expect("the patch applies to the pod");
+        let refused = kube_rules::problems(&patched);
+        assert!(
+            refused.is_empty(),
+            "{case}: a real API server would refuse the patched pod: {refused:?}"
+        );
 
         let mut typed: k8s_openapi::api::core::v1::Pod =
             serde_json::from_value(pod.clone()).unwrap();
@@ -336,6 +344,7 @@ async fn certificates_rotate_and_the_ca_bundle_follows_with_no_failed_review() {
         secret: "starsink-webhook-tls".into(),
         webhook_config: "starsink".into(),
         service: "starsink-webhook".into(),
+        owner: None,
         // Renewal at a third of the life left: a new certificate every 4s, a new CA at 8s
         // that signs from 9s on.
         validity: Validity {
@@ -391,4 +400,75 @@ async fn certificates_rotate_and_the_ca_bundle_follows_with_no_failed_review() {
     }
     assert!(reviews > 10, "only {reviews} reviews across the rotations");
     stop.cancel();
+}
+
+/// A webhook whose sink cache holds what the API server stored: `stored`, through a real
+/// reflector store.
+fn webhook_over(stored: Vec<Value>) -> Webhook {
+    use kube::runtime::{reflector, watcher};
+    let (store, mut writer) = reflector::store::<StoredSink>();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for s in stored {
+        writer.apply_watcher_event(&watcher::Event::InitApply(
+            serde_json::from_value(s).unwrap(),
+        ));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    Webhook {
+        sinks: Arc::new(store),
+        settings: settings(),
+        metrics: Arc::new(WebhookMetrics::default()),
+    }
+}
+
+fn stored_sink(name: &str, max_record_bytes: &str) -> Value {
+    json!({
+        "apiVersion": "starsink.io/v1alpha1", "kind": "StarRocksSink",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {
+            "maxRecordBytes": max_record_bytes,
+            "starrocks": {"feEndpoints": ["http://fe:8030"], "database": "shop", "table": "t"},
+            "credentialsSecretRef": {"name": "sr"},
+        },
+    })
+}
+
+fn pod_for(sinks: &str, skip: bool) -> Value {
+    let mut annotations = json!({"starsink.io/sinks": sinks});
+    if skip {
+        annotations["starsink.io/on-missing-sink"] = json!("skip");
+    }
+    json!({
+        "metadata": {"name": "p", "labels": {"starsink.io/inject": "true"}, "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    })
+}
+
+#[test]
+fn a_sink_that_cannot_be_read_denies_only_the_pods_that_name_it() {
+    let hook = webhook_over(vec![
+        stored_sink("orders", "1MiB"),
+        stored_sink("broken", "99999999999999999999GiB"),
+    ]);
+    let answer = |pod: Value| {
+        let (body, _) = hook.review(&review(&pod, "Pod", "", "shop"));
+        serde_json::from_slice::<Value>(&body).unwrap()["response"].clone()
+    };
+    let r = answer(pod_for("orders", false));
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(r["patch"].is_string(), "injected: {r}");
+
+    let r = answer(pod_for("orders,broken", false));
+    assert_eq!(r["allowed"], false, "{r}");
+    let why = r["status"]["message"].as_str().unwrap();
+    assert!(
+        why.contains("StarRocksSink broken cannot be read (spec.maxRecordBytes: ")
+            && why.contains("starsink.io/on-missing-sink: skip"),
+        "{why}"
+    );
+
+    // With skip, the pod starts with the sinks that can be read.
+    let r = answer(pod_for("orders,broken", true));
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(r["patch"].is_string(), "injected for orders: {r}");
 }

@@ -19,8 +19,8 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
 use super::pod_contract::{HASH_ANNOTATION, INJECT_LABEL};
-use super::reconcile::{decide, requested_sinks, Next};
-use crate::api::StarRocksSink;
+use super::reconcile::{decide, decide_unreadable, requested_sinks, Next};
+use crate::api::resource::StoredSink;
 use crate::telemetry::Histogram;
 
 /// The field manager of everything the controller applies.
@@ -101,7 +101,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<ControllerMetrics>,
     /// Consecutive failures (or waits) per sink; cleared by a reconcile that settles.
-    failures: Mutex<HashMap<ObjectRef<StarRocksSink>, u32>>,
+    failures: Mutex<HashMap<ObjectRef<StoredSink>, u32>>,
 }
 
 impl Context {
@@ -115,14 +115,14 @@ impl Context {
     }
 
     /// The next backoff for `sink`: doubling from 2s, capped at 5m.
-    fn backoff(&self, sink: &StarRocksSink) -> Duration {
+    fn backoff(&self, sink: &StoredSink) -> Duration {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let n = failures.entry(ObjectRef::from_obj(sink)).or_insert(0);
         *n = n.saturating_add(1);
         backoff_after(*n)
     }
 
-    fn settled(&self, sink: &StarRocksSink) {
+    fn settled(&self, sink: &StoredSink) {
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -136,35 +136,37 @@ pub fn backoff_after(n: u32) -> Duration {
     MIN_BACKOFF.saturating_mul(factor).min(MAX_BACKOFF)
 }
 
-/// Reconciles one sink; see [`decide`] for what it decides.
-pub async fn reconcile(
-    sink: Arc<StarRocksSink>,
-    ctx: Arc<Context>,
-) -> Result<Action, ReconcileError> {
+/// Reconciles one sink; see [`decide`] for what it decides. A sink whose spec cannot be
+/// decoded is reported on itself ([`decide_unreadable`]); it never stops the others.
+pub async fn reconcile(sink: Arc<StoredSink>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let started = Instant::now();
     let result = reconcile_sink(&sink, &ctx).await;
     ctx.metrics.observe(result.is_ok(), started.elapsed());
     result
 }
 
-async fn reconcile_sink(sink: &StarRocksSink, ctx: &Context) -> Result<Action, ReconcileError> {
-    let name = sink.name_any();
-    let ns = sink
+async fn reconcile_sink(stored: &StoredSink, ctx: &Context) -> Result<Action, ReconcileError> {
+    let name = stored.name_any();
+    let ns = stored
         .namespace()
         .ok_or_else(|| ReconcileError::NoNamespace(name.clone()))?;
     let client = &ctx.client;
-    let secret_name = &sink.spec.credentials_secret_ref.name;
-    let secret = Api::<Secret>::namespaced(client.clone(), &ns)
-        .get_opt(secret_name)
-        .await
-        .map_err(kube_err(format!("reading Secret {ns}/{secret_name}")))?;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns)
         .list(&ListParams::default().labels(&format!("{INJECT_LABEL}=true")))
         .await
         .map_err(kube_err(format!("listing pods in {ns}")))?
         .items;
-
-    let decision = decide(sink, secret.as_ref(), &pods, Timestamp::now());
+    let decision = match stored.decode() {
+        Ok(sink) => {
+            let secret_name = &sink.spec.credentials_secret_ref.name;
+            let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+                .get_opt(secret_name)
+                .await
+                .map_err(kube_err(format!("reading Secret {ns}/{secret_name}")))?;
+            decide(&sink, secret.as_ref(), &pods, Timestamp::now())
+        }
+        Err(e) => decide_unreadable(stored, &e, &pods, Timestamp::now()),
+    };
 
     if let Some(cm) = &decision.config_map {
         let api = Api::<ConfigMap>::namespaced(client.clone(), &ns);
@@ -186,11 +188,11 @@ async fn reconcile_sink(sink: &StarRocksSink, ctx: &Context) -> Result<Action, R
     }
     if let Some(status) = &decision.status {
         let patch = serde_json::json!({
-            "apiVersion": StarRocksSink::api_version(&()),
-            "kind": StarRocksSink::kind(&()),
+            "apiVersion": StoredSink::api_version(&()),
+            "kind": StoredSink::kind(&()),
             "status": status,
         });
-        Api::<StarRocksSink>::namespaced(client.clone(), &ns)
+        Api::<StoredSink>::namespaced(client.clone(), &ns)
             .patch_status(
                 &name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
@@ -212,22 +214,22 @@ async fn reconcile_sink(sink: &StarRocksSink, ctx: &Context) -> Result<Action, R
             secondary: None,
         };
         // An Event is a courtesy: failing to publish one must not fail the reconcile.
-        if let Err(e) = ctx.recorder.publish(&event, &sink.object_ref(&())).await {
+        if let Err(e) = ctx.recorder.publish(&event, &stored.object_ref(&())).await {
             tracing::warn!(sink = %name, namespace = %ns, error = %e, "could not publish an Event");
         }
         tracing::info!(sink = %name, namespace = %ns, reason = ev.reason, note = %ev.note, "Ready changed");
     }
     Ok(match decision.next {
         Next::AwaitChange => {
-            ctx.settled(sink);
+            ctx.settled(stored);
             Action::await_change()
         }
-        Next::Backoff => Action::requeue(ctx.backoff(sink)),
+        Next::Backoff => Action::requeue(ctx.backoff(stored)),
     })
 }
 
 /// Retries a failed reconcile with the sink's own backoff.
-pub fn error_policy(sink: Arc<StarRocksSink>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+pub fn error_policy(sink: Arc<StoredSink>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
     let wait = ctx.backoff(&sink);
     tracing::warn!(sink = %sink.name_any(), namespace = %sink.namespace().unwrap_or_default(), error = %error, retry_in = ?wait, "reconcile failed");
     Action::requeue(wait)
@@ -266,23 +268,26 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// The sinks whose credentials are in `secret`.
+/// The sinks whose credentials are in `secret` (read from the stored spec, so a sink
+/// whose spec is otherwise unreadable still follows its Secret).
 pub fn sinks_using_secret(
-    sinks: &Store<StarRocksSink>,
+    sinks: &Store<StoredSink>,
     secret: &Secret,
-) -> Vec<ObjectRef<StarRocksSink>> {
+) -> Vec<ObjectRef<StoredSink>> {
     let ns = secret.namespace();
     let name = secret.name_any();
     sinks
         .state()
         .iter()
-        .filter(|s| s.namespace() == ns && s.spec.credentials_secret_ref.name == name)
+        .filter(|s| {
+            s.namespace() == ns && s.spec["credentialsSecretRef"]["name"].as_str() == Some(&name)
+        })
         .map(|s| ObjectRef::from_obj(s.as_ref()))
         .collect()
 }
 
 /// The sinks a pod asks for, in its namespace.
-pub fn sinks_of_pod(pod: &Pod) -> Vec<ObjectRef<StarRocksSink>> {
+pub fn sinks_of_pod(pod: &Pod) -> Vec<ObjectRef<StoredSink>> {
     let Some(ns) = pod.namespace() else {
         return Vec::new();
     };
@@ -320,7 +325,7 @@ pub async fn run_controller(
 ) {
     let client = ctx.client.clone();
     let controller = Controller::new(
-        Api::<StarRocksSink>::all(client.clone()),
+        Api::<StoredSink>::all(client.clone()),
         watcher::Config::default(),
     );
     let store = controller.store();

@@ -18,6 +18,7 @@ use super::pod_contract::{
     SOCKETS_VOLUME, SPOOL_VOLUME, SPOOL_VOLUME_ANNOTATION,
 };
 use super::reconcile::requested_sinks;
+use crate::api::resource::SpecError;
 use crate::api::resource::{SECRET_DIR, SOCKET_DIR, SPOOL_DIR};
 use crate::api::StarRocksSink;
 
@@ -77,6 +78,32 @@ pub enum Outcome {
     Injected(Box<Pod>),
     /// The pod must not be admitted, and why (with the fix).
     Denied(String),
+}
+
+/// A denial for a pod that names a sink whose spec cannot be read (`unreadable`, by
+/// name), unless the pod asks to start without missing sinks: such a sink is missing.
+pub fn unreadable_sinks_denial(pod: &Pod, unreadable: &[(String, SpecError)]) -> Option<String> {
+    if pod
+        .annotations()
+        .get(ON_MISSING_ANNOTATION)
+        .map(String::as_str)
+        == Some("skip")
+    {
+        return None;
+    }
+    let wanted = requested_sinks(pod);
+    let broken: Vec<String> = unreadable
+        .iter()
+        .filter(|(name, _)| wanted.contains(name))
+        .map(|(name, e)| format!("StarRocksSink {name} cannot be read ({e})"))
+        .collect();
+    (!broken.is_empty()).then(|| {
+        format!(
+            "{}; fix it (kubectl -n {ns} describe srs NAME shows the field), or annotate the pod {ON_MISSING_ANNOTATION}: skip to start it without that sink",
+            broken.join("; "),
+            ns = pod.namespace().unwrap_or_default()
+        )
+    })
 }
 
 /// Attaches the loader to `pod` for the sinks it asks for. `sinks` are the sinks that

@@ -12,11 +12,14 @@ pub mod webhook;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::events::Reporter;
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::resource::StoredSink;
 use controller::{check_crd, run_controller, Context, ControllerMetrics, StartError};
 
 /// `starsink controller` options.
@@ -56,6 +59,11 @@ pub struct ControllerArgs {
     /// ResourceRequirements), for sinks that set no `sidecar.resources`.
     #[arg(long, env = "STARSINK_LOADER_RESOURCES", value_parser = parse_resources)]
     pub loader_resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    /// The controller's own Deployment (in $POD_NAMESPACE). The webhook's TLS Secret and
+    /// the Lease, which the controller creates, are owned by it, so they are removed with
+    /// it (`helm uninstall`). Unset: they are left behind.
+    #[arg(long, env = "STARSINK_OWNER_DEPLOYMENT")]
+    pub owner_deployment: Option<String>,
 }
 
 fn parse_resources(s: &str) -> Result<k8s_openapi::api::core::v1::ResourceRequirements, String> {
@@ -85,15 +93,40 @@ pub enum OperatorError {
     Signals(std::io::Error),
 }
 
-/// Runs the controller until SIGTERM or SIGINT.
+/// How long the controller may take to stop after SIGTERM or SIGINT, whatever it is
+/// doing (waiting for the API server, a reconcile, the Lease): well inside the default
+/// 30s grace period, so it is never killed.
+pub const STOP_BOUND: Duration = Duration::from_secs(10);
+
+/// Runs the controller until SIGTERM or SIGINT, then stops within [`STOP_BOUND`].
 pub async fn run(args: ControllerArgs) -> Result<(), OperatorError> {
     let stop = CancellationToken::new();
     watch_signals(stop.clone()).map_err(OperatorError::Signals)?;
+    let work = serve(args, stop.clone());
+    tokio::pin!(work);
+    tokio::select! {
+        result = &mut work => return result,
+        _ = stop.cancelled() => {}
+    }
+    match tokio::time::timeout(STOP_BOUND, work).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(bound = ?STOP_BOUND, "not stopped in time after the signal; exiting anyway");
+            Ok(())
+        }
+    }
+}
+
+/// Everything the controller does, until `stop`.
+async fn serve(args: ControllerArgs, stop: CancellationToken) -> Result<(), OperatorError> {
     let client = Client::try_default().await.map_err(OperatorError::Client)?;
     check_crd(&client).await?;
 
     let metrics = Arc::new(ControllerMetrics::default());
     let webhook_metrics = Arc::new(webhook::WebhookMetrics::default());
+    // Ready while the webhook's sink cache is synced with the API server: set when a
+    // list completes, cleared when the watch fails, so a replica whose cache is stale is
+    // taken out of the Service instead of answering from it.
     let ready = Arc::new(AtomicBool::new(false));
     let listener = crate::telemetry::bind(args.metrics_addr, "--metrics-addr")
         .await
@@ -105,7 +138,16 @@ pub async fn run(args: ControllerArgs) -> Result<(), OperatorError> {
         ready.clone(),
         stop.clone(),
     ));
-    start_webhook(&client, &args, webhook_metrics, stop.clone()).await?;
+    let owner = owner_reference(&client, &args).await;
+    start_webhook(
+        &client,
+        &args,
+        owner.clone(),
+        webhook_metrics,
+        ready,
+        stop.clone(),
+    )
+    .await?;
     let identity = args
         .identity
         .clone()
@@ -118,7 +160,6 @@ pub async fn run(args: ControllerArgs) -> Result<(), OperatorError> {
         },
         metrics,
     );
-    ready.store(true, Relaxed);
     tracing::info!(identity = %identity, "controller started");
 
     if args.no_leader_election {
@@ -130,14 +171,17 @@ pub async fn run(args: ControllerArgs) -> Result<(), OperatorError> {
         .lease_namespace
         .clone()
         .ok_or(OperatorError::NoLeaseNamespace)?;
-    let lease = kube_lease_manager::LeaseManagerBuilder::new(client, LEASE_NAME)
-        .with_namespace(namespace)
+    let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+        .with_namespace(namespace.clone())
         .with_identity(identity)
         .with_duration(15)
         .with_grace(5)
         .build()
         .await
         .map_err(|e| OperatorError::Lease(e.to_string()))?;
+    if let Some(owner) = &owner {
+        own_lease(&client, &namespace, owner).await;
+    }
     let (mut leader, task) = lease.watch().await;
     loop {
         tokio::select! {
@@ -166,11 +210,13 @@ pub async fn run(args: ControllerArgs) -> Result<(), OperatorError> {
 
 /// Starts the admission webhook on this replica: its own sink cache (a reflector, so no
 /// API call per review), the cluster version, TLS (managed or from `--cert-dir`), and
-/// the HTTPS server, all stopped by `stop`.
+/// the HTTPS server, all stopped by `stop`. `ready` follows the cache's sync.
 async fn start_webhook(
     client: &Client,
     args: &ControllerArgs,
+    owner: Option<OwnerReference>,
     metrics: Arc<webhook::WebhookMetrics>,
+    ready: Arc<AtomicBool>,
     stop: CancellationToken,
 ) -> Result<(), OperatorError> {
     use futures::StreamExt;
@@ -180,16 +226,27 @@ async fn start_webhook(
     let sinks = reflector::reflector(
         writer,
         watcher(
-            kube::Api::<crate::api::StarRocksSink>::all(client.clone()),
+            kube::Api::<StoredSink>::all(client.clone()),
             watcher::Config::default(),
         ),
     )
-    .applied_objects()
     .default_backoff();
     let stopping = stop.clone();
     tokio::spawn(async move {
+        let follow = sinks.for_each(|event| {
+            match event {
+                Ok(watcher::Event::InitDone) => ready.store(true, Relaxed),
+                Ok(_) => {}
+                Err(e) => {
+                    if ready.swap(false, Relaxed) {
+                        tracing::warn!(error = %e, "sink watch failed; not ready until it is synced again");
+                    }
+                }
+            }
+            futures::future::ready(())
+        });
         tokio::select! {
-            _ = sinks.for_each(|_| futures::future::ready(())) => {}
+            _ = follow => {}
             _ = stopping.cancelled() => {}
         }
     });
@@ -234,6 +291,7 @@ async fn start_webhook(
                 webhook_config: args.webhook_config.clone(),
                 service: args.webhook_service.clone(),
                 validity: certs::Validity::default(),
+                owner,
             };
             // The first certificate is in place before the server accepts anything.
             tls::ensure(client, &opts, &resolver)
@@ -267,6 +325,46 @@ async fn start_webhook(
         stop,
     ));
     Ok(())
+}
+
+/// An owner reference to the controller's Deployment, when `--owner-deployment` names
+/// one that can be read. Without it the controller still works; what it creates is only
+/// left behind at uninstall, which is logged.
+async fn owner_reference(client: &Client, args: &ControllerArgs) -> Option<OwnerReference> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::Resource;
+    let name = args.owner_deployment.as_ref()?;
+    let namespace = args.lease_namespace.as_ref()?;
+    match kube::Api::<Deployment>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+    {
+        Ok(d) => d.controller_owner_ref(&()).map(|mut o| {
+            // Owned, not controlled: the Deployment controller must not adopt them.
+            o.controller = None;
+            o
+        }),
+        Err(e) => {
+            tracing::warn!(deployment = %name, namespace = %namespace, error = %e, "cannot read the controller's Deployment; the TLS Secret and the Lease will not be removed with it");
+            None
+        }
+    }
+}
+
+/// Puts `owner` on the Lease, so it is deleted with the controller's Deployment.
+async fn own_lease(client: &Client, namespace: &str, owner: &OwnerReference) {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
+    let params = kube::api::PatchParams {
+        field_manager: Some(controller::FIELD_MANAGER.into()),
+        ..kube::api::PatchParams::default()
+    };
+    if let Err(e) = kube::Api::<Lease>::namespaced(client.clone(), namespace)
+        .patch(LEASE_NAME, &params, &kube::api::Patch::Merge(&patch))
+        .await
+    {
+        tracing::warn!(error = %e, "cannot set the Lease's owner; it will be left behind at uninstall");
+    }
 }
 
 fn watch_signals(stop: CancellationToken) -> std::io::Result<()> {

@@ -10,6 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
+use crate::api::resource::{SpecError, StoredSink};
 use crate::api::{StarRocksSink, StarRocksSinkStatus};
 
 use super::pod_contract::{
@@ -76,10 +77,51 @@ pub fn decide(
     now: Timestamp,
 ) -> Decision {
     let name = sink.name_any();
-    let attached = attached_pods(pods, &name);
-    let (reason, message, config_map, next) = match check(sink, secret) {
-        Ok(user) => {
-            let cm = config_map(sink, &name, &user);
+    let checked = check(sink, secret).map(|user| config_map(sink, &name, &user));
+    let old = sink.status.clone().unwrap_or_default();
+    conclude(
+        sink.meta().generation,
+        old,
+        attached_pods(pods, &name),
+        checked,
+        now,
+    )
+}
+
+/// Decides for a stored sink whose spec cannot be decoded: not Ready, reason
+/// `InvalidSpec`, naming the field; its last good ConfigMap stays.
+pub fn decide_unreadable(
+    stored: &StoredSink,
+    error: &SpecError,
+    pods: &[Pod],
+    now: Timestamp,
+) -> Decision {
+    let name = stored.name_any();
+    let message = format!(
+        "{error}; the loader cannot read this value: fix {} (kubectl -n {} edit srs {name})",
+        error.field,
+        stored.namespace().unwrap_or_default()
+    );
+    conclude(
+        stored.metadata.generation,
+        stored.status(),
+        attached_pods(pods, &name),
+        Err((Reason::InvalidSpec, message)),
+        now,
+    )
+}
+
+/// The status, event and next step, given the outcome of the checks: the ConfigMap to
+/// apply, or why the sink is not ready.
+fn conclude(
+    generation: Option<i64>,
+    old: StarRocksSinkStatus,
+    attached: i32,
+    checked: Result<ConfigMap, (Reason, String)>,
+    now: Timestamp,
+) -> Decision {
+    let (reason, message, config_map, next) = match checked {
+        Ok(cm) => {
             let hash = cm
                 .metadata
                 .annotations
@@ -90,7 +132,7 @@ pub fn decide(
                 Reason::Ready,
                 format!(
                     "loader config is in ConfigMap {} (hash {})",
-                    config_map_name(&name),
+                    cm.name_any(),
                     hash.as_deref().unwrap_or("")
                 ),
                 Some(cm),
@@ -106,7 +148,6 @@ pub fn decide(
         }
     };
 
-    let old = sink.status.clone().unwrap_or_default();
     let old_ready = old.conditions.iter().find(|c| c.type_ == "Ready");
     let status_word = if reason == Reason::Ready {
         "True"
@@ -114,7 +155,6 @@ pub fn decide(
         "False"
     };
     let flipped = old_ready.is_none_or(|c| c.status != status_word);
-    let generation = sink.meta().generation;
     let ready = Condition {
         type_: "Ready".into(),
         status: status_word.into(),
@@ -540,6 +580,48 @@ mod tests {
         let d = step(&mut s, Some(&good_secret()), &pods[1..], 10);
         assert_eq!(d.status.map(|st| st.attached_pods), Some(1));
         assert_eq!(d.event, None);
+    }
+
+    #[test]
+    fn an_unreadable_spec_is_invalid_with_the_field_named_and_keeps_the_last_config() {
+        let mut s = sink(1, "orders");
+        step(&mut s, Some(&good_secret()), &[], 0);
+        let hash = s.status.as_ref().unwrap().config_hash.clone();
+        let mut stored: StoredSink =
+            serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        stored.metadata.generation = Some(2);
+        stored.spec["retry"] = json!({"giveUpAfter": "99999999999999999999h"});
+        let err = stored.decode().expect_err("unreadable");
+        let d = decide_unreadable(&stored, &err, &[pod("a", "orders", "Running", true)], t(10));
+        assert!(d.config_map.is_none(), "running loaders keep their config");
+        let status = d.status.expect("a status write");
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "InvalidSpec")
+        );
+        assert!(
+            c.message.starts_with("spec.retry.giveUpAfter: "),
+            "{}",
+            c.message
+        );
+        assert!(
+            c.message.contains("kubectl -n shop edit srs orders"),
+            "{}",
+            c.message
+        );
+        assert_eq!(status.observed_generation, Some(2));
+        assert_eq!(status.config_hash, hash);
+        assert_eq!(status.attached_pods, 1);
+        let e = d.event.expect("a Warning event");
+        assert!(
+            e.warning && e.reason == "InvalidSpec" && e.note.contains("spec.retry.giveUpAfter")
+        );
+        assert_eq!(d.next, Next::AwaitChange);
     }
 
     #[test]

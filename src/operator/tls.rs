@@ -10,14 +10,18 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
+use futures::StreamExt;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::ByteString;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::certs::{plan, renew, service_dns_names, Renewal, TlsMaterial, Validity};
+use super::controller::FIELD_MANAGER;
 use super::webhook::CertResolver;
 
 /// Where the TLS material lives and what it serves.
@@ -29,6 +33,8 @@ pub struct TlsOptions {
     pub webhook_config: String,
     pub service: String,
     pub validity: Validity,
+    /// Owner of the Secret (the controller's Deployment), so it goes with the release.
+    pub owner: Option<OwnerReference>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +106,7 @@ fn to_secret(m: &TlsMaterial, opts: &TlsOptions, resource_version: Option<String
             name: Some(opts.secret.clone()),
             namespace: Some(opts.namespace.clone()),
             resource_version,
+            owner_references: opts.owner.clone().map(|o| vec![o]),
             labels: Some(BTreeMap::from([(
                 "app.kubernetes.io/managed-by".into(),
                 "starsink".into(),
@@ -120,13 +127,13 @@ fn to_secret(m: &TlsMaterial, opts: &TlsOptions, resource_version: Option<String
 }
 
 /// Brings the Secret, the webhook configuration's CA bundle and the served certificate up
-/// to date; returns when to look again. Replicas race safely: the Secret is created or
+/// to date; returns when to look again, and the CA bundle now in force. Replicas race safely: the Secret is created or
 /// replaced at a resourceVersion, and the loser re-reads.
 pub async fn ensure(
     client: &Client,
     opts: &TlsOptions,
     resolver: &CertResolver,
-) -> Result<Duration, TlsError> {
+) -> Result<(Duration, String), TlsError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &opts.namespace);
     let names = service_dns_names(&opts.service, &opts.namespace);
     let mut attempts = 0;
@@ -142,21 +149,24 @@ pub async fn ensure(
             )))?;
         let material = current.as_ref().and_then(from_secret);
         let renewal = plan(material.as_ref(), now, opts.validity);
-        if renewal == Renewal::Keep {
-            if let Some(m) = material {
-                break m;
+        let next = match material {
+            Some(m) if renewal == Renewal::Keep => {
+                if owned_as_asked(current.as_ref(), opts) {
+                    break m;
+                }
+                m
             }
-        }
-        let next = renew(material.as_ref(), renewal, &names, now, opts.validity)?;
+            m => renew(m.as_ref(), renewal, &names, now, opts.validity)?,
+        };
         let written = match &current {
             None => secrets
-                .create(&PostParams::default(), &to_secret(&next, opts, None))
+                .create(&post_params(), &to_secret(&next, opts, None))
                 .await
                 .map(|_| ()),
             Some(s) => secrets
                 .replace(
                     &opts.secret,
-                    &PostParams::default(),
+                    &post_params(),
                     &to_secret(&next, opts, s.metadata.resource_version.clone()),
                 )
                 .await
@@ -188,7 +198,7 @@ pub async fn ensure(
         material.ca_not_after - i64::try_from(opts.validity.ca.as_secs() / 3).unwrap_or(i64::MAX),
     );
     let wait = u64::try_from((due - now).max(1)).unwrap_or(1).min(3600);
-    Ok(Duration::from_secs(wait))
+    Ok((Duration::from_secs(wait), material.ca_bundle))
 }
 
 /// Sets every webhook's `clientConfig.caBundle` in the configuration, if it differs.
@@ -226,39 +236,92 @@ async fn patch_ca_bundle(client: &Client, opts: &TlsOptions, bundle: &str) -> Re
     }
     let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
         .map_err(|e| TlsError::Load(format!("caBundle patch: {e}")))?;
-    api.patch(
-        &opts.webhook_config,
-        &PatchParams::default(),
-        &Patch::<()>::Json(patch),
-    )
-    .await
-    .map_err(kube_err(format!(
-        "patching caBundle of {}",
-        opts.webhook_config
-    )))?;
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    api.patch(&opts.webhook_config, &params, &Patch::<()>::Json(patch))
+        .await
+        .map_err(kube_err(format!(
+            "patching caBundle of {}",
+            opts.webhook_config
+        )))?;
     tracing::info!(config = %opts.webhook_config, "caBundle updated");
     Ok(())
 }
 
-/// Keeps the material current until `stop`, retrying failures after 10s.
+/// Keeps the material current until `stop`, retrying failures after 10s. It also watches
+/// the webhook configuration, so a configuration created after the controller started
+/// (helm creates it after the Deployment), or one whose `caBundle` was overwritten, gets
+/// the bundle at once rather than at the next renewal check.
 pub async fn run(
     client: Client,
     opts: TlsOptions,
     resolver: Arc<CertResolver>,
     stop: CancellationToken,
 ) {
+    let configs = watcher(
+        Api::<MutatingWebhookConfiguration>::all(client.clone()),
+        watcher::Config::default().fields(&format!("metadata.name={}", opts.webhook_config)),
+    )
+    .applied_objects()
+    .default_backoff();
+    tokio::pin!(configs);
+    let mut bundle = None;
     loop {
         let wait = match ensure(&client, &opts, &resolver).await {
-            Ok(wait) => wait,
+            Ok((wait, served)) => {
+                bundle = Some(served);
+                wait
+            }
             Err(e) => {
                 tracing::error!(error = %e, "webhook TLS: cannot bring the certificate up to date; retrying in 10s");
                 Duration::from_secs(10)
             }
         };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = &mut sleep => break,
+                next = configs.next() => match next {
+                    Some(Ok(config)) if !bundle_is(&config, bundle.as_deref()) => break,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => tracing::debug!(error = %e, "webhook configuration watch"),
+                    None => return,
+                },
+            }
         }
+    }
+}
+
+/// Whether every webhook of `config` carries `bundle` (PEM) as its `caBundle`.
+fn bundle_is(config: &MutatingWebhookConfiguration, bundle: Option<&str>) -> bool {
+    let Some(bundle) = bundle else { return false };
+    config.webhooks.iter().flatten().all(|w| {
+        w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()) == Some(bundle.as_bytes())
+    })
+}
+
+/// Whether the Secret already has the owner `opts` asks for (or none is asked for).
+fn owned_as_asked(secret: Option<&Secret>, opts: &TlsOptions) -> bool {
+    let Some(owner) = &opts.owner else {
+        return true;
+    };
+    secret.is_some_and(|s| {
+        s.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == owner.uid)
+    })
+}
+
+fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
     }
 }
 
@@ -362,6 +425,7 @@ mod tests {
             webhook_config: "starsink".into(),
             service: "w".into(),
             validity: Validity::default(),
+            owner: None,
         };
         assert_eq!(from_secret(&to_secret(&m, &opts, None)), Some(m));
     }

@@ -23,7 +23,8 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::inject::{inject, InjectSettings, Outcome};
+use super::inject::{inject, unreadable_sinks_denial, InjectSettings, Outcome};
+use crate::api::resource::{SpecError, StoredSink};
 use crate::api::StarRocksSink;
 use crate::telemetry::Histogram;
 
@@ -32,25 +33,44 @@ pub const MAX_BODY: usize = 4 << 20;
 
 /// Where the webhook finds sinks: the controller's reflector cache, never the API.
 pub trait SinkSource: Send + Sync + 'static {
-    fn sinks_in(&self, namespace: &str) -> Vec<StarRocksSink>;
+    fn sinks_in(&self, namespace: &str) -> NamespaceSinks;
 }
 
-impl SinkSource for Store<StarRocksSink> {
-    fn sinks_in(&self, namespace: &str) -> Vec<StarRocksSink> {
-        self.state()
-            .iter()
-            .filter(|s| s.namespace().as_deref() == Some(namespace))
-            .map(|s| s.as_ref().clone())
-            .collect()
+/// The sinks of one namespace: those whose spec reads, and those whose spec does not
+/// (by name, with why), so a pod that names a broken sink is told so, and no other pod
+/// is affected by it.
+#[derive(Debug, Default)]
+pub struct NamespaceSinks {
+    pub readable: Vec<StarRocksSink>,
+    pub unreadable: Vec<(String, SpecError)>,
+}
+
+impl SinkSource for Store<StoredSink> {
+    fn sinks_in(&self, namespace: &str) -> NamespaceSinks {
+        let mut out = NamespaceSinks::default();
+        for s in self.state() {
+            if s.namespace().as_deref() != Some(namespace) {
+                continue;
+            }
+            match s.decode() {
+                Ok(sink) => out.readable.push(sink),
+                Err(e) => out.unreadable.push((s.name_any(), e)),
+            }
+        }
+        out
     }
 }
 
 impl SinkSource for Vec<StarRocksSink> {
-    fn sinks_in(&self, namespace: &str) -> Vec<StarRocksSink> {
-        self.iter()
-            .filter(|s| s.namespace().as_deref().unwrap_or(namespace) == namespace)
-            .cloned()
-            .collect()
+    fn sinks_in(&self, namespace: &str) -> NamespaceSinks {
+        NamespaceSinks {
+            readable: self
+                .iter()
+                .filter(|s| s.namespace().as_deref().unwrap_or(namespace) == namespace)
+                .cloned()
+                .collect(),
+            unreadable: Vec::new(),
+        }
     }
 }
 
@@ -195,7 +215,10 @@ impl Webhook {
             .unwrap_or_else(|| "default".into());
         pod.metadata.namespace = Some(namespace.clone());
         let sinks = self.sinks.sinks_in(&namespace);
-        match inject(&pod, &sinks, &self.settings) {
+        if let Some(why) = unreadable_sinks_denial(&pod, &sinks.unreadable) {
+            return (v1(answer.deny(why)), ReviewResult::Denied);
+        }
+        match inject(&pod, &sinks.readable, &self.settings) {
             Outcome::Unchanged(_) => (v1(answer), ReviewResult::Unchanged),
             Outcome::Denied(why) => (v1(answer.deny(why)), ReviewResult::Denied),
             Outcome::Injected(injected) => {

@@ -4,8 +4,12 @@
 //! with live events filtered by namespace and labels; GET with `NotFound` Status; server-
 //! side apply of whole objects and of `/status`; POST (Events). The test drives it by
 //! putting and deleting objects as kubectl would, and awaits conditions on what the
-//! controller wrote.
+//! controller wrote. Every write a client makes passes the API server's own object
+//! validation first (`kube_rules`: names, label values, ConfigMap keys, pod rules), and is
+//! refused with 422 as a real server would refuse it.
 #![allow(dead_code)]
+
+use super::kube_rules;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -39,6 +43,8 @@ struct Store {
     log: Vec<Change>,
     /// Every request as "METHOD path?query", for assertions on what the controller did.
     requests: Vec<String>,
+    /// Writes refused by the API server's validation, with why.
+    refused: Vec<String>,
 }
 
 /// The emulator; clone it freely.
@@ -134,6 +140,7 @@ fn kind_of(resource: &str) -> (&'static str, &'static str) {
         "starsink.io/starrockssinks" => ("starsink.io/v1alpha1", "StarRocksSink"),
         "events.k8s.io/events" => ("events.k8s.io/v1", "Event"),
         "coordination.k8s.io/leases" => ("coordination.k8s.io/v1", "Lease"),
+        "apps/deployments" => ("apps/v1", "Deployment"),
         "admissionregistration.k8s.io/mutatingwebhookconfigurations" => (
             "admissionregistration.k8s.io/v1",
             "MutatingWebhookConfiguration",
@@ -261,6 +268,29 @@ impl FakeApi {
         drop(st);
         self.changed.send_replace(rv);
         obj
+    }
+
+    /// Stores what a client wrote, unless the API server's own object validation
+    /// (`kube_rules`) refuses it: then 422 Invalid, as a real server answers.
+    fn write(&self, resource: &str, mut obj: Value, code: StatusCode) -> Response<ResponseBody> {
+        let (api_version, kind) = kind_of(resource);
+        obj["apiVersion"] = json!(api_version);
+        obj["kind"] = json!(kind);
+        let problems = kube_rules::problems(&obj);
+        if !problems.is_empty() {
+            self.store().refused.push(problems.join("; "));
+            return status_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                format!("{kind} is invalid: {}", problems.join(", ")),
+            );
+        }
+        json_response(code, &self.put_unlocked(resource, obj))
+    }
+
+    /// What the emulator refused to store, as the API server's validation messages.
+    pub fn refused(&self) -> Vec<String> {
+        self.store().refused.clone()
     }
 
     /// Deletes an object, as `kubectl delete` would.
@@ -402,7 +432,7 @@ impl FakeApi {
                     obj["metadata"]["name"] = json!(format!("{prefix}{}", self.store().rv + 1));
                 }
                 obj["metadata"]["namespace"] = json!(t.namespace.clone().unwrap_or_default());
-                json_response(StatusCode::CREATED, &self.put_unlocked(&t.resource, obj))
+                self.write(&t.resource, obj, StatusCode::CREATED)
             }
             (m, _) => status_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -539,7 +569,7 @@ impl FakeApi {
         merge_patch(&mut obj, &patch);
         obj["metadata"]["namespace"] = json!(ns);
         obj["metadata"]["name"] = json!(name);
-        json_response(StatusCode::OK, &self.put_unlocked(&t.resource, obj))
+        self.write(&t.resource, obj, StatusCode::OK)
     }
 
     /// A JSON merge patch (RFC 7386), as the event recorder sends for a repeated Event.
@@ -557,7 +587,7 @@ impl FakeApi {
             );
         };
         merge_patch(&mut obj, &patch);
-        json_response(StatusCode::OK, &self.put_unlocked(&t.resource, obj))
+        self.write(&t.resource, obj, StatusCode::OK)
     }
 
     /// PUT: replaces the object if the caller's resourceVersion is the stored one.
@@ -583,7 +613,7 @@ impl FakeApi {
                     .into(),
             );
         }
-        json_response(StatusCode::OK, &self.put_unlocked(&t.resource, obj))
+        self.write(&t.resource, obj, StatusCode::OK)
     }
 
     /// A JSON patch (RFC 6902).
@@ -603,7 +633,7 @@ impl FakeApi {
         if let Err(e) = json_patch::patch(&mut obj, &patch) {
             return status_response(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string());
         }
-        json_response(StatusCode::OK, &self.put_unlocked(&t.resource, obj))
+        self.write(&t.resource, obj, StatusCode::OK)
     }
 
     /// Stores a status change: new resourceVersion, same generation.
