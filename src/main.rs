@@ -45,6 +45,9 @@ enum Command {
     Crd,
     /// The operator: reconciles StarRocksSinks into loader ConfigMaps and status.
     Controller(starsink::operator::ControllerArgs),
+    /// A local Stream Load endpoint that behaves like StarRocks (FE and BE), printing each
+    /// load; for trying a loader without a StarRocks, and for the end-to-end suite.
+    DevEndpoint(starsink::dev_endpoint::command::DevEndpointArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo(args) => runtime.block_on(starsink::demo::run(args)),
+        Command::DevEndpoint(args) => runtime.block_on(starsink::dev_endpoint::command::run(args)),
         Command::Controller(args) => {
             starsink::init_logging(cli.log_format);
             match runtime.block_on(starsink::operator::run(args)) {

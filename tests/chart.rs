@@ -1,6 +1,9 @@
 //! The Helm chart and the Dockerfile, checked with the real tools that
 //! scripts/install-tools puts in `.tools/`: helm (lint, template), kubernetes-validate
-//! (strict, every built-in kind) and hadolint.
+//! (strict, every built-in kind) and hadolint; and every rendered object against the API
+//! server's own object validation (`kube_rules`).
+
+mod kube_rules;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -102,6 +105,12 @@ fn every_rendered_object_is_valid_kubernetes() {
         }
         for doc in documents(&rendered) {
             let kind = doc["kind"].as_str().unwrap_or("");
+            let refused = kube_rules::problems_restricted(&doc);
+            assert!(
+                refused.is_empty(),
+                "{values:?}: a real API server (restricted namespace) would refuse {kind} {}: {refused:?}",
+                doc["metadata"]["name"]
+            );
             if FOREIGN.contains(&kind) {
                 assert!(
                     doc["metadata"]["name"].is_string() && doc["spec"].is_object(),

@@ -132,12 +132,12 @@ pub(super) async fn connection(stream: TcpStream, shared: &Shared) {
         };
         match outcome {
             Outcome::Drop { rows } => {
-                shared.state().loads.push(record("dropped", rows));
+                shared.record_load(record("dropped", rows));
                 notify();
                 return;
             }
             Outcome::Http503 => {
-                shared.state().loads.push(record("503", 0));
+                shared.record_load(record("503", 0));
                 let _ = conn
                     .write_all(&response(503, "Service Unavailable", &[], b"busy\n"))
                     .await;
@@ -148,7 +148,7 @@ pub(super) async fn connection(stream: TcpStream, shared: &Shared) {
                 rows,
                 extra,
             } => {
-                shared.state().loads.push(record(&status, rows));
+                shared.record_load(record(&status, rows));
                 notify();
                 let body = load_answer(&label, &status, &message, rows, body.len(), &extra);
                 if conn

@@ -22,6 +22,7 @@ pub(super) async fn connection(stream: TcpStream, shared: &Shared) {
     let authorized = shared.authorized(req.headers.get("authorization"));
 
     let reply = match (req.method.as_str(), parts.as_slice()) {
+        ("GET", ["dev", what]) => inspect(shared, what, req.query("table")),
         (_, _) if !authorized => {
             shared.state().auth_failures += 1;
             response(
@@ -59,7 +60,7 @@ pub(super) async fn connection(stream: TcpStream, shared: &Shared) {
                     .unwrap_or_default();
                 let location = format!(
                     "http://{}/api/{db}/{table}/_stream_load{query}",
-                    shared.be_addr
+                    shared.be_location(req.headers.get("host"))
                 );
                 response(
                     307,
@@ -121,5 +122,64 @@ pub(super) async fn connection(stream: TcpStream, shared: &Shared) {
     .await;
     if stray > 0 {
         shared.state().fe_body_bytes += stray;
+    }
+}
+
+/// The endpoint's own read API (not StarRocks'; no auth): `/dev/summary` (rows per
+/// table), `/dev/loads` (every load with its outcome), `/dev/rows?table=db.table` (the
+/// committed rows of a table, one per line, in commit order).
+fn inspect(shared: &Shared, what: &str, table: Option<&str>) -> Vec<u8> {
+    let json = |v: serde_json::Value| {
+        response(
+            200,
+            "OK",
+            &[
+                ("Content-Type", "application/json"),
+                ("Connection", "close"),
+            ],
+            format!("{v}\n").as_bytes(),
+        )
+    };
+    let st = shared.state();
+    match (what, table) {
+        ("summary", _) => {
+            let tables: serde_json::Map<String, serde_json::Value> = st
+                .rows
+                .iter()
+                .map(|(t, rows)| (t.clone(), rows.len().into()))
+                .collect();
+            json(serde_json::json!({
+                "committedRows": st.committed_rows,
+                "loads": st.loads.len(),
+                "tables": tables,
+            }))
+        }
+        ("loads", _) => json(serde_json::Value::Array(
+            st.loads
+                .iter()
+                .map(|l| {
+                    serde_json::json!({"label": l.label, "table": l.table, "status": l.status, "rows": l.rows, "bytes": l.body_bytes})
+                })
+                .collect(),
+        )),
+        ("rows", Some(table)) => {
+            let mut body = String::new();
+            for row in st.rows.get(table).into_iter().flatten() {
+                body.push_str(row);
+                body.push('\n');
+            }
+            response(
+                200,
+                "OK",
+                &[("Content-Type", "text/plain"), ("Connection", "close")],
+                body.as_bytes(),
+            )
+        }
+        _ => response(
+            404,
+            "Not Found",
+            &[("Connection", "close")],
+            b"try /dev/summary, /dev/loads or /dev/rows?table=DB.TABLE\n",
+        ),
     }
 }

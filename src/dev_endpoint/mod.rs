@@ -7,6 +7,7 @@
 //! injected on demand. Loaded rows are kept so tests can assert on them.
 
 mod be;
+pub mod command;
 mod fe;
 
 use std::collections::HashMap;
@@ -115,12 +116,43 @@ pub(crate) struct Shared {
     pub state: Mutex<State>,
     pub rng: Mutex<fastrand::Rng>,
     pub committed: watch::Sender<u64>,
+    /// How many loads have been recorded (for a feed of them).
+    pub loads_seen: watch::Sender<usize>,
     pub be_addr: SocketAddr,
+    /// `host:port` the FE redirects to; `None`: the BE's own address, or (when the BE
+    /// listens on every interface) the host the client reached the FE by, with the BE's port.
+    pub be_advertised: Option<String>,
 }
 
 impl Shared {
     pub fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn record_load(&self, load: LoadRecord) {
+        let n = {
+            let mut st = self.state();
+            st.loads.push(load);
+            st.loads.len()
+        };
+        self.loads_seen.send_replace(n);
+    }
+
+    /// Where the FE redirects a load to, given the `Host` the client sent the FE.
+    pub fn be_location(&self, fe_host: Option<&str>) -> String {
+        if let Some(a) = &self.be_advertised {
+            return a.clone();
+        }
+        match fe_host {
+            Some(host) if self.be_addr.ip().is_unspecified() => {
+                let name = match host.rsplit_once(':') {
+                    Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+                    _ => host,
+                };
+                format!("{name}:{}", self.be_addr.port())
+            }
+            _ => self.be_addr.to_string(),
+        }
     }
 
     pub fn roll(&self, p: f64) -> bool {
@@ -157,16 +189,31 @@ pub struct DevEndpoint {
 impl DevEndpoint {
     /// Starts FE and BE listeners on ephemeral loopback ports.
     pub async fn start(config: EndpointConfig) -> std::io::Result<Self> {
-        let fe = TcpListener::bind("127.0.0.1:0").await?;
-        let be = TcpListener::bind("127.0.0.1:0").await?;
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_on(config, loopback, loopback, None).await
+    }
+
+    /// Starts FE and BE listeners on the given addresses; the FE redirects loads to
+    /// `be_advertised` (`host:port`) when given (see [`Shared::be_location`]).
+    pub async fn start_on(
+        config: EndpointConfig,
+        fe: SocketAddr,
+        be: SocketAddr,
+        be_advertised: Option<String>,
+    ) -> std::io::Result<Self> {
+        let fe = TcpListener::bind(fe).await?;
+        let be = TcpListener::bind(be).await?;
         let (committed, _) = watch::channel(0);
+        let (loads_seen, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             faults: Mutex::new(config.faults.clone()),
             rng: Mutex::new(fastrand::Rng::with_seed(config.seed)),
             config,
             state: Mutex::new(State::default()),
             committed,
+            loads_seen,
             be_addr: be.local_addr()?,
+            be_advertised,
         });
         let stop = CancellationToken::new();
         let fe_addr = fe.local_addr()?;
@@ -177,6 +224,22 @@ impl DevEndpoint {
             fe_addr,
             stop,
         })
+    }
+
+    /// The BE's listening address.
+    pub fn be_addr(&self) -> SocketAddr {
+        self.shared.be_addr
+    }
+
+    /// Waits until more than `seen` loads are recorded; returns the new ones.
+    pub async fn loads_after(&self, seen: usize) -> Vec<LoadRecord> {
+        let mut rx = self.shared.loads_seen.subscribe();
+        let _ = rx.wait_for(|n| *n > seen).await;
+        self.state()
+            .loads
+            .get(seen..)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default()
     }
 
     /// The FE URL to put in `feEndpoints`.

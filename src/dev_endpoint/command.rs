@@ -1,0 +1,144 @@
+//! `starsink dev-endpoint`: the local Stream Load endpoint as a process of its own, so a
+//! newcomer can point a loader at it, and the end-to-end suite can deploy it into a
+//! cluster in place of StarRocks. It prints each load as it happens; what was loaded can
+//! be read back over HTTP (`/dev/summary`, `/dev/loads`, `/dev/rows?table=DB.TABLE` on
+//! the FE port).
+
+use std::net::SocketAddr;
+
+use super::{DevEndpoint, EndpointConfig, Faults};
+
+/// `starsink dev-endpoint` options.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DevEndpointArgs {
+    /// Where the FE listens (Stream Load, `get_load_state`, and `/dev/...`).
+    #[arg(long, default_value = "127.0.0.1:8030")]
+    pub fe_addr: SocketAddr,
+    /// Where the BE listens (the body of each load).
+    #[arg(long, default_value = "127.0.0.1:8040")]
+    pub be_addr: SocketAddr,
+    /// `host:port` the FE redirects loads to (default: the BE's address; when the BE
+    /// listens on every interface, the host the client reached the FE by, with the BE's
+    /// port, which is what a Kubernetes Service needs).
+    #[arg(long)]
+    pub advertise_be: Option<String>,
+    /// The user loads must authenticate as.
+    #[arg(long, default_value = "root")]
+    pub user: String,
+    /// The password loads must authenticate with (default: empty).
+    #[arg(long, env = "STARSINK_DEV_PASSWORD", default_value = "")]
+    pub password: String,
+    /// Fault: this fraction of loads fails with a transient error (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    pub fail: f64,
+    /// Fault: this fraction of loads is answered 503 without loading.
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    pub unavailable: f64,
+    /// Fault: this fraction of loads is committed, then the connection is dropped.
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    pub commit_then_drop: f64,
+    /// Fault: this fraction of loads is committed and answered `Publish Timeout`.
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    pub publish_timeout: f64,
+    /// Fault: this fraction of loads is refused for bad data (not retryable).
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    pub refuse: f64,
+    /// Fault: this fraction of loads is answered after `--slow-by`.
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    pub slow: f64,
+    #[arg(long, default_value = "2s")]
+    pub slow_by: crate::api::HumanDuration,
+    /// Seed of the fault draws, to repeat a run.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+fn probability(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "`{s}` is not a probability; write a number from 0 to 1, e.g. 0.2"
+        )),
+    }
+}
+
+/// Runs the endpoint until SIGTERM or SIGINT; returns the exit code (2: cannot listen).
+pub async fn run(args: DevEndpointArgs) -> i32 {
+    let config = EndpointConfig {
+        user: args.user.clone(),
+        password: args.password.clone(),
+        faults: Faults {
+            commit_then_drop: args.commit_then_drop,
+            fail: args.fail,
+            unavailable: args.unavailable,
+            publish_timeout: args.publish_timeout,
+            refuse: args.refuse,
+            slow: args.slow,
+            slow_by: args.slow_by.0,
+        },
+        keep_rows: true,
+        seed: args.seed,
+    };
+    let endpoint = match DevEndpoint::start_on(
+        config,
+        args.fe_addr,
+        args.be_addr,
+        args.advertise_be,
+    )
+    .await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!(
+                "error: cannot listen on --fe-addr {} / --be-addr {} ({e}); pick free addresses",
+                args.fe_addr, args.be_addr
+            );
+            return 2;
+        }
+    };
+    println!(
+        "Stream Load endpoint: FE http://{} (put it in feEndpoints), BE {}, user {}",
+        args.fe_addr,
+        endpoint.be_addr(),
+        args.user
+    );
+    println!(
+        "what was loaded: curl http://{}/dev/summary  (also /dev/loads, /dev/rows?table=DB.TABLE)",
+        args.fe_addr
+    );
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            loads = endpoint.loads_after(seen) => {
+                seen += loads.len();
+                for l in loads {
+                    println!("load label={} table={} rows={} bytes={} outcome={}", l.label, l.table, l.rows, l.body_bytes, l.status);
+                }
+            }
+        }
+    }
+    println!(
+        "stopping: {} row(s) committed in {seen} load(s)",
+        endpoint.committed_rows()
+    );
+    0
+}
+
+/// Resolves on SIGTERM or SIGINT (or at once if the handlers cannot be installed).
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("error: cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,98 @@
+//! `starsink dev-endpoint` as a user runs it: a process listening on every interface, a
+//! real loader pointed at it by name, each load printed as it happens, and what was
+//! loaded read back over HTTP.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_pointed_at_the_dev_endpoint_loads_and_each_load_is_printed() {
+    let (fe, be) = (free_port(), free_port());
+    let mut endpoint = tokio::process::Command::new(env!("CARGO_BIN_EXE_starsink"))
+        .arg("dev-endpoint")
+        .arg(format!("--fe-addr=0.0.0.0:{fe}"))
+        .arg(format!("--be-addr=0.0.0.0:{be}"))
+        .args(["--user", "loader"])
+        .env("STARSINK_DEV_PASSWORD", "s3cret")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn starsink dev-endpoint");
+    let mut out = BufReader::new(endpoint.stdout.take().unwrap()).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(WAIT, out.next_line())
+            .await
+            .expect("a line from the endpoint in time")
+            .unwrap()
+            .expect("the endpoint is running")
+    };
+    let first = next_line().await;
+    assert!(
+        first.contains(&format!("FE http://0.0.0.0:{fe}")),
+        "{first}"
+    );
+
+    // Reached by name: the FE redirects to that name with the BE's port.
+    let mut loader = Loader::start(|dir| {
+        format!(
+            "sinks:\n  - name: orders\n    socket: {}\n    starrocks:\n      feEndpoints: [\"http://localhost:{fe}\"]\n      database: shop\n      table: orders\n      user: loader\n      password: s3cret\n    flush:\n      maxRows: 10\n",
+            dir.join("orders.sock").display()
+        )
+    })
+    .await;
+    let lines: Vec<String> = (0..25).map(|i| format!("{{\"id\":{i}}}")).collect();
+    write_lines(&loader.socket("orders"), &lines).await;
+
+    let mut printed = Vec::new();
+    while printed.iter().map(|(rows, _)| rows).sum::<u64>() < 20 {
+        let line = next_line().await;
+        if let Some(rest) = line.strip_prefix("load ") {
+            let field = |k: &str| {
+                rest.split(' ')
+                    .find_map(|f| f.strip_prefix(&format!("{k}=")))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            assert_eq!(field("table"), "shop.orders", "{line}");
+            assert!(!field("label").is_empty(), "{line}");
+            printed.push((field("rows").parse::<u64>().unwrap(), field("outcome")));
+        }
+    }
+    assert!(
+        printed
+            .iter()
+            .all(|(rows, outcome)| *rows == 10 && outcome == "Success"),
+        "{printed:?}"
+    );
+
+    loader.stop_expecting(0).await;
+    let (status, rows) = http_get(fe, "/dev/rows?table=shop.orders").await;
+    assert_eq!(status, 200);
+    let ids = ids(&rows.lines().map(str::to_owned).collect::<Vec<_>>());
+    assert_exactly_once(&ids, 25);
+    let (_, summary) = http_get(fe, "/dev/summary").await;
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(summary["tables"]["shop.orders"], 25, "{summary}");
+
+    kill(
+        Pid::from_raw(endpoint.id().unwrap() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(WAIT, endpoint.wait())
+        .await
+        .expect("the endpoint stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
