@@ -79,23 +79,17 @@ pub async fn run(args: DevEndpointArgs) -> i32 {
         keep_rows: true,
         seed: args.seed,
     };
-    let endpoint = match DevEndpoint::start_on(
-        config,
-        args.fe_addr,
-        args.be_addr,
-        args.advertise_be,
-    )
-    .await
-    {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!(
+    let endpoint =
+        match DevEndpoint::start_on(config, args.fe_addr, args.be_addr, args.advertise_be).await {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!(
                 "error: cannot listen on --fe-addr {} / --be-addr {} ({e}); pick free addresses",
                 args.fe_addr, args.be_addr
             );
-            return 2;
-        }
-    };
+                return 2;
+            }
+        };
     println!(
         "Stream Load endpoint: FE http://{} (put it in feEndpoints), BE {}, user {}",
         args.fe_addr,

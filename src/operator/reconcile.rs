@@ -121,24 +121,16 @@ fn conclude(
     now: Timestamp,
 ) -> Decision {
     let (reason, message, config_map, next) = match checked {
-        Ok(cm) => {
-            let hash = cm
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(HASH_ANNOTATION))
-                .cloned();
-            (
-                Reason::Ready,
-                format!(
-                    "loader config is in ConfigMap {} (hash {})",
-                    cm.name_any(),
-                    hash.as_deref().unwrap_or("")
-                ),
-                Some(cm),
-                Next::AwaitChange,
-            )
-        }
+        Ok(cm) => (
+            Reason::Ready,
+            format!(
+                "loader config is in ConfigMap {} (hash {})",
+                cm.name_any(),
+                hash_of(&cm).unwrap_or_default()
+            ),
+            Some(cm),
+            Next::AwaitChange,
+        ),
         Err((reason, message)) => {
             let next = match reason {
                 Reason::InvalidSpec => Next::AwaitChange,
@@ -149,23 +141,8 @@ fn conclude(
     };
 
     let old_ready = old.conditions.iter().find(|c| c.type_ == "Ready");
-    let status_word = if reason == Reason::Ready {
-        "True"
-    } else {
-        "False"
-    };
-    let flipped = old_ready.is_none_or(|c| c.status != status_word);
-    let ready = Condition {
-        type_: "Ready".into(),
-        status: status_word.into(),
-        reason: reason.as_str().into(),
-        message: message.clone(),
-        observed_generation: generation,
-        last_transition_time: match old_ready {
-            Some(c) if !flipped => c.last_transition_time.clone(),
-            _ => Time(now),
-        },
-    };
+    let ready = ready_condition(old_ready, reason, &message, generation, now);
+    let flipped = old_ready.is_none_or(|c| c.status != ready.status);
     let mut conditions: Vec<Condition> = old
         .conditions
         .iter()
@@ -174,12 +151,7 @@ fn conclude(
         .collect();
     conditions.push(ready);
     let config_hash = match &config_map {
-        Some(cm) => cm
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(HASH_ANNOTATION))
-            .cloned(),
+        Some(cm) => hash_of(cm),
         None => old.config_hash.clone(),
     };
     let status = StarRocksSinkStatus {
@@ -199,6 +171,42 @@ fn conclude(
         status: (status != old).then_some(status),
         event,
         next,
+    }
+}
+
+/// The content hash a ConfigMap carries.
+fn hash_of(cm: &ConfigMap) -> Option<String> {
+    cm.metadata
+        .annotations
+        .as_ref()?
+        .get(HASH_ANNOTATION)
+        .cloned()
+}
+
+/// The Ready condition for `reason`; its transition time moves only when its status flips.
+fn ready_condition(
+    old: Option<&Condition>,
+    reason: Reason,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if reason == Reason::Ready {
+        "True"
+    } else {
+        "False"
+    };
+    let last_transition_time = match old {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        reason: reason.as_str().into(),
+        message: message.to_owned(),
+        observed_generation: generation,
+        last_transition_time,
     }
 }
 
