@@ -109,7 +109,13 @@ impl FromStr for ByteSize {
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let bad = || format!("`{s}` is not a size; write it like 65536, 64KiB, 64MiB or 1GiB");
-        let n: u64 = num.parse().map_err(|_| bad())?;
+        let too_large = || format!("`{s}` is too large: more than 2^64 bytes");
+        let n: u64 = num
+            .parse()
+            .map_err(|e: std::num::ParseIntError| match e.kind() {
+                std::num::IntErrorKind::PosOverflow => too_large(),
+                _ => bad(),
+            })?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "KiB" | "Ki" => 1 << 10,
@@ -120,9 +126,7 @@ impl FromStr for ByteSize {
             "GB" | "G" => 1_000_000_000,
             _ => return Err(bad()),
         };
-        n.checked_mul(mult)
-            .map(ByteSize)
-            .ok_or_else(|| format!("`{s}` is too large"))
+        n.checked_mul(mult).map(ByteSize).ok_or_else(too_large)
     }
 }
 
@@ -287,7 +291,10 @@ mod tests {
         assert_eq!("10 KB".parse::<ByteSize>(), Ok(ByteSize(10_000)));
         assert!("64 furlongs".parse::<ByteSize>().is_err());
         assert!("MiB".parse::<ByteSize>().is_err());
-        assert!("99999999999999GiB".parse::<ByteSize>().is_err());
+        let err = "99999999999999GiB".parse::<ByteSize>().unwrap_err();
+        assert!(err.contains("too large"), "{err}");
+        let err = "99999999999999999999GiB".parse::<ByteSize>().unwrap_err();
+        assert!(err.contains("too large"), "{err}");
     }
 
     #[test]
