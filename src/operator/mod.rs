@@ -10,7 +10,6 @@ pub mod tls;
 pub mod webhook;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use kube::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::resource::StoredSink;
-use controller::{check_crd, run_controller, Context, ControllerMetrics, StartError};
+use controller::{check_crd, run_controller, Context, ControllerMetrics, Readiness, StartError};
 
 /// `starsink controller` options.
 #[derive(Clone, Debug, clap::Args)]
@@ -124,10 +123,7 @@ async fn serve(args: ControllerArgs, stop: CancellationToken) -> Result<(), Oper
 
     let metrics = Arc::new(ControllerMetrics::default());
     let webhook_metrics = Arc::new(webhook::WebhookMetrics::default());
-    // Ready while the webhook's sink cache is synced with the API server: set when a
-    // list completes, cleared when the watch fails, so a replica whose cache is stale is
-    // taken out of the Service instead of answering from it.
-    let ready = Arc::new(AtomicBool::new(false));
+    let readiness = Readiness::new();
     let listener = crate::telemetry::bind(args.metrics_addr, "--metrics-addr")
         .await
         .map_err(OperatorError::Metrics)?;
@@ -135,7 +131,7 @@ async fn serve(args: ControllerArgs, stop: CancellationToken) -> Result<(), Oper
     tokio::spawn(crate::telemetry::serve(
         listener,
         Arc::new(move || render.render() + &render_webhook.render()),
-        ready.clone(),
+        readiness.served(),
         stop.clone(),
     ));
     let owner = owner_reference(&client, &args).await;
@@ -144,7 +140,7 @@ async fn serve(args: ControllerArgs, stop: CancellationToken) -> Result<(), Oper
         &args,
         owner.clone(),
         webhook_metrics,
-        ready,
+        readiness.clone(),
         stop.clone(),
     )
     .await?;
@@ -152,13 +148,14 @@ async fn serve(args: ControllerArgs, stop: CancellationToken) -> Result<(), Oper
         .identity
         .clone()
         .unwrap_or_else(crate::loader::hostname);
-    let ctx = Context::new(
+    let ctx = Context::with_readiness(
         client.clone(),
         Reporter {
             controller: "starsink-controller".into(),
             instance: Some(identity.clone()),
         },
         metrics,
+        Some(readiness),
     );
     tracing::info!(identity = %identity, "controller started");
 
@@ -210,13 +207,15 @@ async fn serve(args: ControllerArgs, stop: CancellationToken) -> Result<(), Oper
 
 /// Starts the admission webhook on this replica: its own sink cache (a reflector, so no
 /// API call per review), the cluster version, TLS (managed or from `--cert-dir`), and
-/// the HTTPS server, all stopped by `stop`. `ready` follows the cache's sync.
+/// the HTTPS server, all stopped by `stop`. `readiness` follows the cache's sync: set when
+/// a list completes, cleared when the watch fails, so a replica whose cache is stale is
+/// taken out of the Service instead of answering from it.
 async fn start_webhook(
     client: &Client,
     args: &ControllerArgs,
     owner: Option<OwnerReference>,
     metrics: Arc<webhook::WebhookMetrics>,
-    ready: Arc<AtomicBool>,
+    readiness: Arc<Readiness>,
     stop: CancellationToken,
 ) -> Result<(), OperatorError> {
     use futures::StreamExt;
@@ -235,12 +234,11 @@ async fn start_webhook(
     tokio::spawn(async move {
         let follow = sinks.for_each(|event| {
             match event {
-                Ok(watcher::Event::InitDone) => ready.store(true, Relaxed),
+                Ok(watcher::Event::InitDone) => readiness.cache_synced(true),
                 Ok(_) => {}
                 Err(e) => {
-                    if ready.swap(false, Relaxed) {
-                        tracing::warn!(error = %e, "sink watch failed; not ready until it is synced again");
-                    }
+                    tracing::warn!(error = %e, "sink watch failed; not ready until it is synced again");
+                    readiness.cache_synced(false);
                 }
             }
             futures::future::ready(())
