@@ -6,6 +6,7 @@ pub mod demo;
 pub mod dev_endpoint;
 pub mod http1;
 pub mod loader;
+pub mod log_writer;
 pub mod operator;
 pub mod stream_load;
 pub mod telemetry;
@@ -18,16 +19,33 @@ pub enum LogFormat {
     Json,
 }
 
-/// Sets up `tracing` on stderr. `RUST_LOG` overrides the default level (`info`).
-pub fn init_logging(format: LogFormat) {
+/// Sets up `tracing` on stderr, best-effort (see [`log_writer`]): a broken or unread
+/// stderr costs log lines, never a panic or a blocked task. `RUST_LOG` overrides the
+/// default level (`info`). Hold the guard until exit: dropping it flushes what is queued.
+pub fn init_logging(format: LogFormat) -> Option<log_writer::LogGuard> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = match log_writer::stderr() {
+        Some((w, g)) => (
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(w),
+            Some(g),
+        ),
+        None => (
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+            None,
+        ),
+    };
+    // A failed write is not reported on stderr: that is where it just failed (and
+    // reporting it there with eprintln! panics).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_writer(writer)
+        .log_internal_errors(false)
+        .with_ansi(ansi);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }

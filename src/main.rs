@@ -1,3 +1,4 @@
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -58,7 +59,10 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: cannot start the async runtime: {e}"
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -69,7 +73,7 @@ fn main() -> ExitCode {
             shutdown_timeout,
             metrics_addr,
         } => {
-            starsink::init_logging(cli.log_format);
+            let _logs = starsink::init_logging(cli.log_format);
             let config = match LoaderConfig::assemble(
                 config.as_deref(),
                 &sink_files,
@@ -96,7 +100,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => runtime.block_on(starsink::demo::run(args)),
         Command::DevEndpoint(args) => runtime.block_on(starsink::dev_endpoint::command::run(args)),
         Command::Controller(args) => {
-            starsink::init_logging(cli.log_format);
+            let _logs = starsink::init_logging(cli.log_format);
             match runtime.block_on(starsink::operator::run(args)) {
                 Ok(()) => 0,
                 Err(e) => {
@@ -111,7 +115,7 @@ fn main() -> ExitCode {
                 0
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                let _ = writeln!(std::io::stderr(), "error: {e}");
                 EXIT_CONFIG
             }
         },

@@ -32,6 +32,16 @@ pub fn watch_signals(
 ) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // SIGHUP's default action kills the process, losing what is buffered. Until the
+    // config can be reloaded live, it is only logged.
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::warn!(
+                "SIGHUP ignored: the config is read only at start; send SIGTERM to stop"
+            );
+        }
+    });
     tokio::spawn(async move {
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",

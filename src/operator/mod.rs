@@ -369,6 +369,13 @@ fn watch_signals(stop: CancellationToken) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // SIGHUP's default action would kill the controller; nothing is reloaded on it.
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::warn!("SIGHUP ignored; send SIGTERM to stop");
+        }
+    });
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {}
