@@ -250,6 +250,11 @@ fn bad_sinks_fail_the_schema_at_the_field() {
             serde_json::json!([]),
             "/spec/starrocks/feEndpoints",
         ),
+        (
+            "spec/starrocks/feEndpoints",
+            serde_json::json!(["http://loader:pw@fe:8030"]),
+            "/spec/starrocks/feEndpoints/0",
+        ),
         ("spec/credentialsSecretRef", Value::Null, "/spec"),
     ];
     for (path, value, at) in cases {

@@ -335,6 +335,32 @@ async fn a_bad_config_stops_the_loader_with_the_key_and_the_fix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_in_an_fe_url_is_refused_and_never_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("orders.sock");
+    let config = dir.path().join("loader.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "sinks:\n{}",
+            sink_yaml("orders", &socket, "http://loader:hunter2@127.0.0.1:1", "")
+        ),
+    )
+    .unwrap();
+    let (status, log) = run_loader_to_exit(&config, Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(
+        log.contains("sinks[0].starrocks.feEndpoints[0]") && log.contains("passwordFile"),
+        "the error should name the key and the fix: {log}"
+    );
+    assert!(
+        !log.contains("hunter2"),
+        "the password is in the log: {log}"
+    );
+    assert!(!socket.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_spool_what_starrocks_did_not_take_by_the_deadline_loads_on_the_next_start() {
     let spool = tempfile::tempdir().unwrap();
     let sr = down_endpoint().await;

@@ -157,7 +157,7 @@ impl Format {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StarRocksSpec {
     /// FE HTTP endpoints, `http://host:port`; the loader fails over between them.
-    #[schemars(length(min = 1), inner(regex(pattern = r"^https?://[^/?#\s]+/?$")))]
+    #[schemars(length(min = 1), inner(regex(pattern = r"^https?://[^/?#@\s]+/?$")))]
     pub fe_endpoints: Vec<String>,
     /// The database: 1-64 letters, digits and `_`, starting with a letter or `_`.
     #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"))]

@@ -42,6 +42,12 @@ impl Endpoint {
             ));
         };
         let authority = rest.trim_end_matches('/');
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            // The URL is logged with every failed load; the password must not be in it.
+            return Err(format!(
+                "`http://…@{host}` carries credentials; remove `user:password@` from the URL and set starrocks.user and starrocks.passwordFile (in a StarRocksSink, credentialsSecretRef)"
+            ));
+        }
         if authority.contains('/') {
             return Err(format!(
                 "`{url}` has a path; give only scheme, host and port, e.g. http://starrocks-fe:8030"
@@ -429,6 +435,11 @@ mod tests {
         assert!(Endpoint::parse("fe:8030").is_err());
         assert!(Endpoint::parse("http://fe:80/api").is_err());
         assert!(Endpoint::parse("http://fe:http").is_err());
+        let e = Endpoint::parse("http://loader:hunter2@fe:8030").unwrap_err();
+        assert!(
+            e.contains("carries credentials") && !e.contains("hunter2"),
+            "{e}"
+        );
     }
 
     #[test]
