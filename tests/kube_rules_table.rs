@@ -55,6 +55,13 @@ fn cases() -> Vec<(&'static str, Value, Option<&'static str>)> {
             Some("spec.containers[0].volumeMounts[0].name"),
         ),
         (
+            "a subPathExpr that climbs out of its volume",
+            pod(
+                json!({"containers": [{"name": "app", "image": "a", "volumeMounts": [{"name": "v", "mountPath": "/x", "subPathExpr": "../$(POD)"}]}], "volumes": [{"name": "v", "emptyDir": {}}]}),
+            ),
+            Some("spec.containers[0].volumeMounts[0].subPathExpr"),
+        ),
+        (
             "a startupProbe on an init container that is not a sidecar",
             pod(
                 json!({"initContainers": [{"name": "init", "image": "a", "startupProbe": {"httpGet": {"port": 1}}}], "containers": [app()]}),

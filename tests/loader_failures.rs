@@ -335,6 +335,58 @@ async fn a_bad_config_stops_the_loader_with_the_key_and_the_fix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_loader_on_the_same_spool_refuses_to_start_and_names_the_owner() {
+    let sr = endpoint(Faults::default()).await;
+    let spool = tempfile::tempdir().unwrap();
+    let spool_dir = spool.path().display().to_string();
+    let mut first = Loader::start(|dir| {
+        format!(
+            "sinks:\n{}",
+            sink_yaml(
+                "orders",
+                &dir.join("orders.sock"),
+                &sr.fe_url(),
+                &format!("    spoolDir: {spool_dir}\n")
+            )
+        )
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("orders.sock");
+    let config = dir.path().join("second.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "labelPrefix: second\nsinks:\n{}",
+            sink_yaml(
+                "orders",
+                &socket,
+                &sr.fe_url(),
+                &format!("    spoolDir: {spool_dir}\n")
+            )
+        ),
+    )
+    .unwrap();
+    let (status, log) = run_loader_to_exit(&config, Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(2), "{log}");
+    let owner = format!("in use by another loader (pid {})", first.pid());
+    assert!(
+        log.contains(&owner),
+        "the error should name the owner: {log}"
+    );
+    assert!(!socket.exists(), "the second loader bound no socket");
+    // The owner's spool is untouched: it goes on loading.
+    write_lines(
+        &first.socket("orders"),
+        &(0..100).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    let accounting = first.stop_expecting(0).await;
+    assert_eq!(accounting["committed"], 100, "{accounting}");
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_in_an_fe_url_is_refused_and_never_logged() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("orders.sock");

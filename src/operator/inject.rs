@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
-    Pod, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
-    VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
@@ -24,6 +24,8 @@ use crate::api::StarRocksSink;
 
 /// Where a sink's loader settings (its ConfigMap) are mounted in the loader.
 pub const SINK_CONFIG_DIR: &str = "/etc/starsink/sinks";
+/// The loader's variable holding its pod's name (for its spool directory).
+const POD_NAME_ENV: &str = "STARSINK_POD_NAME";
 /// The loader's non-root user (distroless `nonroot`).
 pub const LOADER_UID: i64 = 65532;
 /// Grace period Kubernetes gives a pod that sets none.
@@ -347,10 +349,25 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
 
     let mut loader = loader_container(&found, settings, shutdown_secs, native);
     if let (Some(name), Some(mounts)) = (spool_volume, loader.volume_mounts.as_mut()) {
+        // Each pod spools in a directory of its own on the volume (`<volume>/<pod name>`),
+        // so replicas that share a volume never meet in one spool; a StatefulSet's pod
+        // finds its own again after a restart.
         mounts.push(VolumeMount {
             name,
             mount_path: SPOOL_DIR.into(),
+            sub_path_expr: Some(format!("$({POD_NAME_ENV})")),
             ..VolumeMount::default()
+        });
+        loader.env.get_or_insert_with(Vec::new).push(EnvVar {
+            name: POD_NAME_ENV.into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
         });
     }
     if native {

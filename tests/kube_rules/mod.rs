@@ -407,6 +407,18 @@ fn container(
         if !volumes.contains(n) {
             out.push(format!("{path}.volumeMounts[{j}].name: Not found: {n:?}"));
         }
+        // validateVolumeMounts: subPath and subPathExpr exclude each other, and either is
+        // a relative path that does not climb out (`..`).
+        if !m["subPath"].is_null() && !m["subPathExpr"].is_null() {
+            out.push(format!("{path}.volumeMounts[{j}].subPathExpr: Invalid value: subPathExpr and subPath are mutually exclusive"));
+        }
+        for f in ["subPath", "subPathExpr"] {
+            if let Some(sp) = m[f].as_str() {
+                if sp.starts_with('/') || sp.split('/').any(|part| part == "..") {
+                    out.push(format!("{path}.volumeMounts[{j}].{f}: Invalid value: {sp:?}: must be a relative path without '..'"));
+                }
+            }
+        }
         let mp = m["mountPath"].as_str().unwrap_or("");
         if mp.is_empty() {
             out.push(format!(

@@ -40,6 +40,10 @@ pub enum SpoolError {
         #[source]
         source: FormatError,
     },
+    /// Another process holds the directory: two loaders on one spool would delete each
+    /// other's segments and load each other's batches.
+    #[error("spool {dir} is in use by another loader{}; give each loader a spoolDir of its own (in Kubernetes the injector gives each pod its own directory)", holder.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Locked { dir: PathBuf, holder: Option<u32> },
 }
 
 /// A sealed batch that has no verdict yet: resolve its label before any re-send. Its
@@ -111,9 +115,46 @@ struct Segment {
     open_labels: HashSet<String>,
 }
 
+/// The file in a spool directory that its owner holds an exclusive lock on, holding the
+/// owner's pid.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// Takes the exclusive lock on `dir` for as long as the returned file is open (`flock`:
+/// released by the kernel when the process dies, however it dies).
+fn lock(dir: &Path) -> Result<File, SpoolError> {
+    use std::io::{Read, Seek, Write};
+    let err = io_err(dir);
+    let path = dir.join(LOCK_FILE);
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(&err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(SpoolError::Locked {
+                dir: dir.to_owned(),
+                holder: text.trim().parse().ok(),
+            });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(err(e)),
+    }
+    file.set_len(0).map_err(&err)?;
+    file.rewind().map_err(&err)?;
+    write!(file, "{}", std::process::id()).map_err(&err)?;
+    Ok(file)
+}
+
 /// The sink task's handle on its spool directory.
 pub struct Spool {
     dir: PathBuf,
+    /// Held locked for the spool's life: the directory has one owner.
+    _lock: File,
     segments: Vec<Segment>,
     file: File,
     file_len: u64,
@@ -200,6 +241,7 @@ impl Spool {
     ) -> Result<(Spool, Replay), SpoolError> {
         let err = io_err(dir);
         fs::create_dir_all(dir).map_err(&err)?;
+        let lock = lock(dir)?;
         let old = list(dir).map_err(&err)?;
         let read_segment = |path: &PathBuf| -> Result<segment::Recovered, SpoolError> {
             let bytes = Bytes::from(fs::read(path).map_err(&err)?);
@@ -296,6 +338,7 @@ impl Spool {
         let next_id = old.last().map_or(0, |(id, _)| id + 1);
         let mut spool = Spool {
             dir: dir.to_owned(),
+            _lock: lock,
             segments: Vec::new(),
             file: Self::create_segment(dir, next_id).map_err(&err)?,
             file_len: segment::HEADER_LEN as u64,
@@ -750,6 +793,20 @@ mod tests {
         assert_eq!(replay.unsealed.len(), 10, "the first frame survives");
         assert!(matches!(replay.damage[..], [(_, Damage::TornTail { .. })]));
         assert!(!dir.path().join("corrupt").exists());
+    }
+
+    #[test]
+    fn a_spool_directory_has_one_owner_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        match Spool::open(dir.path(), 1 << 20) {
+            Err(SpoolError::Locked { holder, .. }) => {
+                assert_eq!(holder, Some(std::process::id()))
+            }
+            other => panic!("a second owner: {:?}", other.map(|_| ())),
+        }
+        drop(first);
+        Spool::open(dir.path(), 1 << 20).expect("free again once the owner is gone");
     }
 
     #[test]
