@@ -387,6 +387,92 @@ async fn a_second_loader_on_the_same_spool_refuses_to_start_and_names_the_owner(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_answered_before_the_body_was_sent_is_not_a_commit() {
+    // Half of the loads meet a broken BE that answers Success at once and loads nothing.
+    let sr = endpoint(Faults {
+        early_success: 0.5,
+        ..Faults::default()
+    })
+    .await;
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| {
+        one_sink(
+            dir,
+            "early",
+            &fe,
+            "    flush:\n      maxRows: 50\n    retry:\n      minBackoff: 10ms\n",
+        )
+    })
+    .await;
+    write_lines(
+        &loader.socket("orders"),
+        &(0..1000).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(
+        sr.wait_for_rows(1000, Duration::from_secs(30)).await,
+        "{}",
+        loader.log_text()
+    );
+    let acc = loader.stop_expecting(0).await;
+    assert_eq!(acc["committed"], 1000, "{acc}");
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 1000);
+    let early = sr
+        .state()
+        .loads
+        .iter()
+        .filter(|l| l.status == "early Success")
+        .count();
+    assert!(early > 0, "the fault never fired");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_counted_fewer_rows_than_sent_is_kept_not_counted_as_loaded() {
+    let sr = endpoint(Faults {
+        short_body: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| {
+        one_sink(
+            dir,
+            "short",
+            &fe,
+            &format!("    deadLetterDir: {}\n", dir.join("dlq").display()),
+        )
+    })
+    .await;
+    write_lines(
+        &loader.socket("orders"),
+        &(0..10).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    let acc = loader.stop_expecting(3).await;
+    assert_eq!(
+        (acc["committed"].as_u64(), acc["dead_lettered"].as_u64()),
+        (Some(0), Some(10)),
+        "{acc}"
+    );
+    let dlq = loader.dir.path().join("dlq");
+    let reason = std::fs::read_dir(&dlq)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".reason.json"))
+        .expect("a reason file");
+    let reason: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(reason).unwrap()).unwrap();
+    assert_eq!(reason["mayBeCommitted"], true, "{reason}");
+    assert!(
+        reason["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("counted 5 row(s) of the 10 sent"),
+        "{reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_in_an_fe_url_is_refused_and_never_logged() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("orders.sock");

@@ -48,6 +48,14 @@ pub struct DevEndpointArgs {
     pub slow: f64,
     #[arg(long, default_value = "2s")]
     pub slow_by: crate::api::HumanDuration,
+    /// Fault (a broken BE or proxy): this fraction of loads is answered `Success` before
+    /// the body is sent, and nothing is loaded.
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    pub early_success: f64,
+    /// Fault (a body cut on the way): this fraction of loads commits half of its rows and
+    /// answers `Success` counting those.
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    pub short_body: f64,
     /// Seed of the fault draws, to repeat a run.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -75,6 +83,8 @@ pub async fn run(args: DevEndpointArgs) -> i32 {
             refuse: args.refuse,
             slow: args.slow,
             slow_by: args.slow_by.0,
+            early_success: args.early_success,
+            short_body: args.short_body,
         },
         keep_rows: true,
         seed: args.seed,

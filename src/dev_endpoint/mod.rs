@@ -35,6 +35,12 @@ pub struct Faults {
     /// Delay the answer by `slow_by`.
     pub slow: f64,
     pub slow_by: Duration,
+    /// A broken BE or proxy: answer `Success` at once, before the body is sent (no
+    /// `100 Continue`), and load nothing. StarRocks itself never does this.
+    pub early_success: f64,
+    /// A body cut on the way: commit only the first half of the rows, and answer
+    /// `Success` counting those.
+    pub short_body: f64,
 }
 
 /// How the endpoint is set up.

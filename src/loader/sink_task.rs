@@ -607,10 +607,18 @@ impl SinkTask {
         let handle = tokio::spawn(async move {
             let started = std::time::Instant::now();
             let Labelled { label, batch, .. } = next;
-            let delivered = deliver_from(&mut client, &label, &batch.body, &retry, start, |a| {
-                metrics.load_attempt(a.outcome());
-                log_attempt(&name, &label, a);
-            })
+            let delivered = deliver_from(
+                &mut client,
+                &label,
+                &batch.body,
+                batch.rows,
+                &retry,
+                start,
+                |a| {
+                    metrics.load_attempt(a.outcome());
+                    log_attempt(&name, &label, a);
+                },
+            )
             .await;
             let secs = started.elapsed().as_secs_f64();
             metrics.load_duration(secs);

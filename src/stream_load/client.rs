@@ -141,6 +141,8 @@ pub enum TransportError {
 pub struct Answer {
     pub status: u16,
     pub body: Bytes,
+    /// Whether the whole body was sent before this answer came.
+    pub body_sent: bool,
 }
 
 /// One sink's Stream Load client. Owned by one task at a time (the load in flight), so
@@ -311,6 +313,7 @@ impl StreamLoadClient {
             return Ok(Answer {
                 status,
                 body: answer,
+                body_sent: *body_sent,
             });
         }
     }

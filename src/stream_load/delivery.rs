@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::api::RetrySpec;
 use crate::stream_load::client::{StreamLoadClient, TransportError};
-use crate::stream_load::response::{classify, LoadState, Verdict};
+use crate::stream_load::response::{judge, LoadState, Verdict};
 
 /// How one batch ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,10 +81,11 @@ pub async fn deliver(
     client: &mut StreamLoadClient,
     label: &str,
     body: &Bytes,
+    rows: u64,
     retry: &RetrySpec,
     report: impl FnMut(&Attempt),
 ) -> Delivered {
-    deliver_from(client, label, body, retry, Start::Send, report).await
+    deliver_from(client, label, body, rows, retry, Start::Send, report).await
 }
 
 /// Where a delivery starts.
@@ -102,6 +103,7 @@ pub async fn deliver_from(
     client: &mut StreamLoadClient,
     label: &str,
     body: &Bytes,
+    rows: u64,
     retry: &RetrySpec,
     start: Start,
     mut report: impl FnMut(&Attempt),
@@ -145,7 +147,7 @@ pub async fn deliver_from(
         }
 
         let verdict = match client.put(label, body).await {
-            Ok(answer) => classify(answer.status, &answer.body),
+            Ok(answer) => judge(answer.status, &answer.body, answer.body_sent, rows),
             Err(TransportError::NotSent(e)) => Verdict::Transient { reason: e },
             Err(TransportError::Unknown(e)) => Verdict::Uncertain { reason: e },
         };
@@ -160,6 +162,14 @@ pub async fn deliver_from(
                     reason,
                     error_url,
                     uncertain: false,
+                };
+            }
+            Verdict::Miscounted { reason } => {
+                report(&Attempt::Permanent(reason.clone()));
+                return Delivered::Refused {
+                    reason,
+                    error_url: None,
+                    uncertain: true,
                 };
             }
             Verdict::Uncertain { reason } => {
@@ -207,13 +217,19 @@ mod tests {
         let mut c = client(&sr.fe_url());
         let body = Bytes::from_static(br#"[{"id":1}]"#);
         let retry = RetrySpec::default();
-        let first = deliver(&mut c, "p_orders_a_0", &body, &retry, |_| {}).await;
+        let first = deliver(&mut c, "p_orders_a_0", &body, 1, &retry, |_| {}).await;
         assert!(matches!(first, Delivered::Committed { .. }));
         // After a restart the spool still has the batch: its label says it is done.
         let mut attempts = Vec::new();
-        let again = deliver_from(&mut c, "p_orders_a_0", &body, &retry, Start::Resolve, |a| {
-            attempts.push(a.outcome())
-        })
+        let again = deliver_from(
+            &mut c,
+            "p_orders_a_0",
+            &body,
+            1,
+            &retry,
+            Start::Resolve,
+            |a| attempts.push(a.outcome()),
+        )
         .await;
         assert!(matches!(again, Delivered::Committed { .. }));
         assert_eq!(sr.state().loads.len(), 1, "no second load");
@@ -223,6 +239,7 @@ mod tests {
             &mut c,
             "p_orders_a_1",
             &body,
+            1,
             &retry,
             Start::Resolve,
             |_| {},

@@ -17,6 +17,37 @@ pub enum Verdict {
         reason: String,
         error_url: Option<String>,
     },
+    /// StarRocks says it committed, but counted other rows than were sent (a body cut on
+    /// the way): the label is spent and part of the batch may be in the table. Keep the
+    /// batch (dead-letter it, marked as maybe committed) rather than count it as loaded.
+    Miscounted { reason: String },
+}
+
+/// [`classify`], knowing what was sent. An answer that came before the body was sent is
+/// never a commit: StarRocks cannot have loaded rows it was not sent, so the answer comes
+/// from a broken BE or proxy, and the label's state decides. A commit whose
+/// `NumberTotalRows` is not the number of rows sent is [`Verdict::Miscounted`].
+pub fn judge(http_status: u16, body: &[u8], body_sent: bool, rows_sent: u64) -> Verdict {
+    let verdict = classify(http_status, body);
+    if !matches!(verdict, Verdict::Committed { .. }) {
+        return verdict;
+    }
+    if !body_sent {
+        return Verdict::Uncertain {
+            reason: format!("HTTP {http_status} answered a commit before the body was sent"),
+        };
+    }
+    let counted = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|j| field(&j, &["NumberTotalRows"]).and_then(Value::as_u64));
+    match counted {
+        Some(n) if n != rows_sent => Verdict::Miscounted {
+            reason: format!(
+                "StarRocks committed the label but counted {n} row(s) of the {rows_sent} sent"
+            ),
+        },
+        _ => verdict,
+    }
 }
 
 /// Message fragments that mean a retry cannot help (stream-load.md, "Not retryable").
@@ -198,6 +229,35 @@ mod tests {
 
     fn v(body: &str) -> Verdict {
         classify(200, body.as_bytes())
+    }
+
+    #[test]
+    fn a_commit_is_believed_only_after_the_body_went_and_with_the_rows_sent() {
+        let success =
+            br#"{"Status":"Success","Message":"OK","NumberTotalRows":10,"NumberLoadedRows":10}"#;
+        assert_eq!(
+            judge(200, success, true, 10),
+            Verdict::Committed { filtered_rows: 0 }
+        );
+        assert!(matches!(
+            judge(200, success, false, 10),
+            Verdict::Uncertain { .. }
+        ));
+        assert!(matches!(
+            judge(200, success, true, 12),
+            Verdict::Miscounted { .. }
+        ));
+        // Without counts (an existing label's answer) the commit stands.
+        let existing = br#"{"Status":"Label Already Exists","ExistingJobStatus":"FINISHED"}"#;
+        assert_eq!(
+            judge(200, existing, true, 10),
+            Verdict::Committed { filtered_rows: 0 }
+        );
+        // An early refusal is still a refusal.
+        assert!(matches!(
+            judge(401, b"", false, 10),
+            Verdict::Permanent { .. }
+        ));
     }
 
     #[test]
