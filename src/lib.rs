@@ -1,6 +1,7 @@
 //! starsink: gets records from Kubernetes pods into StarRocks with Stream Load, without
 //! losing or duplicating them.
 
+pub mod accept;
 pub mod api;
 pub mod demo;
 pub mod dev_endpoint;

@@ -71,17 +71,19 @@ pub async fn serve(
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
+    let mut backoff = crate::accept::AcceptBackoff::new("metrics");
     loop {
         let (stream, _) = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(error = %e, "metrics server: accept failed");
+                    backoff.failed(&e).await;
                     continue;
                 }
             },
         };
+        backoff.succeeded();
         let render = render.clone();
         let ready = ready.clone();
         tokio::spawn(async move {

@@ -295,14 +295,22 @@ enum Role {
 }
 
 async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken, role: Role) {
+    let mut backoff = crate::accept::AcceptBackoff::new(match role {
+        Role::Fe => "dev endpoint FE",
+        Role::Be => "dev endpoint BE",
+    });
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
-                Err(_) => continue,
+                Err(e) => {
+                    backoff.failed(&e).await;
+                    continue;
+                }
             },
         };
+        backoff.succeeded();
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let stop = stop.clone();

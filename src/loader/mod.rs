@@ -71,6 +71,10 @@ pub fn hostname() -> String {
 
 /// Runs the loader until a signal stops it; returns what happened to every record.
 pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
+    match crate::accept::raise_fd_limit() {
+        Ok(limit) => tracing::debug!(limit, "open descriptors allowed"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-descriptor limit"),
+    }
     let phases = Phases::default();
     let budget = config.shutdown_timeout.0;
     // Keep a moment of the budget for the final accounting and exit.

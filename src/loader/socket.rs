@@ -7,8 +7,8 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
 
+use crate::accept::AcceptBackoff;
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
@@ -130,17 +130,16 @@ pub async fn accept_loop(
     stop: CancellationToken,
     drain: CancellationToken,
 ) {
+    let mut backoff = AcceptBackoff::new(format!("sink {}", ingest.metrics.sink));
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
+                    backoff.succeeded();
                     tokio::spawn(connection(stream, ingest.clone(), tx.clone(), drain.clone()));
                 }
-                Err(e) => {
-                    tracing::warn!(sink = %ingest.metrics.sink, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                Err(e) => backoff.failed(&e).await,
             },
         }
     }

@@ -333,17 +333,19 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut backoff = crate::accept::AcceptBackoff::new("webhook");
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(error = %e, "webhook: accept failed");
+                    backoff.failed(&e).await;
                     continue;
                 }
             },
         };
+        backoff.succeeded();
         let acceptor = acceptor.clone();
         let webhook = webhook.clone();
         tokio::spawn(async move {

@@ -1,0 +1,101 @@
+//! What every listener does when `accept` fails. At the descriptor limit (EMFILE,
+//! ENFILE) a failed accept leaves the connection in the backlog, so the listener stays
+//! readable and a loop that retries at once spins a core and floods the log. Instead the
+//! loop waits, doubling the wait while accepts keep failing, and logs once per run of
+//! failures.
+
+use std::io;
+use std::time::Duration;
+
+const FIRST_WAIT: Duration = Duration::from_millis(5);
+const MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// The accept-error state of one listener.
+#[derive(Debug)]
+pub struct AcceptBackoff {
+    listener: String,
+    wait: Duration,
+    failures: u64,
+}
+
+impl AcceptBackoff {
+    /// `listener` names it in the log ("metrics", "webhook", a sink's socket ...).
+    pub fn new(listener: impl Into<String>) -> Self {
+        Self {
+            listener: listener.into(),
+            wait: FIRST_WAIT,
+            failures: 0,
+        }
+    }
+
+    /// An accept succeeded: the next failure starts a new run.
+    pub fn succeeded(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(
+                listener = %self.listener,
+                failures = self.failures,
+                "accepting again"
+            );
+        }
+        self.failures = 0;
+        self.wait = FIRST_WAIT;
+    }
+
+    /// An accept failed: logs the first failure of a run, then waits before the next try.
+    pub async fn failed(&mut self, error: &io::Error) {
+        if self.failures == 0 {
+            tracing::warn!(listener = %self.listener, error = %error, "accept failed; retrying with backoff (at the descriptor limit, connections wait in the backlog)");
+        }
+        self.failures += 1;
+        tokio::time::sleep(self.wait).await;
+        self.wait = (self.wait * 2).min(MAX_WAIT);
+    }
+}
+
+/// Raises this process's soft limit on open descriptors to its hard limit: a loader holds
+/// one per producer connection, and the default soft limit (often 1024) is reached long
+/// before memory is. Returns the limit now in force.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        lim = raised;
+    }
+    Ok(lim.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_wait_longer_each_time_up_to_a_second_and_reset_on_success() {
+        let mut b = AcceptBackoff::new("test");
+        let e = io::Error::from_raw_os_error(libc::EMFILE);
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            let before = tokio::time::Instant::now();
+            b.failed(&e).await;
+            waits.push(before.elapsed().as_millis());
+        }
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        b.succeeded();
+        let before = tokio::time::Instant::now();
+        b.failed(&e).await;
+        assert_eq!(before.elapsed(), FIRST_WAIT);
+    }
+}

@@ -1,0 +1,152 @@
+//! The descriptor limit, through the real binary started under `setrlimit`: the loader
+//! raises its soft limit to the hard one, and at the hard limit every accept loop backs
+//! off instead of spinning, and nothing is lost once descriptors free up.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use support::*;
+use tokio::io::AsyncWriteExt;
+
+/// Starts a loader with `RLIMIT_NOFILE` set to (soft, hard); returns it, its socket and
+/// its metrics port once the socket accepts.
+async fn loader_with_fd_limit(
+    sr: &DevEndpoint,
+    dir: &std::path::Path,
+    soft: u64,
+    hard: u64,
+) -> (tokio::process::Child, std::path::PathBuf, u16) {
+    let socket = dir.join("orders.sock");
+    let port = free_port();
+    let config = dir.join("loader.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "metricsAddr: 127.0.0.1:{port}\nsinks:\n{}",
+            sink_yaml(
+                "orders",
+                &socket,
+                &sr.fe_url(),
+                "    flush:\n      interval: 100ms\n"
+            )
+        ),
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_starsink"));
+    cmd.args(["loader", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    // SAFETY: only setrlimit, which is async-signal-safe, runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("spawn starsink loader");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while tokio::net::UnixStream::connect(&socket).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the loader listens");
+    (child, socket, port)
+}
+
+/// Opens `n` producer connections and writes one row on each, keeping them open.
+async fn producers(socket: &std::path::Path, first_id: u64, n: u64) -> Vec<tokio::net::UnixStream> {
+    let mut conns = Vec::new();
+    for i in first_id..first_id + n {
+        let mut c = connect(socket).await;
+        c.write_all(format!("{{\"id\":{i}}}\n").as_bytes())
+            .await
+            .unwrap();
+        conns.push(c);
+    }
+    conns
+}
+
+/// CPU seconds the process has used (user + system), from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_soft_fd_limit_is_raised_so_every_producer_is_served_at_once() {
+    let sr = endpoint(Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, socket, _) = loader_with_fd_limit(&sr, dir.path(), 64, 4096).await;
+    // 300 producers hold their connections open: each must be accepted (not left in the
+    // backlog) for its row to load.
+    let conns = producers(&socket, 0, 300).await;
+    assert!(
+        sr.wait_for_rows(300, Duration::from_secs(20)).await,
+        "{} of 300 rows loaded with every producer still connected",
+        sr.committed_rows()
+    );
+    drop(conns);
+    kill(Pid::from_raw(child.id().unwrap() as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_hard_fd_limit_accept_loops_back_off_and_nothing_is_lost() {
+    let sr = endpoint(Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, socket, port) = loader_with_fd_limit(&sr, dir.path(), 48, 48).await;
+    let pid = child.id().unwrap();
+    // More producers than descriptors: the rest wait in the backlog.
+    let held = producers(&socket, 0, 60).await;
+    // A scrape also waits for a descriptor: its listener is at the limit too.
+    let scrape = tokio::spawn(async move { http_get(port, "/metrics").await });
+    let before = cpu_seconds(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_seconds(pid) - before;
+    assert!(
+        used < 0.5,
+        "the loader used {used:.2} CPU-s in 2s at the descriptor limit: an accept loop spins"
+    );
+    // Producers leave: every row, including those of connections that waited, loads.
+    drop(held);
+    assert!(
+        sr.wait_for_rows(60, Duration::from_secs(20)).await,
+        "{} of 60 rows loaded",
+        sr.committed_rows()
+    );
+    let (status, _) = tokio::time::timeout(Duration::from_secs(10), scrape)
+        .await
+        .expect("the waiting scrape is answered once descriptors free up")
+        .unwrap();
+    assert_eq!(status, 200);
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 60);
+}
