@@ -579,6 +579,23 @@ async fn a_damaged_spool_is_repaired_at_start_and_what_is_readable_loads_once() 
     assert!(log.contains("torn tail"), "{log}");
     assert!(!torn.path().join("corrupt").exists());
 
+    // A flipped bit in the segment's header: every frame is still found by its marker
+    // and checksum, so all 300 rows load once; the file is kept aside.
+    let bad_header = copy_spool(original.path());
+    let seg = only_segment(bad_header.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[3] ^= 0x10;
+    std::fs::write(&seg, bytes).unwrap();
+    let (ids_loaded, log) = recover(bad_header.path(), 300).await;
+    assert_exactly_once(&ids_loaded, 300);
+    assert!(log.contains("bad header"), "{log}");
+    assert_eq!(
+        std::fs::read_dir(bad_header.path().join("corrupt"))
+            .unwrap()
+            .count(),
+        1
+    );
+
     // A zero-length segment (created, never written) is removed; everything loads.
     let empty = copy_spool(original.path());
     std::fs::write(empty.path().join("00000000000000001000.seg"), b"").unwrap();

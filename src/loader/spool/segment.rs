@@ -57,7 +57,8 @@ pub enum Damage {
     /// Unreadable bytes at `at` followed by readable frames: the segment is moved aside
     /// and what could be read is salvaged.
     Corrupt { at: usize, skipped: usize },
-    /// Not a segment at all (bad header); nothing in it can be trusted.
+    /// The header is damaged (or the file is not a segment): the frames found by their
+    /// markers and checksums are salvaged, the file set aside.
     BadHeader,
     /// A zero-length file (created, never written).
     Empty,
@@ -68,7 +69,7 @@ impl std::fmt::Display for Damage {
         match self {
             Damage::TornTail { at, dropped } => write!(f, "torn tail: {dropped} bytes of an unfinished write at offset {at} cut off (a crash mid-write; every whole record kept)"),
             Damage::Corrupt { at, skipped } => write!(f, "corrupt: {skipped} unreadable bytes at offset {at} skipped, the readable records salvaged; the file is kept in corrupt/ for inspection"),
-            Damage::BadHeader => write!(f, "not a spool segment (bad header); moved to corrupt/"),
+            Damage::BadHeader => write!(f, "bad header (damaged, or not a spool segment): every frame found by its marker and checksum salvaged; the file is kept in corrupt/ for inspection"),
             Damage::Empty => write!(f, "empty file (created, never written); removed"),
         }
     }
@@ -302,15 +303,21 @@ fn read_with(seg: &[u8], share: Share<'_>) -> Result<Recovered, FormatError> {
         out.damage.push(Damage::Empty);
         return Ok(out);
     }
-    if seg.len() < HEADER_LEN || &seg[..8] != MAGIC {
-        out.damage.push(Damage::BadHeader);
-        return Ok(out);
-    }
-    let version = u16::from_le_bytes([seg[8], seg[9]]);
-    if version > VERSION {
-        return Err(FormatError::Newer { found: version });
-    }
     let mut at = HEADER_LEN;
+    if seg.len() < HEADER_LEN || &seg[..8] != MAGIC {
+        // A damaged header (or a foreign file): every intact frame is still found by its
+        // marker and checksum. The version is unreadable, so this format is assumed.
+        out.damage.push(Damage::BadHeader);
+        match resync(seg, 0) {
+            Some(first) => at = first,
+            None => return Ok(out),
+        }
+    } else {
+        let version = u16::from_le_bytes([seg[8], seg[9]]);
+        if version > VERSION {
+            return Err(FormatError::Newer { found: version });
+        }
+    }
     out.end = at;
     while at < seg.len() {
         if let Some((frame, next)) = frame_at(seg, at, share) {
@@ -430,6 +437,17 @@ mod tests {
             expected.remove(k);
             prop_assert_eq!(r.frames, expected);
             prop_assert_eq!(r.damage, vec![Damage::Corrupt { at: start, skipped: ends[k] - start }]);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_damaged_header_loses_no_frame(frames in proptest::collection::vec(frame(), 1..8), byte in 0usize..8, bit in 0u8..8) {
+            let (mut seg, _) = segment(&frames);
+            seg[byte] ^= 1 << bit;
+            let r = read(&seg).unwrap();
+            prop_assert_eq!(r.damage, vec![Damage::BadHeader]);
+            prop_assert_eq!(r.frames, frames);
         }
     }
 
