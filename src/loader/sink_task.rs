@@ -87,7 +87,6 @@ struct InFlight {
     handle: JoinHandle<(StreamLoadClient, Verdict, bytes::Bytes)>,
     trigger: FlushTrigger,
     label: String,
-    rows: u64,
     bytes: u64,
     acks: Vec<AckPart>,
 }
@@ -481,16 +480,6 @@ impl SinkTask {
                                 FlushTrigger::Interval | FlushTrigger::Shutdown => filling.release_spare(),
                             }
                             self.ack_verdict(finished.acks, &verdict);
-                            match verdict {
-                                Verdict::Committed => {
-                                    self.metrics.loaded.fetch_add(finished.rows, Relaxed);
-                                    self.metrics.bytes_loaded.fetch_add(finished.bytes, Relaxed);
-                                }
-                                Verdict::DeadLettered => {
-                                    self.metrics.dead_lettered.fetch_add(finished.rows, Relaxed);
-                                }
-                                Verdict::Lost => {}
-                            }
                         }
                         Err(e) => {
                             tracing::error!(sink = %self.name, error = %e, "load task failed; its records are lost");
@@ -659,13 +648,25 @@ impl SinkTask {
                     }
                 }
             };
+            // Counted here, as the verdict is known, not when the sink task next looks:
+            // after a second signal the process exits without waiting for it, and a
+            // committed batch must not be reported lost.
+            match verdict {
+                Verdict::Committed => {
+                    metrics.loaded.fetch_add(rows, Relaxed);
+                    metrics.bytes_loaded.fetch_add(bytes, Relaxed);
+                }
+                Verdict::DeadLettered => {
+                    metrics.dead_lettered.fetch_add(rows, Relaxed);
+                }
+                Verdict::Lost => {}
+            }
             (client, verdict, batch.body)
         });
         InFlight {
             handle,
             trigger,
             label: in_flight_label,
-            rows,
             bytes,
             acks,
         }
