@@ -52,6 +52,24 @@ impl AcceptBackoff {
     }
 }
 
+/// Producer connections a loader may hold, across its sinks, given its descriptor limit,
+/// the descriptors open now and its number of sinks. What is kept back covers what is
+/// open now, and per sink its listener, its StarRocks connections (FE and BE) and its
+/// spool and dead-letter files, plus room for the metrics server: so loads and the spool
+/// never meet EMFILE because producers took every descriptor. Past the budget, new
+/// connections wait in the socket's backlog until one ends.
+pub fn connection_budget(fd_limit: u64, open_now: u64, sinks: u64) -> usize {
+    let reserve = open_now + 8 * sinks + 16;
+    usize::try_from(fd_limit.saturating_sub(reserve).max(1)).unwrap_or(usize::MAX)
+}
+
+/// How many descriptors this process has open (`/proc/self/fd`), if it can tell.
+pub fn open_descriptors() -> Option<u64> {
+    std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.count() as u64)
+}
+
 /// Raises this process's soft limit on open descriptors to its hard limit: a loader holds
 /// one per producer connection, and the default soft limit (often 1024) is reached long
 /// before memory is. Returns the limit now in force.
@@ -81,6 +99,14 @@ pub fn raise_fd_limit() -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reserve_of_descriptors_is_kept_from_producers() {
+        assert_eq!(connection_budget(1_048_576, 12, 2), 1_048_576 - 44);
+        assert_eq!(connection_budget(1024, 12, 1), 988);
+        assert_eq!(connection_budget(48, 12, 1), 12);
+        assert_eq!(connection_budget(16, 12, 1), 1, "always one");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn failures_wait_longer_each_time_up_to_a_second_and_reset_on_success() {

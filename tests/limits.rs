@@ -19,6 +19,7 @@ async fn loader_with_fd_limit(
     dir: &std::path::Path,
     soft: u64,
     hard: u64,
+    extra: &str,
 ) -> (tokio::process::Child, std::path::PathBuf, u16) {
     let socket = dir.join("orders.sock");
     let port = free_port();
@@ -31,7 +32,7 @@ async fn loader_with_fd_limit(
                 "orders",
                 &socket,
                 &sr.fe_url(),
-                "    flush:\n      interval: 100ms\n"
+                &format!("    flush:\n      interval: 100ms\n{extra}")
             )
         ),
     )
@@ -41,7 +42,8 @@ async fn loader_with_fd_limit(
         .arg(&config)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("loader.log")).unwrap())
+        .env("RUST_LOG", "debug")
         .kill_on_drop(true);
     // SAFETY: only setrlimit, which is async-signal-safe, runs between fork and exec.
     unsafe {
@@ -94,7 +96,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 async fn a_low_soft_fd_limit_is_raised_so_every_producer_is_served_at_once() {
     let sr = endpoint(Faults::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, socket, _) = loader_with_fd_limit(&sr, dir.path(), 64, 4096).await;
+    let (mut child, socket, _) = loader_with_fd_limit(&sr, dir.path(), 64, 4096, "").await;
     // 300 producers hold their connections open: each must be accepted (not left in the
     // backlog) for its row to load.
     let conns = producers(&socket, 0, 300).await;
@@ -117,10 +119,19 @@ async fn a_low_soft_fd_limit_is_raised_so_every_producer_is_served_at_once() {
 async fn at_the_hard_fd_limit_accept_loops_back_off_and_nothing_is_lost() {
     let sr = endpoint(Faults::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, socket, port) = loader_with_fd_limit(&sr, dir.path(), 48, 48).await;
+    let (mut child, socket, port) = loader_with_fd_limit(&sr, dir.path(), 48, 48, "").await;
     let pid = child.id().unwrap();
-    // More producers than descriptors: the rest wait in the backlog.
+    // More producers than descriptors: those past the budget (the limit less what is
+    // open at start and a reserve) wait in the backlog, and the reserve keeps StarRocks
+    // reachable, so the rows of the accepted connections load while every producer
+    // still holds on.
     let held = producers(&socket, 0, 60).await;
+    assert!(
+        sr.wait_for_rows(10, Duration::from_secs(20)).await,
+        "{} rows loaded while the producers hold every descriptor they may; log:\n{}",
+        sr.committed_rows(),
+        std::fs::read_to_string(dir.path().join("loader.log")).unwrap_or_default()
+    );
     // A scrape also waits for a descriptor: its listener is at the limit too.
     let scrape = tokio::spawn(async move { http_get(port, "/metrics").await });
     let before = cpu_seconds(pid);
@@ -149,4 +160,35 @@ async fn at_the_hard_fd_limit_accept_loops_back_off_and_nothing_is_lost() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
     assert_exactly_once(&ids(&sr.rows("shop.orders")), 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_connections_a_producer_waits_until_another_leaves() {
+    let sr = endpoint(Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, socket, _) =
+        loader_with_fd_limit(&sr, dir.path(), 4096, 4096, "    maxConnections: 10\n").await;
+    let mut held = producers(&socket, 0, 11).await;
+    assert!(sr.wait_for_rows(10, Duration::from_secs(20)).await);
+    // A negative cannot be awaited: give the 11th a fair chance to be (wrongly) served.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sr.committed_rows(),
+        10,
+        "the 11th connection was served: {}",
+        std::fs::read_to_string(dir.path().join("loader.log")).unwrap()
+    );
+    held.remove(0);
+    assert!(
+        sr.wait_for_rows(11, Duration::from_secs(20)).await,
+        "the waiting producer is served once one leaves"
+    );
+    drop(held);
+    kill(Pid::from_raw(child.id().unwrap() as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 11);
 }

@@ -306,6 +306,13 @@ pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
             ),
         );
     }
+    if sink.max_connections == 0 {
+        bad(
+            "maxConnections",
+            "must be at least 1; it bounds the producer connections served at once, e.g. 1024"
+                .into(),
+        );
+    }
     if parse_mode(&sink.socket_mode).is_none() {
         bad(
             "socketMode",

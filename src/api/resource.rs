@@ -309,6 +309,7 @@ impl StarRocksSinkSpec {
             // Only the pod's containers share the emptyDir, and apps and loader often run
             // as different users.
             socket_mode: "0666".into(),
+            max_connections: super::sink::defaults::max_connections(),
             format: self.format,
             column_separator: self.column_separator.clone(),
             max_record_bytes: self.max_record_bytes,

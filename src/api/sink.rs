@@ -23,6 +23,10 @@ pub struct SinkSpec {
     /// Octal file mode of the socket, e.g. "0666".
     #[serde(default = "defaults::socket_mode")]
     pub socket_mode: String,
+    /// Producer connections served at once; more wait in the socket's backlog until one
+    /// ends (their connect succeeds, their writes wait).
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
     #[serde(default)]
     pub format: Format,
     /// CSV only: the column separator, passed to StarRocks as `column_separator`.
@@ -251,6 +255,9 @@ pub mod defaults {
 
     pub fn socket_mode() -> String {
         "0660".into()
+    }
+    pub fn max_connections() -> usize {
+        1024
     }
     pub fn max_record_bytes() -> ByteSize {
         ByteSize::mib(1)

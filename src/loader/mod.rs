@@ -71,10 +71,25 @@ pub fn hostname() -> String {
 
 /// Runs the loader until a signal stops it; returns what happened to every record.
 pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
-    match crate::accept::raise_fd_limit() {
-        Ok(limit) => tracing::debug!(limit, "open descriptors allowed"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open-descriptor limit"),
-    }
+    let fd_limit = match crate::accept::raise_fd_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-descriptor limit; assuming 1024");
+            1024
+        }
+    };
+    let connections = Arc::new(tokio::sync::Semaphore::new(
+        crate::accept::connection_budget(
+            fd_limit,
+            crate::accept::open_descriptors().unwrap_or(16),
+            config.sinks.len() as u64,
+        ),
+    ));
+    tracing::debug!(
+        fd_limit,
+        producer_connections = connections.available_permits(),
+        "descriptors"
+    );
     let phases = Phases::default();
     let budget = config.shutdown_timeout.0;
     // Keep a moment of the budget for the final accounting and exit.
@@ -159,10 +174,14 @@ pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
                 phases.deadline.clone(),
             )),
             tx,
+            socket::Admission {
+                sink: Arc::new(tokio::sync::Semaphore::new(sink.max_connections)),
+                loader: connections.clone(),
+            },
             phases.stop.clone(),
             phases.drain.clone(),
         ));
-        tracing::info!(sink = %sink.name, socket = %sink.socket.display(), format = sink.format.as_str(), table = %format!("{}.{}", sink.starrocks.database, sink.starrocks.table), "listening");
+        tracing::info!(sink = %sink.name, socket = %sink.socket.display(), max_connections = sink.max_connections, format = sink.format.as_str(), table = %format!("{}.{}", sink.starrocks.database, sink.starrocks.table), "listening");
         sinks.push(metrics);
     }
     let sinks = Arc::new(sinks);

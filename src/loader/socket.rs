@@ -8,15 +8,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use crate::accept::AcceptBackoff;
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accept::AcceptBackoff;
 use crate::api::{Acks, Format, SinkSpec};
 use crate::loader::ack::{self, ReadProgress};
 use crate::loader::batch::Chunk;
@@ -120,38 +120,72 @@ impl Ingest {
     }
 }
 
+/// How many producer connections may be open: per sink (`maxConnections`) and across
+/// the loader ([`crate::accept::connection_budget`]). A connection holds one permit of
+/// each while it lasts; without both, the next one waits in the socket's backlog.
+pub struct Admission {
+    pub sink: Arc<Semaphore>,
+    pub loader: Arc<Semaphore>,
+}
+
+impl Admission {
+    async fn permits(&self) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let sink = self.sink.clone().acquire_owned().await.ok()?;
+        let loader = self.loader.clone().acquire_owned().await.ok()?;
+        Some((sink, loader))
+    }
+}
+
 /// Accepts connections until `stop`, then removes the socket file. Each connection gets
-/// its own task holding a clone of `tx`; the sink's channel closes when the last ends.
+/// its own task holding a clone of `tx` and its permits; the sink's channel closes when
+/// the last ends.
 pub async fn accept_loop(
     listener: UnixListener,
     path: PathBuf,
     ingest: Arc<Ingest>,
     tx: mpsc::Sender<Chunk>,
+    admission: Admission,
     stop: CancellationToken,
     drain: CancellationToken,
 ) {
     let mut backoff = AcceptBackoff::new(format!("sink {}", ingest.metrics.sink));
+    let serve = |stream, permits| {
+        let (ingest, tx, drain) = (ingest.clone(), tx.clone(), drain.clone());
+        tokio::spawn(async move {
+            connection(stream, ingest, tx, drain).await;
+            drop(permits);
+        });
+    };
     loop {
+        let permits = tokio::select! {
+            _ = stop.cancelled() => break,
+            p = admission.permits() => p,
+        };
+        let Some(permits) = permits else { break };
         tokio::select! {
             _ = stop.cancelled() => break,
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
                     backoff.succeeded();
-                    tokio::spawn(connection(stream, ingest.clone(), tx.clone(), drain.clone()));
+                    serve(stream, permits);
                 }
                 Err(e) => backoff.failed(&e).await,
             },
         }
     }
     // Connections a producer already made (still in the backlog) are taken in too: its
-    // connect succeeded, so it may have written and closed already.
+    // connect succeeded, so it may have written and closed already. Each waits for its
+    // permits until the drain ends.
     loop {
+        let permits = tokio::select! {
+            _ = drain.cancelled() => break,
+            p = admission.permits() => p,
+        };
+        let Some(permits) = permits else { break };
         tokio::select! {
             biased;
             r = listener.accept() => match r {
-                Ok((stream, _)) => {
-                    tokio::spawn(connection(stream, ingest.clone(), tx.clone(), drain.clone()));
-                }
+                Ok((stream, _)) => serve(stream, permits),
                 Err(_) => break,
             },
             _ = std::future::ready(()) => break,
