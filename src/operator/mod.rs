@@ -101,11 +101,17 @@ pub const STOP_BOUND: Duration = Duration::from_secs(10);
 pub async fn run(args: ControllerArgs) -> Result<(), OperatorError> {
     let stop = CancellationToken::new();
     watch_signals(stop.clone()).map_err(OperatorError::Signals)?;
-    let work = serve(args, stop.clone());
+    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let work = serve(args, stop.clone(), started.clone());
     tokio::pin!(work);
     tokio::select! {
         result = &mut work => return result,
         _ = stop.cancelled() => {}
+    }
+    // Before start-up is over there is no Lease held and nothing to hand over: stop now.
+    if !started.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!("stopped during start-up");
+        return Ok(());
     }
     match tokio::time::timeout(STOP_BOUND, work).await {
         Ok(result) => result,
@@ -116,8 +122,12 @@ pub async fn run(args: ControllerArgs) -> Result<(), OperatorError> {
     }
 }
 
-/// Everything the controller does, until `stop`.
-async fn serve(args: ControllerArgs, stop: CancellationToken) -> Result<(), OperatorError> {
+/// Everything the controller does, until `stop`; `started` is set once start-up is over.
+async fn serve(
+    args: ControllerArgs,
+    stop: CancellationToken,
+    started: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(), OperatorError> {
     let client = Client::try_default().await.map_err(OperatorError::Client)?;
     check_crd(&client).await?;
 
@@ -157,6 +167,7 @@ async fn serve(args: ControllerArgs, stop: CancellationToken) -> Result<(), Oper
         metrics,
         Some(readiness),
     );
+    started.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(identity = %identity, "controller started");
 
     if args.no_leader_election {
