@@ -37,9 +37,17 @@ pub fn judge(http_status: u16, body: &[u8], body_sent: bool, rows_sent: u64) -> 
             reason: format!("HTTP {http_status} answered a commit before the body was sent"),
         };
     }
-    let counted = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|j| field(&j, &["NumberTotalRows"]).and_then(Value::as_u64));
+    // Only a load that ran now counts rows: an existing label's answer carries
+    // NumberTotalRows 0 (StarRocks' StreamLoadContext::to_json).
+    let json = serde_json::from_slice::<Value>(body).ok();
+    let ran_now = json
+        .as_ref()
+        .and_then(|j| text(j, &["Status", "status"]))
+        .is_some_and(|s| s == "Success" || s == "Publish Timeout");
+    let counted = json
+        .as_ref()
+        .filter(|_| ran_now)
+        .and_then(|j| field(j, &["NumberTotalRows"]).and_then(Value::as_u64));
     match counted {
         Some(n) if n != rows_sent => Verdict::Miscounted {
             reason: format!(
@@ -248,7 +256,7 @@ mod tests {
             Verdict::Miscounted { .. }
         ));
         // Without counts (an existing label's answer) the commit stands.
-        let existing = br#"{"Status":"Label Already Exists","ExistingJobStatus":"FINISHED"}"#;
+        let existing = br#"{"Status":"Label Already Exists","ExistingJobStatus":"FINISHED","NumberTotalRows":0}"#;
         assert_eq!(
             judge(200, existing, true, 10),
             Verdict::Committed { filtered_rows: 0 }
