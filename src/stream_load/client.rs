@@ -157,6 +157,10 @@ pub struct StreamLoadClient {
     headers: String,
     request_timeout: Duration,
     rewrite_loopback: bool,
+    /// Whether StarRocks' row count of a load is the number of records sent: not when
+    /// a property changes what a row is (`json_root` can expand one record into many,
+    /// `skip_header` drops lines).
+    rows_as_sent: bool,
     pooled: Option<(Endpoint, Conn<TcpStream>)>,
 }
 
@@ -199,8 +203,18 @@ impl StreamLoadClient {
             headers,
             request_timeout: sr.request_timeout.0,
             rewrite_loopback: sr.rewrite_loopback_redirect,
+            rows_as_sent: !sr
+                .properties
+                .keys()
+                .any(|k| ["json_root", "skip_header"].contains(&k.to_ascii_lowercase().as_str())),
             pooled: None,
         })
+    }
+
+    /// The row count StarRocks should report for a load of `records`, when it can be
+    /// known (see `rows_as_sent`).
+    pub fn expected_rows(&self, records: u64) -> Option<u64> {
+        self.rows_as_sent.then_some(records)
     }
 
     fn authorization(&self) -> Result<String, String> {

@@ -147,7 +147,12 @@ pub async fn deliver_from(
         }
 
         let verdict = match client.put(label, body).await {
-            Ok(answer) => judge(answer.status, &answer.body, answer.body_sent, rows),
+            Ok(answer) => judge(
+                answer.status,
+                &answer.body,
+                answer.body_sent,
+                client.expected_rows(rows),
+            ),
             Err(TransportError::NotSent(e)) => Verdict::Transient { reason: e },
             Err(TransportError::Unknown(e)) => Verdict::Uncertain { reason: e },
         };

@@ -27,7 +27,7 @@ pub enum Verdict {
 /// never a commit: StarRocks cannot have loaded rows it was not sent, so the answer comes
 /// from a broken BE or proxy, and the label's state decides. A commit whose
 /// `NumberTotalRows` is not the number of rows sent is [`Verdict::Miscounted`].
-pub fn judge(http_status: u16, body: &[u8], body_sent: bool, rows_sent: u64) -> Verdict {
+pub fn judge(http_status: u16, body: &[u8], body_sent: bool, rows_sent: Option<u64>) -> Verdict {
     let verdict = classify(http_status, body);
     if !matches!(verdict, Verdict::Committed { .. }) {
         return verdict;
@@ -49,9 +49,10 @@ pub fn judge(http_status: u16, body: &[u8], body_sent: bool, rows_sent: u64) -> 
         .filter(|_| ran_now)
         .and_then(|j| field(j, &["NumberTotalRows"]).and_then(Value::as_u64));
     match counted {
-        Some(n) if n != rows_sent => Verdict::Miscounted {
+        Some(n) if rows_sent.is_some_and(|sent| sent != n) => Verdict::Miscounted {
             reason: format!(
-                "StarRocks committed the label but counted {n} row(s) of the {rows_sent} sent"
+                "StarRocks committed the label but counted {n} row(s) of the {} sent",
+                rows_sent.unwrap_or_default()
             ),
         },
         _ => verdict,
@@ -244,26 +245,31 @@ mod tests {
         let success =
             br#"{"Status":"Success","Message":"OK","NumberTotalRows":10,"NumberLoadedRows":10}"#;
         assert_eq!(
-            judge(200, success, true, 10),
+            judge(200, success, true, Some(10)),
             Verdict::Committed { filtered_rows: 0 }
         );
         assert!(matches!(
-            judge(200, success, false, 10),
+            judge(200, success, false, Some(10)),
             Verdict::Uncertain { .. }
         ));
         assert!(matches!(
-            judge(200, success, true, 12),
+            judge(200, success, true, Some(12)),
             Verdict::Miscounted { .. }
         ));
+        // A property that changes what a row is: no count to check.
+        assert_eq!(
+            judge(200, success, true, None),
+            Verdict::Committed { filtered_rows: 0 }
+        );
         // Without counts (an existing label's answer) the commit stands.
         let existing = br#"{"Status":"Label Already Exists","ExistingJobStatus":"FINISHED","NumberTotalRows":0}"#;
         assert_eq!(
-            judge(200, existing, true, 10),
+            judge(200, existing, true, Some(10)),
             Verdict::Committed { filtered_rows: 0 }
         );
         // An early refusal is still a refusal.
         assert!(matches!(
-            judge(401, b"", false, 10),
+            judge(401, b"", false, Some(10)),
             Verdict::Permanent { .. }
         ));
     }
