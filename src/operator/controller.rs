@@ -96,20 +96,16 @@ impl ControllerMetrics {
 }
 
 /// What `/readyz` reports: ready while the webhook's sink cache is synced with the API
-/// server and, on the leader, the controller's watches run without error.
+/// server (the webhook answers from it).
 #[derive(Debug)]
 pub struct Readiness {
-    /// (sink cache synced, controller watches healthy)
-    parts: Mutex<(bool, bool)>,
     served: Arc<AtomicBool>,
 }
 
 impl Readiness {
-    /// Not ready until the sink cache has synced; the controller's watches count as
-    /// healthy until one fails (a replica that does not lead runs none).
+    /// Not ready until the sink cache has synced.
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
-            parts: Mutex::new((false, true)),
             served: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -120,17 +116,7 @@ impl Readiness {
     }
 
     pub fn cache_synced(&self, synced: bool) {
-        self.update(|p| p.0 = synced);
-    }
-
-    pub fn controller_watching(&self, healthy: bool) {
-        self.update(|p| p.1 = healthy);
-    }
-
-    fn update(&self, change: impl FnOnce(&mut (bool, bool))) {
-        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-        change(&mut parts);
-        self.served.store(parts.0 && parts.1, Relaxed);
+        self.served.store(synced, Relaxed);
     }
 }
 
@@ -139,28 +125,16 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<ControllerMetrics>,
-    /// Told whether the controller's watches work, when a `/readyz` follows them.
-    pub readiness: Option<Arc<Readiness>>,
     /// Consecutive failures (or waits) per sink; cleared by a reconcile that settles.
     failures: Mutex<HashMap<ObjectRef<StoredSink>, u32>>,
 }
 
 impl Context {
     pub fn new(client: Client, reporter: Reporter, metrics: Arc<ControllerMetrics>) -> Arc<Self> {
-        Self::with_readiness(client, reporter, metrics, None)
-    }
-
-    pub fn with_readiness(
-        client: Client,
-        reporter: Reporter,
-        metrics: Arc<ControllerMetrics>,
-        readiness: Option<Arc<Readiness>>,
-    ) -> Arc<Self> {
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
-            readiness,
             failures: Mutex::new(HashMap::new()),
         })
     }
@@ -396,26 +370,20 @@ pub async fn run_controller(
             |pod| sinks_of_pod(&pod),
         )
         .graceful_shutdown_on(until)
-        .run(reconcile, error_policy, ctx.clone())
+        .run(reconcile, error_policy, ctx)
         .for_each(|result| {
-            let watching = !matches!(result, Err(kube::runtime::controller::Error::QueueError(_)));
-            if let Err(e) = &result {
-                if watching {
-                    tracing::debug!(error = %e, "controller event");
-                } else {
-                    tracing::warn!(error = %e, "a controller watch failed; not ready until it works again");
+            match &result {
+                // A failing watch is retried by the watcher; it is not a reason to take the
+                // webhook out of its Service (readiness follows the webhook's own cache).
+                Err(e @ kube::runtime::controller::Error::QueueError(_)) => {
+                    tracing::warn!(error = %e, "a controller watch failed; retrying")
                 }
-            }
-            if let Some(r) = &ctx.readiness {
-                r.controller_watching(watching);
+                Err(e) => tracing::debug!(error = %e, "controller event"),
+                Ok(_) => {}
             }
             futures::future::ready(())
         })
         .await;
-    // Not leading any more: no watches of the controller's to follow.
-    if let Some(r) = &ctx.readiness {
-        r.controller_watching(true);
-    }
 }
 
 #[cfg(test)]
@@ -427,22 +395,6 @@ mod tests {
         let waits: Vec<u64> = (1..=10).map(|n| backoff_after(n).as_secs()).collect();
         assert_eq!(waits, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
         assert_eq!(backoff_after(u32::MAX), MAX_BACKOFF);
-    }
-
-    #[test]
-    fn ready_only_while_the_cache_is_synced_and_the_controllers_watches_work() {
-        let r = Readiness::new();
-        let served = r.served();
-        assert!(!served.load(Relaxed), "not before the first sync");
-        r.cache_synced(true);
-        assert!(served.load(Relaxed));
-        r.controller_watching(false);
-        assert!(!served.load(Relaxed), "a failed controller watch");
-        r.cache_synced(false);
-        r.controller_watching(true);
-        assert!(!served.load(Relaxed), "the cache is still out of sync");
-        r.cache_synced(true);
-        assert!(served.load(Relaxed));
     }
 
     #[test]

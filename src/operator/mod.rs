@@ -97,6 +97,10 @@ pub enum OperatorError {
 /// 30s grace period, so it is never killed.
 pub const STOP_BOUND: Duration = Duration::from_secs(10);
 
+/// After a failed sink watch, how long without another failure before the cache counts as
+/// synced again even if no event came (longer than the watcher's longest retry wait).
+const WATCH_QUIET: Duration = Duration::from_secs(40);
+
 /// Runs the controller until SIGTERM or SIGINT, then stops within [`STOP_BOUND`].
 pub async fn run(args: ControllerArgs) -> Result<(), OperatorError> {
     let stop = CancellationToken::new();
@@ -158,14 +162,13 @@ async fn serve(
         .identity
         .clone()
         .unwrap_or_else(crate::loader::hostname);
-    let ctx = Context::with_readiness(
+    let ctx = Context::new(
         client.clone(),
         Reporter {
             controller: "starsink-controller".into(),
             instance: Some(identity.clone()),
         },
         metrics,
-        Some(readiness),
     );
     started.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(identity = %identity, "controller started");
@@ -243,20 +246,36 @@ async fn start_webhook(
     .default_backoff();
     let stopping = stop.clone();
     tokio::spawn(async move {
-        let follow = sinks.for_each(|event| {
-            match event {
-                Ok(watcher::Event::InitDone) => readiness.cache_synced(true),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "sink watch failed; not ready until it is synced again");
-                    readiness.cache_synced(false);
+        // A failed watch is resumed from where it was, without a new list (only a 410
+        // re-lists), so no InitDone follows: the cache counts as synced again on the next
+        // event, or once WATCH_QUIET passes without another error (the watcher's backoff
+        // retries well within it).
+        tokio::pin!(sinks);
+        let mut listed = false;
+        let mut failed_at: Option<tokio::time::Instant> = None;
+        loop {
+            let quiet = failed_at.map(|t| t + WATCH_QUIET);
+            tokio::select! {
+                _ = stopping.cancelled() => return,
+                _ = tokio::time::sleep_until(quiet.unwrap_or_else(tokio::time::Instant::now)), if quiet.is_some() => {
+                    failed_at = None;
+                    readiness.cache_synced(listed);
                 }
+                event = sinks.next() => match event {
+                    None => return,
+                    Some(Ok(e)) => {
+                        listed |= matches!(e, watcher::Event::InitDone);
+                        if listed && (failed_at.take().is_some() || matches!(e, watcher::Event::InitDone)) {
+                            readiness.cache_synced(true);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "sink watch failed; not ready until it works again");
+                        failed_at = Some(tokio::time::Instant::now());
+                        readiness.cache_synced(false);
+                    }
+                },
             }
-            futures::future::ready(())
-        });
-        tokio::select! {
-            _ = follow => {}
-            _ = stopping.cancelled() => {}
         }
     });
 
