@@ -82,6 +82,21 @@ async fn producers(socket: &std::path::Path, first_id: u64, n: u64) -> Vec<tokio
     conns
 }
 
+/// Stops the loader with SIGTERM: it exits 0, and `rows` rows loaded, each once.
+async fn stop_and_check(child: &mut tokio::process::Child, sr: &DevEndpoint, rows: u64) {
+    kill(
+        Pid::from_raw(child.id().expect("running") as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the loader exits after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), rows);
+}
+
 /// CPU seconds the process has used (user + system), from /proc/PID/stat.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -106,13 +121,7 @@ async fn a_low_soft_fd_limit_is_raised_so_every_producer_is_served_at_once() {
         sr.committed_rows()
     );
     drop(conns);
-    kill(Pid::from_raw(child.id().unwrap() as i32), Signal::SIGTERM).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
-    assert_exactly_once(&ids(&sr.rows("shop.orders")), 300);
+    stop_and_check(&mut child, &sr, 300).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,13 +162,7 @@ async fn at_the_hard_fd_limit_accept_loops_back_off_and_nothing_is_lost() {
         .expect("the waiting scrape is answered once descriptors free up")
         .unwrap();
     assert_eq!(status, 200);
-    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
-    assert_exactly_once(&ids(&sr.rows("shop.orders")), 60);
+    stop_and_check(&mut child, &sr, 60).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,11 +187,5 @@ async fn past_max_connections_a_producer_waits_until_another_leaves() {
         "the waiting producer is served once one leaves"
     );
     drop(held);
-    kill(Pid::from_raw(child.id().unwrap() as i32), Signal::SIGTERM).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
-    assert_exactly_once(&ids(&sr.rows("shop.orders")), 11);
+    stop_and_check(&mut child, &sr, 11).await;
 }
