@@ -122,6 +122,11 @@ impl Batch {
         self.body.len()
     }
 
+    /// When its oldest record arrived.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.oldest
+    }
+
     /// When this batch must be flushed at the latest: its oldest record's arrival plus
     /// the interval. `None` while empty.
     pub fn deadline(&self) -> Option<Instant> {

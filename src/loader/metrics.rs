@@ -45,6 +45,15 @@ pub struct SinkMetrics {
     pub spool_damage: AtomicU64,
     /// `err` reports for producers dropped because their connection's queue was full.
     pub ack_errs_dropped: AtomicU64,
+    /// Failed spool writes, syncs, reads and removals (each retry that fails counts).
+    pub spool_errors: AtomicU64,
+    /// Failed attempts to write a refused batch's dead-letter file.
+    pub dead_letter_failures: AtomicU64,
+    /// Refused batches whose dead-letter file is not written yet.
+    pub dead_letters_pending: AtomicU64,
+    /// When the oldest record not yet committed or dead-lettered arrived, in Unix
+    /// milliseconds (0: none). Records replayed from the spool count from this start.
+    pub oldest_unloaded_unix_ms: AtomicU64,
 }
 
 impl SinkMetrics {
@@ -108,12 +117,34 @@ impl SinkMetrics {
         self.loaded.load(Relaxed) + self.dead_lettered.load(Relaxed)
     }
 
+    /// Seconds since the oldest record not yet committed or dead-lettered arrived.
+    pub fn oldest_unloaded_age_secs(&self) -> u64 {
+        match self.oldest_unloaded_unix_ms.load(Relaxed) {
+            0 => 0,
+            at => unix_ms(std::time::SystemTime::now()).saturating_sub(at) / 1000,
+        }
+    }
+
+    /// Records that the oldest record not yet loaded arrived at `at` (`None`: there is none).
+    pub fn set_oldest_unloaded(&self, at: Option<tokio::time::Instant>) {
+        let ms = at.map_or(0, |at| {
+            let age = tokio::time::Instant::now().saturating_duration_since(at);
+            unix_ms(std::time::SystemTime::now() - age).max(1)
+        });
+        self.oldest_unloaded_unix_ms.store(ms, Relaxed);
+    }
+
     pub fn accepted(&self) -> u64 {
         self.received
             .load(Relaxed)
             .saturating_sub(self.rejected_total())
             + self.replayed.load(Relaxed)
     }
+}
+
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The series with one value per sink: name, type, help, value.
@@ -177,6 +208,30 @@ const SIMPLE: &[Simple] = &[
         "counter",
         "err lines not written to a producer because it left 1024 of them unread.",
         |s| s.ack_errs_dropped.load(Relaxed),
+    ),
+    (
+        "starsink_spool_errors_total",
+        "counter",
+        "Failed spool writes, syncs, reads and removals; while they fail the sink reads no producer.",
+        |s| s.spool_errors.load(Relaxed),
+    ),
+    (
+        "starsink_dead_letter_failures_total",
+        "counter",
+        "Failed writes of a refused batch's dead-letter file (retried; the batch is kept).",
+        |s| s.dead_letter_failures.load(Relaxed),
+    ),
+    (
+        "starsink_dead_letters_pending",
+        "gauge",
+        "Refused batches whose dead-letter file is not written yet.",
+        |s| s.dead_letters_pending.load(Relaxed),
+    ),
+    (
+        "starsink_oldest_unloaded_record_age_seconds",
+        "gauge",
+        "Age of the oldest record not yet committed or dead-lettered (0 when none); grows while StarRocks fails.",
+        |s| s.oldest_unloaded_age_secs(),
     ),
 ];
 

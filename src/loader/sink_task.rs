@@ -7,6 +7,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -32,6 +33,16 @@ const SYNC_BYTES: usize = 1 << 20;
 /// long before they are flushed, whatever the sink's interval.
 const SHUTDOWN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// After a spool write fails, it is retried after this long, doubling up to...
+const REPAIR_FIRST: Duration = Duration::from_millis(50);
+/// ...this.
+const REPAIR_MAX: Duration = Duration::from_secs(5);
+/// After a dead-letter file cannot be written, it is retried after this long, doubling
+/// up to...
+const DEAD_LETTER_FIRST: Duration = Duration::from_secs(1);
+/// ...this.
+const DEAD_LETTER_MAX: Duration = Duration::from_secs(60);
+
 /// A sealed batch with its label, fixed for the rest of its life.
 struct Labelled {
     label: String,
@@ -42,6 +53,11 @@ struct Labelled {
     seqs: Option<Range<u64>>,
     /// The body is not in memory: read it back from the spool when its turn comes.
     on_disk: bool,
+    /// Its seal is synced (or there is no spool): it may be sent. A batch sealed while
+    /// the spool fails waits until a repair has put its label on disk.
+    durable: bool,
+    /// When its oldest record arrived.
+    oldest: Instant,
     /// The producers' lines in it that wait for this batch's verdict.
     acks: Vec<AckPart>,
 }
@@ -74,12 +90,22 @@ impl AckPart {
     }
 }
 
+/// Why StarRocks refused a batch for good: what its dead-letter record says.
+#[derive(Clone, Debug)]
+struct Refusal {
+    reason: String,
+    error_url: Option<String>,
+    /// An earlier attempt may have committed: replay checks the label first.
+    uncertain: bool,
+}
+
 /// How a load ended, as the sink task sees it.
 enum Verdict {
     Committed,
     DeadLettered,
-    /// Refused, and the dead-letter file could not be written either.
-    Lost,
+    /// Refused, and its dead-letter file could not be written yet: the sink task keeps
+    /// the batch and retries the write.
+    Refused(Refusal),
 }
 
 struct InFlight {
@@ -87,8 +113,45 @@ struct InFlight {
     handle: JoinHandle<(StreamLoadClient, Verdict, bytes::Bytes)>,
     trigger: FlushTrigger,
     label: String,
+    rows: u64,
     bytes: u64,
+    seqs: Option<Range<u64>>,
+    oldest: Instant,
     acks: Vec<AckPart>,
+}
+
+/// A refused batch waiting for its dead-letter file. With a spool its body waits on
+/// disk (sealed, without a verdict, so a restart keeps it too); without one, in memory.
+struct Refused {
+    label: String,
+    rows: u64,
+    body: Bytes,
+    seqs: Option<Range<u64>>,
+    on_disk: bool,
+    refusal: Refusal,
+    oldest: Instant,
+    acks: Vec<AckPart>,
+}
+
+/// A retry that waits: when it is due, and how long the one after will wait.
+#[derive(Clone, Copy, Debug)]
+struct RetryAt {
+    at: Instant,
+    backoff: Duration,
+}
+
+impl RetryAt {
+    fn after(backoff: Duration) -> Self {
+        Self {
+            at: Instant::now() + backoff,
+            backoff,
+        }
+    }
+
+    /// The next retry, `backoff` doubled up to `max`.
+    fn next(self, max: Duration) -> Self {
+        Self::after((self.backoff * 2).min(max))
+    }
 }
 
 /// The shutdown signals a sink task obeys.
@@ -118,6 +181,19 @@ pub struct SinkTask {
     acks: Acks,
     /// With `acks: spooled`: connections' lines written to the spool and not yet synced.
     unsynced_acks: Vec<(Arc<ConnAck>, u64)>,
+    /// A spool write, sync, read or removal failed: no producer is read, and no batch
+    /// sealed since is sent, until [`Spool::repair`] succeeds at this retry.
+    spool_trouble: Option<RetryAt>,
+    /// Rows appended while the spool failed: in its buffer, not yet on disk.
+    unspooled_rows: u64,
+    /// Refused batches whose dead-letter file is not written yet, oldest first.
+    refused: VecDeque<Refused>,
+    /// When the front of `refused` is tried again.
+    dead_letter_retry: Option<RetryAt>,
+    /// The wait after the last failed dead-letter write (zero after a success).
+    dead_letter_backoff: Duration,
+    /// The dead-letter write under way, if any.
+    dead_letter_writing: Option<JoinHandle<(Refused, std::io::Result<PathBuf>)>>,
 }
 
 impl SinkTask {
@@ -143,6 +219,12 @@ impl SinkTask {
             replay: None,
             acks: sink.acks,
             unsynced_acks: Vec::new(),
+            spool_trouble: None,
+            unspooled_rows: 0,
+            refused: VecDeque::new(),
+            dead_letter_retry: None,
+            dead_letter_backoff: Duration::ZERO,
+            dead_letter_writing: None,
         }
     }
 
@@ -153,16 +235,48 @@ impl SinkTask {
         self
     }
 
-    /// Stops using the spool after a disk error; the sink goes on in memory.
+    /// A spool operation failed. Nothing is lost or switched off: the spool keeps what
+    /// failed in its buffer, the sink stops reading producers (backpressure), and the
+    /// repair is retried with backoff.
     fn spool_failed(&mut self, what: &str, e: std::io::Error) {
-        tracing::error!(sink = %self.name, error = %e, "spool {what} failed; this sink now keeps records in memory only");
-        self.spool = None;
-        // Lines not yet synced are acked at their commit instead.
-        self.unsynced_acks.clear();
+        self.metrics.spool_errors.fetch_add(1, Relaxed);
+        if self.spool_trouble.is_none() {
+            tracing::error!(sink = %self.name, error = %e, "spool {what} failed; this sink reads no producer until the spool can be written again (retrying)");
+            self.spool_trouble = Some(RetryAt::after(REPAIR_FIRST));
+        }
+    }
+
+    /// Retries what failed in the spool. Once it works, batches sealed meanwhile may be
+    /// sent, their lines acked (`acks: spooled`), and producers are read again.
+    fn repair_spool(&mut self, waiting: &mut Option<Labelled>, backlog: &mut VecDeque<Labelled>) {
+        let (Some(spool), Some(trouble)) = (self.spool.as_mut(), self.spool_trouble) else {
+            self.spool_trouble = None;
+            return;
+        };
+        match spool.repair() {
+            Ok(()) => {
+                self.spool_trouble = None;
+                self.metrics
+                    .spooled
+                    .fetch_add(std::mem::take(&mut self.unspooled_rows), Relaxed);
+                for batch in waiting.iter_mut().chain(backlog.iter_mut()) {
+                    batch.durable = true;
+                }
+                self.spool_synced();
+                tracing::info!(sink = %self.name, "the spool can be written again; reading producers");
+            }
+            Err(e) => {
+                self.metrics.spool_errors.fetch_add(1, Relaxed);
+                let next = trouble.next(REPAIR_MAX);
+                tracing::warn!(sink = %self.name, error = %e, retry_in_ms = next.backoff.as_millis() as u64, "the spool still cannot be written");
+                self.spool_trouble = Some(next);
+            }
+        }
     }
 
     /// Appends a received chunk's records to the spool; returns the first one's sequence
-    /// number (0 without a spool).
+    /// number (0 without a spool). A failed write still numbers the records: they are
+    /// the spool's, buffered until a repair puts them on disk.
     fn spool_append(
         &mut self,
         chunk: &Chunk,
@@ -172,48 +286,40 @@ impl SinkTask {
         let Some(spool) = self.spool.as_mut() else {
             return 0;
         };
-        let mut synced = false;
-        let appended = spool
-            .append_chunk(&chunk.data, &chunk.ends)
-            .and_then(|seqs| {
-                match self.spool_sync {
-                    SpoolSync::Always => {
-                        spool.sync()?;
-                        synced = true;
-                    }
-                    SpoolSync::Interval => {
-                        *unsynced += chunk.data.len();
-                        if *unsynced >= SYNC_BYTES {
-                            spool.sync()?;
-                            synced = true;
-                            *unsynced = 0;
-                            *sync_due = None;
-                        } else if sync_due.is_none() {
-                            *sync_due = Some(Instant::now() + SYNC_INTERVAL);
-                        }
-                    }
-                    // The page cache has it: it survives the process, which is all `never` promises.
-                    SpoolSync::Never => synced = true,
+        let (seqs, written) = spool.append_chunk(&chunk.data, &chunk.ends);
+        let synced = written.and_then(|()| match self.spool_sync {
+            SpoolSync::Always => spool.sync().map(|()| true),
+            SpoolSync::Interval => {
+                *unsynced += chunk.data.len();
+                if *unsynced >= SYNC_BYTES {
+                    *unsynced = 0;
+                    *sync_due = None;
+                    spool.sync().map(|()| true)
+                } else {
+                    sync_due.get_or_insert_with(|| Instant::now() + SYNC_INTERVAL);
+                    Ok(false)
                 }
-                Ok(seqs)
-            });
-        match appended {
-            Ok(seqs) => {
+            }
+            // The page cache has it: it survives the process, which is all `never` promises.
+            SpoolSync::Never => Ok(true),
+        });
+        if let (Acks::Spooled, Some(conn)) = (self.acks, &chunk.ack) {
+            let through = chunk.first_line + chunk.rows() as u64 - 1;
+            self.unsynced_acks.push((conn.clone(), through));
+        }
+        match synced {
+            Ok(synced) => {
                 self.metrics.spooled.fetch_add(chunk.rows() as u64, Relaxed);
-                if let (Acks::Spooled, Some(conn)) = (self.acks, &chunk.ack) {
-                    let through = chunk.first_line + chunk.rows() as u64 - 1;
-                    self.unsynced_acks.push((conn.clone(), through));
-                }
                 if synced {
                     self.spool_synced();
                 }
-                seqs.start
             }
             Err(e) => {
+                self.unspooled_rows += chunk.rows() as u64;
                 self.spool_failed("write", e);
-                0
             }
         }
+        seqs.start
     }
 
     /// Everything written to the spool is synced: its lines are acked (`acks: spooled`).
@@ -224,16 +330,11 @@ impl SinkTask {
     }
 
     /// A batch's verdict reaches the producers whose lines it holds. Committed lines are
-    /// settled; with `acks: committed`, lines of a refused batch get an `err` first.
-    fn ack_verdict(&self, parts: Vec<AckPart>, verdict: &Verdict) {
-        let refused = match verdict {
-            Verdict::Committed => None,
-            Verdict::DeadLettered => Some("dead_lettered"),
-            Verdict::Lost => Some("lost"),
-        };
+    /// settled; with `acks: committed`, lines of a dead-lettered batch get an `err` first.
+    fn ack_verdict(&self, parts: Vec<AckPart>, dead_lettered: bool) {
         for part in parts {
-            if let (Some(reason), Acks::Committed) = (refused, self.acks) {
-                part.conn.report(part.first, part.count, reason);
+            if dead_lettered && self.acks == Acks::Committed {
+                part.conn.report(part.first, part.count, "dead_lettered");
             }
             part.conn.settle_through(part.first + part.count - 1);
         }
@@ -252,6 +353,8 @@ impl SinkTask {
             start: Start::Resolve,
             seqs: Some(pending.seqs),
             on_disk: true,
+            durable: true,
+            oldest: Instant::now(),
             acks: Vec::new(),
         }
     }
@@ -281,58 +384,82 @@ impl SinkTask {
     }
 
     /// The next queued batch, with its body read back from the spool if it waited there.
-    /// Without a usable spool, batches that waited on disk stay there for the next start.
+    /// While the spool fails, a batch on disk (or one whose seal is not) stays queued.
     fn take_backlog(&mut self, backlog: &mut VecDeque<Labelled>) -> Option<Labelled> {
         while let Some(mut next) = backlog.pop_front() {
             if !next.on_disk {
-                return Some(next);
-            }
-            let (Some(spool), Some(seqs)) = (self.spool.as_mut(), next.seqs.clone()) else {
-                tracing::error!(sink = %self.name, label = %next.label, rows = next.batch.rows, "the spool failed; this batch stays in the spool directory for the next start");
-                continue;
-            };
-            // The body is built straight from the frames read back: the batch is in
-            // memory once.
-            let (delimiter, open) = match self.format {
-                Format::Json => (b',', Some(b'[')),
-                Format::Csv => (b'\n', None),
-            };
-            let mut body = Vec::with_capacity(self.policy.max_bytes.min(256 << 20));
-            body.extend(open);
-            let mut rows = 0u64;
-            let read = spool.read_each(seqs, |record| {
-                body.extend_from_slice(&record);
-                body.push(delimiter);
-                rows += 1;
-            });
-            match read {
-                Ok(()) if rows == 0 => {
-                    tracing::warn!(sink = %self.name, label = %next.label, "none of this batch's records survived damage to the spool; nothing to load");
-                    if let Err(e) = spool.done(&next.label, Outcome::Committed) {
-                        self.spool_failed("verdict", e);
-                    }
+                if next.durable {
+                    return Some(next);
                 }
-                Ok(()) => {
-                    if rows != next.batch.rows {
-                        tracing::warn!(sink = %self.name, label = %next.label, expected = next.batch.rows, found = rows, "the spool gave back fewer records than the batch had (damage found at start)");
-                    }
-                    if self.format == Format::Json {
-                        if let Some(last) = body.last_mut() {
-                            *last = b']';
-                        }
-                    }
+                backlog.push_front(next);
+                return None;
+            }
+            if self.spool_trouble.is_some() {
+                backlog.push_front(next);
+                return None;
+            }
+            match self.read_back(next.seqs.clone(), &next.label, next.batch.rows) {
+                Ok(Some((body, rows))) => {
                     next.batch.rows = rows;
-                    next.batch.body = body.into();
+                    next.batch.body = body;
                     next.on_disk = false;
                     return Some(next);
                 }
+                Ok(None) => {
+                    tracing::warn!(sink = %self.name, label = %next.label, "none of this batch's records survived damage to the spool; nothing to load");
+                    if let Some(Err(e)) = self
+                        .spool
+                        .as_mut()
+                        .map(|s| s.done(&next.label, Outcome::Committed))
+                    {
+                        self.spool_failed("verdict", e);
+                    }
+                }
                 Err(e) => {
-                    tracing::error!(sink = %self.name, label = %next.label, "this batch stays in the spool directory for the next start");
+                    backlog.push_front(next);
                     self.spool_failed("read", e);
+                    return None;
                 }
             }
         }
         None
+    }
+
+    /// Reads a batch's records back from the spool as a Stream Load body: the batch is in
+    /// memory once, built straight from the frames read. `None` when none survived.
+    fn read_back(
+        &mut self,
+        seqs: Option<Range<u64>>,
+        label: &str,
+        expected: u64,
+    ) -> std::io::Result<Option<(Bytes, u64)>> {
+        let (Some(spool), Some(seqs)) = (self.spool.as_mut(), seqs) else {
+            return Ok(None);
+        };
+        let (delimiter, open) = match self.format {
+            Format::Json => (b',', Some(b'[')),
+            Format::Csv => (b'\n', None),
+        };
+        let mut body = Vec::with_capacity(self.policy.max_bytes.min(256 << 20));
+        body.extend(open);
+        let mut rows = 0u64;
+        spool.read_each(seqs, |record| {
+            body.extend_from_slice(&record);
+            body.push(delimiter);
+            rows += 1;
+        })?;
+        if rows == 0 {
+            return Ok(None);
+        }
+        if rows != expected {
+            tracing::warn!(sink = %self.name, label, expected, found = rows, "the spool gave back fewer records than the batch had (damage found at start)");
+        }
+        if self.format == Format::Json {
+            if let Some(last) = body.last_mut() {
+                *last = b']';
+            }
+        }
+        Ok(Some((body.into(), rows)))
     }
 
     /// Sealing is possible now: `waiting` is free, or a spool can hold the batch.
@@ -341,6 +468,9 @@ impl SinkTask {
     }
 
     /// Runs until the channel is closed and everything is loaded, or the deadline passes.
+    ///
+    /// One `select!` over every event the sink waits for; each arm's guard says when that
+    /// event matters. It is long because the guards only make sense side by side.
     pub async fn run(mut self, stopping: Stopping) {
         let mut filling = Batch::new(self.format, self.policy);
         // The spool sequence numbers of the filling batch's records.
@@ -364,28 +494,16 @@ impl SinkTask {
         let mut was_full = false;
 
         if let Some(replay) = self.replay.take() {
-            let mut count = 0;
-            for pending in replay.sealed {
-                count += pending.rows;
-                backlog.push_back(self.replayed_batch(pending));
-            }
-            if let Some((first, _)) = replay.unsealed.first() {
-                let records: Vec<Bytes> = replay.unsealed.iter().map(|(_, r)| r.clone()).collect();
-                count += records.len() as u64;
-                let mut chunk = encode_records(self.format, &records);
-                // They waited through a restart already: due at once.
-                chunk.arrived = Instant::now()
-                    .checked_sub(self.policy.interval)
-                    .unwrap_or_else(Instant::now);
-                leftover = Some((chunk, 0, *first));
-            }
-            self.metrics.replayed.fetch_add(count, Relaxed);
-            self.metrics.spooled.fetch_add(count, Relaxed);
+            leftover = self.take_replay(replay, &mut backlog);
         }
 
         loop {
             if in_flight.is_none() {
                 let next = match waiting.take() {
+                    Some(w) if !w.durable => {
+                        waiting = Some(w);
+                        None
+                    }
                     Some(w) => Some(w),
                     None => self.take_backlog(&mut backlog),
                 };
@@ -411,7 +529,7 @@ impl SinkTask {
                         self.enqueue(sealed, &mut waiting, &mut backlog, in_flight.is_some());
                         leftover = (next < chunk.rows()).then_some((chunk, next, base));
                     }
-                    self.update_buffered(&filling, &waiting, &in_flight);
+                    self.update_buffered(&filling, &waiting, &backlog, &in_flight);
                     continue;
                 }
             }
@@ -426,7 +544,11 @@ impl SinkTask {
                     self.enqueue(sealed, &mut waiting, &mut backlog, in_flight.is_some());
                     continue;
                 }
-                if in_flight.is_none() && waiting.is_none() && backlog.is_empty() {
+                if in_flight.is_none()
+                    && waiting.is_none()
+                    && backlog.is_empty()
+                    && self.refused.is_empty()
+                {
                     break;
                 }
             }
@@ -442,11 +564,24 @@ impl SinkTask {
                     tracing::info!(sink = %self.name, "spool has room again; reading producers");
                 }
             }
+            // Producers are read only while what they send has somewhere to go: the spool
+            // works and has room, and no refused batch holds memory waiting for its file.
+            let readable = input_open
+                && leftover.is_none()
+                && self.can_seal(&waiting)
+                && !spool_full
+                && self.spool_trouble.is_none()
+                && self.refused.iter().all(|r| r.on_disk);
             let deadline = if stop_seen {
                 filling.deadline_capped(SHUTDOWN_INTERVAL)
             } else {
                 filling.deadline()
             };
+            let repair_at = self.spool_trouble.map(|t| t.at);
+            let dead_letter_at = self
+                .dead_letter_retry
+                .filter(|_| self.dead_letter_writing.is_none())
+                .map(|r| r.at);
             tokio::select! {
                 biased;
                 _ = stopping.deadline.cancelled() => {
@@ -455,34 +590,25 @@ impl SinkTask {
                     }
                     break;
                 }
-                done = join(&mut in_flight), if in_flight.is_some() => {
+                done = join(in_flight.as_mut().map(|f| &mut f.handle)), if in_flight.is_some() => {
                     let Some(finished) = in_flight.take() else { continue };
                     match done {
                         Ok((client, verdict, body)) => {
                             self.client = Some(client);
-                            let outcome = match verdict {
-                                Verdict::Committed => Some(Outcome::Committed),
-                                Verdict::DeadLettered => Some(Outcome::DeadLettered),
-                                // Not recorded: the spool keeps the batch for the next start.
-                                Verdict::Lost => None,
-                            };
-                            if let (Some(outcome), Some(spool)) = (outcome, self.spool.as_mut()) {
-                                if let Err(e) = spool.done(&finished.label, outcome) {
-                                    self.spool_failed("verdict", e);
-                                }
-                            }
-                            match finished.trigger {
-                                FlushTrigger::Size | FlushTrigger::Rows => {
-                                    if let Ok(body) = body.try_into_mut() {
-                                        filling.recycle(body.into());
-                                    }
-                                }
-                                FlushTrigger::Interval | FlushTrigger::Shutdown => filling.release_spare(),
-                            }
-                            self.ack_verdict(finished.acks, &verdict);
+                            self.finish_load(finished, verdict, body, &mut filling);
                         }
                         Err(e) => {
                             tracing::error!(sink = %self.name, error = %e, "load task failed; its records are lost");
+                            return;
+                        }
+                    }
+                }
+                written = join(self.dead_letter_writing.as_mut()), if self.dead_letter_writing.is_some() => {
+                    self.dead_letter_writing = None;
+                    match written {
+                        Ok((refused, result)) => self.dead_letter_written(refused, result),
+                        Err(e) => {
+                            tracing::error!(sink = %self.name, error = %e, "dead-letter task failed; its records are lost");
                             return;
                         }
                     }
@@ -494,7 +620,14 @@ impl SinkTask {
                         self.enqueue(sealed, &mut waiting, &mut backlog, in_flight.is_some());
                     }
                 }
-                _ = tokio::time::sleep_until(sync_due.unwrap_or_else(Instant::now)), if sync_due.is_some() => {
+                _ = sleep_until(repair_at), if repair_at.is_some() => {
+                    self.repair_spool(&mut waiting, &mut backlog);
+                }
+                _ = sleep_until(dead_letter_at), if dead_letter_at.is_some() => {
+                    self.dead_letter_retry = None;
+                    self.retry_dead_letter();
+                }
+                _ = sleep_until(sync_due), if sync_due.is_some() => {
                     sync_due = None;
                     unsynced = 0;
                     match self.spool.as_mut().map(Spool::sync) {
@@ -503,11 +636,11 @@ impl SinkTask {
                         None => {}
                     }
                 }
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && self.can_seal(&waiting) => {
+                _ = sleep_until(deadline), if deadline.is_some() && self.can_seal(&waiting) => {
                     let sealed = self.seal(&mut filling, &mut filling_seqs, &mut filling_acks, FlushTrigger::Interval);
                     self.enqueue(sealed, &mut waiting, &mut backlog, in_flight.is_some());
                 }
-                chunk = self.rx.recv(), if input_open && self.can_seal(&waiting) && leftover.is_none() && !spool_full => {
+                chunk = self.rx.recv(), if readable => {
                     match chunk {
                         Some(chunk) => {
                             let base = self.spool_append(&chunk, &mut unsynced, &mut sync_due);
@@ -517,24 +650,217 @@ impl SinkTask {
                     }
                 }
             }
-            self.update_buffered(&filling, &waiting, &in_flight);
+            self.update_buffered(&filling, &waiting, &backlog, &in_flight);
         }
-        self.update_buffered(&filling, &waiting, &in_flight);
+        // A last try to put what the spool buffered on disk, so that it counts as spooled.
+        if self.spool_trouble.is_some() {
+            self.repair_spool(&mut waiting, &mut backlog);
+        }
+        self.update_buffered(&filling, &waiting, &backlog, &in_flight);
     }
 
+    /// Takes what the spool held at start: sealed batches queue first, in seal order;
+    /// records not yet in a batch come back as the first chunk, due at once.
+    fn take_replay(
+        &mut self,
+        replay: Replay,
+        backlog: &mut VecDeque<Labelled>,
+    ) -> Option<(Chunk, usize, u64)> {
+        let mut count = 0;
+        for pending in replay.sealed {
+            count += pending.rows;
+            backlog.push_back(self.replayed_batch(pending));
+        }
+        let mut leftover = None;
+        if let Some((first, _)) = replay.unsealed.first() {
+            let records: Vec<Bytes> = replay.unsealed.iter().map(|(_, r)| r.clone()).collect();
+            count += records.len() as u64;
+            let mut chunk = encode_records(self.format, &records);
+            // They waited through a restart already: due at once.
+            chunk.arrived = Instant::now()
+                .checked_sub(self.policy.interval)
+                .unwrap_or_else(Instant::now);
+            leftover = Some((chunk, 0, *first));
+        }
+        self.metrics.replayed.fetch_add(count, Relaxed);
+        self.metrics.spooled.fetch_add(count, Relaxed);
+        leftover
+    }
+
+    /// A load's verdict: recorded in the spool, counted, acked; a refused batch whose
+    /// dead-letter file could not be written is kept for a retry.
+    fn finish_load(
+        &mut self,
+        finished: InFlight,
+        verdict: Verdict,
+        body: Bytes,
+        filling: &mut Batch,
+    ) {
+        let outcome = match &verdict {
+            Verdict::Committed => Outcome::Committed,
+            Verdict::DeadLettered => Outcome::DeadLettered,
+            Verdict::Refused(refusal) => {
+                self.keep_refused(finished, refusal.clone(), body);
+                return;
+            }
+        };
+        if let Some(Err(e)) = self
+            .spool
+            .as_mut()
+            .map(|s| s.done(&finished.label, outcome))
+        {
+            self.spool_failed("verdict", e);
+        }
+        match finished.trigger {
+            FlushTrigger::Size | FlushTrigger::Rows => {
+                if let Ok(body) = body.try_into_mut() {
+                    filling.recycle(body.into());
+                }
+            }
+            FlushTrigger::Interval | FlushTrigger::Shutdown => filling.release_spare(),
+        }
+        self.ack_verdict(finished.acks, matches!(verdict, Verdict::DeadLettered));
+    }
+
+    /// Keeps a refused batch until its dead-letter file is written: on disk when the
+    /// spool has it (the sink goes on loading), else in memory (producers wait).
+    fn keep_refused(&mut self, finished: InFlight, refusal: Refusal, body: Bytes) {
+        let on_disk = self.spool.is_some() && finished.seqs.is_some();
+        self.refused.push_back(Refused {
+            label: finished.label,
+            rows: finished.rows,
+            body: if on_disk { Bytes::new() } else { body },
+            seqs: finished.seqs,
+            on_disk,
+            refusal,
+            oldest: finished.oldest,
+            acks: finished.acks,
+        });
+        self.metrics
+            .dead_letters_pending
+            .store(self.refused.len() as u64, Relaxed);
+        if self.dead_letter_retry.is_none() && self.dead_letter_writing.is_none() {
+            self.dead_letter_retry = Some(RetryAt::after(DEAD_LETTER_FIRST));
+        }
+    }
+
+    /// Tries the oldest refused batch's dead-letter file again, off this task.
+    fn retry_dead_letter(&mut self) {
+        let Some(mut refused) = self.refused.pop_front() else {
+            return;
+        };
+        if refused.on_disk {
+            let read = match self.spool_trouble {
+                Some(_) => Err(None),
+                None => self
+                    .read_back(refused.seqs.clone(), &refused.label, refused.rows)
+                    .map_err(Some),
+            };
+            match read {
+                Ok(Some((body, _))) => refused.body = body,
+                // Nothing survived to write: the verdict alone is recorded.
+                Ok(None) => {
+                    self.dead_letter_written(refused, Ok(PathBuf::new()));
+                    return;
+                }
+                Err(e) => {
+                    if let Some(e) = e {
+                        self.spool_failed("read", e);
+                    }
+                    self.refused.push_front(refused);
+                    self.dead_letter_retry = Some(RetryAt::after(REPAIR_MAX));
+                    return;
+                }
+            }
+        }
+        let (dir, name, format) = (self.dead_letter_dir.clone(), self.name.clone(), self.format);
+        self.dead_letter_writing = Some(tokio::spawn(async move {
+            let result = dead_letter(
+                &dir,
+                &name,
+                &refused.label,
+                format,
+                &refused.body,
+                refused.rows,
+                &refused.refusal,
+            )
+            .await;
+            (refused, result)
+        }));
+    }
+
+    /// The outcome of a retried dead-letter write.
+    fn dead_letter_written(&mut self, mut refused: Refused, result: std::io::Result<PathBuf>) {
+        match result {
+            Ok(path) => {
+                self.metrics.load_attempt("dead_lettered");
+                self.metrics.dead_lettered.fetch_add(refused.rows, Relaxed);
+                tracing::error!(sink = %self.name, label = %refused.label, rows = refused.rows, reason = %refused.refusal.reason, file = %path.display(), outcome = "dead_lettered", "refused batch written to the dead-letter directory");
+                if let Some(Err(e)) = self
+                    .spool
+                    .as_mut()
+                    .map(|s| s.done(&refused.label, Outcome::DeadLettered))
+                {
+                    self.spool_failed("verdict", e);
+                }
+                self.ack_verdict(std::mem::take(&mut refused.acks), true);
+                self.dead_letter_backoff = Duration::ZERO;
+                if !self.refused.is_empty() {
+                    self.dead_letter_retry = Some(RetryAt::after(Duration::ZERO));
+                }
+            }
+            Err(e) => {
+                self.metrics.dead_letter_failures.fetch_add(1, Relaxed);
+                self.dead_letter_backoff =
+                    (self.dead_letter_backoff * 2).clamp(DEAD_LETTER_FIRST, DEAD_LETTER_MAX);
+                let next = RetryAt::after(self.dead_letter_backoff);
+                tracing::error!(sink = %self.name, label = %refused.label, rows = refused.rows, dir = %self.dead_letter_dir.display(), error = %e, retry_in_ms = next.backoff.as_millis() as u64, "cannot write a refused batch's dead-letter file; the batch is kept and the write retried");
+                if refused.on_disk {
+                    refused.body = Bytes::new();
+                }
+                self.refused.push_front(refused);
+                self.dead_letter_retry = Some(next);
+            }
+        }
+        self.metrics
+            .dead_letters_pending
+            .store(self.refused.len() as u64, Relaxed);
+    }
+
+    /// Publishes what the sink holds: bytes in memory, the spool's size, and the age of
+    /// the oldest record not yet loaded (batches finish in order, so it is in the first
+    /// of: the refused batches, the load in flight, the waiting batch, the backlog, the
+    /// filling batch).
     fn update_buffered(
         &self,
         filling: &Batch,
         waiting: &Option<Labelled>,
+        backlog: &VecDeque<Labelled>,
         in_flight: &Option<InFlight>,
     ) {
         let bytes = filling.encoded_len() as u64
             + waiting.as_ref().map_or(0, |w| w.batch.body.len() as u64)
-            + in_flight.as_ref().map_or(0, |f| f.bytes);
+            + in_flight.as_ref().map_or(0, |f| f.bytes)
+            + self
+                .refused
+                .iter()
+                .map(|r| r.body.len() as u64)
+                .sum::<u64>();
         self.metrics.buffered_bytes.store(bytes, Relaxed);
         if let Some(spool) = &self.spool {
             self.metrics.spool_bytes.store(spool.bytes(), Relaxed);
         }
+        let oldest = [
+            self.refused.front().map(|r| r.oldest),
+            in_flight.as_ref().map(|f| f.oldest),
+            waiting.as_ref().map(|w| w.oldest),
+            backlog.front().map(|b| b.oldest),
+            filling.oldest(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        self.metrics.set_oldest_unloaded(oldest);
     }
 
     fn seal(
@@ -544,17 +870,19 @@ impl SinkTask {
         acks: &mut Vec<AckPart>,
         trigger: FlushTrigger,
     ) -> Option<Labelled> {
+        let oldest = filling.oldest().unwrap_or_else(Instant::now);
         let batch = filling.seal(trigger)?;
         let acks = std::mem::take(acks);
         let label = self.labels.next_label();
-        let mut seqs = seqs.take();
+        let seqs = seqs.take();
+        let mut durable = true;
         if let (Some(spool), Some(range)) = (self.spool.as_mut(), seqs.clone()) {
             // Durable before the first send: after a crash the batch is resolved by this
-            // label, never sent under another.
+            // label, never sent under another. Until then it waits.
             match spool.seal(&label, range) {
                 Ok(()) => self.spool_synced(),
                 Err(e) => {
-                    seqs = None;
+                    durable = false;
                     self.spool_failed("seal", e);
                 }
             }
@@ -574,6 +902,8 @@ impl SinkTask {
             start: Start::Send,
             seqs,
             on_disk: false,
+            durable: durable && self.spool_trouble.is_none(),
+            oldest,
             acks,
         })
     }
@@ -586,6 +916,7 @@ impl SinkTask {
         let bytes = next.batch.body.len() as u64;
         let trigger = next.batch.trigger;
         let in_flight_label = next.label.clone();
+        let (seqs, oldest) = (next.seqs.clone(), next.oldest);
         let acks = std::mem::take(&mut next.acks);
         let start = next.start;
         let retry = self.retry;
@@ -624,26 +955,23 @@ impl SinkTask {
                     error_url,
                     uncertain,
                 } => {
-                    match dead_letter(
-                        &dir,
-                        &name,
-                        &label,
-                        format,
-                        &batch,
-                        &reason,
-                        error_url.as_deref(),
+                    let refusal = Refusal {
+                        reason,
+                        error_url,
                         uncertain,
-                    )
-                    .await
+                    };
+                    match dead_letter(&dir, &name, &label, format, &batch.body, rows, &refusal)
+                        .await
                     {
                         Ok(path) => {
                             metrics.load_attempt("dead_lettered");
-                            tracing::error!(sink = %name, label = %label, rows, reason = %reason, error_url = error_url.as_deref().unwrap_or(""), file = %path.display(), outcome = "dead_lettered", "load refused; batch written to the dead-letter directory");
+                            tracing::error!(sink = %name, label = %label, rows, reason = %refusal.reason, error_url = refusal.error_url.as_deref().unwrap_or(""), file = %path.display(), outcome = "dead_lettered", "load refused; batch written to the dead-letter directory");
                             Verdict::DeadLettered
                         }
                         Err(e) => {
-                            tracing::error!(sink = %name, label = %label, rows, reason = %reason, error = %e, outcome = "lost", "load refused and the dead-letter file could not be written; these records are lost");
-                            Verdict::Lost
+                            metrics.dead_letter_failures.fetch_add(1, Relaxed);
+                            tracing::error!(sink = %name, label = %label, rows, reason = %refusal.reason, dir = %dir.display(), error = %e, "load refused and its dead-letter file cannot be written; the batch is kept and the write retried");
+                            Verdict::Refused(refusal)
                         }
                     }
                 }
@@ -659,7 +987,7 @@ impl SinkTask {
                 Verdict::DeadLettered => {
                     metrics.dead_lettered.fetch_add(rows, Relaxed);
                 }
-                Verdict::Lost => {}
+                Verdict::Refused(_) => {}
             }
             (client, verdict, batch.body)
         });
@@ -667,18 +995,27 @@ impl SinkTask {
             handle,
             trigger,
             label: in_flight_label,
+            rows,
             bytes,
+            seqs,
+            oldest,
             acks,
         }
     }
 }
 
-/// Waits for the load in flight, if any (never resolves otherwise).
-async fn join(
-    in_flight: &mut Option<InFlight>,
-) -> Result<(StreamLoadClient, Verdict, bytes::Bytes), tokio::task::JoinError> {
-    match in_flight {
-        Some(f) => (&mut f.handle).await,
+/// Waits for a task, if there is one (never resolves otherwise).
+async fn join<T>(task: Option<&mut JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(t) => t.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`; with no time, never wakes (the arm's guard keeps it off anyway).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
@@ -705,28 +1042,26 @@ fn log_attempt(sink: &str, label: &str, attempt: &Attempt) {
 }
 
 /// Writes a refused batch as `<label>.json|csv` with `<label>.reason.json` beside it.
-#[allow(clippy::too_many_arguments)]
 async fn dead_letter(
     dir: &std::path::Path,
     sink: &str,
     label: &str,
     format: Format,
-    batch: &Sealed,
-    reason: &str,
-    error_url: Option<&str>,
-    uncertain: bool,
+    body: &Bytes,
+    rows: u64,
+    refusal: &Refusal,
 ) -> std::io::Result<PathBuf> {
     tokio::fs::create_dir_all(dir).await?;
     let data = dir.join(format!("{label}.{}", format.as_str()));
-    tokio::fs::write(&data, &batch.body).await?;
+    tokio::fs::write(&data, body).await?;
     let meta = serde_json::json!({
         "sink": sink,
         "label": label,
-        "rows": batch.rows,
+        "rows": rows,
         "format": format.as_str(),
-        "reason": reason,
-        "errorUrl": error_url,
-        "mayBeCommitted": uncertain,
+        "reason": refusal.reason,
+        "errorUrl": refusal.error_url,
+        "mayBeCommitted": refusal.uncertain,
         "at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     });
     tokio::fs::write(dir.join(format!("{label}.reason.json")), meta.to_string()).await?;

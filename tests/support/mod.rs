@@ -49,9 +49,59 @@ impl Loader {
     /// Starts `starsink --log-format json loader ARGS`, with the arguments (and any files
     /// they name) made by `args` in the loader's temp dir.
     pub async fn start_with_args(args: impl FnOnce(&Path) -> Vec<String>) -> Loader {
+        Self::start_wrapped(|dir| (Vec::new(), args(dir))).await
+    }
+
+    /// [`Loader::start`], in a mount namespace of its own (`unshare -rm`, no privilege
+    /// needed) where a tmpfs of `size` (as `mount -o size=` takes it) is mounted at
+    /// `{dir}/{mount}`: a disk the test can fill ([`Loader::inside`]).
+    pub async fn start_on_tmpfs(
+        size: &str,
+        mount: &str,
+        config: impl FnOnce(&Path) -> String,
+    ) -> Loader {
+        Self::start_wrapped(|dir| {
+            let target = dir.join(mount);
+            std::fs::create_dir_all(&target).expect("mount point");
+            let wrapper = vec![
+                "unshare".into(),
+                "-rm".into(),
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "mount -t tmpfs -o size={size} starsink-test '{}' && exec \"$0\" \"$@\"",
+                    target.display()
+                ),
+            ];
+            let path = dir.join("loader.yaml");
+            std::fs::write(&path, config(dir)).expect("write config");
+            (wrapper, vec!["--config".into(), path.display().to_string()])
+        })
+        .await
+    }
+
+    /// A path as the loader sees it, through its mount namespace (for a loader started
+    /// by [`Loader::start_on_tmpfs`]).
+    pub fn inside(&self, path: &Path) -> PathBuf {
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        PathBuf::from(format!("/proc/{}/root", self.pid())).join(relative)
+    }
+
+    /// Starts `WRAPPER... starsink --log-format json loader ARGS`, with the wrapper and
+    /// the arguments (and any files they name) made by `make` in the loader's temp dir.
+    /// The wrapper must exec the loader in its own process.
+    async fn start_wrapped(make: impl FnOnce(&Path) -> (Vec<String>, Vec<String>)) -> Loader {
         let dir = tempfile::tempdir().expect("temp dir");
-        let args = args(dir.path());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_starsink"))
+        let (wrapper, args) = make(dir.path());
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_starsink"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_starsink")),
+        };
+        let mut child = command
             .args(["--log-format", "json", "loader"])
             .args(&args)
             .env("RUST_LOG", "info")

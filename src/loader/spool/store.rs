@@ -160,8 +160,10 @@ pub struct Spool {
     file_len: u64,
     next_id: u64,
     next_seq: u64,
-    /// Sealed batches in order, awaiting their verdicts: (label, end of their records).
-    sealed: VecDeque<(String, u64)>,
+    /// Sealed batches in seal order until every batch before them has a verdict too:
+    /// (label, end of their records, has its verdict). A verdict may come out of order
+    /// (a refused batch whose dead-letter file waits for a retry).
+    sealed: VecDeque<(String, u64, bool)>,
     /// Every record below this has a verdict.
     done_below: u64,
     buf: Vec<u8>,
@@ -174,6 +176,13 @@ pub struct Spool {
     /// Where each Records frame of the live segments is, by its first sequence number:
     /// how a batch that waited on disk is read back.
     index: BTreeMap<u64, RecordsAt>,
+    /// A write failed: the current segment may end in part of a frame, to be cut off
+    /// (back to `file_len`) before the next write.
+    torn_tail: bool,
+    /// Frames written since the last successful sync.
+    unsynced: bool,
+    /// The directory changed (a segment made or removed) since it was last synced.
+    dir_unsynced: bool,
 }
 
 /// A Records frame's place on disk.
@@ -351,6 +360,9 @@ impl Spool {
             max_bytes,
             closed_bytes: 0,
             index: BTreeMap::new(),
+            torn_tail: false,
+            unsynced: false,
+            dir_unsynced: false,
         };
         spool.segments.push(Segment {
             id: next_id,
@@ -450,12 +462,16 @@ impl Spool {
         ))
     }
 
+    /// Creates segment `id` with its header. `id` is past every segment on disk, so a
+    /// file already there is what an earlier failed attempt left: it is started over.
     fn create_segment(dir: &Path, id: u64) -> io::Result<File> {
-        let mut f = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(dir.join(segment_name(id)))?;
-        f.write_all(&segment::header())?;
+        let path = dir.join(segment_name(id));
+        let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
+        f.set_len(0)?;
+        if let Err(e) = f.write_all(&segment::header()) {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
         Ok(f)
     }
 
@@ -491,26 +507,60 @@ impl Spool {
     }
 
     fn note_sealed(&mut self, label: &str, end: u64) {
-        self.sealed.push_back((label.to_owned(), end));
+        self.sealed.push_back((label.to_owned(), end, false));
         if let Some(seg) = self.segments.last_mut() {
             seg.open_labels.insert(label.to_owned());
         }
     }
 
     /// Writes buffered frames to the current segment (the page cache, not yet the disk).
+    /// On failure (a full disk, say) the frames stay buffered, whole, and the next call
+    /// writes them where the index expects them: a partly written tail is cut off first.
     pub fn flush(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.file.write_all(&self.buf)?;
-            self.file_len += self.buf.len() as u64;
-            self.buf.clear();
+        if self.buf.is_empty() {
+            return Ok(());
         }
+        if self.torn_tail {
+            self.file.set_len(self.file_len)?;
+            self.torn_tail = false;
+        }
+        if let Err(e) = self.file.write_all(&self.buf) {
+            self.torn_tail = true;
+            return Err(e);
+        }
+        self.file_len += self.buf.len() as u64;
+        self.buf.clear();
+        self.unsynced = true;
         Ok(())
     }
 
     /// Makes everything written so far survive a power cut.
     pub fn sync(&mut self) -> io::Result<()> {
         self.flush()?;
-        self.file.sync_data()
+        if self.unsynced {
+            self.file.sync_data()?;
+            self.unsynced = false;
+        }
+        if self.dir_unsynced {
+            sync_dir(&self.dir)?;
+            self.dir_unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// Everything appended, sealed and decided so far is on disk and synced: nothing is
+    /// buffered, and no earlier failure is left to repair.
+    pub fn is_synced(&self) -> bool {
+        self.buf.is_empty() && !self.unsynced && !self.dir_unsynced && !self.torn_tail
+    }
+
+    /// After a failed write, sync or removal: tries all of it again (write what is
+    /// buffered, sync it, start a new segment or free old ones if that was due). The
+    /// spool's state is whole after any failure; this only catches the disk up with it.
+    pub fn repair(&mut self) -> io::Result<()> {
+        self.collect()?;
+        self.sync()?;
+        self.maybe_roll()
     }
 
     /// Appends accepted records (each without `\n`); returns their sequence numbers.
@@ -527,12 +577,15 @@ impl Spool {
     /// Appends a chunk's records: `data` holds them each followed by one delimiter byte,
     /// record `i` ending (delimiter included) at `ends[i]`. The delimiters are written as
     /// `\n`, in one copy from `data` into the segment's buffer.
-    pub fn append_chunk(&mut self, data: &[u8], ends: &[u32]) -> io::Result<Range<u64>> {
+    ///
+    /// The records are the spool's (numbered, indexed) even when the write fails: the
+    /// error means only that they are not on disk yet, and [`Spool::repair`] puts them there.
+    pub fn append_chunk(&mut self, data: &[u8], ends: &[u32]) -> (Range<u64>, io::Result<()>) {
         let first = self.next_seq;
         let count = ends.len() as u64;
         let offset = self.file_len + self.buf.len() as u64;
         let Some(&last) = ends.last() else {
-            return Ok(first..first);
+            return (first..first, Ok(()));
         };
         let body = &data[..last as usize];
         Frame::encode_records_with(&mut self.buf, first, ends.len() as u32, body, |out| {
@@ -553,13 +606,13 @@ impl Spool {
             seg.records_end = seg.records_end.max(first + count);
         }
         self.next_seq += count;
-        self.flush()?;
-        self.maybe_roll()?;
-        Ok(first..self.next_seq)
+        let written = self.flush().and_then(|()| self.maybe_roll());
+        (first..self.next_seq, written)
     }
 
     /// Records that `seqs` form the batch `label`; synced before this returns, so the
-    /// label survives anything that happens once the batch is sent.
+    /// label survives anything that happens once the batch is sent. On failure the batch
+    /// is sealed all the same, but must not be sent before a [`Spool::repair`] succeeds.
     pub fn seal(&mut self, label: &str, seqs: Range<u64>) -> io::Result<()> {
         self.write_frame(&Frame::Sealed {
             first_seq: seqs.start,
@@ -571,21 +624,29 @@ impl Spool {
     }
 
     /// Records a batch's verdict and removes the segments nothing refers to any more.
+    /// The verdict counts at once; an error means only that the disk has not caught up
+    /// (see [`Spool::repair`]). Losing an unwritten verdict in a crash costs no duplicate:
+    /// the next start asks StarRocks for the label's state before any re-send.
     pub fn done(&mut self, label: &str, outcome: Outcome) -> io::Result<()> {
         self.write_frame(&Frame::Done {
             label: label.to_owned(),
             outcome,
         });
-        self.flush()?;
-        while let Some((front, end)) = self.sealed.front() {
-            if front != label {
-                break;
-            }
+        if let Some(entry) = self.sealed.iter_mut().find(|(l, _, _)| l == label) {
+            entry.2 = true;
+        }
+        while let Some((_, end, true)) = self.sealed.front() {
             self.done_below = self.done_below.max(*end);
             self.sealed.pop_front();
         }
         for seg in &mut self.segments {
             seg.open_labels.remove(label);
+        }
+        // Space is freed even when the verdict cannot be written: on a full disk that is
+        // what lets the spool recover.
+        if let Err(e) = self.flush() {
+            let _ = self.collect();
+            return Err(e);
         }
         // Everything has its verdict: start a fresh segment so that the current one can
         // go too (when it is big enough to be worth a new file, or the spool is full).
@@ -619,7 +680,10 @@ impl Spool {
         while i + 1 < self.segments.len() {
             let seg = &self.segments[i];
             if seg.records_end <= self.done_below && seg.open_labels.is_empty() {
-                fs::remove_file(&seg.path)?;
+                match fs::remove_file(&seg.path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
                 let id = seg.id;
                 self.index.retain(|_, at| at.segment != id);
                 self.closed_bytes -= seg.bytes;
@@ -630,7 +694,9 @@ impl Spool {
             }
         }
         if removed {
+            self.dir_unsynced = true;
             sync_dir(&self.dir)?;
+            self.dir_unsynced = false;
         }
         Ok(())
     }
@@ -642,12 +708,14 @@ impl Spool {
         self.roll()
     }
 
-    /// Closes the current segment (synced) and starts a new one.
+    /// Closes the current segment (synced) and starts a new one. Nothing changes unless
+    /// the new segment exists.
     fn roll(&mut self) -> io::Result<()> {
         self.sync()?;
         let id = self.next_id;
-        self.next_id += 1;
         self.file = Self::create_segment(&self.dir, id)?;
+        self.next_id += 1;
+        self.dir_unsynced = true;
         if let Some(closed) = self.segments.last_mut() {
             closed.bytes = self.file_len;
             self.closed_bytes += self.file_len;
@@ -660,7 +728,9 @@ impl Spool {
             records_end: 0,
             open_labels: HashSet::new(),
         });
-        sync_dir(&self.dir)
+        sync_dir(&self.dir)?;
+        self.dir_unsynced = false;
+        Ok(())
     }
 
     /// Reads back the records `seqs` (each without `\n`), for a batch that waited on disk.
@@ -866,6 +936,73 @@ mod tests {
         assert_eq!(list(dir.path()).unwrap().len(), 1);
     }
 
+    #[test]
+    fn a_verdict_out_of_seal_order_frees_space_once_the_earlier_batch_has_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open_with(dir.path(), 64, u64::MAX).unwrap();
+        let big: Vec<Bytes> = vec![Bytes::from(vec![b'x'; 100])];
+        let a = spool.append(&big).unwrap();
+        let b = spool.append(&big).unwrap();
+        spool.seal("l_0", a).unwrap();
+        spool.seal("l_1", b).unwrap();
+        // l_0 waits (its dead-letter file could not be written yet); l_1 is done.
+        spool.done("l_1", Outcome::Committed).unwrap();
+        assert_eq!(spool.segment_count(), 3, "l_0's records must stay");
+        spool.done("l_0", Outcome::DeadLettered).unwrap();
+        assert_eq!(spool.segment_count(), 1);
+        drop(spool);
+        let (_, replay) = Spool::open_with(dir.path(), 64, u64::MAX).unwrap();
+        assert_eq!(replay, Replay::default());
+    }
+
+    /// The segment file behind the spool's back, for failures the tests cause.
+    fn swap_file(spool: &mut Spool, file: File) {
+        spool.file = file;
+    }
+
+    #[test]
+    fn a_failed_write_stays_buffered_and_a_repair_puts_it_on_disk_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 30).unwrap();
+        spool.append(&recs(0..2)).unwrap();
+        let current = dir.path().join(segment_name(spool.next_id - 1));
+        // A full disk: every write fails with ENOSPC.
+        swap_file(
+            &mut spool,
+            OpenOptions::new().write(true).open("/dev/full").unwrap(),
+        );
+        let (seqs, written) = spool.append_chunk(b"{\"id\":2},{\"id\":3},", &[9, 18]);
+        assert_eq!(seqs, 2..4);
+        assert_eq!(written.unwrap_err().raw_os_error(), Some(nix::libc::ENOSPC));
+        assert!(spool.seal("l_0", 0..4).is_err());
+        assert!(!spool.is_synced());
+        assert!(spool.repair().is_err(), "the disk is still full");
+        // The disk comes back, with part of the failed write on it.
+        swap_file(
+            &mut spool,
+            OpenOptions::new().append(true).open(&current).unwrap(),
+        );
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&current)
+            .unwrap()
+            .write_all(b"\x7fpartial")
+            .unwrap();
+        spool.repair().unwrap();
+        assert!(spool.is_synced());
+        assert_eq!(spool.read(0..4).unwrap(), recs(0..4));
+        drop(spool);
+        let (_, replay) = Spool::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(
+            replay.damage,
+            vec![],
+            "the torn tail was cut before the retry"
+        );
+        assert_eq!(replay.sealed.len(), 1);
+        assert_eq!(replay.sealed[0].label, "l_0");
+        assert_eq!(replay.sealed[0].rows, 4);
+    }
+
     fn disk_bytes(dir: &Path) -> u64 {
         list(dir)
             .unwrap()
@@ -953,9 +1090,13 @@ mod tests {
         let (mut spool, _) = Spool::open(dir.path(), 1 << 30).unwrap();
         // A JSON chunk: records each followed by `,`.
         let data = b"{\"id\":0},{\"id\":1},{\"id\":2},";
-        assert_eq!(spool.append_chunk(data, &[9, 18, 27]).unwrap(), 0..3);
+        let (seqs, written) = spool.append_chunk(data, &[9, 18, 27]);
+        written.unwrap();
+        assert_eq!(seqs, 0..3);
         // A CSV chunk: records each followed by `\n`.
-        assert_eq!(spool.append_chunk(b"3,x\n4,y\n", &[4, 8]).unwrap(), 3..5);
+        let (seqs, written) = spool.append_chunk(b"3,x\n4,y\n", &[4, 8]);
+        written.unwrap();
+        assert_eq!(seqs, 3..5);
         let mut want = recs(0..3);
         want.extend([Bytes::from("3,x"), Bytes::from("4,y")]);
         assert_eq!(spool.read(0..5).unwrap(), want);

@@ -1,0 +1,273 @@
+//! The spool and the dead-letter directory under disk faults, through the real binary:
+//! a full disk (a small tmpfs in the loader's own mount namespace, filled by "another
+//! process") and a dead-letter directory that cannot be written.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use support::*;
+
+/// A JSON row padded to about 100 bytes.
+fn row(id: u64) -> String {
+    format!(r#"{{"id":{id},"pad":"{}"}}"#, "x".repeat(80))
+}
+
+/// A one-sink config with a metrics port and the sink settings in `extra`.
+fn config(dir: &Path, fe: &str, port: u16, extra: &str) -> String {
+    format!(
+        "labelPrefix: faults\nshutdownTimeout: 3s\nmetricsAddr: 127.0.0.1:{port}\nsinks:\n{}",
+        sink_yaml("orders", &dir.join("orders.sock"), fe, extra)
+    )
+}
+
+/// A loader whose spool (`spoolSync: always`, batches of 64 KiB or 100ms) is on a 4 MiB tmpfs
+/// at `{dir}/disk`, with `extra` added to the sink.
+async fn start_on_small_disk(fe: &str, port: u16, extra: &str) -> Loader {
+    Loader::start_on_tmpfs("4m", "disk", |dir| {
+        config(
+            dir,
+            fe,
+            port,
+            &format!(
+                "    spoolDir: {}\n    spoolSync: always\n    flush:\n      maxBytes: 64KiB\n      interval: 100ms\n{extra}",
+                dir.join("disk/spool").display()
+            ),
+        )
+    })
+    .await
+}
+
+/// Waits (10s at most) for a log line containing `needle`.
+async fn expect_log(loader: &mut Loader, needle: &str) {
+    if !loader.wait_log(needle, Duration::from_secs(10)).await {
+        panic!("no log line with {needle:?}; log:\n{}", loader.log_text());
+    }
+}
+
+/// Writes zeros to `path` until the disk under it is full.
+fn fill_disk(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).expect("create the filler");
+    let block = vec![0u8; 64 << 10];
+    loop {
+        match f.write(&block) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
+            Err(e) => panic!("filling the disk: {e}"),
+        }
+    }
+}
+
+/// The loader's metric `name{sink="orders"}` now (or `name` as given, with its labels).
+async fn sink_metric(port: u16, name: &str) -> f64 {
+    let (_, text) = http_get(port, "/metrics").await;
+    if name.contains('{') {
+        metric(&text, name)
+    } else {
+        metric(&text, &format!("{name}{{sink=\"orders\"}}"))
+    }
+}
+
+/// Waits until the metric reaches `at_least`; panics with the log after `within`.
+async fn await_metric(loader: &Loader, port: u16, name: &str, at_least: f64, within: Duration) {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        if sink_metric(port, name).await >= at_least {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{name} stayed below {at_least} for {within:?}; log:\n{}",
+            loader.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_holds_producers_back_and_once_it_frees_every_row_loads_once() {
+    let sr = endpoint(Faults::default()).await;
+    let fe = sr.fe_url();
+    let port = free_port();
+    let mut loader = start_on_small_disk(&fe, port, "").await;
+    let filler = loader.inside(&loader.dir.path().join("disk/filler"));
+    fill_disk(&filler);
+
+    const N: u64 = 20_000;
+    let socket = loader.socket("orders");
+    let producer = tokio::spawn(async move {
+        let rows: Vec<String> = (0..N).map(row).collect();
+        write_lines(&socket, &rows).await;
+    });
+    expect_log(&mut loader, "spool write failed").await;
+    // While the disk stays full the repair keeps failing, and no producer is read.
+    await_metric(
+        &loader,
+        port,
+        "starsink_spool_errors_total",
+        3.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    let received = sink_metric(port, "starsink_records_received_total").await;
+    await_metric(
+        &loader,
+        port,
+        "starsink_spool_errors_total",
+        5.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        sink_metric(port, "starsink_records_received_total").await,
+        received,
+        "producers must wait while the spool cannot be written"
+    );
+    assert!((received as u64) < N, "the producer was held back");
+
+    // The disk frees: the sink goes on by itself.
+    std::fs::remove_file(&filler).expect("free the disk");
+    producer
+        .await
+        .expect("the producer finishes once the disk frees");
+    assert!(
+        sr.wait_for_rows(N, Duration::from_secs(30)).await,
+        "{}",
+        loader.log_text()
+    );
+    assert!(loader.log_text().contains("the spool can be written again"));
+    let acc = loader.stop_expecting(0).await;
+    assert_eq!(
+        (acc["committed"].as_u64(), acc["lost"].as_u64()),
+        (Some(N), Some(0)),
+        "{acc}"
+    );
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), N);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_while_the_disk_is_full_it_counts_what_is_on_disk_as_spooled() {
+    let sr = down_endpoint().await;
+    let fe = sr.fe_url();
+    let port = free_port();
+    let retry = "    retry:\n      minBackoff: 20ms\n      maxBackoff: 100ms\n";
+    let mut loader = start_on_small_disk(&fe, port, retry).await;
+    // 1,000 rows reach the disk while StarRocks is down...
+    write_lines(
+        &loader.socket("orders"),
+        &(0..1000).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    await_metric(
+        &loader,
+        port,
+        "starsink_flushes_total{sink=\"orders\",trigger=\"interval\"}",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    // ...then the disk fills, and 1,000 more arrive.
+    fill_disk(&loader.inside(&loader.dir.path().join("disk/filler")));
+    write_lines(
+        &loader.socket("orders"),
+        &(1000..2000).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    expect_log(&mut loader, "spool write failed").await;
+    loader.signal(Signal::SIGTERM);
+    loader.wait_exit(Duration::from_secs(10)).await;
+    let acc = loader.accounting();
+    let count = |k: &str| acc[k].as_u64().unwrap_or_else(|| panic!("{k} in {acc}"));
+    assert_eq!(count("accepted"), 2000, "{acc}");
+    assert_eq!(count("committed"), 0, "{acc}");
+    // What is on disk is kept for the next start, and said so; only rows the full disk
+    // never took can be lost, and those were never acknowledged.
+    assert!(count("spooled") >= 1000, "{acc}");
+    assert_eq!(count("spooled") + count("lost"), 2000, "{acc}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_file_that_cannot_be_written_waits_in_the_spool_while_other_batches_load() {
+    let sr = endpoint(Faults {
+        refuse: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    let fe = sr.fe_url();
+    let port = free_port();
+    let spool = tempfile::tempdir().unwrap();
+    let blocked = tempfile::tempdir().unwrap();
+    // A file where the dead-letter directory should be: every write fails (even as root).
+    let dead_letters = blocked.path().join("dead-letters");
+    std::fs::write(&dead_letters, b"in the way").unwrap();
+    let extra = format!(
+        "    spoolDir: {}\n    deadLetterDir: {}\n    flush:\n      maxRows: 100\n      interval: 100ms\n",
+        spool.path().display(),
+        dead_letters.display()
+    );
+    let mut loader = Loader::start(|dir| config(dir, &fe, port, &extra)).await;
+    write_lines(
+        &loader.socket("orders"),
+        &(0..100).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    expect_log(&mut loader, "cannot be written; the batch is kept").await;
+
+    // StarRocks takes the next batches: they load while the refused one waits.
+    sr.set_faults(Faults::default());
+    write_lines(
+        &loader.socket("orders"),
+        &(100..400).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(
+        sr.wait_for_rows(300, Duration::from_secs(10)).await,
+        "{}",
+        loader.log_text()
+    );
+    assert_eq!(
+        sink_metric(port, "starsink_dead_letters_pending").await,
+        1.0
+    );
+    await_metric(
+        &loader,
+        port,
+        "starsink_dead_letter_failures_total",
+        2.0,
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // The directory can be written again: the retry writes the file.
+    std::fs::remove_file(&dead_letters).unwrap();
+    expect_log(
+        &mut loader,
+        "refused batch written to the dead-letter directory",
+    )
+    .await;
+    assert_eq!(
+        sink_metric(port, "starsink_dead_letters_pending").await,
+        0.0
+    );
+    let written: Vec<String> = std::fs::read_dir(&dead_letters)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(written.len(), 2, "the batch and its reason: {written:?}");
+    let acc = loader.stop_expecting(3).await;
+    assert_eq!(
+        (
+            acc["committed"].as_u64(),
+            acc["dead_lettered"].as_u64(),
+            acc["lost"].as_u64()
+        ),
+        (Some(300), Some(100), Some(0)),
+        "{acc}"
+    );
+    let loaded: Vec<u64> = ids(&sr.rows("shop.orders")).iter().map(|id| id - 100).collect();
+    assert_exactly_once(&loaded, 300);
+}
