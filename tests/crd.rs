@@ -359,9 +359,9 @@ fn values_the_loader_cannot_read_are_refused_by_the_schema_alone() {
     // sink list. Refused by the schema, they get one error each, and no CEL error on top.
     let cases = [
         (
-            "spec/retry/giveUpAfter",
+            "spec/retry/warnAfter",
             json!("99999999999999999999h"),
-            "/spec/retry/giveUpAfter",
+            "/spec/retry/warnAfter",
         ),
         ("spec/flush/interval", json!("5"), "/spec/flush/interval"),
         ("spec/flush/interval", json!("1.5s"), "/spec/flush/interval"),

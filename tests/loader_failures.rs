@@ -561,3 +561,81 @@ async fn with_a_spool_what_starrocks_did_not_take_by_the_deadline_loads_on_the_n
     assert!(third.wait_exit(Duration::from_secs(10)).await.success());
     assert_eq!(sr.committed_rows(), 300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_warn_after_is_warned_about_and_never_dead_lettered() {
+    let sr = down_endpoint().await;
+    let fe = sr.fe_url();
+    let port = free_port();
+    let mut loader = Loader::start(|dir| {
+        format!(
+            "metricsAddr: 127.0.0.1:{port}\n{}",
+            one_sink(
+                dir,
+                "outage",
+                &fe,
+                &format!(
+                    "    deadLetterDir: {}\n    flush:\n      interval: 100ms\n    retry:\n      minBackoff: 20ms\n      maxBackoff: 200ms\n      warnAfter: 1s\n",
+                    dir.join("dlq").display()
+                ),
+            )
+        )
+    })
+    .await;
+    write_lines(
+        &loader.socket("orders"),
+        &(0..50).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(
+        loader
+            .wait_log("this batch has failed for", Duration::from_secs(10))
+            .await,
+        "{}",
+        loader.log_text()
+    );
+    // Twice warnAfter: the batch is still retried, nothing is dead-lettered, and the
+    // age of the oldest record says how long it has waited.
+    assert!(
+        loader
+            .wait_log("this batch has failed for 2s", Duration::from_secs(10))
+            .await,
+        "{}",
+        loader.log_text()
+    );
+    let (_, text) = http_get(port, "/metrics").await;
+    assert!(
+        metric(
+            &text,
+            "starsink_oldest_unloaded_record_age_seconds{sink=\"orders\"}"
+        ) >= 2.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "starsink_records_dead_lettered_total{sink=\"orders\"}"
+        ),
+        0.0
+    );
+
+    sr.set_faults(Faults::default());
+    assert!(
+        sr.wait_for_rows(50, Duration::from_secs(10)).await,
+        "{}",
+        loader.log_text()
+    );
+    // Once everything is loaded, nothing waits: the gauge goes back to 0.
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        let gauge = "starsink_oldest_unloaded_record_age_seconds{sink=\"orders\"}";
+        while metric(&http_get(port, "/metrics").await.1, gauge) != 0.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(drained.await.is_ok(), "{}", loader.log_text());
+    let acc = loader.stop_expecting(0).await;
+    assert_eq!(acc["committed"].as_u64(), Some(50), "{acc}");
+    assert!(
+        !loader.dir.path().join("dlq").exists(),
+        "nothing was dead-lettered"
+    );
+}

@@ -480,6 +480,15 @@ pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
             ),
         );
     }
+    if r.give_up_after.is_some() {
+        bad(
+            "retry.giveUpAfter",
+            "was removed: a batch failing for a transient reason is no longer dead-lettered but retried until it loads (it waits in the spool, or in memory while producers wait); remove it, and set retry.warnAfter for when such a wait is logged as a warning".into(),
+        );
+    }
+    if r.warn_after.0.is_zero() {
+        bad("retry.warnAfter", "must be more than zero, e.g. 10m".into());
+    }
     out
 }
 
@@ -571,6 +580,35 @@ sinks:
         assert_eq!(
             s.dead_letter_dir(),
             PathBuf::from("/tmp/dead-letter/orders")
+        );
+        assert_eq!(s.retry.warn_after.0, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn with_a_spool_dead_letters_live_on_its_volume() {
+        let c = LoaderConfig::parse(
+            &GOOD.replace(
+                "socket: /tmp/orders.sock",
+                "socket: /tmp/orders.sock\n    spoolDir: /spool/pod-1/orders",
+            ),
+            Path::new("t"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.sinks[0].dead_letter_dir(),
+            PathBuf::from("/spool/pod-1/orders/dead-letter")
+        );
+    }
+
+    #[test]
+    fn the_removed_give_up_after_is_refused_with_what_replaced_it() {
+        let e = problems_of(&GOOD.replace(
+            "socket: /tmp/orders.sock",
+            "socket: /tmp/orders.sock\n    retry:\n      giveUpAfter: 10m",
+        ));
+        assert!(
+            e.contains("sinks[0].retry.giveUpAfter: was removed") && e.contains("retry.warnAfter"),
+            "{e}"
         );
     }
 

@@ -447,8 +447,8 @@ mod tests {
         let cases = [
             (
                 "retry",
-                json!({"giveUpAfter": "99999999999999999999h"}),
-                "spec.retry.giveUpAfter",
+                json!({"warnAfter": "99999999999999999999h"}),
+                "spec.retry.warnAfter",
             ),
             (
                 "maxRecordBytes",

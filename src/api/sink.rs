@@ -41,8 +41,9 @@ pub struct SinkSpec {
     pub flush: FlushSpec,
     #[serde(default)]
     pub retry: RetrySpec,
-    /// Where batches that StarRocks refuses for good are written. Default: a
-    /// `dead-letter/<sink>` directory beside the socket.
+    /// Where batches that StarRocks refuses for good are written. Default: `dead-letter`
+    /// in the spool directory (so they outlive the pod, on the spool's volume), or without
+    /// a spool a `dead-letter/<sink>` directory beside the socket.
     #[serde(default)]
     pub dead_letter_dir: Option<PathBuf>,
     /// Keep accepted records on disk here until StarRocks has them: they survive a crash,
@@ -108,9 +109,10 @@ pub enum SpoolSync {
 impl SinkSpec {
     /// The directory dead-lettered batches of this sink go to.
     pub fn dead_letter_dir(&self) -> PathBuf {
-        match &self.dead_letter_dir {
-            Some(dir) => dir.clone(),
-            None => self
+        match (&self.dead_letter_dir, &self.spool_dir) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(spool)) => spool.join("dead-letter"),
+            (None, None) => self
                 .socket
                 .parent()
                 .unwrap_or_else(|| std::path::Path::new("."))
@@ -234,9 +236,17 @@ pub struct RetrySpec {
     pub min_backoff: HumanDuration,
     #[serde(default = "defaults::max_backoff")]
     pub max_backoff: HumanDuration,
-    /// After failing transiently this long, a batch is dead-lettered so the sink moves on.
-    #[serde(default = "defaults::give_up_after")]
-    pub give_up_after: HumanDuration,
+    /// A batch still failing for a transient reason (StarRocks down, 5xx, timeouts)
+    /// after this long is logged as a warning, and again each time as long again passes.
+    /// It is never given up: it waits (in the spool, or in memory with producers held
+    /// back) and is retried until it loads. Only data StarRocks refuses is dead-lettered.
+    #[serde(default = "defaults::warn_after")]
+    pub warn_after: HumanDuration,
+    /// Removed (transient failures are never dead-lettered any more); kept only so that
+    /// validation can say so and name `warnAfter`.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub give_up_after: Option<serde::de::IgnoredAny>,
 }
 
 impl Default for RetrySpec {
@@ -244,7 +254,8 @@ impl Default for RetrySpec {
         Self {
             min_backoff: defaults::min_backoff(),
             max_backoff: defaults::max_backoff(),
-            give_up_after: defaults::give_up_after(),
+            warn_after: defaults::warn_after(),
+            give_up_after: None,
         }
     }
 }
@@ -286,7 +297,7 @@ pub mod defaults {
     pub fn spool_max_bytes() -> ByteSize {
         ByteSize::gib(1)
     }
-    pub fn give_up_after() -> HumanDuration {
+    pub fn warn_after() -> HumanDuration {
         HumanDuration::from_secs(600)
     }
     pub fn shutdown_timeout() -> HumanDuration {

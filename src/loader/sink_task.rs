@@ -926,6 +926,7 @@ impl SinkTask {
         let format = self.format;
         let handle = tokio::spawn(async move {
             let started = std::time::Instant::now();
+            let mut warn_after = retry.warn_after.0;
             let Labelled { label, batch, .. } = next;
             let delivered = deliver_from(
                 &mut client,
@@ -937,6 +938,11 @@ impl SinkTask {
                 |a| {
                     metrics.load_attempt(a.outcome());
                     log_attempt(&name, &label, a);
+                    let waited = started.elapsed();
+                    if waited >= warn_after && *a != Attempt::Committed {
+                        tracing::error!(sink = %name, label = %label, rows, waited_s = waited.as_secs(), "this batch has failed for {}s and is still retried under its label; producers wait once the sink's buffers are full (see starsink_oldest_unloaded_record_age_seconds)", waited.as_secs());
+                        warn_after += retry.warn_after.0;
+                    }
                 },
             )
             .await;

@@ -598,7 +598,7 @@ mod tests {
         let mut stored: StoredSink =
             serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
         stored.metadata.generation = Some(2);
-        stored.spec["retry"] = json!({"giveUpAfter": "99999999999999999999h"});
+        stored.spec["retry"] = json!({"warnAfter": "99999999999999999999h"});
         let err = stored.decode().expect_err("unreadable");
         let d = decide_unreadable(&stored, &err, &[pod("a", "orders", "Running", true)], t(10));
         assert!(d.config_map.is_none(), "running loaders keep their config");
@@ -613,7 +613,7 @@ mod tests {
             ("False", "InvalidSpec")
         );
         assert!(
-            c.message.starts_with("spec.retry.giveUpAfter: "),
+            c.message.starts_with("spec.retry.warnAfter: "),
             "{}",
             c.message
         );
@@ -626,9 +626,7 @@ mod tests {
         assert_eq!(status.config_hash, hash);
         assert_eq!(status.attached_pods, 1);
         let e = d.event.expect("a Warning event");
-        assert!(
-            e.warning && e.reason == "InvalidSpec" && e.note.contains("spec.retry.giveUpAfter")
-        );
+        assert!(e.warning && e.reason == "InvalidSpec" && e.note.contains("spec.retry.warnAfter"));
         assert_eq!(d.next, Next::AwaitChange);
     }
 

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::time::Instant;
 
 use crate::api::RetrySpec;
 use crate::stream_load::client::{StreamLoadClient, TransportError};
@@ -16,8 +15,9 @@ use crate::stream_load::response::{judge, LoadState, Verdict};
 pub enum Delivered {
     /// Committed in StarRocks (possibly by an earlier attempt under the same label).
     Committed { filtered_rows: u64 },
-    /// Not loadable: to be dead-lettered. `uncertain` means an earlier attempt may have
-    /// committed; whoever replays it must check the label first.
+    /// StarRocks refused the data: to be dead-lettered. `uncertain` means an earlier
+    /// attempt may have committed; whoever replays it must check the label first. A
+    /// transient failure never ends here, however long it lasts.
     Refused {
         reason: String,
         error_url: Option<String>,
@@ -76,7 +76,8 @@ impl Backoff {
 
 /// Delivers `body` under `label` until it is committed or refused for good. Never
 /// re-sends while an earlier attempt's outcome is unknown: it asks the label's state first.
-/// Runs until done; the caller bounds it (e.g. the shutdown deadline) by dropping it.
+/// Transient failures are retried for as long as they last: it runs until done, and the
+/// caller bounds it (e.g. the shutdown deadline) by dropping it.
 pub async fn deliver(
     client: &mut StreamLoadClient,
     label: &str,
@@ -108,12 +109,9 @@ pub async fn deliver_from(
     start: Start,
     mut report: impl FnMut(&Attempt),
 ) -> Delivered {
-    let started = Instant::now();
     let mut backoff = Backoff::new(retry);
     let mut resolve = start == Start::Resolve;
-    let mut last_problem = String::new();
     loop {
-        let out_of_time = started.elapsed() >= retry.give_up_after.0;
         if resolve {
             match client.load_state(label).await {
                 Ok(LoadState::Committed) => {
@@ -121,26 +119,10 @@ pub async fn deliver_from(
                     return Delivered::Committed { filtered_rows: 0 };
                 }
                 Ok(LoadState::Aborted) | Ok(LoadState::Unknown) => resolve = false,
-                Ok(LoadState::Pending) => {
-                    report(&Attempt::Pending);
-                    last_problem = "the label's load stayed pending".into();
-                }
-                Err(e) => {
-                    report(&Attempt::StateUnavailable(e.clone()));
-                    last_problem = e;
-                }
+                Ok(LoadState::Pending) => report(&Attempt::Pending),
+                Err(e) => report(&Attempt::StateUnavailable(e)),
             }
             if resolve {
-                if out_of_time {
-                    return Delivered::Refused {
-                        reason: format!(
-                            "gave up after {:?} resolving label {label}: {last_problem}",
-                            retry.give_up_after.0
-                        ),
-                        error_url: None,
-                        uncertain: true,
-                    };
-                }
                 tokio::time::sleep(backoff.wait()).await;
                 continue;
             }
@@ -178,24 +160,12 @@ pub async fn deliver_from(
                 };
             }
             Verdict::Uncertain { reason } => {
-                report(&Attempt::Uncertain(reason.clone()));
-                last_problem = reason;
+                report(&Attempt::Uncertain(reason));
                 resolve = true;
             }
             Verdict::Transient { reason } => {
-                report(&Attempt::Transient(reason.clone()));
+                report(&Attempt::Transient(reason));
                 client.rotate_fe();
-                if out_of_time {
-                    return Delivered::Refused {
-                        reason: format!(
-                            "gave up after {:?} of transient failures; last: {reason}",
-                            retry.give_up_after.0
-                        ),
-                        error_url: None,
-                        uncertain: false,
-                    };
-                }
-                last_problem = reason;
             }
         }
         tokio::time::sleep(backoff.wait()).await;
@@ -259,7 +229,7 @@ mod tests {
         let spec = RetrySpec {
             min_backoff: HumanDuration::from_millis(100),
             max_backoff: HumanDuration::from_millis(400),
-            give_up_after: HumanDuration::from_secs(1),
+            ..RetrySpec::default()
         };
         let mut b = Backoff::new(&spec);
         let waits: Vec<Duration> = (0..5).map(|_| b.wait()).collect();
