@@ -49,6 +49,9 @@ enum Command {
     /// A local Stream Load endpoint that behaves like StarRocks (FE and BE), printing each
     /// load; for trying a loader without a StarRocks, and for the end-to-end suite.
     DevEndpoint(starsink::dev_endpoint::command::DevEndpointArgs),
+    /// Lists or loads the batches StarRocks refused (a sink's dead-letter directory).
+    #[command(subcommand)]
+    DeadLetters(starsink::loader::dead_letter::Command),
 }
 
 fn main() -> ExitCode {
@@ -119,6 +122,10 @@ fn main() -> ExitCode {
                 EXIT_CONFIG
             }
         },
+        Command::DeadLetters(command) => {
+            let _logs = starsink::init_logging(cli.log_format);
+            runtime.block_on(starsink::loader::dead_letter::run(command))
+        }
         Command::Crd => {
             print!("{}", starsink::api::resource::crd_yaml());
             0

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{Acks, Format, RetrySpec, SinkSpec, SpoolSync};
 use crate::loader::ack::ConnAck;
 use crate::loader::batch::{Batch, Chunk, FlushPolicy, FlushTrigger, Sealed};
+use crate::loader::dead_letter::{self, Refusal};
 use crate::loader::metrics::SinkMetrics;
 use crate::loader::spool::segment::Outcome;
 use crate::loader::spool::store::{PendingBatch, Replay, Spool};
@@ -88,15 +89,6 @@ impl AckPart {
             count,
         });
     }
-}
-
-/// Why StarRocks refused a batch for good: what its dead-letter record says.
-#[derive(Clone, Debug)]
-struct Refusal {
-    reason: String,
-    error_url: Option<String>,
-    /// An earlier attempt may have committed: replay checks the label first.
-    uncertain: bool,
 }
 
 /// How a load ended, as the sink task sees it.
@@ -775,7 +767,7 @@ impl SinkTask {
         }
         let (dir, name, format) = (self.dead_letter_dir.clone(), self.name.clone(), self.format);
         self.dead_letter_writing = Some(tokio::spawn(async move {
-            let result = dead_letter(
+            let result = dead_letter::write(
                 &dir,
                 &name,
                 &refused.label,
@@ -966,8 +958,16 @@ impl SinkTask {
                         error_url,
                         uncertain,
                     };
-                    match dead_letter(&dir, &name, &label, format, &batch.body, rows, &refusal)
-                        .await
+                    match dead_letter::write(
+                        &dir,
+                        &name,
+                        &label,
+                        format,
+                        &batch.body,
+                        rows,
+                        &refusal,
+                    )
+                    .await
                     {
                         Ok(path) => {
                             metrics.load_attempt("dead_lettered");
@@ -1045,33 +1045,6 @@ fn log_attempt(sink: &str, label: &str, attempt: &Attempt) {
             tracing::warn!(sink, label, reason = %why, "cannot read the label's state yet")
         }
     }
-}
-
-/// Writes a refused batch as `<label>.json|csv` with `<label>.reason.json` beside it.
-async fn dead_letter(
-    dir: &std::path::Path,
-    sink: &str,
-    label: &str,
-    format: Format,
-    body: &Bytes,
-    rows: u64,
-    refusal: &Refusal,
-) -> std::io::Result<PathBuf> {
-    tokio::fs::create_dir_all(dir).await?;
-    let data = dir.join(format!("{label}.{}", format.as_str()));
-    tokio::fs::write(&data, body).await?;
-    let meta = serde_json::json!({
-        "sink": sink,
-        "label": label,
-        "rows": rows,
-        "format": format.as_str(),
-        "reason": refusal.reason,
-        "errorUrl": refusal.error_url,
-        "mayBeCommitted": refusal.uncertain,
-        "at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-    });
-    tokio::fs::write(dir.join(format!("{label}.reason.json")), meta.to_string()).await?;
-    Ok(data)
 }
 
 /// Records (each without its line end) as a chunk: each followed by the body's delimiter.
