@@ -1,6 +1,7 @@
-//! The descriptor limit, through the real binary started under `setrlimit`: the loader
-//! raises its soft limit to the hard one, and at the hard limit every accept loop backs
-//! off instead of spinning, and nothing is lost once descriptors free up.
+//! Limits, through the real binary. The descriptor limit (started under `setrlimit`):
+//! the loader raises its soft limit to the hard one, at the hard limit every accept loop
+//! backs off instead of spinning, and nothing is lost once descriptors free up. Memory:
+//! producers stalled mid-line are held to the sink's `maxUnfinishedBytes`.
 
 mod support;
 
@@ -188,4 +189,79 @@ async fn past_max_connections_a_producer_waits_until_another_leaves() {
     );
     drop(held);
     stop_and_check(&mut child, &sr, 11).await;
+}
+
+/// The sink's unfinished-line bytes now.
+async fn unfinished_bytes(port: u16) -> f64 {
+    let (_, text) = http_get(port, "/metrics").await;
+    metric(&text, "starsink_unfinished_line_bytes{sink=\"orders\"}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_stalled_mid_line_are_held_to_the_sinks_bound_by_dropping_the_longest() {
+    let sr = endpoint(Faults::default()).await;
+    let fe = sr.fe_url();
+    let port = free_port();
+    const PART: usize = 200 << 10;
+    let mut loader = Loader::start(|dir| {
+        format!(
+            "metricsAddr: 127.0.0.1:{port}\nsinks:\n{}",
+            sink_yaml(
+                "orders",
+                &dir.join("orders.sock"),
+                &fe,
+                "    maxRecordBytes: 256KiB\n    maxUnfinishedBytes: 1MiB\n    flush:\n      interval: 100ms\n"
+            )
+        )
+    })
+    .await;
+    // Ten producers each send 200 KiB of a line and stall: 2 MB against a 1 MiB bound.
+    let mut producers = Vec::new();
+    for id in 0..10u64 {
+        let mut s = connect(&loader.socket("orders")).await;
+        let head = format!(r#"{{"id":{id},"pad":""#);
+        let part = format!("{head}{}", "x".repeat(PART - head.len()));
+        s.write_all(part.as_bytes()).await.unwrap();
+        producers.push(s);
+        // Each one past the fifth makes the loader drop one 200 KiB line: the bound
+        // holds five, and the total never stays above it.
+        let held = (id.min(4) + 1) as f64 * PART as f64;
+        let settled = tokio::time::timeout(Duration::from_secs(10), async {
+            while unfinished_bytes(port).await != held {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        assert!(
+            settled.await.is_ok(),
+            "held {} after producer {id}, want {held}; log:\n{}",
+            unfinished_bytes(port).await,
+            loader.log_text()
+        );
+    }
+    assert!(loader.log_text().contains("dropping the longest"));
+    // Every producer finishes its line: the five dropped ones are rejected as too long,
+    // the five kept ones load whole.
+    for mut s in producers {
+        s.write_all(b"\"}\n").await.unwrap();
+        s.shutdown().await.unwrap();
+    }
+    assert!(
+        sr.wait_for_rows(5, Duration::from_secs(10)).await,
+        "{}",
+        loader.log_text()
+    );
+    let acc = loader.stop_expecting(0).await;
+    assert_eq!(
+        (acc["committed"].as_u64(), acc["rejected"].as_u64()),
+        (Some(5), Some(5)),
+        "{acc}"
+    );
+    let rows = sr.rows("shop.orders");
+    assert!(
+        rows.iter().all(|r| r.len() == PART + 2),
+        "kept lines load whole"
+    );
+    assert!(loader.log_text().contains(
+        "dropped unfinished to keep the sink's unfinished lines within maxUnfinishedBytes"
+    ));
 }

@@ -306,6 +306,17 @@ pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
             ),
         );
     }
+    if let Some(b) = sink.max_unfinished_bytes {
+        if b.0 < sink.max_record_bytes() {
+            bad(
+                "maxUnfinishedBytes",
+                format!(
+                    "{b} is below the longest record accepted ({} bytes): such a record could never arrive; raise it or lower maxRecordBytes",
+                    sink.max_record_bytes()
+                ),
+            );
+        }
+    }
     if sink.max_connections == 0 {
         bad(
             "maxConnections",

@@ -310,6 +310,7 @@ impl StarRocksSinkSpec {
             // as different users.
             socket_mode: "0666".into(),
             max_connections: super::sink::defaults::max_connections(),
+            max_unfinished_bytes: None,
             format: self.format,
             column_separator: self.column_separator.clone(),
             max_record_bytes: self.max_record_bytes,

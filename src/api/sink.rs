@@ -27,6 +27,12 @@ pub struct SinkSpec {
     /// ends (their connect succeeds, their writes wait).
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
+    /// Bound on the bytes held in unfinished lines (read, newline not yet seen) across
+    /// all the sink's connections. Past it, the connection holding the longest one has
+    /// that line rejected as `too_long`. Default: 16MiB, or twice `maxRecordBytes` if
+    /// that is more (see [`SinkSpec::unfinished_budget`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unfinished_bytes: Option<ByteSize>,
     #[serde(default)]
     pub format: Format,
     /// CSV only: the column separator, passed to StarRocks as `column_separator`.
@@ -119,6 +125,14 @@ impl SinkSpec {
                 .join("dead-letter")
                 .join(&self.name),
         }
+    }
+
+    /// The bound on bytes held in unfinished lines: `maxUnfinishedBytes`, or by default
+    /// 16MiB or twice the longest record, whichever is more.
+    pub fn unfinished_budget(&self) -> u64 {
+        self.max_unfinished_bytes
+            .map(|b| b.0)
+            .unwrap_or_else(|| (16 << 20).max(self.max_record_bytes().saturating_mul(2)))
     }
 
     /// The longest record accepted: `maxRecordBytes`, or by default 1MiB capped so that

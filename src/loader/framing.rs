@@ -63,6 +63,17 @@ impl LineFramer {
         buf.clear();
     }
 
+    /// Drops the unfinished line held in `buf`; the rest of it is skipped as it arrives,
+    /// and at its end it is a [`Line::TooLong`]. Returns the bytes dropped now.
+    pub fn abandon(&mut self, buf: &mut BytesMut) -> usize {
+        let n = buf.len();
+        if n > 0 {
+            *self.discarding.get_or_insert(0) += n;
+            buf.clear();
+        }
+        n
+    }
+
     /// Bytes of an unfinished line held or being dropped (lost if the stream is cut).
     pub fn pending(&self, buf: &BytesMut) -> usize {
         self.discarding.unwrap_or(0) + buf.len()
@@ -194,6 +205,27 @@ mod tests {
             proptest::prop_assert_eq!(&without_lengths(frame(max, &pieces, true)), &whole);
             proptest::prop_assert_eq!(whole, model(max, &input));
         }
+    }
+
+    #[test]
+    fn an_abandoned_line_is_skipped_to_its_end_and_reported_too_long() {
+        let mut f = LineFramer::new(100);
+        let mut buf = BytesMut::from(&b"ok\npart"[..]);
+        let mut out = Vec::new();
+        let mut push = |l: Line<'_>| out.push(format!("{l:?}"));
+        f.drain(&mut buf, &mut push);
+        assert_eq!(f.abandon(&mut buf), 4);
+        assert!(buf.is_empty());
+        buf.extend_from_slice(b" of it\nnext\n");
+        f.drain(&mut buf, &mut push);
+        assert_eq!(
+            out,
+            [
+                "Record([111, 107])",
+                "TooLong(10)",
+                "Record([110, 101, 120, 116])"
+            ]
+        );
     }
 
     #[test]

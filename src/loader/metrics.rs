@@ -45,6 +45,8 @@ pub struct SinkMetrics {
     pub spool_damage: AtomicU64,
     /// `err` reports for producers dropped because their connection's queue was full.
     pub ack_errs_dropped: AtomicU64,
+    /// Bytes held in unfinished lines across the sink's connections.
+    pub unfinished_bytes: Arc<AtomicU64>,
     /// Failed spool writes, syncs, reads and removals (each retry that fails counts).
     pub spool_errors: AtomicU64,
     /// Failed attempts to write a refused batch's dead-letter file.
@@ -208,6 +210,12 @@ const SIMPLE: &[Simple] = &[
         "counter",
         "err lines not written to a producer because it left 1024 of them unread.",
         |s| s.ack_errs_dropped.load(Relaxed),
+    ),
+    (
+        "starsink_unfinished_line_bytes",
+        "gauge",
+        "Bytes held in unfinished lines (no newline yet) across the sink's connections.",
+        |s| s.unfinished_bytes.load(Relaxed),
     ),
     (
         "starsink_spool_errors_total",

@@ -10,6 +10,7 @@ pub mod batch;
 pub mod dead_letter;
 pub mod framing;
 pub mod json;
+pub mod line_budget;
 pub mod metrics;
 pub mod record;
 pub mod shutdown;

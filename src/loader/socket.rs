@@ -21,6 +21,7 @@ use crate::api::{Acks, Format, SinkSpec};
 use crate::loader::ack::{self, ReadProgress};
 use crate::loader::batch::Chunk;
 use crate::loader::framing::{Line, LineFramer};
+use crate::loader::line_budget::{Hold, LineBudget};
 use crate::loader::metrics::SinkMetrics;
 use crate::loader::record::{self, RejectReason};
 
@@ -85,6 +86,8 @@ pub struct Ingest {
     pub ack_writers: TaskTracker,
     /// The shutdown deadline: ack writers give up at it.
     pub deadline: CancellationToken,
+    /// The bound on bytes held in unfinished lines across the sink's connections.
+    pub lines: Arc<LineBudget>,
     limit: LogLimit,
 }
 
@@ -98,10 +101,11 @@ impl Ingest {
         Self {
             format: sink.format,
             max_record: usize::try_from(sink.max_record_bytes()).unwrap_or(usize::MAX),
-            metrics,
+            metrics: metrics.clone(),
             acks: sink.acks,
             ack_writers,
             deadline,
+            lines: LineBudget::new(sink.unfinished_budget(), metrics.unfinished_bytes.clone()),
             limit: LogLimit::default(),
         }
     }
@@ -245,11 +249,17 @@ async fn connection(
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut line_no: u64 = 0;
     let mut last_record: u64 = 0;
+    let hold = ingest.lines.join();
+    // The line being skipped was dropped for the sink's bound, not for its own length.
+    let mut evicted_line = false;
     let delimiter = match ingest.format {
         Format::Json => b',',
         Format::Csv => b'\n',
     };
     loop {
+        if hold.take_eviction() {
+            evicted_line |= drop_unfinished(&ingest, &hold, &mut framer, &mut buf, line_no + 1);
+        }
         if buf.capacity() - buf.len() < READ_SIZE / 4 {
             buf.reserve(READ_SIZE);
         }
@@ -266,6 +276,7 @@ async fn connection(
                 publish(line_no, last_record, true);
                 return;
             }
+            _ = hold.evicted() => continue,
             r = read.read_buf(&mut limited) => r,
         };
         let arrived = Instant::now();
@@ -298,11 +309,15 @@ async fn connection(
             line_no += 1;
             let refused = match line {
                 Line::TooLong(n) => {
-                    ingest.reject(
-                        RejectReason::TooLong,
-                        line_no,
-                        &format!("{n} bytes is over maxRecordBytes {}", ingest.max_record),
-                    );
+                    let why = if std::mem::take(&mut evicted_line) {
+                        format!(
+                            "{n} bytes, dropped unfinished to keep the sink's unfinished lines within maxUnfinishedBytes {}",
+                            hold.limit()
+                        )
+                    } else {
+                        format!("{n} bytes is over maxRecordBytes {}", ingest.max_record)
+                    };
+                    ingest.reject(RejectReason::TooLong, line_no, &why);
                     RejectReason::TooLong
                 }
                 Line::Record(r) => match record::check(ingest.format, r) {
@@ -356,6 +371,7 @@ async fn connection(
         } else {
             framer.drain(&mut buf, &mut each);
         }
+        hold.set(buf.len() as u64);
         if !ends.is_empty() {
             chunks.push(Chunk {
                 data: out.into(),
@@ -383,6 +399,28 @@ async fn connection(
             return;
         }
     }
+}
+
+/// Drops this connection's unfinished line, told to by the sink's [`LineBudget`], and
+/// gives back the buffer it grew to. True if a line was dropped.
+fn drop_unfinished(
+    ingest: &Ingest,
+    hold: &Hold,
+    framer: &mut LineFramer,
+    buf: &mut BytesMut,
+    line: u64,
+) -> bool {
+    let dropped = framer.abandon(buf);
+    if buf.capacity() > 2 * READ_SIZE {
+        *buf = BytesMut::with_capacity(READ_SIZE);
+    }
+    hold.set(0);
+    if dropped > 0 {
+        if let Some(suppressed) = ingest.limit.allow() {
+            tracing::warn!(sink = %ingest.metrics.sink, line, bytes = dropped, limit = hold.limit(), suppressed, "unfinished lines hold more than maxUnfinishedBytes; dropping the longest (it will be rejected as too_long)");
+        }
+    }
+    dropped > 0
 }
 
 fn preview(line: &[u8]) -> String {
