@@ -5,8 +5,8 @@
 //! ok N            lines 1..N of this connection are settled: each is safe as the mode
 //!                 says, unless an `err` line (always written before this `ok`) named it
 //! err LINE REASON line LINE was not taken (REASON: too_long, not_json, not_object, empty,
-//!                 incomplete) or, with `committed`, its batch was refused (dead_lettered)
-//!                 or could not even be dead-lettered (lost)
+//!                 incomplete) or, with `committed`, its batch was refused and is in the
+//!                 dead-letter directory (dead_lettered)
 //! ```
 //!
 //! Three parties share a connection's [`ConnAck`]: the connection's reader (its progress

@@ -1068,3 +1068,50 @@ fn encode_records(format: Format, records: &[Bytes]) -> Chunk {
         arrived: Instant::now(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dev_endpoint::{DevEndpoint, EndpointConfig};
+    use crate::loader::shutdown::Accounting;
+
+    #[tokio::test]
+    async fn a_load_counts_its_own_commit_so_an_exit_that_does_not_wait_for_the_sink_still_does() {
+        let sr = DevEndpoint::start(EndpointConfig::default()).await.unwrap();
+        let sink: SinkSpec = serde_yaml::from_str(&format!(
+            "name: orders\nsocket: /tmp/orders.sock\nstarrocks:\n  feEndpoints: [\"{}\"]\n  database: shop\n  table: orders\n",
+            sr.fe_url()
+        ))
+        .unwrap();
+        let metrics = Arc::new(SinkMetrics::new("orders"));
+        metrics.received.store(2, Relaxed);
+        let (_tx, rx) = mpsc::channel(1);
+        let mut task = SinkTask::new(
+            &sink,
+            LabelGen::new("p", "orders", "a"),
+            StreamLoadClient::new(&sink).unwrap(),
+            rx,
+            metrics.clone(),
+        );
+        let load = task.start_load(Labelled {
+            label: "p_orders_a_0".into(),
+            batch: Sealed {
+                body: Bytes::from_static(br#"[{"id":1},{"id":2}]"#),
+                rows: 2,
+                trigger: FlushTrigger::Shutdown,
+            },
+            start: Start::Send,
+            seqs: None,
+            on_disk: false,
+            durable: true,
+            oldest: Instant::now(),
+            acks: Vec::new(),
+        });
+        // A second signal exits without the sink task looking at the finished load: the
+        // accounting must already have it.
+        assert!(load.handle.await.is_ok());
+        let accounting = Accounting::of(&[metrics]);
+        assert_eq!((accounting.committed, accounting.lost), (2, 0));
+        assert_eq!(sr.committed_rows(), 2);
+    }
+}
