@@ -190,8 +190,23 @@ async fn stopped_while_the_disk_is_full_it_counts_what_is_on_disk_as_spooled() {
     assert_eq!(count("spooled") + count("lost"), 2000, "{acc}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_letter_file_that_cannot_be_written_waits_in_the_spool_while_other_batches_load() {
+/// The accounting's (committed, dead-lettered, lost).
+fn settled(acc: &serde_json::Value) -> (Option<u64>, Option<u64>, Option<u64>) {
+    let n = |k: &str| acc[k].as_u64();
+    (n("committed"), n("dead_lettered"), n("lost"))
+}
+
+/// A loader whose StarRocks refused its first batch (100 rows) and whose dead-letter
+/// directory cannot be written (a file is in the way, which stops root too).
+struct Refusing {
+    sr: DevEndpoint,
+    loader: Loader,
+    port: u16,
+    dead_letters: std::path::PathBuf,
+    _blocked: tempfile::TempDir,
+}
+
+async fn refused_with_dead_letters_blocked(extra: &str) -> Refusing {
     let sr = endpoint(Faults {
         refuse: 1.0,
         ..Faults::default()
@@ -199,14 +214,11 @@ async fn a_dead_letter_file_that_cannot_be_written_waits_in_the_spool_while_othe
     .await;
     let fe = sr.fe_url();
     let port = free_port();
-    let spool = tempfile::tempdir().unwrap();
     let blocked = tempfile::tempdir().unwrap();
-    // A file where the dead-letter directory should be: every write fails (even as root).
     let dead_letters = blocked.path().join("dead-letters");
     std::fs::write(&dead_letters, b"in the way").unwrap();
     let extra = format!(
-        "    spoolDir: {}\n    deadLetterDir: {}\n    flush:\n      maxRows: 100\n      interval: 100ms\n",
-        spool.path().display(),
+        "{extra}    deadLetterDir: {}\n    flush:\n      maxRows: 100\n      interval: 100ms\n",
         dead_letters.display()
     );
     let mut loader = Loader::start(|dir| config(dir, &fe, port, &extra)).await;
@@ -216,6 +228,26 @@ async fn a_dead_letter_file_that_cannot_be_written_waits_in_the_spool_while_othe
     )
     .await;
     expect_log(&mut loader, "cannot be written; the batch is kept").await;
+    Refusing {
+        sr,
+        loader,
+        port,
+        dead_letters,
+        _blocked: blocked,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_file_that_cannot_be_written_waits_in_the_spool_while_other_batches_load() {
+    let spool = tempfile::tempdir().unwrap();
+    let extra = format!("    spoolDir: {}\n", spool.path().display());
+    let Refusing {
+        sr,
+        mut loader,
+        port,
+        dead_letters,
+        _blocked,
+    } = refused_with_dead_letters_blocked(&extra).await;
 
     // StarRocks takes the next batches: they load while the refused one waits.
     sr.set_faults(Faults::default());
@@ -259,18 +291,46 @@ async fn a_dead_letter_file_that_cannot_be_written_waits_in_the_spool_while_othe
         .collect();
     assert_eq!(written.len(), 2, "the batch and its reason: {written:?}");
     let acc = loader.stop_expecting(3).await;
-    assert_eq!(
-        (
-            acc["committed"].as_u64(),
-            acc["dead_lettered"].as_u64(),
-            acc["lost"].as_u64()
-        ),
-        (Some(300), Some(100), Some(0)),
-        "{acc}"
-    );
+    assert_eq!(settled(&acc), (Some(300), Some(100), Some(0)), "{acc}");
     let loaded: Vec<u64> = ids(&sr.rows("shop.orders"))
         .iter()
         .map(|id| id.checked_sub(100).expect("a refused row was loaded"))
         .collect();
     assert_exactly_once(&loaded, 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_spool_a_refused_batch_waits_in_memory_for_its_dead_letter_file() {
+    let Refusing {
+        sr,
+        mut loader,
+        port,
+        dead_letters,
+        _blocked,
+    } = refused_with_dead_letters_blocked("").await;
+    assert_eq!(
+        sink_metric(port, "starsink_dead_letters_pending").await,
+        1.0
+    );
+
+    sr.set_faults(Faults::default());
+    let socket = loader.socket("orders");
+    let producer = tokio::spawn(async move {
+        write_lines(&socket, &(100..200).map(row).collect::<Vec<_>>()).await;
+    });
+    std::fs::remove_file(&dead_letters).unwrap();
+    expect_log(
+        &mut loader,
+        "refused batch written to the dead-letter directory",
+    )
+    .await;
+    producer.await.unwrap();
+    assert!(
+        sr.wait_for_rows(100, Duration::from_secs(10)).await,
+        "{}",
+        loader.log_text()
+    );
+    let acc = loader.stop_expecting(3).await;
+    assert_eq!(settled(&acc), (Some(100), Some(100), Some(0)), "{acc}");
+    assert!(dead_letters.is_dir());
 }
