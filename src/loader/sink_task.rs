@@ -540,6 +540,7 @@ impl SinkTask {
                     && waiting.is_none()
                     && backlog.is_empty()
                     && self.refused.is_empty()
+                    && self.dead_letter_writing.is_none()
                 {
                     break;
                 }
@@ -752,7 +753,21 @@ impl SinkTask {
                 Ok(Some((body, _))) => refused.body = body,
                 // Nothing survived to write: the verdict alone is recorded.
                 Ok(None) => {
-                    self.dead_letter_written(refused, Ok(PathBuf::new()));
+                    tracing::warn!(sink = %self.name, label = %refused.label, "none of this refused batch's records survived damage to the spool; no dead-letter file to write");
+                    if let Some(Err(e)) = self
+                        .spool
+                        .as_mut()
+                        .map(|s| s.done(&refused.label, Outcome::DeadLettered))
+                    {
+                        self.spool_failed("verdict", e);
+                    }
+                    self.ack_verdict(std::mem::take(&mut refused.acks), true);
+                    self.metrics
+                        .dead_letters_pending
+                        .store(self.refused.len() as u64, Relaxed);
+                    if !self.refused.is_empty() {
+                        self.dead_letter_retry = Some(RetryAt::after(Duration::ZERO));
+                    }
                     return;
                 }
                 Err(e) => {

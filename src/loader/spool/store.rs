@@ -1,8 +1,10 @@
 //! A sink's spool directory: append-only segments of [`Frame`]s, owned by the sink task
 //! (no locks). Records get consecutive sequence numbers; a batch is a contiguous range of
 //! them, sealed (label written and synced) before its first send and marked done at its
-//! verdict. Batches finish in seal order (one load in flight), so a segment can go once
-//! every record in it is below the done watermark and every label sealed in it is done.
+//! verdict. Verdicts mostly come in seal order (one load in flight); a refused batch
+//! waiting for its dead-letter file may get its verdict after later ones. The done
+//! watermark is where every batch before has a verdict, so a segment can go once every
+//! record in it is below the watermark and every label sealed in it is done.
 //!
 //! Opening a spool recovers it: every segment is read (damage tolerated and reported), the
 //! pending state (sealed batches without a verdict, records not yet in a batch) is written
