@@ -68,12 +68,30 @@ impl MakeStderr {
     }
 }
 
+impl LogGuard {
+    /// Waits (at most `within`) until every line queued so far is on stderr, so that the
+    /// next lines (the final accounting) find room in the queue.
+    pub fn flush(&self, within: Duration) {
+        let until = std::time::Instant::now() + within;
+        let (done, wait) = sync_channel(1);
+        let mut msg = Msg::Flush(done);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if std::time::Instant::now() < until => {
+                    msg = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = wait.recv_timeout(until.saturating_duration_since(std::time::Instant::now()));
+    }
+}
+
 impl Drop for LogGuard {
     fn drop(&mut self) {
-        let (done, wait) = sync_channel(1);
-        if self.tx.try_send(Msg::Flush(done)).is_ok() {
-            let _ = wait.recv_timeout(FLUSH_AT_EXIT);
-        }
+        self.flush(FLUSH_AT_EXIT);
     }
 }
 
@@ -153,5 +171,63 @@ mod tests {
         let started = std::time::Instant::now();
         drop(LogGuard { tx });
         assert!(started.elapsed() < FLUSH_AT_EXIT * 4, "exit is not held up");
+    }
+
+    /// A stderr that is slow to start reading, keeping what it gets.
+    struct Gated {
+        go: Option<std::sync::mpsc::Receiver<()>>,
+        out: Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+    impl Write for Gated {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if let Some(go) = self.go.take() {
+                let _ = go.recv();
+            }
+            self.out.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_flush_before_the_last_line_makes_room_for_it_in_a_full_queue() {
+        let (go_tx, go) = sync_channel(1);
+        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = sync_channel(QUEUE_LINES);
+        let gated = Gated {
+            go: Some(go),
+            out: out.clone(),
+        };
+        std::thread::spawn(move || write_lines(rx, gated));
+        let make = MakeStderr {
+            tx: tx.clone(),
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        let line = |text: &[u8]| {
+            let mut w = tracing_subscriber::fmt::MakeWriter::make_writer(&make);
+            w.write_all(text).unwrap();
+        };
+        for _ in 0..QUEUE_LINES + 10 {
+            line(b"busy\n");
+        }
+        assert!(make.dropped() > 0, "the queue is full");
+        let guard = LogGuard { tx };
+        // stderr starts draining a little later: a line written before then is dropped.
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            go_tx.send(())
+        });
+        guard.flush(Duration::from_secs(10));
+        line(b"loader stopped\n");
+        drop(guard);
+        reader.join().unwrap().unwrap();
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.ends_with("busy\nloader stopped\n"),
+            "{}",
+            &text[text.len() - 40..]
+        );
     }
 }

@@ -91,6 +91,10 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(starsink::loader::run(config)) {
                 Ok(accounting) => {
+                    // Room in the log queue for the line that accounts for every record.
+                    if let Some(logs) = &_logs {
+                        logs.flush(std::time::Duration::from_millis(500));
+                    }
                     accounting.log();
                     accounting.exit_code()
                 }
