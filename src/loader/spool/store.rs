@@ -46,6 +46,13 @@ pub enum SpoolError {
     /// other's segments and load each other's batches.
     #[error("spool {dir} is in use by another loader{}; give each loader a spoolDir of its own (in Kubernetes the injector gives each pod its own directory)", holder.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     Locked { dir: PathBuf, holder: Option<u32> },
+    /// The filesystem refuses `flock`: one owner per spool cannot be made sure of.
+    #[error("spool {dir} is on a filesystem without file locks ({source}); put spoolDir on a local disk or a volume that supports flock (NFS needs its lock service)")]
+    NoLocks {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A sealed batch that has no verdict yet: resolve its label before any re-send. Its
@@ -121,6 +128,20 @@ struct Segment {
 /// owner's pid.
 pub const LOCK_FILE: &str = "LOCK";
 
+/// Why a lock could not be taken: a filesystem without locks, or another I/O error.
+fn lock_failed(dir: &Path, e: io::Error) -> SpoolError {
+    match e.raw_os_error() {
+        Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS) => SpoolError::NoLocks {
+            dir: dir.to_owned(),
+            source: e,
+        },
+        _ => SpoolError::Io {
+            dir: dir.to_owned(),
+            source: e,
+        },
+    }
+}
+
 /// Takes the exclusive lock on `dir` for as long as the returned file is open (`flock`:
 /// released by the kernel when the process dies, however it dies).
 fn lock(dir: &Path) -> Result<File, SpoolError> {
@@ -144,7 +165,7 @@ fn lock(dir: &Path) -> Result<File, SpoolError> {
                 holder: text.trim().parse().ok(),
             });
         }
-        Err(fs::TryLockError::Error(e)) => return Err(err(e)),
+        Err(fs::TryLockError::Error(e)) => return Err(lock_failed(dir, e)),
     }
     file.set_len(0).map_err(&err)?;
     file.rewind().map_err(&err)?;
@@ -939,6 +960,22 @@ mod tests {
     }
 
     #[test]
+    fn a_filesystem_without_locks_is_named_with_the_fix() {
+        let dir = Path::new("/spool");
+        for (errno, no_locks) in [
+            (libc::ENOLCK, true),
+            (libc::EOPNOTSUPP, true),
+            (libc::ENOSYS, true),
+            (libc::EIO, false),
+        ] {
+            let e = lock_failed(dir, io::Error::from_raw_os_error(errno));
+            assert_eq!(matches!(e, SpoolError::NoLocks { .. }), no_locks, "{e}");
+        }
+        let e = lock_failed(dir, io::Error::from_raw_os_error(libc::ENOLCK));
+        assert!(e.to_string().contains("without file locks"), "{e}");
+    }
+
+    #[test]
     fn a_verdict_out_of_seal_order_frees_space_once_the_earlier_batch_has_one() {
         let dir = tempfile::tempdir().unwrap();
         let (mut spool, _) = Spool::open_with(dir.path(), 64, u64::MAX).unwrap();
@@ -975,7 +1012,7 @@ mod tests {
         );
         let (seqs, written) = spool.append_chunk(b"{\"id\":2},{\"id\":3},", &[9, 18]);
         assert_eq!(seqs, 2..4);
-        assert_eq!(written.unwrap_err().raw_os_error(), Some(nix::libc::ENOSPC));
+        assert_eq!(written.unwrap_err().raw_os_error(), Some(libc::ENOSPC));
         assert!(spool.seal("l_0", 0..4).is_err());
         assert!(!spool.is_synced());
         assert!(spool.repair().is_err(), "the disk is still full");
