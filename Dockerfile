@@ -6,11 +6,11 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
-RUN cargo build --release --locked --bin starsink
+RUN cargo build --profile dist --locked --bin starsink
 
 # glibc, CA certificates and a non-root user (uid 65532), nothing else.
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /src/target/release/starsink /usr/local/bin/starsink
+COPY --from=build /src/target/dist/starsink /usr/local/bin/starsink
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/starsink"]
 CMD ["--help"]
