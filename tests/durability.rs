@@ -124,36 +124,6 @@ async fn write_and_read_acks(path: &Path, lines: &[String]) -> Vec<String> {
         .expect("ack reader")
 }
 
-/// `(ok counts in order, err lines as (line, reason) in order)`, checking that every
-/// line is one or the other and that each `err` comes before any `ok` covering it.
-fn parse_acks(acks: &[String]) -> (Vec<u64>, Vec<(u64, String)>) {
-    let (mut oks, mut errs) = (Vec::new(), Vec::new());
-    for a in acks {
-        let parts: Vec<&str> = a.split(' ').collect();
-        match parts.as_slice() {
-            ["ok", n] => {
-                let n: u64 = n.parse().expect("ok count");
-                assert!(
-                    oks.last().is_none_or(|&last| n > last),
-                    "ok went back: {acks:?}"
-                );
-                oks.push(n);
-            }
-            ["err", line, reason] => {
-                let line: u64 = line.parse().expect("err line");
-                assert!(
-                    oks.last().is_none_or(|&ok| line > ok),
-                    "err {line} came after ok {:?}",
-                    oks.last()
-                );
-                errs.push((line, reason.to_string()));
-            }
-            _ => panic!("not an ack line: {a:?}"),
-        }
-    }
-    (oks, errs)
-}
-
 /// 1000 lines; lines 7, 500 and 501 (1-based) are not JSON objects, line 900 is empty.
 fn lines_with_bad_ones() -> (Vec<String>, Vec<u64>) {
     let mut lines = Vec::new();

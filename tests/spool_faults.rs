@@ -23,6 +23,9 @@ fn config(dir: &Path, fe: &str, port: u16, extra: &str) -> String {
     )
 }
 
+/// Retries quick enough that a test does not wait long once StarRocks is back.
+const FAST_RETRY: &str = "    retry:\n      minBackoff: 20ms\n      maxBackoff: 100ms\n";
+
 /// A loader whose spool (`spoolSync: always`, batches of 64 KiB or 100ms) is on a 4 MiB tmpfs
 /// at `{dir}/disk`, with `extra` added to the sink.
 async fn start_on_small_disk(fe: &str, port: u16, extra: &str) -> Loader {
@@ -90,47 +93,48 @@ async fn await_metric(loader: &Loader, port: u16, name: &str, at_least: f64, wit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_holds_producers_back_and_once_it_frees_every_row_loads_once() {
-    let sr = endpoint(Faults::default()).await;
+    // StarRocks is down too, so that no load frees space while the disk is full.
+    let sr = down_endpoint().await;
     let fe = sr.fe_url();
     let port = free_port();
-    let mut loader = start_on_small_disk(&fe, port, "").await;
+    let mut loader = start_on_small_disk(&fe, port, FAST_RETRY).await;
     let filler = loader.inside(&loader.dir.path().join("disk/filler"));
     fill_disk(&filler);
 
-    const N: u64 = 20_000;
+    const N: u64 = 60_000;
     let socket = loader.socket("orders");
     let producer = tokio::spawn(async move {
         let rows: Vec<String> = (0..N).map(row).collect();
         write_lines(&socket, &rows).await;
     });
     expect_log(&mut loader, "spool write failed").await;
-    // While the disk stays full the repair keeps failing, and no producer is read.
-    await_metric(
-        &loader,
-        port,
-        "starsink_spool_errors_total",
-        3.0,
-        Duration::from_secs(10),
-    )
-    .await;
-    let received = sink_metric(port, "starsink_records_received_total").await;
-    await_metric(
-        &loader,
-        port,
-        "starsink_spool_errors_total",
-        5.0,
-        Duration::from_secs(10),
-    )
-    .await;
+    // The spool gives back its reserve (1 MiB) and fills it too; from then on, while the
+    // disk stays full, the repair keeps failing and no producer is read.
+    let reserve = loader.inside(&loader.dir.path().join("disk/spool/RESERVE"));
+    let released = tokio::time::timeout(Duration::from_secs(10), async {
+        while reserve.exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    assert!(released.await.is_ok(), "{}", loader.log_text());
+    let errors = "starsink_spool_errors_total";
+    let failed = sink_metric(port, errors).await;
+    let within = Duration::from_secs(10);
+    await_metric(&loader, port, errors, failed + 1.0, within).await;
+    // The sink takes nothing more (connections may still fill its 16-chunk channel).
+    let spooled = sink_metric(port, "starsink_records_spooled_total").await;
+    await_metric(&loader, port, errors, failed + 3.0, within).await;
     assert_eq!(
-        sink_metric(port, "starsink_records_received_total").await,
-        received,
-        "producers must wait while the spool cannot be written"
+        sink_metric(port, "starsink_records_spooled_total").await,
+        spooled,
+        "the sink must take no records while the spool cannot be written"
     );
+    let received = sink_metric(port, "starsink_records_received_total").await;
     assert!((received as u64) < N, "the producer was held back");
 
-    // The disk frees: the sink goes on by itself.
+    // The disk frees and StarRocks is back: the sink goes on by itself.
     std::fs::remove_file(&filler).expect("free the disk");
+    sr.set_faults(Faults::default());
     producer
         .await
         .expect("the producer finishes once the disk frees");
@@ -154,8 +158,7 @@ async fn stopped_while_the_disk_is_full_it_counts_what_is_on_disk_as_spooled() {
     let sr = down_endpoint().await;
     let fe = sr.fe_url();
     let port = free_port();
-    let retry = "    retry:\n      minBackoff: 20ms\n      maxBackoff: 100ms\n";
-    let mut loader = start_on_small_disk(&fe, port, retry).await;
+    let mut loader = start_on_small_disk(&fe, port, FAST_RETRY).await;
     // 1,000 rows reach the disk while StarRocks is down...
     write_lines(
         &loader.socket("orders"),
@@ -333,4 +336,91 @@ async fn without_a_spool_a_refused_batch_waits_in_memory_for_its_dead_letter_fil
     let acc = loader.stop_expecting(3).await;
     assert_eq!(settled(&acc), (Some(100), Some(100), Some(0)), "{acc}");
     assert!(dead_letters.is_dir());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_committed_after_a_refused_batch_are_not_acked_before_its_err_lines() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let spool = tempfile::tempdir().unwrap();
+    let sr = endpoint(Faults {
+        refuse: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    let fe = sr.fe_url();
+    let port = free_port();
+    let blocked = tempfile::tempdir().unwrap();
+    let dead_letters = blocked.path().join("dead-letters");
+    std::fs::write(&dead_letters, b"in the way").unwrap();
+    let extra = format!(
+        "    spoolDir: {}\n    acks: committed\n    deadLetterDir: {}\n    flush:\n      maxRows: 100\n      interval: 100ms\n",
+        spool.path().display(),
+        dead_letters.display()
+    );
+    let mut loader = Loader::start(|dir| config(dir, &fe, port, &extra)).await;
+    let (read, mut write) = connect(&loader.socket("orders")).await.into_split();
+    let reader = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        let mut lines = BufReader::new(read).lines();
+        while let Some(line) = lines.next_line().await.expect("read acks") {
+            acks.push(line);
+        }
+        acks
+    });
+    let lines =
+        |ids: std::ops::Range<u64>| ids.map(|i| format!("{}\n", row(i))).collect::<String>();
+    // Lines 1-100 are refused, and their dead-letter file cannot be written yet...
+    write.write_all(lines(0..100).as_bytes()).await.unwrap();
+    expect_log(&mut loader, "cannot be written; the batch is kept").await;
+    // ...while lines 101-200 commit.
+    sr.set_faults(Faults::default());
+    write.write_all(lines(100..200).as_bytes()).await.unwrap();
+    await_metric(
+        &loader,
+        port,
+        "starsink_records_loaded_total",
+        100.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    std::fs::remove_file(&dead_letters).unwrap();
+    write.shutdown().await.unwrap();
+    let acks = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("every line settled")
+        .unwrap();
+    // `ok N` covers lines 1..N: none may come before the err lines of 1-100.
+    let (oks, errs) = parse_acks(&acks);
+    assert_eq!(errs.len(), 100, "{acks:?}");
+    assert!(errs.iter().all(|(_, reason)| reason == "dead_lettered"));
+    assert_eq!(oks.last(), Some(&200), "{acks:?}");
+    loader.stop_expecting(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_that_fills_its_own_disk_goes_on_once_starrocks_takes_its_batches() {
+    let sr = down_endpoint().await;
+    let fe = sr.fe_url();
+    let port = free_port();
+    // StarRocks is down and the spool's cap (1 GiB by default) is far above the disk's
+    // 4 MiB: the spool's own batches fill the disk.
+    let mut loader = start_on_small_disk(&fe, port, FAST_RETRY).await;
+    const N: u64 = 60_000;
+    let socket = loader.socket("orders");
+    let producer = tokio::spawn(async move {
+        write_lines(&socket, &(0..N).map(row).collect::<Vec<_>>()).await;
+    });
+    expect_log(&mut loader, "spool write failed").await;
+    // StarRocks comes back: the batches on disk load, which frees the space the rest needs.
+    sr.set_faults(Faults::default());
+    producer.await.expect("the producer finishes");
+    assert!(
+        sr.wait_for_rows(N, Duration::from_secs(60)).await,
+        "{} of {N} rows; log:\n{}",
+        sr.committed_rows(),
+        loader.log_text()
+    );
+    let acc = loader.stop_expecting(0).await;
+    assert_eq!(settled(&acc), (Some(N), Some(0), Some(0)), "{acc}");
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), N);
 }

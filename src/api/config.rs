@@ -119,6 +119,22 @@ impl LoaderConfig {
         Err(ConfigError::Invalid { path, issues })
     }
 
+    /// Settings that no longer do anything: each is worth a warning, not a refusal (a
+    /// config written for an earlier release must still start).
+    pub fn ignored(&self) -> Vec<ConfigIssue> {
+        self.sinks
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.retry.give_up_after.is_some())
+            .map(|(i, _)| {
+                ConfigIssue::new(
+                    format!("sinks[{i}].retry.giveUpAfter"),
+                    "is ignored: a batch failing for a transient reason is no longer dead-lettered but retried until it loads (it waits in the spool, or in memory while producers wait); remove it, and set retry.warnAfter for when such a wait is logged",
+                )
+            })
+            .collect()
+    }
+
     /// Every problem with this config, including those only the loader can check
     /// (files and environment it reads, uniqueness across sinks).
     pub fn problems(&self) -> Vec<ConfigIssue> {
@@ -491,12 +507,6 @@ pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
             ),
         );
     }
-    if r.give_up_after.is_some() {
-        bad(
-            "retry.giveUpAfter",
-            "was removed: a batch failing for a transient reason is no longer dead-lettered but retried until it loads (it waits in the spool, or in memory while producers wait); remove it, and set retry.warnAfter for when such a wait is logged as a warning".into(),
-        );
-    }
     if r.warn_after.0.is_zero() {
         bad("retry.warnAfter", "must be more than zero, e.g. 10m".into());
     }
@@ -612,15 +622,26 @@ sinks:
     }
 
     #[test]
-    fn the_removed_give_up_after_is_refused_with_what_replaced_it() {
-        let e = problems_of(&GOOD.replace(
-            "socket: /tmp/orders.sock",
-            "socket: /tmp/orders.sock\n    retry:\n      giveUpAfter: 10m",
-        ));
+    fn the_removed_give_up_after_is_ignored_with_a_warning_naming_what_replaced_it() {
+        let c = LoaderConfig::parse(
+            &GOOD.replace(
+                "socket: /tmp/orders.sock",
+                "socket: /tmp/orders.sock\n    retry:\n      giveUpAfter: 10m",
+            ),
+            Path::new("t"),
+        )
+        .expect("a config written for an earlier release still starts");
+        let ignored: Vec<String> = c.ignored().iter().map(|i| i.to_string()).collect();
+        assert_eq!(ignored.len(), 1, "{ignored:?}");
         assert!(
-            e.contains("sinks[0].retry.giveUpAfter: was removed") && e.contains("retry.warnAfter"),
-            "{e}"
+            ignored[0].starts_with("sinks[0].retry.giveUpAfter: is ignored")
+                && ignored[0].contains("retry.warnAfter"),
+            "{ignored:?}"
         );
+        assert!(LoaderConfig::parse(GOOD, Path::new("t"))
+            .unwrap()
+            .ignored()
+            .is_empty());
     }
 
     #[test]

@@ -251,13 +251,13 @@ pub struct RetrySpec {
     #[serde(default = "defaults::max_backoff")]
     pub max_backoff: HumanDuration,
     /// A batch still failing for a transient reason (StarRocks down, 5xx, timeouts)
-    /// after this long is logged as a warning, and again each time as long again passes.
+    /// after this long is logged as an error, and again each time as long again passes.
     /// It is never given up: it waits (in the spool, or in memory with producers held
     /// back) and is retried until it loads. Only data StarRocks refuses is dead-lettered.
     #[serde(default = "defaults::warn_after")]
     pub warn_after: HumanDuration,
-    /// Removed (transient failures are never dead-lettered any more); kept only so that
-    /// validation can say so and name `warnAfter`.
+    /// Removed (transient failures are never dead-lettered any more); read only so that
+    /// the loader can warn that it is ignored and name `warnAfter`.
     #[serde(default, skip_serializing)]
     #[schemars(skip)]
     pub give_up_after: Option<serde::de::IgnoredAny>,

@@ -22,6 +22,8 @@ pub struct Refusal {
     pub error_url: Option<String>,
     /// An earlier attempt may have committed: replay checks the label's state first.
     pub uncertain: bool,
+    /// StarRocks committed the label counting other rows than were sent.
+    pub miscounted: bool,
 }
 
 /// A `<label>.reason.json` file.
@@ -38,6 +40,10 @@ pub struct Reason {
     /// An earlier attempt may have committed: replay asks `get_load_state` first.
     #[serde(default)]
     pub may_be_committed: bool,
+    /// StarRocks committed the label counting other rows than were sent: some rows may
+    /// be missing. Replay leaves such a batch to a person.
+    #[serde(default)]
+    pub rows_miscounted: bool,
     /// When it was written (RFC 3339).
     pub at: String,
 }
@@ -55,7 +61,8 @@ pub enum DeadLetterError {
 }
 
 /// Writes a refused batch into `dir`; returns the body file's path. The body goes first,
-/// so a reason file always has its batch beside it.
+/// so a reason file always has its batch beside it; both are synced (and the directory)
+/// before this returns, so the spool may then forget the batch.
 pub async fn write(
     dir: &Path,
     sink: &str,
@@ -65,9 +72,6 @@ pub async fn write(
     rows: u64,
     refusal: &Refusal,
 ) -> std::io::Result<PathBuf> {
-    tokio::fs::create_dir_all(dir).await?;
-    let data = dir.join(format!("{label}.{}", format.as_str()));
-    tokio::fs::write(&data, body).await?;
     let reason = Reason {
         sink: sink.to_owned(),
         label: label.to_owned(),
@@ -76,11 +80,38 @@ pub async fn write(
         reason: refusal.reason.clone(),
         error_url: refusal.error_url.clone(),
         may_be_committed: refusal.uncertain,
+        rows_miscounted: refusal.miscounted,
         at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
     let text = serde_json::to_string(&reason).map_err(std::io::Error::other)?;
-    tokio::fs::write(dir.join(format!("{label}.reason.json")), text).await?;
-    Ok(data)
+    let (dir, label, body) = (dir.to_owned(), label.to_owned(), body.clone());
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        let data = dir.join(format!("{label}.{}", format.as_str()));
+        write_synced(&data, &body)?;
+        write_synced(&dir.join(format!("{label}.reason.json")), text.as_bytes())?;
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok(data)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Writes `path` whole or not at all: a synced temporary file renamed into place.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let result = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    match result.and_then(|()| std::fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 /// One batch found in a dead-letter directory.
@@ -131,7 +162,17 @@ pub fn scan(dir: &Path) -> Result<(Vec<Found>, Skipped), DeadLetterError> {
         }
         found.push(Found { reason, data, meta });
     }
-    found.sort_by(|a, b| a.reason.label.cmp(&b.reason.label));
+    // Oldest first: by time, then by label as a number would sort (`_9` before `_10`).
+    found.sort_by(|a, b| {
+        let key = |f: &Found| {
+            (
+                f.reason.at.clone(),
+                f.reason.label.len(),
+                f.reason.label.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
     Ok((found, problems))
 }
 
@@ -148,7 +189,11 @@ pub fn list(dir: &Path) -> Result<String, DeadLetterError> {
             r.rows,
             r.format.as_str(),
             r.at,
-            if r.may_be_committed { "yes" } else { "no" },
+            match (r.rows_miscounted, r.may_be_committed) {
+                (true, _) => "rows-miscounted",
+                (false, true) => "yes",
+                (false, false) => "no",
+            },
             r.reason.replace(['\n', '\t'], " ")
         ));
     }
@@ -205,6 +250,12 @@ pub async fn replay(
 
 async fn replay_one(dir: &Path, batch: &Found, sink: &SinkSpec, timeout: Duration) -> Replayed {
     let r = &batch.reason;
+    if r.rows_miscounted {
+        return Replayed::NotLoaded(format!(
+            "StarRocks committed its label counting other rows than were sent; compare the table with {} and load what is missing by hand",
+            batch.data.display()
+        ));
+    }
     if sink.format != r.format {
         return Replayed::NotLoaded(format!(
             "sink {} now takes {}, the batch is {}",

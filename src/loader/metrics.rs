@@ -45,6 +45,8 @@ pub struct SinkMetrics {
     pub spool_damage: AtomicU64,
     /// `err` reports for producers dropped because their connection's queue was full.
     pub ack_errs_dropped: AtomicU64,
+    /// Records the spool lost to damage found at run time (it could not read them back).
+    pub lost_to_damage: AtomicU64,
     /// Bytes held in unfinished lines across the sink's connections.
     pub unfinished_bytes: Arc<AtomicU64>,
     /// Failed spool writes, syncs, reads and removals (each retry that fails counts).
@@ -112,7 +114,9 @@ impl SinkMetrics {
 
     /// Of the outstanding records, those the spool keeps for the next start.
     pub fn left_in_spool(&self) -> u64 {
-        self.spooled.load(Relaxed).saturating_sub(self.finished())
+        self.spooled
+            .load(Relaxed)
+            .saturating_sub(self.finished() + self.lost_to_damage.load(Relaxed))
     }
 
     fn finished(&self) -> u64 {
@@ -192,6 +196,12 @@ const SIMPLE: &[Simple] = &[
         "counter",
         "Records the spool held at start, loaded by this run.",
         |s| s.replayed.load(Relaxed),
+    ),
+    (
+        "starsink_records_spooled_total",
+        "counter",
+        "Records written to the spool: appended (once on disk), or found there at start.",
+        |s| s.spooled.load(Relaxed),
     ),
     (
         "starsink_spool_damage_total",

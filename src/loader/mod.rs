@@ -92,6 +92,9 @@ pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
         producer_connections = connections.available_permits(),
         "descriptors"
     );
+    for issue in config.ignored() {
+        tracing::warn!("{issue}");
+    }
     let phases = Phases::default();
     let budget = config.shutdown_timeout.0;
     // Keep a moment of the budget for the final accounting and exit.

@@ -122,7 +122,6 @@ struct Refused {
     on_disk: bool,
     refusal: Refusal,
     oldest: Instant,
-    acks: Vec<AckPart>,
 }
 
 /// A retry that waits: when it is due, and how long the one after will wait.
@@ -186,6 +185,15 @@ pub struct SinkTask {
     dead_letter_backoff: Duration,
     /// The dead-letter write under way, if any.
     dead_letter_writing: Option<JoinHandle<(Refused, std::io::Result<PathBuf>)>>,
+    /// Verdicts reach producers in seal order, because `ok N` covers every line up to N:
+    /// while a refused batch waits for its file, the lines of batches that commit after
+    /// it wait here with it. (label, lines, verdict: dead-lettered or not, once known.)
+    ack_queue: VecDeque<(String, Vec<AckPart>, Option<bool>)>,
+    /// A batch could not be read back from the spool: the backlog is tried again at
+    /// this retry (producers are not held back for it).
+    backlog_retry: Option<RetryAt>,
+    /// The wait after the last failed read-back (zero after a success).
+    backlog_backoff: Duration,
 }
 
 impl SinkTask {
@@ -217,6 +225,9 @@ impl SinkTask {
             dead_letter_retry: None,
             dead_letter_backoff: Duration::ZERO,
             dead_letter_writing: None,
+            ack_queue: VecDeque::new(),
+            backlog_retry: None,
+            backlog_backoff: Duration::ZERO,
         }
     }
 
@@ -332,6 +343,19 @@ impl SinkTask {
         }
     }
 
+    /// A refused batch's file is written: its lines get their `err`s, and the lines of the
+    /// batches that committed after it, held until now, their `ok`.
+    fn dead_lettered_acks(&mut self, label: &str) {
+        if let Some(entry) = self.ack_queue.iter_mut().find(|e| e.0 == label) {
+            entry.2 = Some(true);
+        }
+        while let Some((_, _, Some(_))) = self.ack_queue.front() {
+            if let Some((_, acks, Some(dead_lettered))) = self.ack_queue.pop_front() {
+                self.ack_verdict(acks, dead_lettered);
+            }
+        }
+    }
+
     /// A batch the spool held sealed at start: it waits on disk for its turn, and its
     /// label is resolved before any send.
     fn replayed_batch(&self, pending: PendingBatch) -> Labelled {
@@ -386,12 +410,15 @@ impl SinkTask {
                 backlog.push_front(next);
                 return None;
             }
-            if self.spool_trouble.is_some() {
+            // A batch sealed while the spool failed is not on disk whole yet; one sealed
+            // before is, and loading it frees space.
+            if !next.durable || self.backlog_retry.is_some() {
                 backlog.push_front(next);
                 return None;
             }
             match self.read_back(next.seqs.clone(), &next.label, next.batch.rows) {
                 Ok(Some((body, rows))) => {
+                    self.backlog_backoff = Duration::ZERO;
                     next.batch.rows = rows;
                     next.batch.body = body;
                     next.on_disk = false;
@@ -407,9 +434,29 @@ impl SinkTask {
                         self.spool_failed("verdict", e);
                     }
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    // The spool's bytes changed under it: what it cannot read back is
+                    // gone, like damage found at start.
+                    self.metrics.spool_damage.fetch_add(1, Relaxed);
+                    self.metrics
+                        .lost_to_damage
+                        .fetch_add(next.batch.rows, Relaxed);
+                    tracing::error!(sink = %self.name, label = %next.label, rows = next.batch.rows, error = %e, "spool damage: this batch cannot be read back and is lost");
+                    if let Some(Err(e)) = self
+                        .spool
+                        .as_mut()
+                        .map(|s| s.done(&next.label, Outcome::Committed))
+                    {
+                        self.spool_failed("verdict", e);
+                    }
+                }
                 Err(e) => {
+                    self.metrics.spool_errors.fetch_add(1, Relaxed);
+                    self.backlog_backoff =
+                        (self.backlog_backoff * 2).clamp(REPAIR_FIRST, REPAIR_MAX);
+                    tracing::warn!(sink = %self.name, label = %next.label, error = %e, retry_in_ms = self.backlog_backoff.as_millis() as u64, "cannot read a batch back from the spool; trying again");
+                    self.backlog_retry = Some(RetryAt::after(self.backlog_backoff));
                     backlog.push_front(next);
-                    self.spool_failed("read", e);
                     return None;
                 }
             }
@@ -539,7 +586,9 @@ impl SinkTask {
                 if in_flight.is_none()
                     && waiting.is_none()
                     && backlog.is_empty()
-                    && self.refused.is_empty()
+                    // Refused batches in the spool are safe there: the next start
+                    // writes their files. Those in memory are tried until the deadline.
+                    && self.refused.iter().all(|r| r.on_disk)
                     && self.dead_letter_writing.is_none()
                 {
                     break;
@@ -571,6 +620,7 @@ impl SinkTask {
                 filling.deadline()
             };
             let repair_at = self.spool_trouble.map(|t| t.at);
+            let backlog_at = self.backlog_retry.map(|r| r.at);
             let dead_letter_at = self
                 .dead_letter_retry
                 .filter(|_| self.dead_letter_writing.is_none())
@@ -615,6 +665,9 @@ impl SinkTask {
                 }
                 _ = sleep_until(repair_at), if repair_at.is_some() => {
                     self.repair_spool(&mut waiting, &mut backlog);
+                }
+                _ = sleep_until(backlog_at), if backlog_at.is_some() => {
+                    self.backlog_retry = None;
                 }
                 _ = sleep_until(dead_letter_at), if dead_letter_at.is_some() => {
                     self.dead_letter_retry = None;
@@ -712,13 +765,21 @@ impl SinkTask {
             }
             FlushTrigger::Interval | FlushTrigger::Shutdown => filling.release_spare(),
         }
-        self.ack_verdict(finished.acks, matches!(verdict, Verdict::DeadLettered));
+        let dead_lettered = matches!(verdict, Verdict::DeadLettered);
+        if self.ack_queue.is_empty() {
+            self.ack_verdict(finished.acks, dead_lettered);
+        } else {
+            self.ack_queue
+                .push_back((finished.label, finished.acks, Some(dead_lettered)));
+        }
     }
 
     /// Keeps a refused batch until its dead-letter file is written: on disk when the
     /// spool has it (the sink goes on loading), else in memory (producers wait).
     fn keep_refused(&mut self, finished: InFlight, refusal: Refusal, body: Bytes) {
         let on_disk = self.spool.is_some() && finished.seqs.is_some();
+        self.ack_queue
+            .push_back((finished.label.clone(), finished.acks, None));
         self.refused.push_back(Refused {
             label: finished.label,
             rows: finished.rows,
@@ -727,7 +788,6 @@ impl SinkTask {
             on_disk,
             refusal,
             oldest: finished.oldest,
-            acks: finished.acks,
         });
         self.metrics
             .dead_letters_pending
@@ -743,13 +803,7 @@ impl SinkTask {
             return;
         };
         if refused.on_disk {
-            let read = match self.spool_trouble {
-                Some(_) => Err(None),
-                None => self
-                    .read_back(refused.seqs.clone(), &refused.label, refused.rows)
-                    .map_err(Some),
-            };
-            match read {
+            match self.read_back(refused.seqs.clone(), &refused.label, refused.rows) {
                 Ok(Some((body, _))) => refused.body = body,
                 // Nothing survived to write: the verdict alone is recorded.
                 Ok(None) => {
@@ -761,7 +815,7 @@ impl SinkTask {
                     {
                         self.spool_failed("verdict", e);
                     }
-                    self.ack_verdict(std::mem::take(&mut refused.acks), true);
+                    self.dead_lettered_acks(&refused.label);
                     self.metrics
                         .dead_letters_pending
                         .store(self.refused.len() as u64, Relaxed);
@@ -771,9 +825,8 @@ impl SinkTask {
                     return;
                 }
                 Err(e) => {
-                    if let Some(e) = e {
-                        self.spool_failed("read", e);
-                    }
+                    self.metrics.spool_errors.fetch_add(1, Relaxed);
+                    tracing::warn!(sink = %self.name, label = %refused.label, error = %e, "cannot read a refused batch back from the spool for its dead-letter file; trying again");
                     self.refused.push_front(refused);
                     self.dead_letter_retry = Some(RetryAt::after(REPAIR_MAX));
                     return;
@@ -810,7 +863,7 @@ impl SinkTask {
                 {
                     self.spool_failed("verdict", e);
                 }
-                self.ack_verdict(std::mem::take(&mut refused.acks), true);
+                self.dead_lettered_acks(&refused.label);
                 self.dead_letter_backoff = Duration::ZERO;
                 if !self.refused.is_empty() {
                     self.dead_letter_retry = Some(RetryAt::after(Duration::ZERO));
@@ -967,11 +1020,13 @@ impl SinkTask {
                     reason,
                     error_url,
                     uncertain,
+                    miscounted,
                 } => {
                     let refusal = Refusal {
                         reason,
                         error_url,
                         uncertain,
+                        miscounted,
                     };
                     match dead_letter::write(
                         &dir,

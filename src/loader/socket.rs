@@ -390,7 +390,20 @@ async fn connection(
         publish(line_no, last_record, eof);
         for chunk in chunks {
             // Waiting here is the backpressure: a full channel stops this socket's reads.
-            if tx.send(chunk).await.is_err() {
+            // The unfinished line held meanwhile still answers to the sink's bound.
+            let mut send = std::pin::pin!(tx.send(chunk));
+            let sent = loop {
+                tokio::select! {
+                    sent = &mut send => break sent,
+                    _ = hold.evicted() => {
+                        if hold.take_eviction() {
+                            evicted_line |=
+                                drop_unfinished(&ingest, &hold, &mut framer, &mut buf, line_no + 1);
+                        }
+                    }
+                }
+            };
+            if sent.is_err() {
                 tracing::error!(sink = %ingest.metrics.sink, "sink task is gone; records of this connection are lost");
                 return;
             }

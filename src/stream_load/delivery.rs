@@ -17,11 +17,14 @@ pub enum Delivered {
     Committed { filtered_rows: u64 },
     /// StarRocks refused the data: to be dead-lettered. `uncertain` means an earlier
     /// attempt may have committed; whoever replays it must check the label first. A
-    /// transient failure never ends here, however long it lasts.
+    /// transient failure never ends here, however long it lasts. `miscounted`: StarRocks
+    /// committed the label counting other rows than were sent (rows may be missing), so
+    /// the batch must not simply be sent again, nor taken as loaded.
     Refused {
         reason: String,
         error_url: Option<String>,
         uncertain: bool,
+        miscounted: bool,
     },
 }
 
@@ -149,6 +152,7 @@ pub async fn deliver_from(
                     reason,
                     error_url,
                     uncertain: false,
+                    miscounted: false,
                 };
             }
             Verdict::Miscounted { reason } => {
@@ -157,6 +161,7 @@ pub async fn deliver_from(
                     reason,
                     error_url: None,
                     uncertain: true,
+                    miscounted: true,
                 };
             }
             Verdict::Uncertain { reason } => {

@@ -370,3 +370,33 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no metric {name_and_labels} in:\n{text}"))
 }
+
+/// `(ok counts in order, err lines as (line, reason) in order)`, checking that every
+/// line is one or the other and that each `err` comes before any `ok` covering it.
+pub fn parse_acks(acks: &[String]) -> (Vec<u64>, Vec<(u64, String)>) {
+    let (mut oks, mut errs) = (Vec::new(), Vec::new());
+    for a in acks {
+        let parts: Vec<&str> = a.split(' ').collect();
+        match parts.as_slice() {
+            ["ok", n] => {
+                let n: u64 = n.parse().expect("ok count");
+                assert!(
+                    oks.last().is_none_or(|&last| n > last),
+                    "ok went back: {acks:?}"
+                );
+                oks.push(n);
+            }
+            ["err", line, reason] => {
+                let line: u64 = line.parse().expect("err line");
+                assert!(
+                    oks.last().is_none_or(|&ok| line > ok),
+                    "err {line} came after ok {:?}",
+                    oks.last()
+                );
+                errs.push((line, reason.to_string()));
+            }
+            _ => panic!("not an ack line: {a:?}"),
+        }
+    }
+    (oks, errs)
+}

@@ -128,6 +128,22 @@ struct Segment {
 /// owner's pid.
 pub const LOCK_FILE: &str = "LOCK";
 
+/// Space the spool keeps allocated for itself: when the disk fills up (with the spool's
+/// own batches, say), giving it back lets the batch being filled be sealed and a new
+/// segment be started, so that loads can go on and free the rest.
+pub const RESERVE_FILE: &str = "RESERVE";
+
+/// The reserve's size: enough for a socket read's records, a few frames and a segment
+/// header, and small beside the cap.
+fn reserve_bytes(max_bytes: u64) -> u64 {
+    (max_bytes / 16).clamp(64 << 10, 1 << 20)
+}
+
+/// The disk (or the user's quota on it) is full.
+fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
 /// Why a lock could not be taken: a filesystem without locks, or another I/O error.
 fn lock_failed(dir: &Path, e: io::Error) -> SpoolError {
     match e.raw_os_error() {
@@ -206,6 +222,8 @@ pub struct Spool {
     unsynced: bool,
     /// The directory changed (a segment made or removed) since it was last synced.
     dir_unsynced: bool,
+    /// The reserve file is in place (see [`RESERVE_FILE`]).
+    reserved: bool,
 }
 
 /// A Records frame's place on disk.
@@ -255,8 +273,13 @@ fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 impl Spool {
     /// Opens (creating if needed) and recovers the spool in `dir`, whose disk use is
     /// capped at `max_bytes`.
+    ///
+    /// Segments are an eighth of the cap, or of the disk's free space if that is less: on
+    /// a disk smaller than the cap, space still comes back in steps as batches load.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<(Spool, Replay), SpoolError> {
-        let segment_bytes = (max_bytes / 8).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES);
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let room = max_bytes.min(free_space(dir).unwrap_or(u64::MAX));
+        let segment_bytes = (room / 8).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES);
         Self::open_with(dir, segment_bytes, max_bytes)
     }
 
@@ -386,6 +409,7 @@ impl Spool {
             torn_tail: false,
             unsynced: false,
             dir_unsynced: false,
+            reserved: false,
         };
         spool.segments.push(Segment {
             id: next_id,
@@ -474,6 +498,7 @@ impl Spool {
             }
         }
         sync_dir(dir).map_err(&err)?;
+        spool.keep_reserve();
         Ok((
             spool,
             Replay {
@@ -580,10 +605,47 @@ impl Spool {
     /// After a failed write, sync or removal: tries all of it again (write what is
     /// buffered, sync it, start a new segment or free old ones if that was due). The
     /// spool's state is whole after any failure; this only catches the disk up with it.
+    /// On a full disk, the reserve is given back first.
     pub fn repair(&mut self) -> io::Result<()> {
-        self.collect()?;
-        self.sync()?;
-        self.maybe_roll()
+        let mut attempt = || -> io::Result<()> {
+            self.collect()?;
+            self.sync()?;
+            self.maybe_roll()
+        };
+        match attempt() {
+            Err(e) if is_disk_full(&e) && self.reserved => {
+                self.reserved = false;
+                fs::remove_file(self.dir.join(RESERVE_FILE))?;
+                self.collect()?;
+                self.sync()?;
+                self.maybe_roll()
+            }
+            other => other,
+        }
+    }
+
+    /// Puts the reserve file back if it is not there (best effort: on a disk too full
+    /// for it, the spool goes on without one, and tries again once it frees space).
+    fn keep_reserve(&mut self) {
+        if self.reserved {
+            return;
+        }
+        let path = self.dir.join(RESERVE_FILE);
+        let made = File::create(&path).and_then(|f| {
+            use std::os::fd::AsRawFd;
+            let len = reserve_bytes(self.max_bytes) as libc::off_t;
+            // SAFETY: a plain syscall on a descriptor this function owns.
+            match unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len) } {
+                0 => Ok(()),
+                errno => Err(io::Error::from_raw_os_error(errno)),
+            }
+        });
+        match made {
+            Ok(()) => self.reserved = true,
+            Err(_) => {
+                let _ = fs::remove_file(&path);
+            }
+        }
     }
 
     /// Appends accepted records (each without `\n`); returns their sequence numbers.
@@ -720,6 +782,7 @@ impl Spool {
             self.dir_unsynced = true;
             sync_dir(&self.dir)?;
             self.dir_unsynced = false;
+            self.keep_reserve();
         }
         Ok(())
     }
@@ -766,14 +829,24 @@ impl Spool {
 
     /// [`Spool::read`], handing each record to `each` (a view of one frame read from disk,
     /// so that a batch is held in memory once, where `each` puts it).
+    ///
+    /// Records already on disk are read without writing anything first, so a batch whose
+    /// seal is synced can be read back (and loaded, freeing space) while writes fail.
     pub fn read_each(&mut self, seqs: Range<u64>, mut each: impl FnMut(Bytes)) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        self.flush()?;
         let from = self
             .index
             .range(..=seqs.start)
             .next_back()
             .map_or(seqs.start, |(first, _)| *first);
+        let current = self.next_id - 1;
+        let buffered = self
+            .index
+            .range(from..seqs.end)
+            .any(|(_, at)| at.segment == current && at.offset + at.len as u64 > self.file_len);
+        if buffered {
+            self.flush()?;
+        }
         let mut open: Option<(u64, File)> = None;
         for (_, at) in self.index.range(from..seqs.end) {
             let file = match &open {
@@ -812,6 +885,18 @@ impl Spool {
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
+}
+
+/// Bytes free for an unprivileged writer on the filesystem holding `dir`.
+fn free_space(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: `stat` is a plain struct the call fills; `path` is a valid C string.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail * stat.f_frsize)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
