@@ -271,7 +271,8 @@ fn the_dockerfile_passes_hadolint_and_runs_pinned_and_unprivileged() {
         .expect("a USER");
     let uid = user.split(':').next().unwrap().trim();
     assert!(uid != "root" && uid != "0", "the image runs as {user}");
-    assert!(text.contains("cargo build --release --locked"));
+    assert!(text.contains("cargo build --profile dist --locked"));
+    assert!(text.contains("/src/target/dist/starsink /usr/local/bin/starsink"));
     assert!(text.contains(r#"ENTRYPOINT ["/usr/local/bin/starsink"]"#));
     assert!(repo(".dockerignore").exists());
 }

@@ -424,3 +424,79 @@ async fn a_spool_that_fills_its_own_disk_goes_on_once_starrocks_takes_its_batche
     assert_eq!(settled(&acc), (Some(N), Some(0), Some(0)), "{acc}");
     assert_exactly_once(&ids(&sr.rows("shop.orders")), N);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_spooled_bytes_changed_is_counted_as_damage_and_the_sink_goes_on() {
+    let sr = down_endpoint().await;
+    let fe = sr.fe_url();
+    let port = free_port();
+    let spool = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "    spoolDir: {}\n    flush:\n      maxRows: 100\n      interval: 100ms\n{FAST_RETRY}",
+        spool.path().display()
+    );
+    let mut loader = Loader::start(|dir| config(dir, &fe, port, &extra)).await;
+    // StarRocks is down: ten batches wait, the later ones on disk only.
+    write_lines(
+        &loader.socket("orders"),
+        &(0..1000).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    let flushes = "starsink_flushes_total{sink=\"orders\",trigger=\"rows\"}";
+    await_metric(&loader, port, flushes, 10.0, Duration::from_secs(10)).await;
+    // Something else writes over row 850 in the segment file.
+    let segment = std::fs::read_dir(spool.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let at = bytes
+        .windows(9)
+        .position(|w| w == b"\"id\":850,")
+        .expect("row 850 is in the segment");
+    bytes[at + 5] = b'9';
+    std::fs::write(&segment, &bytes).unwrap();
+
+    sr.set_faults(Faults::default());
+    // The damaged batch is dropped, counted and logged; the others load once, and
+    // producers are still read.
+    await_metric(
+        &loader,
+        port,
+        "starsink_spool_damage_total",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    write_lines(
+        &loader.socket("orders"),
+        &(1000..1100).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    let loaded = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let ids = ids(&sr.rows("shop.orders"));
+            if ids.contains(&1099) {
+                return ids;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("rows written after the damage load");
+    let acc = loader.stop_expecting(1).await;
+    let n = |k: &str| acc[k].as_u64().unwrap_or_default();
+    assert_eq!(n("accepted"), 1100, "{acc}");
+    assert!(
+        n("lost") >= 100 && n("lost") % 100 == 0,
+        "whole batches: {acc}"
+    );
+    assert_eq!(n("committed") + n("lost"), 1100, "{acc}");
+    assert!(!loaded.contains(&850), "the damaged batch is not loaded");
+    let mut unique = loaded.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), loaded.len(), "no row loaded twice");
+    assert_eq!(loaded.len() as u64, n("committed"));
+}
