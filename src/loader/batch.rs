@@ -7,6 +7,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::api::{Format, SinkSpec};
+use crate::stream_load::body;
 
 /// Records from one connection read, already encoded for the body: a JSON record is
 /// followed by `,`, a CSV record by `\n`. `ends[i]` is where record `i` ends in `data`.
@@ -150,9 +151,13 @@ impl Batch {
                 chunk.ends[i - 1] as usize
             }
         };
-        let opening = usize::from(self.format == Format::Json && self.body.is_empty());
+        let opening = if self.body.is_empty() {
+            body::opening(self.format)
+        } else {
+            b""
+        };
         let room_rows = self.policy.max_rows - self.rows;
-        let room_bytes = self.policy.max_bytes - self.body.len() - opening;
+        let room_bytes = self.policy.max_bytes - self.body.len() - opening.len();
 
         // How many records fit, found by binary search on the cumulative ends.
         let base = start_of(from);
@@ -163,10 +168,8 @@ impl Batch {
             .min(avail);
         if take > 0 {
             let end = chunk.ends[from + take - 1] as usize;
-            self.reserve(opening + end - base);
-            if opening == 1 {
-                self.body.push(b'[');
-            }
+            self.reserve(opening.len() + end - base);
+            self.body.extend_from_slice(opening);
             self.body.extend_from_slice(&chunk.data[base..end]);
             self.rows += take as u64;
             if self.oldest.is_none() {
@@ -221,11 +224,7 @@ impl Batch {
             return None;
         }
         let mut body = std::mem::take(&mut self.body);
-        if self.format == Format::Json {
-            if let Some(last) = body.last_mut() {
-                *last = b']';
-            }
-        }
+        body::close(self.format, &mut body);
         let rows = std::mem::take(&mut self.rows);
         self.oldest = None;
         Some(Sealed {
@@ -245,7 +244,7 @@ mod tests {
         let mut ends = Vec::new();
         for r in records {
             data.extend_from_slice(r.as_bytes());
-            data.push(if format == Format::Json { b',' } else { b'\n' });
+            data.push(body::record_end(format));
             ends.push(data.len() as u32);
         }
         Chunk {

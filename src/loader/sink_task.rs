@@ -23,7 +23,9 @@ use crate::loader::dead_letter::{self, Refusal};
 use crate::loader::metrics::SinkMetrics;
 use crate::loader::spool::segment::Outcome;
 use crate::loader::spool::store::{PendingBatch, Replay, Spool};
-use crate::stream_load::{deliver_from, Attempt, Delivered, LabelGen, Start, StreamLoadClient};
+use crate::stream_load::{
+    body, deliver_from, Attempt, Delivered, LabelGen, Start, StreamLoadClient,
+};
 
 /// With `spoolSync: interval`, written records reach the disk at most this long after...
 const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
@@ -475,12 +477,9 @@ impl SinkTask {
         let (Some(spool), Some(seqs)) = (self.spool.as_mut(), seqs) else {
             return Ok(None);
         };
-        let (delimiter, open) = match self.format {
-            Format::Json => (b',', Some(b'[')),
-            Format::Csv => (b'\n', None),
-        };
+        let delimiter = body::record_end(self.format);
         let mut body = Vec::with_capacity(self.policy.max_bytes.min(256 << 20));
-        body.extend(open);
+        body.extend_from_slice(body::opening(self.format));
         let mut rows = 0u64;
         spool.read_each(seqs, |record| {
             body.extend_from_slice(&record);
@@ -493,11 +492,7 @@ impl SinkTask {
         if rows != expected {
             tracing::warn!(sink = %self.name, label, expected, found = rows, "the spool gave back fewer records than the batch had (damage found at start)");
         }
-        if self.format == Format::Json {
-            if let Some(last) = body.last_mut() {
-                *last = b']';
-            }
-        }
+        body::close(self.format, &mut body);
         Ok(Some((body.into(), rows)))
     }
 
@@ -1119,10 +1114,7 @@ fn log_attempt(sink: &str, label: &str, attempt: &Attempt) {
 
 /// Records (each without its line end) as a chunk: each followed by the body's delimiter.
 fn encode_records(format: Format, records: &[Bytes]) -> Chunk {
-    let delimiter = match format {
-        Format::Json => b',',
-        Format::Csv => b'\n',
-    };
+    let delimiter = body::record_end(format);
     let mut data = Vec::with_capacity(records.iter().map(|r| r.len() + 1).sum());
     let mut ends = Vec::with_capacity(records.len());
     for r in records {

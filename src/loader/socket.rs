@@ -24,6 +24,7 @@ use crate::loader::framing::{Line, LineFramer};
 use crate::loader::line_budget::{Hold, LineBudget};
 use crate::loader::metrics::SinkMetrics;
 use crate::loader::record::{self, RejectReason};
+use crate::stream_load::body;
 
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 64 * 1024;
@@ -252,10 +253,7 @@ async fn connection(
     let hold = ingest.lines.join();
     // The line being skipped was dropped for the sink's bound, not for its own length.
     let mut evicted_line = false;
-    let delimiter = match ingest.format {
-        Format::Json => b',',
-        Format::Csv => b'\n',
-    };
+    let delimiter = body::record_end(ingest.format);
     loop {
         if hold.take_eviction() {
             evicted_line |= drop_unfinished(&ingest, &hold, &mut framer, &mut buf, line_no + 1);

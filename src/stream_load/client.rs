@@ -9,8 +9,9 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::api::{Format, SinkSpec};
+use crate::api::SinkSpec;
 use crate::http1::{Conn, Http1Error};
+use crate::stream_load::body;
 use crate::stream_load::response::{parse_load_state, LoadState};
 
 /// Redirects followed per request: a follower FE may send us to the leader FE, which
@@ -179,14 +180,7 @@ impl StreamLoadClient {
             (_, _, Some(v)) => PasswordSource::Env(v.clone()),
             _ => PasswordSource::None,
         };
-        let mut headers = format!("format: {}\r\n", sink.format.as_str());
-        match sink.format {
-            Format::Json => headers.push_str("strip_outer_array: true\r\n"),
-            Format::Csv => {
-                headers.push_str(&format!("column_separator: {}\r\n", sink.csv_separator()));
-                headers.push_str("row_delimiter: \\n\r\n");
-            }
-        }
+        let mut headers = body::headers(sink.format, sink.csv_separator());
         if let Some(cols) = &sr.columns {
             headers.push_str(&format!("columns: {cols}\r\n"));
         }

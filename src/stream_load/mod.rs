@@ -1,6 +1,7 @@
 //! Stream Load: the client, labels, the response classifier and the retry policy that
 //! delivers one batch exactly once.
 
+pub mod body;
 pub mod client;
 pub mod delivery;
 pub mod label;
