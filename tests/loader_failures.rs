@@ -639,3 +639,61 @@ async fn an_outage_longer_than_warn_after_is_warned_about_and_never_dead_lettere
         "nothing was dead-lettered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_a_configuration_problem_retried_until_fixed_never_dead_lettered() {
+    let sr = DevEndpoint::start(EndpointConfig {
+        password: "s3cret".into(),
+        ..EndpointConfig::default()
+    })
+    .await
+    .unwrap();
+    let fe = sr.fe_url();
+    let port = free_port();
+    let mut loader = Loader::start(|dir| {
+        std::fs::write(dir.join("password"), "wrong\n").unwrap();
+        format!(
+            "metricsAddr: 127.0.0.1:{port}\n{}",
+            one_sink(
+                dir,
+                "auth",
+                &fe,
+                &format!(
+                    "      passwordFile: {}\n    deadLetterDir: {}\n    flush:\n      interval: 100ms\n    retry:\n      minBackoff: 20ms\n      maxBackoff: 100ms\n",
+                    dir.join("password").display(),
+                    dir.join("dlq").display()
+                ),
+            )
+        )
+    })
+    .await;
+    write_lines(
+        &loader.socket("orders"),
+        &(0..20).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    let misconfigured = "starsink_loads_total{sink=\"orders\",outcome=\"misconfigured\"}";
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        while metric(&http_get(port, "/metrics").await.1, misconfigured) < 2.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(seen.await.is_ok(), "{}", loader.log_text());
+    // Someone fixes the password file (it is read again for each request).
+    std::fs::write(loader.dir.path().join("password"), "s3cret\n").unwrap();
+    assert!(
+        sr.wait_for_rows(20, Duration::from_secs(10)).await,
+        "{}",
+        loader.log_text()
+    );
+    let acc = loader.stop_expecting(0).await;
+    assert_eq!(
+        (acc["committed"].as_u64(), acc["dead_lettered"].as_u64()),
+        (Some(20), Some(0)),
+        "{acc}"
+    );
+    assert!(
+        !loader.dir.path().join("dlq").exists(),
+        "nothing was dead-lettered"
+    );
+}

@@ -10,9 +10,10 @@ use crate::loader::record::RejectReason;
 use crate::telemetry::Histogram;
 
 /// `outcome` label values of `starsink_loads_total`, one per attempt.
-pub const LOAD_OUTCOMES: [&str; 7] = [
+pub const LOAD_OUTCOMES: [&str; 8] = [
     "committed",
     "retried",
+    "misconfigured",
     "uncertain",
     "refused",
     "pending",

@@ -1097,6 +1097,9 @@ fn log_attempt(sink: &str, label: &str, attempt: &Attempt) {
         Attempt::Transient(why) => {
             tracing::warn!(sink, label, reason = %why, "load failed; retrying with the same label")
         }
+        Attempt::Misconfigured(why) => {
+            tracing::error!(sink, label, reason = %why, "the sink's configuration stops every load: fix it (no batch is dead-lettered for this); retrying with the same label")
+        }
         Attempt::Uncertain(why) => {
             tracing::warn!(sink, label, reason = %why, "load outcome unknown; asking StarRocks for the label's state before any re-send")
         }

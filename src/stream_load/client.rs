@@ -132,6 +132,10 @@ pub enum TransportError {
     /// No body byte left this process: re-sending is safe.
     #[error("{0}")]
     NotSent(String),
+    /// The request could not be made because of the sink's configuration (a password
+    /// file that cannot be read, an unset variable); nothing was sent.
+    #[error("{0}")]
+    Misconfigured(String),
     /// The body was (partly) sent and no answer came: the load may have committed.
     #[error("{0}")]
     Unknown(String),
@@ -268,7 +272,9 @@ impl StreamLoadClient {
         body: &Bytes,
         body_sent: &mut bool,
     ) -> Result<Answer, TransportError> {
-        let auth = self.authorization().map_err(TransportError::NotSent)?;
+        let auth = self
+            .authorization()
+            .map_err(TransportError::Misconfigured)?;
         let (mut ep, mut conn) = self.connect_fe().await.map_err(TransportError::NotSent)?;
         let fe = ep.clone();
         let mut path = self.load_path.clone();

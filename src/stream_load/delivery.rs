@@ -33,6 +33,8 @@ pub enum Delivered {
 pub enum Attempt {
     Committed,
     Transient(String),
+    /// The sink's configuration stopped it; retried until someone fixes it.
+    Misconfigured(String),
     Uncertain(String),
     Permanent(String),
     /// `get_load_state` said the label is still pending.
@@ -47,6 +49,7 @@ impl Attempt {
         match self {
             Attempt::Committed => "committed",
             Attempt::Transient(_) => "retried",
+            Attempt::Misconfigured(_) => "misconfigured",
             Attempt::Uncertain(_) => "uncertain",
             Attempt::Permanent(_) => "refused",
             Attempt::Pending => "pending",
@@ -139,6 +142,7 @@ pub async fn deliver_from(
                 client.expected_rows(rows),
             ),
             Err(TransportError::NotSent(e)) => Verdict::Transient { reason: e },
+            Err(TransportError::Misconfigured(e)) => Verdict::Misconfigured { reason: e },
             Err(TransportError::Unknown(e)) => Verdict::Uncertain { reason: e },
         };
         match verdict {
@@ -172,6 +176,7 @@ pub async fn deliver_from(
                 report(&Attempt::Transient(reason));
                 client.rotate_fe();
             }
+            Verdict::Misconfigured { reason } => report(&Attempt::Misconfigured(reason)),
         }
         tokio::time::sleep(backoff.wait()).await;
     }

@@ -12,7 +12,7 @@ pub enum Verdict {
     Uncertain { reason: String },
     /// Rolled back or never started, for a reason that may pass: re-send with the same label.
     Transient { reason: String },
-    /// StarRocks will never accept this batch as it is: dead-letter it.
+    /// StarRocks will never accept this batch's data as it is: dead-letter it.
     Permanent {
         reason: String,
         error_url: Option<String>,
@@ -21,6 +21,11 @@ pub enum Verdict {
     /// the way): the label is spent and part of the batch may be in the table. Keep the
     /// batch (dead-letter it, marked as maybe committed) rather than count it as loaded.
     Miscounted { reason: String },
+    /// The sink's configuration stops every load (access denied, an unknown table, a
+    /// password that cannot be read, an endpoint that is not a Stream Load API): no batch
+    /// is at fault, so none is dead-lettered. Logged as such, and retried with backoff
+    /// under the same label until someone fixes the configuration.
+    Misconfigured { reason: String },
 }
 
 /// [`classify`], knowing what was sent. An answer that came before the body was sent is
@@ -59,17 +64,24 @@ pub fn judge(http_status: u16, body: &[u8], body_sent: bool, rows_sent: Option<u
     }
 }
 
-/// Message fragments that mean a retry cannot help (stream-load.md, "Not retryable").
+/// Message fragments that mean this batch's data cannot load as it is (stream-load.md,
+/// "Not retryable").
 const PERMANENT: &[&str] = &[
     "too many filtered rows",
-    "access denied",
     "primary key size exceed the limit",
-    "only primary key table support partial update",
+];
+
+/// Message fragments that mean the sink's configuration (user, password, database,
+/// table, the table's kind, or a proxy that drops `Expect`) stops every load, whatever
+/// the data (stream-load.md, "Not retryable").
+const MISCONFIGURED: &[&str] = &[
+    "access denied",
     "no valid basic authorization",
     "there is no 100-continue header",
     "unknown database",
     "unknown table",
     "does not exist",
+    "only primary key table support partial update",
 ];
 
 /// Message fragments of failures that pass (stream-load.md, "Retry with backoff").
@@ -112,11 +124,17 @@ pub fn classify(http_status: u16, body: &[u8]) -> Verdict {
     match http_status {
         200 => {}
         401 | 403 => {
-            return Verdict::Permanent {
+            return Verdict::Misconfigured {
                 reason: format!(
                     "HTTP {http_status}: access denied; check the sink's user and password"
                 ),
-                error_url: None,
+            }
+        }
+        404 => {
+            return Verdict::Misconfigured {
+                reason: format!(
+                    "HTTP 404: {message}; check that feEndpoints are StarRocks FE HTTP ports"
+                ),
             }
         }
         408 | 429 | 500..=599 => {
@@ -165,6 +183,8 @@ pub fn classify(http_status: u16, body: &[u8]) -> Verdict {
                 Verdict::Uncertain {
                     reason: format!("label already used: {message}"),
                 }
+            } else if MISCONFIGURED.iter().any(|p| lower.contains(p)) {
+                Verdict::Misconfigured { reason: message }
             } else if PERMANENT.iter().any(|p| lower.contains(p)) {
                 Verdict::Permanent {
                     reason: message,
@@ -270,7 +290,7 @@ mod tests {
         // An early refusal is still a refusal.
         assert!(matches!(
             judge(401, b"", false, Some(10)),
-            Verdict::Permanent { .. }
+            Verdict::Misconfigured { .. }
         ));
     }
 
@@ -315,7 +335,7 @@ mod tests {
     }
 
     #[test]
-    fn data_and_access_failures_are_permanent_with_their_error_url() {
+    fn data_failures_are_permanent_with_their_error_url() {
         let verdict = v(
             r#"{"Status":"Fail","Message":"too many filtered rows","ErrorURL":"http://be:8040/api/_load_error_log?file=x"}"#,
         );
@@ -326,15 +346,8 @@ mod tests {
                 error_url: Some("http://be:8040/api/_load_error_log?file=x".into())
             }
         );
-        for msg in [
-            "Access denied; you need (at least one of) the INSERT privilege(s)",
-            "primary key size exceed the limit",
-            "only primary key table support partial update",
-            "no valid Basic authorization",
-        ] {
-            let body = format!(r#"{{"Status":"Fail","Message":"{msg}"}}"#);
-            assert!(matches!(v(&body), Verdict::Permanent { .. }), "{msg}");
-        }
+        let body = r#"{"Status":"Fail","Message":"primary key size exceed the limit"}"#;
+        assert!(matches!(v(body), Verdict::Permanent { .. }));
         assert!(matches!(
             v(r#"{"Status":"Fail","Message":"parse error at row 3","ErrorURL":"http://be/x"}"#),
             Verdict::Permanent { .. }
@@ -359,16 +372,21 @@ mod tests {
     }
 
     #[test]
-    fn fe_refusals_are_permanent_unless_known_to_pass() {
-        assert!(matches!(
-            v(
-                r#"{"Status":"FAILED","Message":"class com.starrocks.common.DdlException: There is no 100-continue header"}"#
-            ),
-            Verdict::Permanent { .. }
-        ));
+    fn configuration_causes_are_never_a_batchs_fault() {
+        for msg in [
+            "Access denied; you need (at least one of) the INSERT privilege(s)",
+            "only primary key table support partial update",
+            "no valid Basic authorization",
+            "class com.starrocks.common.DdlException: There is no 100-continue header",
+            "Unknown table 'shop.ordrs'",
+            "Unknown database 'shp'",
+        ] {
+            let body = format!(r#"{{"Status":"Fail","Message":"{msg}"}}"#);
+            assert!(matches!(v(&body), Verdict::Misconfigured { .. }), "{msg}");
+        }
         assert!(matches!(
             v(r#"{"status":"FAILED","msg":"Unknown table 'shop.ordrs'"}"#),
-            Verdict::Permanent { .. }
+            Verdict::Misconfigured { .. }
         ));
     }
 
@@ -376,9 +394,13 @@ mod tests {
     fn http_errors_are_classified_by_code() {
         assert!(matches!(classify(503, b"busy"), Verdict::Transient { .. }));
         assert!(matches!(classify(500, b""), Verdict::Transient { .. }));
-        assert!(matches!(classify(401, b""), Verdict::Permanent { .. }));
+        assert!(matches!(classify(401, b""), Verdict::Misconfigured { .. }));
         assert!(matches!(
             classify(404, b"no such path"),
+            Verdict::Misconfigured { .. }
+        ));
+        assert!(matches!(
+            classify(400, b"bad request"),
             Verdict::Permanent { .. }
         ));
     }
