@@ -57,7 +57,12 @@ impl FlushTrigger {
     }
 }
 
-/// The flush limits of one sink.
+/// Once shutdown has begun, records still arriving on open connections wait at most this
+/// long before they are flushed, whatever the sink's interval.
+pub const SHUTDOWN_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The flush limits of one sink. Size and rows are applied as records go in
+/// ([`Batch::push`] stops at either); time by [`FlushPolicy::flush_at`].
 #[derive(Clone, Copy, Debug)]
 pub struct FlushPolicy {
     pub max_bytes: usize,
@@ -66,6 +71,18 @@ pub struct FlushPolicy {
 }
 
 impl FlushPolicy {
+    /// When a batch whose oldest record arrived at `oldest` must be flushed: `interval`
+    /// after it, or at most [`SHUTDOWN_INTERVAL`] after it once the sink is stopping.
+    /// `None` for an empty batch. A time already past means now.
+    pub fn flush_at(&self, oldest: Option<Instant>, stopping: bool) -> Option<Instant> {
+        let wait = if stopping {
+            self.interval.min(SHUTDOWN_INTERVAL)
+        } else {
+            self.interval
+        };
+        oldest.map(|t| t + wait)
+    }
+
     pub fn of(sink: &SinkSpec) -> Self {
         Self {
             max_bytes: usize::try_from(sink.flush.max_bytes.0).unwrap_or(usize::MAX),
@@ -126,18 +143,6 @@ impl Batch {
     /// When its oldest record arrived.
     pub fn oldest(&self) -> Option<Instant> {
         self.oldest
-    }
-
-    /// When this batch must be flushed at the latest: its oldest record's arrival plus
-    /// the interval. `None` while empty.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.oldest.map(|t| t + self.policy.interval)
-    }
-
-    /// Like [`Batch::deadline`], with the interval capped at `cap` (used once shutdown
-    /// has begun, so records still arriving are not held for a long interval).
-    pub fn deadline_capped(&self, cap: Duration) -> Option<Instant> {
-        self.oldest.map(|t| t + self.policy.interval.min(cap))
     }
 
     /// Adds records of `chunk` from index `from` on. Returns `None` when all were taken,
@@ -287,7 +292,7 @@ mod tests {
     fn an_empty_batch_is_never_sealed() {
         let mut b = Batch::new(Format::Json, policy(1000, 100));
         assert!(b.seal(FlushTrigger::Shutdown).is_none());
-        assert!(b.deadline().is_none());
+        assert!(b.oldest().is_none());
     }
 
     #[test]
@@ -336,6 +341,41 @@ mod tests {
             ..chunk(Format::Csv, &["2"])
         };
         b.push(&later, 0);
-        assert_eq!(b.deadline(), Some(first.arrived + Duration::from_secs(1)));
+        assert_eq!(b.oldest(), Some(first.arrived));
+        let due = policy(1000, 100).flush_at(b.oldest(), false);
+        assert_eq!(due, Some(first.arrived + Duration::from_secs(1)));
+        b.seal(FlushTrigger::Interval);
+        assert!(b.oldest().is_none(), "a new batch starts its own clock");
+    }
+
+    #[test]
+    fn the_flush_time_is_the_interval_after_the_oldest_record_shorter_once_stopping() {
+        // A fake clock: instants built from one origin, nothing waits.
+        let t0 = Instant::now();
+        let secs = |s: u64| Duration::from_secs(s);
+        let with_interval = |interval: Duration| FlushPolicy {
+            max_bytes: 1000,
+            max_rows: 100,
+            interval,
+        };
+        let cases = [
+            (secs(5), None, false, None),
+            (secs(5), Some(t0), false, Some(t0 + secs(5))),
+            (secs(5), Some(t0), true, Some(t0 + SHUTDOWN_INTERVAL)),
+            (
+                Duration::from_millis(50),
+                Some(t0),
+                true,
+                Some(t0 + Duration::from_millis(50)),
+            ),
+            (secs(5), Some(t0 + secs(2)), false, Some(t0 + secs(7))),
+        ];
+        for (interval, oldest, stopping, want) in cases {
+            assert_eq!(
+                with_interval(interval).flush_at(oldest, stopping),
+                want,
+                "interval {interval:?}, oldest {oldest:?}, stopping {stopping}"
+            );
+        }
     }
 }

@@ -32,10 +32,6 @@ const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100)
 /// ...or once this many bytes are waiting, whichever comes first.
 const SYNC_BYTES: usize = 1 << 20;
 
-/// Once shutdown has begun, records still arriving on open connections wait at most this
-/// long before they are flushed, whatever the sink's interval.
-const SHUTDOWN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
-
 /// After a spool write fails, it is retried after this long, doubling up to...
 const REPAIR_FIRST: Duration = Duration::from_millis(50);
 /// ...this.
@@ -156,6 +152,79 @@ pub struct Stopping {
     pub deadline: CancellationToken,
 }
 
+/// The batch being filled, with what travels with its records.
+struct Filling {
+    batch: Batch,
+    /// The spool sequence numbers of its records.
+    seqs: Option<Range<u64>>,
+    /// The producers' lines in it.
+    acks: Vec<AckPart>,
+    /// The rest of a chunk that did not fit in the batch it arrived at: the chunk, its
+    /// first record not taken, and the sequence number of its first record.
+    leftover: Option<(Chunk, usize, u64)>,
+}
+
+impl Filling {
+    /// Takes what it can of the leftover chunk into the batch; returns the trigger when
+    /// that filled the batch (the rest stays leftover for the next one).
+    fn take_leftover(&mut self) -> Option<FlushTrigger> {
+        let (chunk, from, base) = self.leftover.take()?;
+        let pushed = self.batch.push(&chunk, from);
+        let taken_to = pushed.map_or(chunk.rows(), |(next, _)| next);
+        if taken_to > from {
+            let (start, end) = (base + from as u64, base + taken_to as u64);
+            self.seqs = Some(self.seqs.take().map_or(start..end, |s| s.start..end));
+            if let Some(conn) = &chunk.ack {
+                let first = chunk.first_line + from as u64;
+                AckPart::add(&mut self.acks, conn, first, (taken_to - from) as u64);
+            }
+        }
+        let (next, trigger) = pushed?;
+        self.leftover = (next < chunk.rows()).then_some((chunk, next, base));
+        Some(trigger)
+    }
+}
+
+/// Sealed batches not yet sent, in seal order: the next one (in memory), then those
+/// that wait on disk (with a spool; the spool held some at start, they come first).
+#[derive(Default)]
+struct Queue {
+    waiting: Option<Labelled>,
+    backlog: VecDeque<Labelled>,
+}
+
+impl Queue {
+    fn is_empty(&self) -> bool {
+        self.waiting.is_none() && self.backlog.is_empty()
+    }
+}
+
+/// The sink's one Stream Load client: idle, or lent to the load in flight.
+enum Load {
+    Idle(StreamLoadClient),
+    Busy(InFlight),
+    /// Only while a method moves the client from one to the other.
+    Moving,
+}
+
+/// What the sink task woke up for.
+enum Event {
+    /// The shutdown deadline: give up what is not committed.
+    Deadline,
+    Loaded(Result<(StreamLoadClient, Verdict, Bytes), tokio::task::JoinError>),
+    DeadLetterWritten(Result<(Refused, std::io::Result<PathBuf>), tokio::task::JoinError>),
+    /// SIGTERM.
+    Stop,
+    RepairDue,
+    BacklogRetryDue,
+    DeadLetterRetryDue,
+    SyncDue,
+    /// The filling batch's oldest record is due.
+    FlushDue,
+    /// A chunk from a producer, or `None`: every connection is gone.
+    Chunk(Option<Chunk>),
+}
+
 pub struct SinkTask {
     name: String,
     format: Format,
@@ -163,8 +232,19 @@ pub struct SinkTask {
     dead_letter_dir: PathBuf,
     policy: FlushPolicy,
     labels: LabelGen,
-    client: Option<StreamLoadClient>,
     rx: mpsc::Receiver<Chunk>,
+    filling: Filling,
+    queue: Queue,
+    load: Load,
+    /// Producers' chunks may still come (the channel is open).
+    input_open: bool,
+    /// SIGTERM was seen.
+    stopping: bool,
+    /// With `spoolSync: interval`: bytes written since the last sync, and when it is due.
+    unsynced_bytes: usize,
+    sync_due: Option<Instant>,
+    /// The spool was full when last looked at (its changes are logged).
+    was_full: bool,
     metrics: Arc<SinkMetrics>,
     /// The sink's spool, if it has one: records are appended on arrival, labels synced
     /// before the first send, verdicts recorded.
@@ -213,8 +293,20 @@ impl SinkTask {
             dead_letter_dir: sink.dead_letter_dir(),
             policy: FlushPolicy::of(sink),
             labels,
-            client: Some(client),
             rx,
+            filling: Filling {
+                batch: Batch::new(sink.format, FlushPolicy::of(sink)),
+                seqs: None,
+                acks: Vec::new(),
+                leftover: None,
+            },
+            queue: Queue::default(),
+            load: Load::Idle(client),
+            input_open: true,
+            stopping: false,
+            unsynced_bytes: 0,
+            sync_due: None,
+            was_full: false,
             metrics,
             spool: None,
             spool_sync: sink.spool_sync,
@@ -253,7 +345,7 @@ impl SinkTask {
 
     /// Retries what failed in the spool. Once it works, batches sealed meanwhile may be
     /// sent, their lines acked (`acks: spooled`), and producers are read again.
-    fn repair_spool(&mut self, waiting: &mut Option<Labelled>, backlog: &mut VecDeque<Labelled>) {
+    fn repair_spool(&mut self) {
         let (Some(spool), Some(trouble)) = (self.spool.as_mut(), self.spool_trouble) else {
             self.spool_trouble = None;
             return;
@@ -264,7 +356,8 @@ impl SinkTask {
                 self.metrics
                     .spooled
                     .fetch_add(std::mem::take(&mut self.unspooled_rows), Relaxed);
-                for batch in waiting.iter_mut().chain(backlog.iter_mut()) {
+                let queue = &mut self.queue;
+                for batch in queue.waiting.iter_mut().chain(queue.backlog.iter_mut()) {
                     batch.durable = true;
                 }
                 self.spool_synced();
@@ -282,12 +375,7 @@ impl SinkTask {
     /// Appends a received chunk's records to the spool; returns the first one's sequence
     /// number (0 without a spool). A failed write still numbers the records: they are
     /// the spool's, buffered until a repair puts them on disk.
-    fn spool_append(
-        &mut self,
-        chunk: &Chunk,
-        unsynced: &mut usize,
-        sync_due: &mut Option<Instant>,
-    ) -> u64 {
+    fn spool_append(&mut self, chunk: &Chunk) -> u64 {
         let Some(spool) = self.spool.as_mut() else {
             return 0;
         };
@@ -295,13 +383,14 @@ impl SinkTask {
         let synced = written.and_then(|()| match self.spool_sync {
             SpoolSync::Always => spool.sync().map(|()| true),
             SpoolSync::Interval => {
-                *unsynced += chunk.data.len();
-                if *unsynced >= SYNC_BYTES {
-                    *unsynced = 0;
-                    *sync_due = None;
+                self.unsynced_bytes += chunk.data.len();
+                if self.unsynced_bytes >= SYNC_BYTES {
+                    self.unsynced_bytes = 0;
+                    self.sync_due = None;
                     spool.sync().map(|()| true)
                 } else {
-                    sync_due.get_or_insert_with(|| Instant::now() + SYNC_INTERVAL);
+                    self.sync_due
+                        .get_or_insert_with(|| Instant::now() + SYNC_INTERVAL);
                     Ok(false)
                 }
             }
@@ -381,41 +470,48 @@ impl SinkTask {
     /// it. With a spool it waits on disk instead, its body dropped from memory, whenever
     /// it cannot be sent at once: memory then holds the batch loading and the one
     /// filling, never a third.
-    fn enqueue(
-        &self,
-        sealed: Option<Labelled>,
-        waiting: &mut Option<Labelled>,
-        backlog: &mut VecDeque<Labelled>,
-        loading: bool,
-    ) {
-        let Some(mut next) = sealed else { return };
+    fn enqueue(&mut self, mut next: Labelled) {
         let on_disk = self.spool.is_some() && next.seqs.is_some();
-        if waiting.is_none() && backlog.is_empty() && !(loading && on_disk) {
-            *waiting = Some(next);
+        let loading = matches!(self.load, Load::Busy(_));
+        if self.queue.is_empty() && !(loading && on_disk) {
+            self.queue.waiting = Some(next);
             return;
         }
         if on_disk {
             next.batch.body = Bytes::new();
             next.on_disk = true;
         }
-        backlog.push_back(next);
+        self.queue.backlog.push_back(next);
+    }
+
+    /// The next batch to send, if one may go now: `waiting` once its seal is on disk,
+    /// else the front of the backlog, read back from the spool.
+    fn next_to_send(&mut self) -> Option<Labelled> {
+        match self.queue.waiting.take() {
+            Some(w) if !w.durable => {
+                self.queue.waiting = Some(w);
+                None
+            }
+            Some(w) => Some(w),
+            None => self.take_backlog(),
+        }
     }
 
     /// The next queued batch, with its body read back from the spool if it waited there.
     /// While the spool fails, a batch on disk (or one whose seal is not) stays queued.
-    fn take_backlog(&mut self, backlog: &mut VecDeque<Labelled>) -> Option<Labelled> {
-        while let Some(mut next) = backlog.pop_front() {
+    fn take_backlog(&mut self) -> Option<Labelled> {
+        while let Some(mut next) = self.queue.backlog.pop_front() {
             if !next.on_disk {
                 if next.durable {
                     return Some(next);
                 }
-                backlog.push_front(next);
+                self.queue.backlog.push_front(next);
                 return None;
             }
             // A batch sealed while the spool failed is not on disk whole yet; one sealed
             // before is, and loading it frees space.
             if !next.durable || self.backlog_retry.is_some() {
-                backlog.push_front(next);
+                self.queue.backlog.push_front(next);
                 return None;
             }
             match self.read_back(next.seqs.clone(), &next.label, next.batch.rows) {
@@ -458,7 +554,7 @@ impl SinkTask {
                         (self.backlog_backoff * 2).clamp(REPAIR_FIRST, REPAIR_MAX);
                     tracing::warn!(sink = %self.name, label = %next.label, error = %e, retry_in_ms = self.backlog_backoff.as_millis() as u64, "cannot read a batch back from the spool; trying again");
                     self.backlog_retry = Some(RetryAt::after(self.backlog_backoff));
-                    backlog.push_front(next);
+                    self.queue.backlog.push_front(next);
                     return None;
                 }
             }
@@ -497,222 +593,191 @@ impl SinkTask {
     }
 
     /// Sealing is possible now: `waiting` is free, or a spool can hold the batch.
-    fn can_seal(&self, waiting: &Option<Labelled>) -> bool {
-        waiting.is_none() || self.spool.is_some()
+    fn can_seal(&self) -> bool {
+        self.queue.waiting.is_none() || self.spool.is_some()
     }
 
     /// Runs until the channel is closed and everything is loaded, or the deadline passes.
     ///
-    /// One `select!` over every event the sink waits for; each arm's guard says when that
-    /// event matters. It is long because the guards only make sense side by side.
+    /// Each turn: start the next load if the client is idle, move records of a chunk
+    /// into the batch (sealing it when full), and once producers are gone seal the rest;
+    /// otherwise wait for the next [`Event`] and handle it.
     pub async fn run(mut self, stopping: Stopping) {
-        let mut filling = Batch::new(self.format, self.policy);
-        // The spool sequence numbers of the filling batch's records.
-        let mut filling_seqs: Option<Range<u64>> = None;
-        // The producers' lines in the filling batch.
-        let mut filling_acks: Vec<AckPart> = Vec::new();
-        // The rest of a chunk that did not fit in the batch it arrived at, with the
-        // sequence number of the chunk's first record.
-        let mut leftover: Option<(Chunk, usize, u64)> = None;
-        // A sealed batch waiting for the load in flight. Without a spool, nothing is read
-        // while it waits.
-        let mut waiting: Option<Labelled> = None;
-        // With a spool: sealed batches behind `waiting`, in seal order, kept on disk only.
-        // Those the spool held sealed at start come first.
-        let mut backlog: VecDeque<Labelled> = VecDeque::new();
-        let mut in_flight: Option<InFlight> = None;
-        let mut input_open = true;
-        let mut stop_seen = false;
-        let mut unsynced = 0usize;
-        let mut sync_due: Option<Instant> = None;
-        let mut was_full = false;
-
         if let Some(replay) = self.replay.take() {
-            leftover = self.take_replay(replay, &mut backlog);
+            self.take_replay(replay);
         }
-
         loop {
-            if in_flight.is_none() {
-                let next = match waiting.take() {
-                    Some(w) if !w.durable => {
-                        waiting = Some(w);
-                        None
+            self.start_next_load();
+            if self.can_seal() {
+                if self.filling.leftover.is_some() {
+                    if let Some(trigger) = self.filling.take_leftover() {
+                        self.seal_filling(trigger);
                     }
-                    Some(w) => Some(w),
-                    None => self.take_backlog(&mut backlog),
-                };
-                if let Some(next) = next {
-                    in_flight = Some(self.start_load(next));
-                }
-            }
-            if self.can_seal(&waiting) {
-                if let Some((chunk, from, base)) = leftover.take() {
-                    let pushed = filling.push(&chunk, from);
-                    let taken_to = pushed.map_or(chunk.rows(), |(next, _)| next);
-                    if taken_to > from {
-                        let (start, end) = (base + from as u64, base + taken_to as u64);
-                        filling_seqs = Some(filling_seqs.map_or(start..end, |s| s.start..end));
-                        if let Some(conn) = &chunk.ack {
-                            let first = chunk.first_line + from as u64;
-                            AckPart::add(&mut filling_acks, conn, first, (taken_to - from) as u64);
-                        }
-                    }
-                    if let Some((next, trigger)) = pushed {
-                        let sealed =
-                            self.seal(&mut filling, &mut filling_seqs, &mut filling_acks, trigger);
-                        self.enqueue(sealed, &mut waiting, &mut backlog, in_flight.is_some());
-                        leftover = (next < chunk.rows()).then_some((chunk, next, base));
-                    }
-                    self.update_buffered(&filling, &waiting, &backlog, &in_flight);
+                    self.publish();
                     continue;
                 }
-            }
-            if !input_open && leftover.is_none() && self.can_seal(&waiting) {
-                if !filling.is_empty() {
-                    let sealed = self.seal(
-                        &mut filling,
-                        &mut filling_seqs,
-                        &mut filling_acks,
-                        FlushTrigger::Shutdown,
-                    );
-                    self.enqueue(sealed, &mut waiting, &mut backlog, in_flight.is_some());
-                    continue;
-                }
-                if in_flight.is_none()
-                    && waiting.is_none()
-                    && backlog.is_empty()
-                    // Refused batches in the spool are safe there: the next start
-                    // writes their files. Those in memory are tried until the deadline.
-                    && self.refused.iter().all(|r| r.on_disk)
-                    && self.dead_letter_writing.is_none()
-                {
-                    break;
-                }
-            }
-
-            // A full spool stops the reads (producers wait on their sockets) until verdicts
-            // free space. Once shutdown has begun, records already accepted still go in.
-            let spool_full = !stop_seen && self.spool.as_ref().is_some_and(Spool::is_full);
-            if spool_full != was_full {
-                was_full = spool_full;
-                if spool_full {
-                    tracing::warn!(sink = %self.name, bytes = self.spool.as_ref().map_or(0, Spool::bytes), "spool is full (spoolMaxBytes); producers wait until loads free space");
-                } else {
-                    tracing::info!(sink = %self.name, "spool has room again; reading producers");
-                }
-            }
-            // Producers are read only while what they send has somewhere to go: the spool
-            // works and has room, and no refused batch holds memory waiting for its file.
-            let readable = input_open
-                && leftover.is_none()
-                && self.can_seal(&waiting)
-                && !spool_full
-                && self.spool_trouble.is_none()
-                && self.refused.iter().all(|r| r.on_disk);
-            let deadline = if stop_seen {
-                filling.deadline_capped(SHUTDOWN_INTERVAL)
-            } else {
-                filling.deadline()
-            };
-            let repair_at = self.spool_trouble.map(|t| t.at);
-            let backlog_at = self.backlog_retry.map(|r| r.at);
-            let dead_letter_at = self
-                .dead_letter_retry
-                .filter(|_| self.dead_letter_writing.is_none())
-                .map(|r| r.at);
-            tokio::select! {
-                biased;
-                _ = stopping.deadline.cancelled() => {
-                    if let Some(f) = in_flight.take() {
-                        f.handle.abort();
+                if !self.input_open {
+                    if !self.filling.batch.is_empty() {
+                        self.seal_filling(FlushTrigger::Shutdown);
+                        continue;
                     }
-                    break;
-                }
-                done = join(in_flight.as_mut().map(|f| &mut f.handle)), if in_flight.is_some() => {
-                    let Some(finished) = in_flight.take() else { continue };
-                    match done {
-                        Ok((client, verdict, body)) => {
-                            self.client = Some(client);
-                            self.finish_load(finished, verdict, body, &mut filling);
-                        }
-                        Err(e) => {
-                            tracing::error!(sink = %self.name, error = %e, "load task failed; its records are lost");
-                            return;
-                        }
-                    }
-                }
-                written = join(self.dead_letter_writing.as_mut()), if self.dead_letter_writing.is_some() => {
-                    self.dead_letter_writing = None;
-                    match written {
-                        Ok((refused, result)) => self.dead_letter_written(refused, result),
-                        Err(e) => {
-                            tracing::error!(sink = %self.name, error = %e, "dead-letter task failed; its records are lost");
-                            return;
-                        }
-                    }
-                }
-                _ = stopping.stop.cancelled(), if !stop_seen => {
-                    stop_seen = true;
-                    if self.can_seal(&waiting) && !filling.is_empty() {
-                        let sealed = self.seal(&mut filling, &mut filling_seqs, &mut filling_acks, FlushTrigger::Shutdown);
-                        self.enqueue(sealed, &mut waiting, &mut backlog, in_flight.is_some());
-                    }
-                }
-                _ = sleep_until(repair_at), if repair_at.is_some() => {
-                    self.repair_spool(&mut waiting, &mut backlog);
-                }
-                _ = sleep_until(backlog_at), if backlog_at.is_some() => {
-                    self.backlog_retry = None;
-                }
-                _ = sleep_until(dead_letter_at), if dead_letter_at.is_some() => {
-                    self.dead_letter_retry = None;
-                    self.retry_dead_letter();
-                }
-                _ = sleep_until(sync_due), if sync_due.is_some() => {
-                    sync_due = None;
-                    unsynced = 0;
-                    match self.spool.as_mut().map(Spool::sync) {
-                        Some(Ok(())) => self.spool_synced(),
-                        Some(Err(e)) => self.spool_failed("sync", e),
-                        None => {}
-                    }
-                }
-                _ = sleep_until(deadline), if deadline.is_some() && self.can_seal(&waiting) => {
-                    let sealed = self.seal(&mut filling, &mut filling_seqs, &mut filling_acks, FlushTrigger::Interval);
-                    self.enqueue(sealed, &mut waiting, &mut backlog, in_flight.is_some());
-                }
-                chunk = self.rx.recv(), if readable => {
-                    match chunk {
-                        Some(chunk) => {
-                            let base = self.spool_append(&chunk, &mut unsynced, &mut sync_due);
-                            leftover = Some((chunk, 0, base));
-                        }
-                        None => input_open = false,
+                    if self.all_settled() {
+                        break;
                     }
                 }
             }
-            self.update_buffered(&filling, &waiting, &backlog, &in_flight);
+            let event = self.next_event(&stopping).await;
+            if !self.handle(event) {
+                break;
+            }
+            self.publish();
         }
         // A last try to put what the spool buffered on disk, so that it counts as spooled.
         if self.spool_trouble.is_some() {
-            self.repair_spool(&mut waiting, &mut backlog);
+            self.repair_spool();
         }
-        self.update_buffered(&filling, &waiting, &backlog, &in_flight);
+        self.publish();
+    }
+
+    /// Nothing is left to do once producers are gone: no batch is loading or queued, and
+    /// refused batches wait in the spool (the next start writes their files), not here.
+    fn all_settled(&self) -> bool {
+        matches!(self.load, Load::Idle(_))
+            && self.queue.is_empty()
+            && self.refused.iter().all(|r| r.on_disk)
+            && self.dead_letter_writing.is_none()
+    }
+
+    /// Starts the next load when the client is idle and a batch may go.
+    fn start_next_load(&mut self) {
+        if !matches!(self.load, Load::Idle(_)) {
+            return;
+        }
+        let Some(next) = self.next_to_send() else {
+            return;
+        };
+        if let Load::Idle(client) = std::mem::replace(&mut self.load, Load::Moving) {
+            self.load = Load::Busy(self.start_load(client, next));
+        }
+    }
+
+    /// Producers are read only while what they send has somewhere to go: the batch can
+    /// take it, the spool works and has room, and no refused batch holds memory waiting
+    /// for its file. A full spool stops the reads until verdicts free space; once
+    /// shutdown has begun, records already accepted still go in.
+    fn readable(&mut self) -> bool {
+        let spool_full = !self.stopping && self.spool.as_ref().is_some_and(Spool::is_full);
+        if spool_full != self.was_full {
+            self.was_full = spool_full;
+            if spool_full {
+                tracing::warn!(sink = %self.name, bytes = self.spool.as_ref().map_or(0, Spool::bytes), "spool is full (spoolMaxBytes); producers wait until loads free space");
+            } else {
+                tracing::info!(sink = %self.name, "spool has room again; reading producers");
+            }
+        }
+        self.input_open
+            && self.filling.leftover.is_none()
+            && self.can_seal()
+            && !spool_full
+            && self.spool_trouble.is_none()
+            && self.refused.iter().all(|r| r.on_disk)
+    }
+
+    /// Waits for the next event that matters now; each arm's guard says when it does.
+    async fn next_event(&mut self, stopping: &Stopping) -> Event {
+        let readable = self.readable();
+        let flush_at = self
+            .policy
+            .flush_at(self.filling.batch.oldest(), self.stopping)
+            .filter(|_| self.can_seal());
+        let repair_at = self.spool_trouble.map(|t| t.at);
+        let backlog_at = self.backlog_retry.map(|r| r.at);
+        let dead_letter_at = self
+            .dead_letter_retry
+            .filter(|_| self.dead_letter_writing.is_none())
+            .map(|r| r.at);
+        let loading = match &mut self.load {
+            Load::Busy(f) => Some(&mut f.handle),
+            _ => None,
+        };
+        tokio::select! {
+            biased;
+            _ = stopping.deadline.cancelled() => Event::Deadline,
+            done = join(loading) => Event::Loaded(done),
+            written = join(self.dead_letter_writing.as_mut()) => Event::DeadLetterWritten(written),
+            _ = stopping.stop.cancelled(), if !self.stopping => Event::Stop,
+            _ = sleep_until(repair_at) => Event::RepairDue,
+            _ = sleep_until(backlog_at) => Event::BacklogRetryDue,
+            _ = sleep_until(dead_letter_at) => Event::DeadLetterRetryDue,
+            _ = sleep_until(self.sync_due) => Event::SyncDue,
+            _ = sleep_until(flush_at) => Event::FlushDue,
+            chunk = self.rx.recv(), if readable => Event::Chunk(chunk),
+        }
+    }
+
+    /// Handles one event; false when the task must stop now.
+    fn handle(&mut self, event: Event) -> bool {
+        match event {
+            Event::Deadline => {
+                if let Load::Busy(f) = &self.load {
+                    f.handle.abort();
+                }
+                return false;
+            }
+            Event::Loaded(Ok((client, verdict, body))) => {
+                if let Load::Busy(finished) = std::mem::replace(&mut self.load, Load::Idle(client))
+                {
+                    self.finish_load(finished, verdict, body);
+                }
+            }
+            Event::DeadLetterWritten(Ok((refused, result))) => {
+                self.dead_letter_writing = None;
+                self.dead_letter_written(refused, result);
+            }
+            Event::Loaded(Err(e)) | Event::DeadLetterWritten(Err(e)) => {
+                tracing::error!(sink = %self.name, error = %e, "a load or dead-letter task failed; its records are lost");
+                return false;
+            }
+            Event::Stop => {
+                self.stopping = true;
+                if self.can_seal() && !self.filling.batch.is_empty() {
+                    self.seal_filling(FlushTrigger::Shutdown);
+                }
+            }
+            Event::RepairDue => self.repair_spool(),
+            Event::BacklogRetryDue => self.backlog_retry = None,
+            Event::DeadLetterRetryDue => {
+                self.dead_letter_retry = None;
+                self.retry_dead_letter();
+            }
+            Event::SyncDue => {
+                self.sync_due = None;
+                self.unsynced_bytes = 0;
+                match self.spool.as_mut().map(Spool::sync) {
+                    Some(Ok(())) => self.spool_synced(),
+                    Some(Err(e)) => self.spool_failed("sync", e),
+                    None => {}
+                }
+            }
+            Event::FlushDue => self.seal_filling(FlushTrigger::Interval),
+            Event::Chunk(Some(chunk)) => {
+                let base = self.spool_append(&chunk);
+                self.filling.leftover = Some((chunk, 0, base));
+            }
+            Event::Chunk(None) => self.input_open = false,
+        }
+        true
     }
 
     /// Takes what the spool held at start: sealed batches queue first, in seal order;
     /// records not yet in a batch come back as the first chunk, due at once.
-    fn take_replay(
-        &mut self,
-        replay: Replay,
-        backlog: &mut VecDeque<Labelled>,
-    ) -> Option<(Chunk, usize, u64)> {
+    fn take_replay(&mut self, replay: Replay) {
         let mut count = 0;
         for pending in replay.sealed {
             count += pending.rows;
-            backlog.push_back(self.replayed_batch(pending));
+            let batch = self.replayed_batch(pending);
+            self.queue.backlog.push_back(batch);
         }
-        let mut leftover = None;
         if let Some((first, _)) = replay.unsealed.first() {
             let records: Vec<Bytes> = replay.unsealed.iter().map(|(_, r)| r.clone()).collect();
             count += records.len() as u64;
@@ -721,22 +786,15 @@ impl SinkTask {
             chunk.arrived = Instant::now()
                 .checked_sub(self.policy.interval)
                 .unwrap_or_else(Instant::now);
-            leftover = Some((chunk, 0, *first));
+            self.filling.leftover = Some((chunk, 0, *first));
         }
         self.metrics.replayed.fetch_add(count, Relaxed);
         self.metrics.spooled.fetch_add(count, Relaxed);
-        leftover
     }
 
     /// A load's verdict: recorded in the spool, counted, acked; a refused batch whose
     /// dead-letter file could not be written is kept for a retry.
-    fn finish_load(
-        &mut self,
-        finished: InFlight,
-        verdict: Verdict,
-        body: Bytes,
-        filling: &mut Batch,
-    ) {
+    fn finish_load(&mut self, finished: InFlight, verdict: Verdict, body: Bytes) {
         let outcome = match &verdict {
             Verdict::Committed => Outcome::Committed,
             Verdict::DeadLettered => Outcome::DeadLettered,
@@ -755,10 +813,10 @@ impl SinkTask {
         match finished.trigger {
             FlushTrigger::Size | FlushTrigger::Rows => {
                 if let Ok(body) = body.try_into_mut() {
-                    filling.recycle(body.into());
+                    self.filling.batch.recycle(body.into());
                 }
             }
-            FlushTrigger::Interval | FlushTrigger::Shutdown => filling.release_spare(),
+            FlushTrigger::Interval | FlushTrigger::Shutdown => self.filling.batch.release_spare(),
         }
         let dead_lettered = matches!(verdict, Verdict::DeadLettered);
         if self.ack_queue.is_empty() {
@@ -886,16 +944,15 @@ impl SinkTask {
     /// the oldest record not yet loaded (batches finish in order, so it is in the first
     /// of: the refused batches, the load in flight, the waiting batch, the backlog, the
     /// filling batch).
-    fn update_buffered(
-        &self,
-        filling: &Batch,
-        waiting: &Option<Labelled>,
-        backlog: &VecDeque<Labelled>,
-        in_flight: &Option<InFlight>,
-    ) {
-        let bytes = filling.encoded_len() as u64
-            + waiting.as_ref().map_or(0, |w| w.batch.body.len() as u64)
-            + in_flight.as_ref().map_or(0, |f| f.bytes)
+    fn publish(&self) {
+        let in_flight = match &self.load {
+            Load::Busy(f) => Some(f),
+            _ => None,
+        };
+        let waiting = self.queue.waiting.as_ref();
+        let bytes = self.filling.batch.encoded_len() as u64
+            + waiting.map_or(0, |w| w.batch.body.len() as u64)
+            + in_flight.map_or(0, |f| f.bytes)
             + self
                 .refused
                 .iter()
@@ -907,10 +964,10 @@ impl SinkTask {
         }
         let oldest = [
             self.refused.front().map(|r| r.oldest),
-            in_flight.as_ref().map(|f| f.oldest),
-            waiting.as_ref().map(|w| w.oldest),
-            backlog.front().map(|b| b.oldest),
-            filling.oldest(),
+            in_flight.map(|f| f.oldest),
+            waiting.map(|w| w.oldest),
+            self.queue.backlog.front().map(|b| b.oldest),
+            self.filling.batch.oldest(),
         ]
         .into_iter()
         .flatten()
@@ -918,18 +975,16 @@ impl SinkTask {
         self.metrics.set_oldest_unloaded(oldest);
     }
 
-    fn seal(
-        &mut self,
-        filling: &mut Batch,
-        seqs: &mut Option<Range<u64>>,
-        acks: &mut Vec<AckPart>,
-        trigger: FlushTrigger,
-    ) -> Option<Labelled> {
-        let oldest = filling.oldest().unwrap_or_else(Instant::now);
-        let batch = filling.seal(trigger)?;
-        let acks = std::mem::take(acks);
+    /// Seals the filling batch under a new label (synced to the spool first, if there is
+    /// one) and queues it.
+    fn seal_filling(&mut self, trigger: FlushTrigger) {
+        let oldest = self.filling.batch.oldest().unwrap_or_else(Instant::now);
+        let Some(batch) = self.filling.batch.seal(trigger) else {
+            return;
+        };
+        let acks = std::mem::take(&mut self.filling.acks);
         let label = self.labels.next_label();
-        let seqs = seqs.take();
+        let seqs = self.filling.seqs.take();
         let mut durable = true;
         if let (Some(spool), Some(range)) = (self.spool.as_mut(), seqs.clone()) {
             // Durable before the first send: after a crash the batch is resolved by this
@@ -951,7 +1006,7 @@ impl SinkTask {
             label = %label,
             "flush"
         );
-        Some(Labelled {
+        let sealed = Labelled {
             label,
             batch,
             start: Start::Send,
@@ -960,13 +1015,11 @@ impl SinkTask {
             durable: durable && self.spool_trouble.is_none(),
             oldest,
             acks,
-        })
+        };
+        self.enqueue(sealed);
     }
 
-    fn start_load(&mut self, mut next: Labelled) -> InFlight {
-        let Some(mut client) = self.client.take() else {
-            unreachable!("the client is back whenever no load is in flight");
-        };
+    fn start_load(&mut self, mut client: StreamLoadClient, mut next: Labelled) -> InFlight {
         let rows = next.batch.rows;
         let bytes = next.batch.body.len() as u64;
         let trigger = next.batch.trigger;
@@ -1158,20 +1211,24 @@ mod tests {
             rx,
             metrics.clone(),
         );
-        let load = task.start_load(Labelled {
-            label: "p_orders_a_0".into(),
-            batch: Sealed {
-                body: Bytes::from_static(br#"[{"id":1},{"id":2}]"#),
-                rows: 2,
-                trigger: FlushTrigger::Shutdown,
+        let client = StreamLoadClient::new(&sink).unwrap();
+        let load = task.start_load(
+            client,
+            Labelled {
+                label: "p_orders_a_0".into(),
+                batch: Sealed {
+                    body: Bytes::from_static(br#"[{"id":1},{"id":2}]"#),
+                    rows: 2,
+                    trigger: FlushTrigger::Shutdown,
+                },
+                start: Start::Send,
+                seqs: None,
+                on_disk: false,
+                durable: true,
+                oldest: Instant::now(),
+                acks: Vec::new(),
             },
-            start: Start::Send,
-            seqs: None,
-            on_disk: false,
-            durable: true,
-            oldest: Instant::now(),
-            acks: Vec::new(),
-        });
+        );
         // A second signal exits without the sink task looking at the finished load: the
         // accounting must already have it.
         assert!(load.handle.await.is_ok());
