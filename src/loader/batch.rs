@@ -28,6 +28,24 @@ impl Chunk {
     pub fn rows(&self) -> usize {
         self.ends.len()
     }
+
+    /// Records (each without its line end) as one chunk, not tied to a connection.
+    pub fn from_records<R: AsRef<[u8]>>(format: Format, records: &[R]) -> Chunk {
+        let mut data = Vec::with_capacity(records.iter().map(|r| r.as_ref().len() + 1).sum());
+        let mut ends = Vec::with_capacity(records.len());
+        for r in records {
+            data.extend_from_slice(r.as_ref());
+            data.push(body::record_end(format));
+            ends.push(u32::try_from(data.len()).unwrap_or(u32::MAX));
+        }
+        Chunk {
+            ack: None,
+            first_line: 1,
+            data: data.into(),
+            ends,
+            arrived: Instant::now(),
+        }
+    }
 }
 
 /// Why a batch was sealed; the `trigger` label of `starsink_flushes_total`.
@@ -245,20 +263,7 @@ mod tests {
     use super::*;
 
     fn chunk(format: Format, records: &[&str]) -> Chunk {
-        let mut data = Vec::new();
-        let mut ends = Vec::new();
-        for r in records {
-            data.extend_from_slice(r.as_bytes());
-            data.push(body::record_end(format));
-            ends.push(data.len() as u32);
-        }
-        Chunk {
-            ack: None,
-            first_line: 1,
-            data: data.into(),
-            ends,
-            arrived: Instant::now(),
-        }
+        Chunk::from_records(format, records)
     }
 
     fn policy(max_bytes: usize, max_rows: u64) -> FlushPolicy {

@@ -1,0 +1,611 @@
+//! The sink task: sole owner of its sink's batches. It fills one batch from the channel
+//! while at most one other is being loaded, seals on size, rows, the oldest record's
+//! deadline or shutdown, and stops reading (backpressure) when a sealed batch must wait.
+
+mod filling;
+mod load;
+mod refused;
+mod spool_io;
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{Acks, Format, RetrySpec, SinkSpec, SpoolSync};
+use crate::loader::ack::ConnAck;
+use crate::loader::batch::{Batch, Chunk, FlushPolicy, FlushTrigger, Sealed};
+use crate::loader::dead_letter::{self, Refusal};
+use crate::loader::metrics::SinkMetrics;
+use crate::loader::spool::segment::Outcome;
+use crate::loader::spool::store::{PendingBatch, Replay, Spool};
+use crate::stream_load::{
+    body, deliver_from, Attempt, Delivered, LabelGen, Start, StreamLoadClient,
+};
+use filling::{Filling, Queue};
+use load::InFlight;
+use refused::Refused;
+use spool_io::REPAIR_MAX;
+
+/// A sealed batch with its label, fixed for the rest of its life.
+struct Labelled {
+    label: String,
+    batch: Sealed,
+    /// Replayed from the spool: resolve the label before any send.
+    start: Start,
+    /// Its records' spool sequence numbers (with a spool).
+    seqs: Option<Range<u64>>,
+    /// The body is not in memory: read it back from the spool when its turn comes.
+    on_disk: bool,
+    /// Its seal is synced (or there is no spool): it may be sent. A batch sealed while
+    /// the spool fails waits until a repair has put its label on disk.
+    durable: bool,
+    /// When its oldest record arrived.
+    oldest: Instant,
+    /// The producers' lines in it that wait for this batch's verdict.
+    acks: Vec<AckPart>,
+}
+
+/// Consecutive lines of one producer's connection within a batch.
+struct AckPart {
+    conn: Arc<ConnAck>,
+    first: u64,
+    count: u64,
+}
+
+impl AckPart {
+    /// Adds lines `first..first + count` of `conn` to `parts`, merged with the last part
+    /// when they continue it.
+    fn add(parts: &mut Vec<AckPart>, conn: &Arc<ConnAck>, first: u64, count: u64) {
+        if count == 0 {
+            return;
+        }
+        if let Some(last) = parts.last_mut() {
+            if Arc::ptr_eq(&last.conn, conn) && last.first + last.count == first {
+                last.count += count;
+                return;
+            }
+        }
+        parts.push(AckPart {
+            conn: conn.clone(),
+            first,
+            count,
+        });
+    }
+}
+
+/// How a load ended, as the sink task sees it.
+enum Verdict {
+    Committed,
+    DeadLettered,
+    /// Refused, and its dead-letter file could not be written yet: the sink task keeps
+    /// the batch and retries the write.
+    Refused(Refusal),
+}
+
+/// A retry that waits: when it is due, and how long the one after will wait.
+#[derive(Clone, Copy, Debug)]
+struct RetryAt {
+    at: Instant,
+    backoff: Duration,
+}
+
+impl RetryAt {
+    fn after(backoff: Duration) -> Self {
+        Self {
+            at: Instant::now() + backoff,
+            backoff,
+        }
+    }
+
+    /// The next retry, `backoff` doubled up to `max`.
+    fn next(self, max: Duration) -> Self {
+        Self::after((self.backoff * 2).min(max))
+    }
+}
+
+/// The shutdown signals a sink task obeys.
+#[derive(Clone)]
+pub struct Stopping {
+    /// SIGTERM: flush what is buffered now; keep taking records until the channel closes.
+    pub stop: CancellationToken,
+    /// The shutdown deadline: give up on whatever is not committed.
+    pub deadline: CancellationToken,
+}
+
+/// The sink's one Stream Load client: idle, or lent to the load in flight.
+enum Load {
+    Idle(StreamLoadClient),
+    Busy(InFlight),
+    /// Only while a method moves the client from one to the other.
+    Moving,
+}
+
+/// What the sink task woke up for.
+enum Event {
+    /// The shutdown deadline: give up what is not committed.
+    Deadline,
+    Loaded(Result<(StreamLoadClient, Verdict, Bytes), tokio::task::JoinError>),
+    DeadLetterWritten(Result<(Refused, std::io::Result<PathBuf>), tokio::task::JoinError>),
+    /// SIGTERM.
+    Stop,
+    RepairDue,
+    BacklogRetryDue,
+    DeadLetterRetryDue,
+    SyncDue,
+    /// The filling batch's oldest record is due.
+    FlushDue,
+    /// A chunk from a producer, or `None`: every connection is gone.
+    Chunk(Option<Chunk>),
+}
+
+pub struct SinkTask {
+    name: String,
+    format: Format,
+    retry: RetrySpec,
+    dead_letter_dir: PathBuf,
+    policy: FlushPolicy,
+    labels: LabelGen,
+    rx: mpsc::Receiver<Chunk>,
+    filling: Filling,
+    queue: Queue,
+    load: Load,
+    /// Producers' chunks may still come (the channel is open).
+    input_open: bool,
+    /// SIGTERM was seen.
+    stopping: bool,
+    /// With `spoolSync: interval`: bytes written since the last sync, and when it is due.
+    unsynced_bytes: usize,
+    sync_due: Option<Instant>,
+    /// The spool was full when last looked at (its changes are logged).
+    was_full: bool,
+    metrics: Arc<SinkMetrics>,
+    /// The sink's spool, if it has one: records are appended on arrival, labels synced
+    /// before the first send, verdicts recorded.
+    spool: Option<Spool>,
+    spool_sync: SpoolSync,
+    replay: Option<Replay>,
+    acks: Acks,
+    /// With `acks: spooled`: connections' lines written to the spool and not yet synced.
+    unsynced_acks: Vec<(Arc<ConnAck>, u64)>,
+    /// A spool write, sync, read or removal failed: no producer is read, and no batch
+    /// sealed since is sent, until [`Spool::repair`] succeeds at this retry.
+    spool_trouble: Option<RetryAt>,
+    /// Rows appended while the spool failed: in its buffer, not yet on disk.
+    unspooled_rows: u64,
+    /// Refused batches whose dead-letter file is not written yet, oldest first.
+    refused: VecDeque<Refused>,
+    /// When the front of `refused` is tried again.
+    dead_letter_retry: Option<RetryAt>,
+    /// The wait after the last failed dead-letter write (zero after a success).
+    dead_letter_backoff: Duration,
+    /// The dead-letter write under way, if any.
+    dead_letter_writing: Option<JoinHandle<(Refused, std::io::Result<PathBuf>)>>,
+    /// Verdicts reach producers in seal order, because `ok N` covers every line up to N:
+    /// while a refused batch waits for its file, the lines of batches that commit after
+    /// it wait here with it. (label, lines, verdict: dead-lettered or not, once known.)
+    ack_queue: VecDeque<(String, Vec<AckPart>, Option<bool>)>,
+    /// A batch could not be read back from the spool: the backlog is tried again at
+    /// this retry (producers are not held back for it).
+    backlog_retry: Option<RetryAt>,
+    /// The wait after the last failed read-back (zero after a success).
+    backlog_backoff: Duration,
+}
+
+impl SinkTask {
+    pub fn new(
+        sink: &SinkSpec,
+        labels: LabelGen,
+        client: StreamLoadClient,
+        rx: mpsc::Receiver<Chunk>,
+        metrics: Arc<SinkMetrics>,
+    ) -> Self {
+        Self {
+            name: sink.name.clone(),
+            format: sink.format,
+            retry: sink.retry,
+            dead_letter_dir: sink.dead_letter_dir(),
+            policy: FlushPolicy::of(sink),
+            labels,
+            rx,
+            filling: Filling {
+                batch: Batch::new(sink.format, FlushPolicy::of(sink)),
+                seqs: None,
+                acks: Vec::new(),
+                leftover: None,
+            },
+            queue: Queue::default(),
+            load: Load::Idle(client),
+            input_open: true,
+            stopping: false,
+            unsynced_bytes: 0,
+            sync_due: None,
+            was_full: false,
+            metrics,
+            spool: None,
+            spool_sync: sink.spool_sync,
+            replay: None,
+            acks: sink.acks,
+            unsynced_acks: Vec::new(),
+            spool_trouble: None,
+            unspooled_rows: 0,
+            refused: VecDeque::new(),
+            dead_letter_retry: None,
+            dead_letter_backoff: Duration::ZERO,
+            dead_letter_writing: None,
+            ack_queue: VecDeque::new(),
+            backlog_retry: None,
+            backlog_backoff: Duration::ZERO,
+        }
+    }
+
+    /// Gives the task its opened spool and what it held at start.
+    pub fn with_spool(mut self, spool: Spool, replay: Replay) -> Self {
+        self.spool = Some(spool);
+        self.replay = Some(replay);
+        self
+    }
+
+    /// A sealed batch goes to `waiting` when that is free and nothing is queued before
+    /// it. With a spool it waits on disk instead, its body dropped from memory, whenever
+    /// it cannot be sent at once: memory then holds the batch loading and the one
+    /// filling, never a third.
+    fn enqueue(&mut self, mut next: Labelled) {
+        let on_disk = self.spool.is_some() && next.seqs.is_some();
+        let loading = matches!(self.load, Load::Busy(_));
+        if self.queue.is_empty() && !(loading && on_disk) {
+            self.queue.waiting = Some(next);
+            return;
+        }
+        if on_disk {
+            next.batch.body = Bytes::new();
+            next.on_disk = true;
+        }
+        self.queue.backlog.push_back(next);
+    }
+
+    /// The next batch to send, if one may go now: `waiting` once its seal is on disk,
+    /// else the front of the backlog, read back from the spool.
+    fn next_to_send(&mut self) -> Option<Labelled> {
+        match self.queue.waiting.take() {
+            Some(w) if !w.durable => {
+                self.queue.waiting = Some(w);
+                None
+            }
+            Some(w) => Some(w),
+            None => self.take_backlog(),
+        }
+    }
+
+    /// Sealing is possible now: `waiting` is free, or a spool can hold the batch.
+    fn can_seal(&self) -> bool {
+        self.queue.waiting.is_none() || self.spool.is_some()
+    }
+
+    /// Runs until the channel is closed and everything is loaded, or the deadline passes.
+    ///
+    /// Each turn: start the next load if the client is idle, move records of a chunk
+    /// into the batch (sealing it when full), and once producers are gone seal the rest;
+    /// otherwise wait for the next [`Event`] and handle it.
+    pub async fn run(mut self, stopping: Stopping) {
+        if let Some(replay) = self.replay.take() {
+            self.take_replay(replay);
+        }
+        loop {
+            self.start_next_load();
+            if self.can_seal() {
+                if self.filling.leftover.is_some() {
+                    if let Some(trigger) = self.filling.take_leftover() {
+                        self.seal_filling(trigger);
+                    }
+                    self.publish();
+                    continue;
+                }
+                if !self.input_open {
+                    if !self.filling.batch.is_empty() {
+                        self.seal_filling(FlushTrigger::Shutdown);
+                        continue;
+                    }
+                    if self.all_settled() {
+                        break;
+                    }
+                }
+            }
+            let event = self.next_event(&stopping).await;
+            if !self.handle(event) {
+                break;
+            }
+            self.publish();
+        }
+        // A last try to put what the spool buffered on disk, so that it counts as spooled.
+        if self.spool_trouble.is_some() {
+            self.repair_spool();
+        }
+        self.publish();
+    }
+
+    /// Nothing is left to do once producers are gone: no batch is loading or queued, and
+    /// refused batches wait in the spool (the next start writes their files), not here.
+    fn all_settled(&self) -> bool {
+        matches!(self.load, Load::Idle(_))
+            && self.queue.is_empty()
+            && self.refused.iter().all(|r| r.on_disk)
+            && self.dead_letter_writing.is_none()
+    }
+
+    /// Starts the next load when the client is idle and a batch may go.
+    fn start_next_load(&mut self) {
+        if !matches!(self.load, Load::Idle(_)) {
+            return;
+        }
+        let Some(next) = self.next_to_send() else {
+            return;
+        };
+        if let Load::Idle(client) = std::mem::replace(&mut self.load, Load::Moving) {
+            self.load = Load::Busy(self.start_load(client, next));
+        }
+    }
+
+    /// Producers are read only while what they send has somewhere to go: the batch can
+    /// take it, the spool works and has room, and no refused batch holds memory waiting
+    /// for its file. A full spool stops the reads until verdicts free space; once
+    /// shutdown has begun, records already accepted still go in.
+    fn readable(&mut self) -> bool {
+        let spool_full = !self.stopping && self.spool.as_ref().is_some_and(Spool::is_full);
+        if spool_full != self.was_full {
+            self.was_full = spool_full;
+            if spool_full {
+                tracing::warn!(sink = %self.name, bytes = self.spool.as_ref().map_or(0, Spool::bytes), "spool is full (spoolMaxBytes); producers wait until loads free space");
+            } else {
+                tracing::info!(sink = %self.name, "spool has room again; reading producers");
+            }
+        }
+        self.input_open
+            && self.filling.leftover.is_none()
+            && self.can_seal()
+            && !spool_full
+            && self.spool_trouble.is_none()
+            && self.refused.iter().all(|r| r.on_disk)
+    }
+
+    /// Waits for the next event that matters now; each arm's guard says when it does.
+    async fn next_event(&mut self, stopping: &Stopping) -> Event {
+        let readable = self.readable();
+        let flush_at = self
+            .policy
+            .flush_at(self.filling.batch.oldest(), self.stopping)
+            .filter(|_| self.can_seal());
+        let repair_at = self.spool_trouble.map(|t| t.at);
+        let backlog_at = self.backlog_retry.map(|r| r.at);
+        let dead_letter_at = self
+            .dead_letter_retry
+            .filter(|_| self.dead_letter_writing.is_none())
+            .map(|r| r.at);
+        let loading = match &mut self.load {
+            Load::Busy(f) => Some(&mut f.handle),
+            _ => None,
+        };
+        tokio::select! {
+            biased;
+            _ = stopping.deadline.cancelled() => Event::Deadline,
+            done = join(loading) => Event::Loaded(done),
+            written = join(self.dead_letter_writing.as_mut()) => Event::DeadLetterWritten(written),
+            _ = stopping.stop.cancelled(), if !self.stopping => Event::Stop,
+            _ = sleep_until(repair_at) => Event::RepairDue,
+            _ = sleep_until(backlog_at) => Event::BacklogRetryDue,
+            _ = sleep_until(dead_letter_at) => Event::DeadLetterRetryDue,
+            _ = sleep_until(self.sync_due) => Event::SyncDue,
+            _ = sleep_until(flush_at) => Event::FlushDue,
+            chunk = self.rx.recv(), if readable => Event::Chunk(chunk),
+        }
+    }
+
+    /// Handles one event; false when the task must stop now.
+    fn handle(&mut self, event: Event) -> bool {
+        match event {
+            Event::Deadline => {
+                if let Load::Busy(f) = &self.load {
+                    f.handle.abort();
+                }
+                return false;
+            }
+            Event::Loaded(Ok((client, verdict, body))) => {
+                if let Load::Busy(finished) = std::mem::replace(&mut self.load, Load::Idle(client))
+                {
+                    self.finish_load(finished, verdict, body);
+                }
+            }
+            Event::DeadLetterWritten(Ok((refused, result))) => {
+                self.dead_letter_writing = None;
+                self.dead_letter_written(refused, result);
+            }
+            Event::Loaded(Err(e)) | Event::DeadLetterWritten(Err(e)) => {
+                tracing::error!(sink = %self.name, error = %e, "a load or dead-letter task failed; its records are lost");
+                return false;
+            }
+            Event::Stop => {
+                self.stopping = true;
+                if self.can_seal() && !self.filling.batch.is_empty() {
+                    self.seal_filling(FlushTrigger::Shutdown);
+                }
+            }
+            Event::RepairDue => self.repair_spool(),
+            Event::BacklogRetryDue => self.backlog_retry = None,
+            Event::DeadLetterRetryDue => {
+                self.dead_letter_retry = None;
+                self.retry_dead_letter();
+            }
+            Event::SyncDue => {
+                self.sync_due = None;
+                self.unsynced_bytes = 0;
+                match self.spool.as_mut().map(Spool::sync) {
+                    Some(Ok(())) => self.spool_synced(),
+                    Some(Err(e)) => self.spool_failed("sync", e),
+                    None => {}
+                }
+            }
+            Event::FlushDue => self.seal_filling(FlushTrigger::Interval),
+            Event::Chunk(Some(chunk)) => {
+                let base = self.spool_append(&chunk);
+                self.filling.leftover = Some((chunk, 0, base));
+            }
+            Event::Chunk(None) => self.input_open = false,
+        }
+        true
+    }
+
+    /// Publishes what the sink holds: bytes in memory, the spool's size, and the age of
+    /// the oldest record not yet loaded (batches finish in order, so it is in the first
+    /// of: the refused batches, the load in flight, the waiting batch, the backlog, the
+    /// filling batch).
+    fn publish(&self) {
+        let in_flight = match &self.load {
+            Load::Busy(f) => Some(f),
+            _ => None,
+        };
+        let waiting = self.queue.waiting.as_ref();
+        let bytes = self.filling.batch.encoded_len() as u64
+            + waiting.map_or(0, |w| w.batch.body.len() as u64)
+            + in_flight.map_or(0, |f| f.bytes)
+            + self
+                .refused
+                .iter()
+                .map(|r| r.body.len() as u64)
+                .sum::<u64>();
+        self.metrics.buffered_bytes.store(bytes, Relaxed);
+        if let Some(spool) = &self.spool {
+            self.metrics.spool_bytes.store(spool.bytes(), Relaxed);
+        }
+        let oldest = [
+            self.refused.front().map(|r| r.oldest),
+            in_flight.map(|f| f.oldest),
+            waiting.map(|w| w.oldest),
+            self.queue.backlog.front().map(|b| b.oldest),
+            self.filling.batch.oldest(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        self.metrics.set_oldest_unloaded(oldest);
+    }
+
+    /// Seals the filling batch under a new label (synced to the spool first, if there is
+    /// one) and queues it.
+    fn seal_filling(&mut self, trigger: FlushTrigger) {
+        let oldest = self.filling.batch.oldest().unwrap_or_else(Instant::now);
+        let Some(batch) = self.filling.batch.seal(trigger) else {
+            return;
+        };
+        let acks = std::mem::take(&mut self.filling.acks);
+        let label = self.labels.next_label();
+        let seqs = self.filling.seqs.take();
+        let mut durable = true;
+        if let (Some(spool), Some(range)) = (self.spool.as_mut(), seqs.clone()) {
+            // Durable before the first send: after a crash the batch is resolved by this
+            // label, never sent under another. Until then it waits.
+            match spool.seal(&label, range) {
+                Ok(()) => self.spool_synced(),
+                Err(e) => {
+                    durable = false;
+                    self.spool_failed("seal", e);
+                }
+            }
+        }
+        self.metrics.flushed(trigger);
+        tracing::info!(
+            sink = %self.name,
+            trigger = trigger.as_str(),
+            rows = batch.rows,
+            bytes = batch.body.len(),
+            label = %label,
+            "flush"
+        );
+        let sealed = Labelled {
+            label,
+            batch,
+            start: Start::Send,
+            seqs,
+            on_disk: false,
+            durable: durable && self.spool_trouble.is_none(),
+            oldest,
+            acks,
+        };
+        self.enqueue(sealed);
+    }
+}
+
+/// Waits for a task, if there is one (never resolves otherwise).
+async fn join<T>(task: Option<&mut JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(t) => t.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`; with no time, never wakes (the arm's guard keeps it off anyway).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dev_endpoint::{DevEndpoint, EndpointConfig};
+    use crate::loader::shutdown::Accounting;
+
+    #[tokio::test]
+    async fn a_load_counts_its_own_commit_so_an_exit_that_does_not_wait_for_the_sink_still_does() {
+        let sr = DevEndpoint::start(EndpointConfig::default()).await.unwrap();
+        let sink: SinkSpec = serde_yaml::from_str(&format!(
+            "name: orders\nsocket: /tmp/orders.sock\nstarrocks:\n  feEndpoints: [\"{}\"]\n  database: shop\n  table: orders\n",
+            sr.fe_url()
+        ))
+        .unwrap();
+        let metrics = Arc::new(SinkMetrics::new("orders"));
+        metrics.received.store(2, Relaxed);
+        let (_tx, rx) = mpsc::channel(1);
+        let mut task = SinkTask::new(
+            &sink,
+            LabelGen::new("p", "orders", "a"),
+            StreamLoadClient::new(&sink).unwrap(),
+            rx,
+            metrics.clone(),
+        );
+        let client = StreamLoadClient::new(&sink).unwrap();
+        let load = task.start_load(
+            client,
+            Labelled {
+                label: "p_orders_a_0".into(),
+                batch: Sealed {
+                    body: Bytes::from_static(br#"[{"id":1},{"id":2}]"#),
+                    rows: 2,
+                    trigger: FlushTrigger::Shutdown,
+                },
+                start: Start::Send,
+                seqs: None,
+                on_disk: false,
+                durable: true,
+                oldest: Instant::now(),
+                acks: Vec::new(),
+            },
+        );
+        // A second signal exits without the sink task looking at the finished load: the
+        // accounting must already have it.
+        assert!(load.handle.await.is_ok());
+        let accounting = Accounting::of(&[metrics]);
+        assert_eq!((accounting.committed, accounting.lost), (2, 0));
+        assert_eq!(sr.committed_rows(), 2);
+    }
+}
