@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use starsink::api::resource::StoredSink;
 use starsink::http1::Conn;
 use starsink::operator::certs::{renew, service_dns_names, Renewal, TlsMaterial, Validity};
-use starsink::operator::inject::{inject, InjectSettings, Outcome};
+use starsink::operator::inject::{inject, InjectSettings, Injection};
 use starsink::operator::manifests::read_sinks;
 use starsink::operator::webhook::{serve, tls_config, CertResolver, Webhook, WebhookMetrics};
 use tokio::net::TcpStream;
@@ -202,7 +202,7 @@ async fn the_patch_over_https_gives_what_inject_gives() {
         let mut typed: k8s_openapi::api::core::v1::Pod =
             serde_json::from_value(pod.clone()).unwrap();
         typed.metadata.namespace = Some("shop".into());
-        let Outcome::Injected(expected) = inject(&typed, &sinks(), &settings()) else {
+        let Injection::Injected(expected) = inject(&typed, &sinks(), &settings()) else {
             panic!("{case}: inject() did not inject");
         };
         let mut expected = serde_json::to_value(*expected).unwrap();

@@ -141,18 +141,18 @@ pub(super) async fn connection(stream: TcpStream, shared: &Shared) {
             shared.committed.send_replace(committed);
         };
         match outcome {
-            Outcome::Drop { rows } => {
+            LoadAnswer::Drop { rows } => {
                 shared.record_load(record("dropped", rows));
                 notify();
                 return;
             }
-            Outcome::Http503 => {
+            LoadAnswer::Http503 => {
                 shared.record_load(record("503", 0));
                 let _ = conn
                     .write_all(&response(503, "Service Unavailable", &[], b"busy\n"))
                     .await;
             }
-            Outcome::Answer {
+            LoadAnswer::Answer {
                 status,
                 message,
                 rows,
@@ -178,7 +178,7 @@ pub(super) async fn connection(stream: TcpStream, shared: &Shared) {
     }
 }
 
-enum Outcome {
+enum LoadAnswer {
     Answer {
         status: String,
         message: String,
@@ -192,8 +192,8 @@ enum Outcome {
     },
 }
 
-fn answer(status: &str, message: &str, rows: usize) -> Outcome {
-    Outcome::Answer {
+fn answer(status: &str, message: &str, rows: usize) -> LoadAnswer {
+    LoadAnswer::Answer {
         status: status.into(),
         message: message.into(),
         rows,
@@ -203,13 +203,13 @@ fn answer(status: &str, message: &str, rows: usize) -> Outcome {
 
 /// The answer to a request whose label is already taken, if it is: a finished or a
 /// running transaction keeps its label; an aborted one frees it for a retry.
-fn existing_label(shared: &Shared, label: &str) -> Option<Outcome> {
+fn existing_label(shared: &Shared, label: &str) -> Option<LoadAnswer> {
     let status = match shared.state().labels.get(label)? {
         LabelState::Committed | LabelState::Visible => "FINISHED",
         LabelState::Prepare => "RUNNING",
         LabelState::Aborted => return None,
     };
-    Some(Outcome::Answer {
+    Some(LoadAnswer::Answer {
         status: "Label Already Exists".into(),
         message: format!("Label [{label}] has already been used."),
         rows: 0,
@@ -225,11 +225,11 @@ fn load(
     json: bool,
     body: &[u8],
     faults: &super::Faults,
-) -> Outcome {
+) -> LoadAnswer {
     if shared.roll(faults.unavailable) {
         // No transaction began: a slow request's PREPARE label is free again.
         shared.state().labels.remove(label);
-        return Outcome::Http503;
+        return LoadAnswer::Http503;
     }
     if body.is_empty() {
         shared
@@ -252,7 +252,7 @@ fn load(
                 .state()
                 .labels
                 .insert(label.to_owned(), LabelState::Aborted);
-            return Outcome::Answer {
+            return LoadAnswer::Answer {
                 status: "Fail".into(),
                 message: format!("parse error: {e}"),
                 rows: 0,
@@ -280,7 +280,7 @@ fn load(
             .state()
             .labels
             .insert(label.to_owned(), LabelState::Aborted);
-        return Outcome::Answer {
+        return LoadAnswer::Answer {
             status: "Fail".into(),
             message: "too many filtered rows".into(),
             rows: count,
@@ -310,7 +310,7 @@ fn load(
         }
     }
     if drop_answer {
-        Outcome::Drop { rows: count }
+        LoadAnswer::Drop { rows: count }
     } else if publish_late {
         answer(
             "Publish Timeout",

@@ -73,7 +73,7 @@ pub fn default_resources() -> ResourceRequirements {
 
 /// What injection did with a pod.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
+pub enum Injection {
     /// Left as it was, and why (no opt-in, already injected, no sink left to serve).
     Unchanged(String),
     /// The pod with the loader attached.
@@ -110,15 +110,15 @@ pub fn unreadable_sinks_denial(pod: &Pod, unreadable: &[(String, SpecError)]) ->
 
 /// Attaches the loader to `pod` for the sinks it asks for. `sinks` are the sinks that
 /// exist (a sink in another namespace than the pod's is not a match).
-pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> Outcome {
+pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> Injection {
     let wanted = requested_sinks(pod);
     if wanted.is_empty() {
-        return Outcome::Unchanged(
+        return Injection::Unchanged(
             "no opt-in: needs the label starsink.io/inject: \"true\" and the annotation starsink.io/sinks".into(),
         );
     }
     let Some(spec) = pod.spec.as_ref() else {
-        return Outcome::Denied("the pod has no spec".into());
+        return Injection::Denied("the pod has no spec".into());
     };
     if pod.annotations().contains_key(INJECTED_ANNOTATION) {
         let has_loader = spec
@@ -128,7 +128,7 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
             .chain(spec.containers.iter())
             .any(|c| c.name == LOADER);
         if has_loader {
-            return Outcome::Unchanged("already injected".into());
+            return Injection::Unchanged("already injected".into());
         }
     }
     let namespace = pod.namespace();
@@ -162,12 +162,12 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
             == Some("skip");
         if !skip {
             let list = missing.join(", ");
-            return Outcome::Denied(format!(
+            return Injection::Denied(format!(
                 "pod {pod_name}: StarRocksSink {list} not found in namespace {ns}; create it (see examples/starrocks-sink.yaml: kubectl -n {ns} apply -f SINK.yaml), or remove it from the {SINKS_ANNOTATION} annotation; to start the pod without missing sinks, annotate it {ON_MISSING_ANNOTATION}: skip"
             ));
         }
         if found.is_empty() {
-            return Outcome::Unchanged(format!(
+            return Injection::Unchanged(format!(
                 "none of the sinks {} exists in namespace {ns} ({ON_MISSING_ANNOTATION}: skip)",
                 wanted.join(", ")
             ));
@@ -182,7 +182,7 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
         Some("Never") | Some("OnFailure")
     );
     if !native && runs_to_completion {
-        return Outcome::Denied(format!(
+        return Injection::Denied(format!(
             "pod {pod_name} runs to completion (restartPolicy {}), and this cluster ({}.{}) has no native sidecars: a loader container would keep it running forever; upgrade to Kubernetes 1.29 or later, or remove the starsink.io/inject label",
             spec.restart_policy.as_deref().unwrap_or(""),
             settings.kube_version.0,
@@ -200,7 +200,7 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
     let own_spool_volume = pod.annotations().get(SPOOL_VOLUME_ANNOTATION).cloned();
     if let Some(name) = &own_spool_volume {
         if !spec.volumes.iter().flatten().any(|v| &v.name == name) {
-            return Outcome::Denied(format!(
+            return Injection::Denied(format!(
                 "pod {pod_name}: annotation {SPOOL_VOLUME_ANNOTATION} names volume {name}, which the pod does not have; add that volume or remove the annotation"
             ));
         }
@@ -222,7 +222,7 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
         .collect();
     for v in spec.volumes.iter().flatten() {
         if volume_names.contains(&v.name) {
-            return Outcome::Denied(format!(
+            return Injection::Denied(format!(
                 "pod {pod_name}: it already has a volume named {}, which starsink needs for the loader; rename that volume",
                 v.name
             ));
@@ -235,7 +235,7 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
             .chain(spec.containers.iter())
     };
     if all_containers().any(|c| c.name == LOADER) {
-        return Outcome::Denied(format!(
+        return Injection::Denied(format!(
             "pod {pod_name}: it already has a container named {LOADER}, which starsink needs for the loader; rename that container"
         ));
     }
@@ -246,7 +246,7 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
             .flatten()
             .find(|m| m.mount_path.trim_end_matches('/') == SOCKET_DIR)
         {
-            return Outcome::Denied(format!(
+            return Injection::Denied(format!(
                 "pod {pod_name}: container {} already mounts {} at {SOCKET_DIR}, where starsink puts the sockets; move that mount",
                 c.name, m.name
             ));
@@ -254,7 +254,7 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
         for s in &found {
             let env = socket_env_name(&s.name_any());
             if c.env.iter().flatten().any(|e| e.name == env) {
-                return Outcome::Denied(format!(
+                return Injection::Denied(format!(
                     "pod {pod_name}: container {} already sets {env}, which starsink sets to the socket path; remove it",
                     c.name
                 ));
@@ -281,7 +281,7 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
     out.annotations_mut()
         .insert(INJECTED_ANNOTATION.into(), names.join(","));
     let Some(spec) = out.spec.as_mut() else {
-        return Outcome::Denied("the pod has no spec".into());
+        return Injection::Denied("the pod has no spec".into());
     };
     if spec
         .termination_grace_period_seconds
@@ -377,7 +377,7 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
     } else {
         spec.containers.push(loader);
     }
-    Outcome::Injected(Box::new(out))
+    Injection::Injected(Box::new(out))
 }
 
 /// The loader's `shutdownTimeout` for a pod grace period: the grace period minus a

@@ -5,7 +5,7 @@
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
-use super::inject::{inject, InjectSettings, Outcome};
+use super::inject::{inject, InjectSettings, Injection};
 use crate::api::StarRocksSink;
 
 #[derive(Debug, thiserror::Error)]
@@ -117,14 +117,14 @@ pub fn inject_manifests(
             message: format!("{field}: {e}"),
         })?;
         match inject(&pod, sinks, settings) {
-            Outcome::Unchanged(_) => out.push(doc.to_string()),
-            Outcome::Denied(why) => {
+            Injection::Unchanged(_) => out.push(doc.to_string()),
+            Injection::Denied(why) => {
                 return Err(InjectError::Document {
                     doc: label,
                     message: why,
                 })
             }
-            Outcome::Injected(injected) => {
+            Injection::Injected(injected) => {
                 let mut injected =
                     serde_json::to_value(*injected).map_err(|e| InjectError::Document {
                         doc: label.clone(),

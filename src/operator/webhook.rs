@@ -23,7 +23,7 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::inject::{inject, unreadable_sinks_denial, InjectSettings, Outcome};
+use super::inject::{inject, unreadable_sinks_denial, InjectSettings, Injection};
 use crate::api::resource::{SpecError, StoredSink};
 use crate::api::StarRocksSink;
 use crate::telemetry::Histogram;
@@ -219,9 +219,9 @@ impl Webhook {
             return (v1(answer.deny(why)), ReviewResult::Denied);
         }
         match inject(&pod, &sinks.readable, &self.settings) {
-            Outcome::Unchanged(_) => (v1(answer), ReviewResult::Unchanged),
-            Outcome::Denied(why) => (v1(answer.deny(why)), ReviewResult::Denied),
-            Outcome::Injected(injected) => {
+            Injection::Unchanged(_) => (v1(answer), ReviewResult::Unchanged),
+            Injection::Denied(why) => (v1(answer.deny(why)), ReviewResult::Denied),
+            Injection::Injected(injected) => {
                 let mut after = match serde_json::to_value(*injected) {
                     Ok(v) => v,
                     Err(e) => {

@@ -5,7 +5,7 @@ use super::*;
 
 pub(super) struct InFlight {
     /// Gives back the client, the verdict and the body (for reuse).
-    pub(super) handle: JoinHandle<(StreamLoadClient, Verdict, bytes::Bytes)>,
+    pub(super) handle: JoinHandle<(StreamLoadClient, LoadEnd, bytes::Bytes)>,
     pub(super) trigger: FlushTrigger,
     pub(super) label: String,
     pub(super) rows: u64,
@@ -42,11 +42,11 @@ pub(super) fn log_attempt(sink: &str, label: &str, attempt: &Attempt) {
 impl SinkTask {
     /// A load's verdict: recorded in the spool, counted, acked; a refused batch whose
     /// dead-letter file could not be written is kept for a retry.
-    pub(super) fn finish_load(&mut self, finished: InFlight, verdict: Verdict, body: Bytes) {
+    pub(super) fn finish_load(&mut self, finished: InFlight, verdict: LoadEnd, body: Bytes) {
         let outcome = match &verdict {
-            Verdict::Committed => Outcome::Committed,
-            Verdict::DeadLettered => Outcome::DeadLettered,
-            Verdict::Refused(refusal) => {
+            LoadEnd::Committed => Disposition::Committed,
+            LoadEnd::DeadLettered => Disposition::DeadLettered,
+            LoadEnd::Refused(refusal) => {
                 self.keep_refused(finished, refusal.clone(), body);
                 return;
             }
@@ -60,7 +60,7 @@ impl SinkTask {
             }
             FlushTrigger::Interval | FlushTrigger::Shutdown => self.filling.batch.release_spare(),
         }
-        let dead_lettered = matches!(verdict, Verdict::DeadLettered);
+        let dead_lettered = matches!(verdict, LoadEnd::DeadLettered);
         if self.ack_queue.is_empty() {
             self.ack_verdict(finished.acks, dead_lettered);
         } else {
@@ -118,7 +118,7 @@ struct LoadJob {
 }
 
 impl LoadJob {
-    async fn run(mut self) -> (StreamLoadClient, Verdict, Bytes) {
+    async fn run(mut self) -> (StreamLoadClient, LoadEnd, Bytes) {
         let started = std::time::Instant::now();
         let delivered = self.deliver(started).await;
         let secs = started.elapsed().as_secs_f64();
@@ -130,7 +130,7 @@ impl LoadJob {
                     tracing::warn!(sink = %sink, label = %label, filtered_rows, "StarRocks filtered rows of a committed load");
                 }
                 tracing::info!(sink = %sink, label = %label, rows, ms = (secs * 1000.0) as u64, outcome = "committed", "load");
-                Verdict::Committed
+                LoadEnd::Committed
             }
             Delivered::Refused {
                 reason,
@@ -151,15 +151,15 @@ impl LoadJob {
         // after a second signal the process exits without waiting for it, and a
         // committed batch must not be reported lost.
         match verdict {
-            Verdict::Committed => {
+            LoadEnd::Committed => {
                 self.metrics.loaded.fetch_add(rows, Relaxed);
                 let bytes = self.batch.body.len() as u64;
                 self.metrics.bytes_loaded.fetch_add(bytes, Relaxed);
             }
-            Verdict::DeadLettered => {
+            LoadEnd::DeadLettered => {
                 self.metrics.dead_lettered.fetch_add(rows, Relaxed);
             }
-            Verdict::Refused(_) => {}
+            LoadEnd::Refused(_) => {}
         }
         (self.client, verdict, self.batch.body)
     }
@@ -192,7 +192,7 @@ impl LoadJob {
 
     /// Writes the refused batch's dead-letter file; if that fails, the sink task keeps
     /// the batch and retries.
-    async fn dead_letter(&self, refusal: Refusal) -> Verdict {
+    async fn dead_letter(&self, refusal: Refusal) -> LoadEnd {
         let (sink, label, rows) = (&self.sink, &self.label, self.batch.rows);
         let dir = &self.dead_letter_dir;
         let written = dead_letter::write(
@@ -209,12 +209,12 @@ impl LoadJob {
             Ok(path) => {
                 self.metrics.load_attempt("dead_lettered");
                 tracing::error!(sink = %sink, label = %label, rows, reason = %refusal.reason, error_url = refusal.error_url.as_deref().unwrap_or(""), file = %path.display(), outcome = "dead_lettered", "load refused; batch written to the dead-letter directory");
-                Verdict::DeadLettered
+                LoadEnd::DeadLettered
             }
             Err(e) => {
                 self.metrics.dead_letter_failures.fetch_add(1, Relaxed);
                 tracing::error!(sink = %sink, label = %label, rows, reason = %refusal.reason, dir = %dir.display(), error = %e, "load refused and its dead-letter file cannot be written; the batch is kept and the write retried");
-                Verdict::Refused(refusal)
+                LoadEnd::Refused(refusal)
             }
         }
     }

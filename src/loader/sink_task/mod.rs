@@ -26,7 +26,7 @@ use crate::loader::ack::ConnAck;
 use crate::loader::batch::{Batch, Chunk, FlushPolicy, FlushTrigger, Sealed};
 use crate::loader::dead_letter::{self, Refusal};
 use crate::loader::metrics::SinkMetrics;
-use crate::loader::spool::segment::Outcome;
+use crate::loader::spool::segment::Disposition;
 use crate::loader::spool::store::{PendingBatch, Replay, Spool};
 use crate::stream_load::{
     body, deliver_from, Attempt, Delivered, LabelGen, Start, StreamLoadClient,
@@ -84,7 +84,7 @@ impl AckPart {
 }
 
 /// How a load ended, as the sink task sees it.
-enum Verdict {
+enum LoadEnd {
     Committed,
     DeadLettered,
     /// Refused, and its dead-letter file could not be written yet: the sink task keeps
@@ -134,7 +134,7 @@ enum Load {
 enum Event {
     /// The shutdown deadline: give up what is not committed.
     Deadline,
-    Loaded(Result<(StreamLoadClient, Verdict, Bytes), tokio::task::JoinError>),
+    Loaded(Result<(StreamLoadClient, LoadEnd, Bytes), tokio::task::JoinError>),
     DeadLetterWritten(Result<(Refused, std::io::Result<PathBuf>), tokio::task::JoinError>),
     /// SIGTERM.
     Stop,

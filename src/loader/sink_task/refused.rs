@@ -112,7 +112,7 @@ impl SinkTask {
     /// A refused batch is done with (its file written, or nothing left to write): its
     /// verdict is recorded, its lines answered, and the next refused batch tried.
     fn refused_settled(&mut self, label: &str) {
-        self.record_verdict(label, Outcome::DeadLettered);
+        self.record_verdict(label, Disposition::DeadLettered);
         self.dead_lettered_acks(label);
         self.metrics
             .dead_letters_pending

@@ -19,7 +19,7 @@ pub(super) const REPAIR_MAX: Duration = Duration::from_secs(5);
 impl SinkTask {
     /// Records a batch's verdict in the spool, if there is one (a failed write is
     /// repaired like any other).
-    pub(super) fn record_verdict(&mut self, label: &str, outcome: Outcome) {
+    pub(super) fn record_verdict(&mut self, label: &str, outcome: Disposition) {
         if let Some(Err(e)) = self.spool.as_mut().map(|s| s.done(label, outcome)) {
             self.spool_failed("verdict", e);
         }
@@ -162,7 +162,7 @@ impl SinkTask {
                 }
                 Ok(None) => {
                     tracing::warn!(sink = %self.name, label = %next.label, "none of this batch's records survived damage to the spool; nothing to load");
-                    self.record_verdict(&next.label, Outcome::Committed);
+                    self.record_verdict(&next.label, Disposition::Committed);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                     // The spool's bytes changed under it: what it cannot read back is
@@ -172,7 +172,7 @@ impl SinkTask {
                         .lost_to_damage
                         .fetch_add(next.batch.rows, Relaxed);
                     tracing::error!(sink = %self.name, label = %next.label, rows = next.batch.rows, error = %e, "spool damage: this batch cannot be read back and is lost");
-                    self.record_verdict(&next.label, Outcome::Committed);
+                    self.record_verdict(&next.label, Disposition::Committed);
                 }
                 Err(e) => {
                     self.metrics.spool_errors.fetch_add(1, Relaxed);

@@ -39,12 +39,12 @@ pub enum Frame {
         label: String,
     },
     /// The batch with this label has its verdict: its records need nothing more.
-    Done { label: String, outcome: Outcome },
+    Done { label: String, outcome: Disposition },
 }
 
 /// How a batch ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Disposition {
     Committed,
     DeadLettered,
 }
@@ -135,8 +135,8 @@ impl Frame {
             Frame::Done { label, outcome } => {
                 put_str(&mut head, label);
                 head.push(match outcome {
-                    Outcome::Committed => 0,
-                    Outcome::DeadLettered => 1,
+                    Disposition::Committed => 0,
+                    Disposition::DeadLettered => 1,
                 });
                 &[]
             }
@@ -213,8 +213,8 @@ impl Frame {
             3 => {
                 let label = take_str(&mut rest)?;
                 let outcome = match rest {
-                    [0] => Outcome::Committed,
-                    [1] => Outcome::DeadLettered,
+                    [0] => Disposition::Committed,
+                    [1] => Disposition::DeadLettered,
                     _ => return None,
                 };
                 Some(Frame::Done { label, outcome })
@@ -382,9 +382,9 @@ mod tests {
             (label, any::<bool>()).prop_map(|(label, dl)| Frame::Done {
                 label,
                 outcome: if dl {
-                    Outcome::DeadLettered
+                    Disposition::DeadLettered
                 } else {
-                    Outcome::Committed
+                    Disposition::Committed
                 }
             }),
         ]

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::segment::{self, Damage, FormatError, Frame, Outcome};
+use super::segment::{self, Damage, Disposition, FormatError, Frame};
 
 /// A segment is closed and a new one started past this size (or an eighth of the spool's
 /// cap, if smaller, so that space comes back in steps well below the cap).
@@ -712,7 +712,7 @@ impl Spool {
     /// The verdict counts at once; an error means only that the disk has not caught up
     /// (see [`Spool::repair`]). Losing an unwritten verdict in a crash costs no duplicate:
     /// the next start asks StarRocks for the label's state before any re-send.
-    pub fn done(&mut self, label: &str, outcome: Outcome) -> io::Result<()> {
+    pub fn done(&mut self, label: &str, outcome: Disposition) -> io::Result<()> {
         self.write_frame(&Frame::Done {
             label: label.to_owned(),
             outcome,
@@ -930,7 +930,7 @@ mod tests {
             spool.seal("p_s_1_0", 0..4).unwrap();
             spool.append(&recs(5..6)).unwrap();
             spool.seal("p_s_1_1", 4..6).unwrap();
-            spool.done("p_s_1_0", Outcome::Committed).unwrap();
+            spool.done("p_s_1_0", Disposition::Committed).unwrap();
             spool.append(&recs(6..8)).unwrap();
             // A crash: nothing more is written.
         }
@@ -1035,11 +1035,11 @@ mod tests {
         assert_eq!(spool.segment_count(), 3);
         spool.seal("l_0", a.clone()).unwrap();
         spool.seal("l_1", b.clone()).unwrap();
-        spool.done("l_0", Outcome::Committed).unwrap();
+        spool.done("l_0", Disposition::Committed).unwrap();
         // The first segment's record has its verdict; the second's label (sealed in the
         // current segment) and record do not.
         assert_eq!(spool.segment_count(), 2);
-        spool.done("l_1", Outcome::DeadLettered).unwrap();
+        spool.done("l_1", Disposition::DeadLettered).unwrap();
         assert_eq!(spool.segment_count(), 1);
         assert_eq!(list(dir.path()).unwrap().len(), 1);
     }
@@ -1070,9 +1070,9 @@ mod tests {
         spool.seal("l_0", a).unwrap();
         spool.seal("l_1", b).unwrap();
         // l_0 waits (its dead-letter file could not be written yet); l_1 is done.
-        spool.done("l_1", Outcome::Committed).unwrap();
+        spool.done("l_1", Disposition::Committed).unwrap();
         assert_eq!(spool.segment_count(), 3, "l_0's records must stay");
-        spool.done("l_0", Outcome::DeadLettered).unwrap();
+        spool.done("l_0", Disposition::DeadLettered).unwrap();
         assert_eq!(spool.segment_count(), 1);
         drop(spool);
         let (_, replay) = Spool::open_with(dir.path(), 64, u64::MAX).unwrap();
@@ -1150,7 +1150,9 @@ mod tests {
             spool.seal(&format!("l_{i}"), s.clone()).unwrap();
         }
         for i in 0..seqs.len() {
-            spool.done(&format!("l_{i}"), Outcome::Committed).unwrap();
+            spool
+                .done(&format!("l_{i}"), Disposition::Committed)
+                .unwrap();
         }
         // All verdicts in: only a fresh segment is left, whatever the current one held.
         assert!(!spool.is_full());
@@ -1171,7 +1173,7 @@ mod tests {
         assert_eq!(spool.read(4..17).unwrap(), recs(4..17));
         spool.seal("l_0", 0..4).unwrap();
         spool.seal("l_1", 4..17).unwrap();
-        spool.done("l_0", Outcome::Committed).unwrap();
+        spool.done("l_0", Disposition::Committed).unwrap();
         assert_eq!(spool.read(4..17).unwrap(), recs(4..17));
         drop(spool);
         // After a restart the pending batch is in the compacted segment, and still readable.
