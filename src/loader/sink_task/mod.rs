@@ -447,7 +447,7 @@ impl SinkTask {
             Event::SyncDue => {
                 self.sync_due = None;
                 self.unsynced_bytes = 0;
-                match self.spool.as_mut().map(Spool::sync) {
+                match self.spool.as_mut().map(|s| spool_io::blocking(|| s.sync())) {
                     Some(Ok(())) => self.spool_synced(),
                     Some(Err(e)) => self.spool_failed("sync", e),
                     None => {}
@@ -512,7 +512,7 @@ impl SinkTask {
         if let (Some(spool), Some(range)) = (self.spool.as_mut(), seqs.clone()) {
             // Durable before the first send: after a crash the batch is resolved by this
             // label, never sent under another. Until then it waits.
-            match spool.seal(&label, range) {
+            match spool_io::blocking(|| spool.seal(&label, range)) {
                 Ok(()) => self.spool_synced(),
                 Err(e) => {
                     durable = false;

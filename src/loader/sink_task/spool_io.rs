@@ -16,11 +16,26 @@ pub(super) const REPAIR_FIRST: Duration = Duration::from_millis(50);
 /// ...this.
 pub(super) const REPAIR_MAX: Duration = Duration::from_secs(5);
 
+/// Runs blocking file work (`fsync`, reads of the spool, removing segments) so that it
+/// does not stall the other tasks of the async worker it runs on: on the multi-threaded
+/// runtime the worker hands its other tasks over while this one blocks.
+pub(super) fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 impl SinkTask {
     /// Records a batch's verdict in the spool, if there is one (a failed write is
     /// repaired like any other).
     pub(super) fn record_verdict(&mut self, label: &str, outcome: Disposition) {
-        if let Some(Err(e)) = self.spool.as_mut().map(|s| s.done(label, outcome)) {
+        if let Some(Err(e)) = self
+            .spool
+            .as_mut()
+            .map(|s| blocking(|| s.done(label, outcome)))
+        {
             self.spool_failed("verdict", e);
         }
     }
@@ -43,7 +58,7 @@ impl SinkTask {
             self.spool_trouble = None;
             return;
         };
-        match spool.repair() {
+        match blocking(|| spool.repair()) {
             Ok(()) => {
                 self.spool_trouble = None;
                 self.metrics
@@ -72,15 +87,16 @@ impl SinkTask {
         let Some(spool) = self.spool.as_mut() else {
             return 0;
         };
+        // A write to the page cache: quick enough to do in place (the syncs are not).
         let (seqs, written) = spool.append_chunk(&chunk.data, &chunk.ends);
         let synced = written.and_then(|()| match self.spool_sync {
-            SpoolSync::Always => spool.sync().map(|()| true),
+            SpoolSync::Always => blocking(|| spool.sync()).map(|()| true),
             SpoolSync::Interval => {
                 self.unsynced_bytes += chunk.data.len();
                 if self.unsynced_bytes >= SYNC_BYTES {
                     self.unsynced_bytes = 0;
                     self.sync_due = None;
-                    spool.sync().map(|()| true)
+                    blocking(|| spool.sync()).map(|()| true)
                 } else {
                     self.sync_due
                         .get_or_insert_with(|| Instant::now() + SYNC_INTERVAL);
@@ -203,10 +219,12 @@ impl SinkTask {
         let mut body = Vec::with_capacity(self.policy.max_bytes.min(256 << 20));
         body.extend_from_slice(body::opening(self.format));
         let mut rows = 0u64;
-        spool.read_each(seqs, |record| {
-            body.extend_from_slice(&record);
-            body.push(delimiter);
-            rows += 1;
+        blocking(|| {
+            spool.read_each(seqs, |record| {
+                body.extend_from_slice(&record);
+                body.push(delimiter);
+                rows += 1;
+            })
         })?;
         if rows == 0 {
             return Ok(None);
