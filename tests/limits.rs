@@ -60,13 +60,7 @@ async fn loader_with_fd_limit(
         });
     }
     let child = cmd.spawn().expect("spawn starsink loader");
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while tokio::net::UnixStream::connect(&socket).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the loader listens");
+    wait_for_socket(&socket).await;
     (child, socket, port)
 }
 
@@ -193,8 +187,7 @@ async fn past_max_connections_a_producer_waits_until_another_leaves() {
 
 /// The sink's unfinished-line bytes now.
 async fn unfinished_bytes(port: u16) -> f64 {
-    let (_, text) = http_get(port, "/metrics").await;
-    metric(&text, "starsink_unfinished_line_bytes{sink=\"orders\"}")
+    metric_at(port, "starsink_unfinished_line_bytes{sink=\"orders\"}").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,17 +219,11 @@ async fn producers_stalled_mid_line_are_held_to_the_sinks_bound_by_dropping_the_
         // Each one past the fifth makes the loader drop one 200 KiB line: the bound
         // holds five, and the total never stays above it.
         let held = (id.min(4) + 1) as f64 * PART as f64;
-        let settled = tokio::time::timeout(Duration::from_secs(10), async {
-            while unfinished_bytes(port).await != held {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        });
-        assert!(
-            settled.await.is_ok(),
-            "held {} after producer {id}, want {held}; log:\n{}",
-            unfinished_bytes(port).await,
-            loader.log_text()
-        );
+        let what = format!("{held} bytes held after producer {id}");
+        wait_until(&what, Duration::from_secs(10), || async {
+            unfinished_bytes(port).await == held
+        })
+        .await;
     }
     assert!(loader.log_text().contains("dropping the longest"));
     // Every producer finishes its line: the five dropped ones are rejected as too long,

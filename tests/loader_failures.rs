@@ -625,13 +625,13 @@ async fn an_outage_longer_than_warn_after_is_warned_about_and_never_dead_lettere
         loader.log_text()
     );
     // Once everything is loaded, nothing waits: the gauge goes back to 0.
-    let drained = tokio::time::timeout(Duration::from_secs(10), async {
-        let gauge = "starsink_oldest_unloaded_record_age_seconds{sink=\"orders\"}";
-        while metric(&http_get(port, "/metrics").await.1, gauge) != 0.0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
-    assert!(drained.await.is_ok(), "{}", loader.log_text());
+    let gauge = "starsink_oldest_unloaded_record_age_seconds{sink=\"orders\"}";
+    wait_until(
+        "the age gauge back at 0",
+        Duration::from_secs(10),
+        || async { metric_at(port, gauge).await == 0.0 },
+    )
+    .await;
     let acc = loader.stop_expecting(0).await;
     assert_eq!(acc["committed"].as_u64(), Some(50), "{acc}");
     assert!(
@@ -673,12 +673,12 @@ async fn a_wrong_password_is_a_configuration_problem_retried_until_fixed_never_d
     )
     .await;
     let misconfigured = "starsink_loads_total{sink=\"orders\",outcome=\"misconfigured\"}";
-    let seen = tokio::time::timeout(Duration::from_secs(10), async {
-        while metric(&http_get(port, "/metrics").await.1, misconfigured) < 2.0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
-    assert!(seen.await.is_ok(), "{}", loader.log_text());
+    wait_until(
+        "two misconfigured attempts",
+        Duration::from_secs(10),
+        || async { metric_at(port, misconfigured).await >= 2.0 },
+    )
+    .await;
     // Someone fixes the password file (it is read again for each request).
     std::fs::write(loader.dir.path().join("password"), "s3cret\n").unwrap();
     assert!(

@@ -92,13 +92,7 @@ async fn loads_everything_with_stderr(stderr: OwnedFd) {
         .spawn()
         .expect("spawn starsink loader");
     // No log to wait on: the socket appearing is the loader being ready.
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while tokio::net::UnixStream::connect(&socket).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the loader listens");
+    wait_for_socket(&socket).await;
     write_lines(&socket, &rows(0, 1000)).await;
     assert!(sr.wait_for_rows(1000, Duration::from_secs(20)).await);
     kill(Pid::from_raw(child.id().unwrap() as i32), Signal::SIGTERM).unwrap();

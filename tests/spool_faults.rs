@@ -43,13 +43,6 @@ async fn start_on_small_disk(fe: &str, port: u16, extra: &str) -> Loader {
     .await
 }
 
-/// Waits (10s at most) for a log line containing `needle`.
-async fn expect_log(loader: &mut Loader, needle: &str) {
-    if !loader.wait_log(needle, Duration::from_secs(10)).await {
-        panic!("no log line with {needle:?}; log:\n{}", loader.log_text());
-    }
-}
-
 /// Writes zeros to `path` until the disk under it is full.
 fn fill_disk(path: &Path) {
     use std::io::Write;
@@ -67,28 +60,20 @@ fn fill_disk(path: &Path) {
 
 /// The loader's metric `name{sink="orders"}` now (or `name` as given, with its labels).
 async fn sink_metric(port: u16, name: &str) -> f64 {
-    let (_, text) = http_get(port, "/metrics").await;
     if name.contains('{') {
-        metric(&text, name)
+        metric_at(port, name).await
     } else {
-        metric(&text, &format!("{name}{{sink=\"orders\"}}"))
+        metric_at(port, &format!("{name}{{sink=\"orders\"}}")).await
     }
 }
 
-/// Waits until the metric reaches `at_least`; panics with the log after `within`.
-async fn await_metric(loader: &Loader, port: u16, name: &str, at_least: f64, within: Duration) {
-    let until = tokio::time::Instant::now() + within;
-    loop {
-        if sink_metric(port, name).await >= at_least {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "{name} stayed below {at_least} for {within:?}; log:\n{}",
-            loader.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Waits until the metric reaches `at_least`.
+async fn await_metric(port: u16, name: &str, at_least: f64, within: Duration) {
+    let what = format!("{name} to reach {at_least}");
+    wait_until(&what, within, || async {
+        sink_metric(port, name).await >= at_least
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,23 +92,27 @@ async fn a_full_disk_holds_producers_back_and_once_it_frees_every_row_loads_once
         let rows: Vec<String> = (0..N).map(row).collect();
         write_lines(&socket, &rows).await;
     });
-    expect_log(&mut loader, "spool write failed").await;
+    await_metric(
+        port,
+        "starsink_spool_errors_total",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
     // The spool gives back its reserve (1 MiB) and fills it too; from then on, while the
     // disk stays full, the repair keeps failing and no producer is read.
     let reserve = loader.inside(&loader.dir.path().join("disk/spool/RESERVE"));
-    let released = tokio::time::timeout(Duration::from_secs(10), async {
-        while reserve.exists() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
-    assert!(released.await.is_ok(), "{}", loader.log_text());
+    let within = Duration::from_secs(10);
+    wait_until("the reserve to be given back", within, || async {
+        !reserve.exists()
+    })
+    .await;
     let errors = "starsink_spool_errors_total";
     let failed = sink_metric(port, errors).await;
-    let within = Duration::from_secs(10);
-    await_metric(&loader, port, errors, failed + 1.0, within).await;
+    await_metric(port, errors, failed + 1.0, within).await;
     // The sink takes nothing more (connections may still fill its 16-chunk channel).
     let spooled = sink_metric(port, "starsink_records_spooled_total").await;
-    await_metric(&loader, port, errors, failed + 3.0, within).await;
+    await_metric(port, errors, failed + 3.0, within).await;
     assert_eq!(
         sink_metric(port, "starsink_records_spooled_total").await,
         spooled,
@@ -166,7 +155,6 @@ async fn stopped_while_the_disk_is_full_it_counts_what_is_on_disk_as_spooled() {
     )
     .await;
     await_metric(
-        &loader,
         port,
         "starsink_flushes_total{sink=\"orders\",trigger=\"interval\"}",
         1.0,
@@ -180,7 +168,13 @@ async fn stopped_while_the_disk_is_full_it_counts_what_is_on_disk_as_spooled() {
         &(1000..2000).map(row).collect::<Vec<_>>(),
     )
     .await;
-    expect_log(&mut loader, "spool write failed").await;
+    await_metric(
+        port,
+        "starsink_spool_errors_total",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
     loader.signal(Signal::SIGTERM);
     loader.wait_exit(Duration::from_secs(10)).await;
     let acc = loader.accounting();
@@ -224,13 +218,19 @@ async fn refused_with_dead_letters_blocked(extra: &str) -> Refusing {
         "{extra}    deadLetterDir: {}\n    flush:\n      maxRows: 100\n      interval: 100ms\n",
         dead_letters.display()
     );
-    let mut loader = Loader::start(|dir| config(dir, &fe, port, &extra)).await;
+    let loader = Loader::start(|dir| config(dir, &fe, port, &extra)).await;
     write_lines(
         &loader.socket("orders"),
         &(0..100).map(row).collect::<Vec<_>>(),
     )
     .await;
-    expect_log(&mut loader, "cannot be written; the batch is kept").await;
+    await_metric(
+        port,
+        "starsink_dead_letter_failures_total",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
     Refusing {
         sr,
         loader,
@@ -269,7 +269,6 @@ async fn a_dead_letter_file_that_cannot_be_written_waits_in_the_spool_while_othe
         1.0
     );
     await_metric(
-        &loader,
         port,
         "starsink_dead_letter_failures_total",
         2.0,
@@ -279,9 +278,12 @@ async fn a_dead_letter_file_that_cannot_be_written_waits_in_the_spool_while_othe
 
     // The directory can be written again: the retry writes the file.
     std::fs::remove_file(&dead_letters).unwrap();
-    expect_log(
-        &mut loader,
-        "refused batch written to the dead-letter directory",
+    let written =
+        || async { sink_metric(port, "starsink_records_dead_lettered_total").await >= 100.0 };
+    wait_until(
+        "the refused batch's dead-letter file",
+        Duration::from_secs(10),
+        written,
     )
     .await;
     assert_eq!(
@@ -322,9 +324,12 @@ async fn without_a_spool_a_refused_batch_waits_in_memory_for_its_dead_letter_fil
         write_lines(&socket, &(100..200).map(row).collect::<Vec<_>>()).await;
     });
     std::fs::remove_file(&dead_letters).unwrap();
-    expect_log(
-        &mut loader,
-        "refused batch written to the dead-letter directory",
+    let written =
+        || async { sink_metric(port, "starsink_records_dead_lettered_total").await >= 100.0 };
+    wait_until(
+        "the refused batch's dead-letter file",
+        Duration::from_secs(10),
+        written,
     )
     .await;
     producer.await.unwrap();
@@ -371,12 +376,17 @@ async fn lines_committed_after_a_refused_batch_are_not_acked_before_its_err_line
         |ids: std::ops::Range<u64>| ids.map(|i| format!("{}\n", row(i))).collect::<String>();
     // Lines 1-100 are refused, and their dead-letter file cannot be written yet...
     write.write_all(lines(0..100).as_bytes()).await.unwrap();
-    expect_log(&mut loader, "cannot be written; the batch is kept").await;
+    await_metric(
+        port,
+        "starsink_dead_letter_failures_total",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
     // ...while lines 101-200 commit.
     sr.set_faults(Faults::default());
     write.write_all(lines(100..200).as_bytes()).await.unwrap();
     await_metric(
-        &loader,
         port,
         "starsink_records_loaded_total",
         100.0,
@@ -410,7 +420,13 @@ async fn a_spool_that_fills_its_own_disk_goes_on_once_starrocks_takes_its_batche
     let producer = tokio::spawn(async move {
         write_lines(&socket, &(0..N).map(row).collect::<Vec<_>>()).await;
     });
-    expect_log(&mut loader, "spool write failed").await;
+    await_metric(
+        port,
+        "starsink_spool_errors_total",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
     // StarRocks comes back: the batches on disk load, which frees the space the rest needs.
     sr.set_faults(Faults::default());
     producer.await.expect("the producer finishes");
@@ -443,7 +459,7 @@ async fn a_batch_whose_spooled_bytes_changed_is_counted_as_damage_and_the_sink_g
     )
     .await;
     let flushes = "starsink_flushes_total{sink=\"orders\",trigger=\"rows\"}";
-    await_metric(&loader, port, flushes, 10.0, Duration::from_secs(10)).await;
+    await_metric(port, flushes, 10.0, Duration::from_secs(10)).await;
     // Something else writes over row 850 in the segment file.
     let segment = std::fs::read_dir(spool.path())
         .unwrap()
@@ -462,7 +478,6 @@ async fn a_batch_whose_spooled_bytes_changed_is_counted_as_damage_and_the_sink_g
     // The damaged batch is dropped, counted and logged; the others load once, and
     // producers are still read.
     await_metric(
-        &loader,
         port,
         "starsink_spool_damage_total",
         1.0,
@@ -474,17 +489,13 @@ async fn a_batch_whose_spooled_bytes_changed_is_counted_as_damage_and_the_sink_g
         &(1000..1100).map(row).collect::<Vec<_>>(),
     )
     .await;
-    let loaded = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let ids = ids(&sr.rows("shop.orders"));
-            if ids.contains(&1099) {
-                return ids;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("rows written after the damage load");
+    wait_until(
+        "rows written after the damage to load",
+        Duration::from_secs(10),
+        || async { ids(&sr.rows("shop.orders")).contains(&1099) },
+    )
+    .await;
+    let loaded = ids(&sr.rows("shop.orders"));
     let acc = loader.stop_expecting(1).await;
     let n = |k: &str| acc[k].as_u64().unwrap_or_default();
     assert_eq!(n("accepted"), 1100, "{acc}");

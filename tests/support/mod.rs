@@ -400,3 +400,33 @@ pub fn parse_acks(acks: &[String]) -> (Vec<u64>, Vec<(u64, String)>) {
     }
     (oks, errs)
 }
+
+/// Waits until `check` holds, looking again every 10ms; after `within`, fails the test
+/// saying what it waited for.
+pub async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "waited {within:?} for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The value of the metric `name{labels}` a loader serves on `port` now.
+pub async fn metric_at(port: u16, name_and_labels: &str) -> f64 {
+    metric(&http_get(port, "/metrics").await.1, name_and_labels)
+}
+
+/// Waits (10s at most) until a socket at `path` accepts connections.
+pub async fn wait_for_socket(path: &Path) {
+    wait_until("the loader's socket", Duration::from_secs(10), || async {
+        UnixStream::connect(path).await.is_ok()
+    })
+    .await;
+}
