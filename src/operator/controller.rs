@@ -20,6 +20,7 @@ use kube::{Client, Resource, ResourceExt};
 
 use super::pod_contract::{HASH_ANNOTATION, INJECT_LABEL};
 use super::reconcile::{decide, decide_unreadable, requested_sinks, Next};
+use super::{kube_err, KubeCallError};
 use crate::api::resource::StoredSink;
 use crate::telemetry::Histogram;
 
@@ -38,17 +39,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 pub enum ReconcileError {
     #[error("StarRocksSink {0} has no namespace")]
     NoNamespace(String),
-    #[error("{action}: {source}")]
-    Kube {
-        action: String,
-        #[source]
-        source: kube::Error,
-    },
-}
-
-fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
-    let action = action.into();
-    move |source| ReconcileError::Kube { action, source }
+    #[error(transparent)]
+    Kube(#[from] KubeCallError),
 }
 
 /// Reconcile counters, served on `/metrics`.

@@ -19,6 +19,22 @@ use kube::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::resource::StoredSink;
+
+/// A Kubernetes API call that failed, and what it was for.
+#[derive(Debug, thiserror::Error)]
+#[error("{action}: {source}")]
+pub struct KubeCallError {
+    pub action: String,
+    #[source]
+    pub source: kube::Error,
+}
+
+/// Turns a failed API call into an error that says what it was for (`?` then makes it
+/// the caller's error).
+pub fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> KubeCallError {
+    let action = action.into();
+    move |source| KubeCallError { action, source }
+}
 use controller::{check_crd, run_controller, Context, ControllerMetrics, Readiness, StartError};
 
 /// `starsink controller` options.

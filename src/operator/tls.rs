@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::certs::{plan, renew, service_dns_names, Renewal, TlsMaterial, Validity};
 use super::controller::FIELD_MANAGER;
 use super::webhook::CertResolver;
+use super::{kube_err, KubeCallError};
 
 /// Where the TLS material lives and what it serves.
 #[derive(Clone, Debug)]
@@ -39,21 +40,12 @@ pub struct TlsOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{action}: {source}")]
-    Kube {
-        action: String,
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Kube(#[from] KubeCallError),
     #[error(transparent)]
     Cert(#[from] super::certs::CertError),
     #[error("{0}")]
     Load(String),
-}
-
-fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> TlsError {
-    let action = action.into();
-    move |source| TlsError::Kube { action, source }
 }
 
 fn unix_now() -> i64 {
@@ -180,10 +172,8 @@ pub async fn ensure(
             // Another replica wrote first: use what it wrote.
             Err(kube::Error::Api(e)) if e.code == 409 && attempts < 5 => continue,
             Err(e) => {
-                return Err(TlsError::Kube {
-                    action: format!("writing Secret {}/{}", opts.namespace, opts.secret),
-                    source: e,
-                })
+                let action = format!("writing Secret {}/{}", opts.namespace, opts.secret);
+                return Err(kube_err(action)(e).into());
             }
         }
     };
