@@ -9,6 +9,7 @@ pub mod http1;
 pub mod loader;
 pub mod log_writer;
 pub mod operator;
+pub mod signals;
 pub mod stream_load;
 pub mod telemetry;
 

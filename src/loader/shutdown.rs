@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::loader::metrics::SinkMetrics;
@@ -30,23 +29,12 @@ pub fn watch_signals(
     drain_after: Duration,
     deadline_after: Duration,
 ) -> std::io::Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    // SIGHUP's default action kills the process, losing what is buffered. Until the
-    // config can be reloaded live, it is only logged.
-    let mut hup = signal(SignalKind::hangup())?;
+    // Until the config can be reloaded live, SIGHUP is only logged.
+    let mut signals = crate::signals::Terminations::install(
+        "the config is read only at start; send SIGTERM to stop",
+    )?;
     tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            tracing::warn!(
-                "SIGHUP ignored: the config is read only at start; send SIGTERM to stop"
-            );
-        }
-    });
-    tokio::spawn(async move {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
+        let name = signals.next().await;
         tracing::info!(
             signal = name,
             drain_ms = drain_after.as_millis() as u64,
@@ -61,10 +49,7 @@ pub fn watch_signals(
             tokio::time::sleep(deadline_after.saturating_sub(drain_after)).await;
             p.deadline.cancel();
         });
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
+        signals.next().await;
         tracing::warn!("second signal: exiting now");
         phases.abort.cancel();
     });

@@ -412,22 +412,10 @@ async fn own_lease(client: &Client, namespace: &str, owner: &OwnerReference) {
 }
 
 fn watch_signals(stop: CancellationToken) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    // SIGHUP's default action would kill the controller; nothing is reloaded on it.
-    let mut hup = signal(SignalKind::hangup())?;
+    let mut signals = crate::signals::Terminations::install("send SIGTERM to stop")?;
     tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            tracing::warn!("SIGHUP ignored; send SIGTERM to stop");
-        }
-    });
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::info!("signal received; stopping");
+        let name = signals.next().await;
+        tracing::info!(signal = name, "signal received; stopping");
         stop.cancel();
     });
     Ok(())

@@ -1,0 +1,33 @@
+//! Process signals, the same way for every role: SIGHUP is logged and ignored (its
+//! default action would kill the process), and SIGTERM or SIGINT ask it to stop.
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+/// The stop signals (SIGTERM, SIGINT) as they arrive. Installing it also makes SIGHUP
+/// harmless: each one is logged with `on_hangup`.
+pub struct Terminations {
+    term: Signal,
+    int: Signal,
+}
+
+impl Terminations {
+    pub fn install(on_hangup: &'static str) -> std::io::Result<Self> {
+        let term = signal(SignalKind::terminate())?;
+        let int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::warn!("SIGHUP ignored: {on_hangup}");
+            }
+        });
+        Ok(Self { term, int })
+    }
+
+    /// Waits for the next SIGTERM or SIGINT; returns its name.
+    pub async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
