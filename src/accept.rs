@@ -41,6 +41,36 @@ impl AcceptBackoff {
         self.wait = FIRST_WAIT;
     }
 
+    /// The next accepted connection, trying `accept` again (with backoff) while it
+    /// fails; `None` once `stop` is cancelled. Every accept loop is this plus what it
+    /// does with a connection.
+    pub async fn next<T, F, Fut>(
+        &mut self,
+        stop: &tokio_util::sync::CancellationToken,
+        mut accept: F,
+    ) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = io::Result<T>>,
+    {
+        loop {
+            let failed = tokio::select! {
+                _ = stop.cancelled() => return None,
+                r = accept() => match r {
+                    Ok(conn) => {
+                        self.succeeded();
+                        return Some(conn);
+                    }
+                    Err(e) => e,
+                },
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = self.failed(&failed) => {}
+            }
+        }
+    }
+
     /// An accept failed: logs the first failure of a run, then waits before the next try.
     pub async fn failed(&mut self, error: &io::Error) {
         if self.failures == 0 {

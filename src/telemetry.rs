@@ -72,18 +72,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let mut backoff = crate::accept::AcceptBackoff::new("metrics");
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    backoff.failed(&e).await;
-                    continue;
-                }
-            },
-        };
-        backoff.succeeded();
+    while let Some((stream, _)) = backoff.next(&stop, || listener.accept()).await {
         let render = render.clone();
         let ready = ready.clone();
         tokio::spawn(async move {

@@ -167,16 +167,10 @@ pub async fn accept_loop(
             p = admission.permits() => p,
         };
         let Some(permits) = permits else { break };
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok((stream, _)) => {
-                    backoff.succeeded();
-                    serve(stream, permits);
-                }
-                Err(e) => backoff.failed(&e).await,
-            },
-        }
+        let Some((stream, _)) = backoff.next(&stop, || listener.accept()).await else {
+            break;
+        };
+        serve(stream, permits);
     }
     // Connections a producer already made (still in the backlog) are taken in too: its
     // connect succeeded, so it may have written and closed already. Each waits for its

@@ -334,18 +334,7 @@ pub async fn serve(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let mut backoff = crate::accept::AcceptBackoff::new("webhook");
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    backoff.failed(&e).await;
-                    continue;
-                }
-            },
-        };
-        backoff.succeeded();
+    while let Some((stream, peer)) = backoff.next(&stop, || listener.accept()).await {
         let acceptor = acceptor.clone();
         let webhook = webhook.clone();
         tokio::spawn(async move {
