@@ -57,6 +57,47 @@ impl Histogram {
     }
 }
 
+/// Prometheus text exposition, written family by family: the one renderer behind the
+/// loader's, the controller's and the webhook's `/metrics`.
+#[derive(Default)]
+pub struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    /// Starts a family: its `# HELP` and `# TYPE` lines.
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) -> &mut Self {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        self
+    }
+
+    /// One sample, `name{k="v",...} value`.
+    pub fn sample(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        value: impl std::fmt::Display,
+    ) -> &mut Self {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        let _ = writeln!(self.out, "{name}{{{}}} {value}", labels.join(","));
+        self
+    }
+
+    /// A histogram's samples (the family is started by the caller).
+    pub fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) -> &mut Self {
+        let prefix: String = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{v}\","))
+            .collect();
+        h.render(&mut self.out, name, &prefix);
+        self
+    }
+
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
 /// Produces the `/metrics` text.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
@@ -111,4 +152,36 @@ pub async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, String> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| format!("{key} {addr}: cannot listen ({e}); pick a free address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_is_prometheus_text() {
+        let h = Histogram::default();
+        h.observe(0.02);
+        let mut out = Exposition::default();
+        out.family("x_total", "counter", "Things.")
+            .sample("x_total", &[("sink", "a"), ("result", "ok")], 3)
+            .family("x_seconds", "histogram", "Time.")
+            .histogram("x_seconds", &[("sink", "a")], &h);
+        let text = out.finish();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            &lines[..5],
+            [
+                "# HELP x_total Things.",
+                "# TYPE x_total counter",
+                "x_total{sink=\"a\",result=\"ok\"} 3",
+                "# HELP x_seconds Time.",
+                "# TYPE x_seconds histogram",
+            ]
+        );
+        assert!(lines.contains(&"x_seconds_bucket{sink=\"a\",le=\"0.01\"} 0"));
+        assert!(lines.contains(&"x_seconds_bucket{sink=\"a\",le=\"0.025\"} 1"));
+        assert!(lines.contains(&"x_seconds_bucket{sink=\"a\",le=\"+Inf\"} 1"));
+        assert!(lines.contains(&"x_seconds_count{sink=\"a\"} 1"));
+    }
 }

@@ -1,13 +1,12 @@
 //! The loader's counters (lock-free atomics, one set per sink) and their Prometheus text
 //! form; `crate::telemetry` serves them.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::loader::batch::FlushTrigger;
 use crate::loader::record::RejectReason;
-use crate::telemetry::Histogram;
+use crate::telemetry::{Exposition, Histogram};
 
 /// `outcome` label values of `starsink_loads_total`, one per attempt.
 pub const LOAD_OUTCOMES: [&str; 8] = [
@@ -256,84 +255,60 @@ const SIMPLE: &[Simple] = &[
 
 /// Renders every sink's counters in the Prometheus text format.
 pub fn render(sinks: &[Arc<SinkMetrics>]) -> String {
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, rows: &mut dyn FnMut(&mut String)| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        rows(&mut out);
-    };
+    let mut out = Exposition::default();
     for (name, kind, help, get) in SIMPLE {
-        family(name, kind, help, &mut |out| {
-            for s in sinks {
-                let _ = writeln!(out, "{name}{{sink=\"{}\"}} {}", s.sink, get(s));
-            }
-        });
+        out.family(name, kind, help);
+        for s in sinks {
+            out.sample(name, &[("sink", &s.sink)], get(s));
+        }
     }
-    family(
-        "starsink_records_rejected_total",
+    let rejected = "starsink_records_rejected_total";
+    out.family(
+        rejected,
         "counter",
         "Lines not loaded because they are not valid records.",
-        &mut |out| {
-            for s in sinks {
-                for r in RejectReason::ALL {
-                    let _ = writeln!(
-                        out,
-                        "starsink_records_rejected_total{{sink=\"{}\",reason=\"{}\"}} {}",
-                        s.sink,
-                        r.as_str(),
-                        s.rejected(r)
-                    );
-                }
-            }
-        },
     );
-    family(
-        "starsink_loads_total",
+    for s in sinks {
+        for r in RejectReason::ALL {
+            let labels = [("sink", s.sink.as_str()), ("reason", r.as_str())];
+            out.sample(rejected, &labels, s.rejected(r));
+        }
+    }
+    let loads = "starsink_loads_total";
+    out.family(
+        loads,
         "counter",
         "Stream Load attempts and label-state checks, by outcome.",
-        &mut |out| {
-            for s in sinks {
-                for (i, o) in LOAD_OUTCOMES.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "starsink_loads_total{{sink=\"{}\",outcome=\"{o}\"}} {}",
-                        s.sink,
-                        s.loads[i].load(Relaxed)
-                    );
-                }
-            }
-        },
     );
-    family(
-        "starsink_flushes_total",
+    for s in sinks {
+        for (i, o) in LOAD_OUTCOMES.iter().enumerate() {
+            out.sample(
+                loads,
+                &[("sink", &s.sink), ("outcome", o)],
+                s.loads[i].load(Relaxed),
+            );
+        }
+    }
+    let flushes = "starsink_flushes_total";
+    out.family(
+        flushes,
         "counter",
         "Batches sealed for loading, by what triggered them.",
-        &mut |out| {
-            for s in sinks {
-                for (i, t) in FlushTrigger::ALL.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "starsink_flushes_total{{sink=\"{}\",trigger=\"{}\"}} {}",
-                        s.sink,
-                        t.as_str(),
-                        s.flushes[i].load(Relaxed)
-                    );
-                }
-            }
-        },
     );
-    family(
-        "starsink_load_duration_seconds",
+    for s in sinks {
+        for (i, t) in FlushTrigger::ALL.iter().enumerate() {
+            let labels = [("sink", s.sink.as_str()), ("trigger", t.as_str())];
+            out.sample(flushes, &labels, s.flushes[i].load(Relaxed));
+        }
+    }
+    let duration = "starsink_load_duration_seconds";
+    out.family(
+        duration,
         "histogram",
         "Time from a batch's first send to its verdict.",
-        &mut |out| {
-            for s in sinks {
-                s.load_duration.render(
-                    out,
-                    "starsink_load_duration_seconds",
-                    &format!("sink=\"{}\",", s.sink),
-                );
-            }
-        },
     );
-    out
+    for s in sinks {
+        out.histogram(duration, &[("sink", &s.sink)], &s.load_duration);
+    }
+    out.finish()
 }

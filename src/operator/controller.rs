@@ -58,32 +58,15 @@ impl ControllerMetrics {
     }
 
     pub fn render(&self) -> String {
-        use std::fmt::Write as _;
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP starsink_controller_reconciles_total Reconciles of StarRocksSinks, by result.\n# TYPE starsink_controller_reconciles_total counter"
-        );
-        let _ = writeln!(
-            out,
-            "starsink_controller_reconciles_total{{result=\"ok\"}} {}",
-            self.ok.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "starsink_controller_reconciles_total{{result=\"error\"}} {}",
-            self.error.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP starsink_controller_reconcile_duration_seconds Time one reconcile took.\n# TYPE starsink_controller_reconcile_duration_seconds histogram"
-        );
-        self.duration.render(
-            &mut out,
-            "starsink_controller_reconcile_duration_seconds",
-            "",
-        );
-        out
+        let total = "starsink_controller_reconciles_total";
+        let duration = "starsink_controller_reconcile_duration_seconds";
+        let mut out = crate::telemetry::Exposition::default();
+        out.family(total, "counter", "Reconciles of StarRocksSinks, by result.")
+            .sample(total, &[("result", "ok")], self.ok.load(Relaxed))
+            .sample(total, &[("result", "error")], self.error.load(Relaxed))
+            .family(duration, "histogram", "Time one reconcile took.")
+            .histogram(duration, &[], &self.duration);
+        out.finish()
     }
 }
 

@@ -106,26 +106,23 @@ impl WebhookMetrics {
     }
 
     pub fn render(&self) -> String {
-        use std::fmt::Write as _;
-        let mut out = String::from(
-            "# HELP starsink_webhook_reviews_total Admission reviews, by result.\n# TYPE starsink_webhook_reviews_total counter\n",
+        let (total, duration) = (
+            "starsink_webhook_reviews_total",
+            "starsink_webhook_review_duration_seconds",
         );
-        for (name, c) in [
+        let mut out = crate::telemetry::Exposition::default();
+        out.family(total, "counter", "Admission reviews, by result.");
+        for (result, c) in [
             ("injected", &self.injected),
             ("unchanged", &self.unchanged),
             ("denied", &self.denied),
             ("invalid", &self.invalid),
         ] {
-            let _ = writeln!(
-                out,
-                "starsink_webhook_reviews_total{{result=\"{name}\"}} {}",
-                c.load(Relaxed)
-            );
+            out.sample(total, &[("result", result)], c.load(Relaxed));
         }
-        out.push_str("# HELP starsink_webhook_review_duration_seconds Time to answer one review.\n# TYPE starsink_webhook_review_duration_seconds histogram\n");
-        self.latency
-            .render(&mut out, "starsink_webhook_review_duration_seconds", "");
-        out
+        out.family(duration, "histogram", "Time to answer one review.")
+            .histogram(duration, &[], &self.latency);
+        out.finish()
     }
 }
 
