@@ -7,6 +7,7 @@
 
 pub mod ack;
 pub mod batch;
+pub mod chunker;
 pub mod dead_letter;
 pub mod framing;
 pub mod json;

@@ -20,11 +20,11 @@ use crate::accept::AcceptBackoff;
 use crate::api::{Acks, Format, SinkSpec};
 use crate::loader::ack::{self, ReadProgress};
 use crate::loader::batch::Chunk;
+use crate::loader::chunker::{Chunked, Chunker};
 use crate::loader::framing::{Line, LineFramer};
 use crate::loader::line_budget::{Hold, LineBudget};
 use crate::loader::metrics::SinkMetrics;
-use crate::loader::record::{self, RejectReason};
-use crate::stream_load::body;
+use crate::loader::record::RejectReason;
 
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 64 * 1024;
@@ -247,7 +247,6 @@ async fn connection(
     let hold = ingest.lines.join();
     // The line being skipped was dropped for the sink's bound, not for its own length.
     let mut evicted_line = false;
-    let delimiter = body::record_end(ingest.format);
     loop {
         if hold.take_eviction() {
             evicted_line |= drop_unfinished(&ingest, &hold, &mut framer, &mut buf, line_no + 1);
@@ -290,91 +289,37 @@ async fn connection(
             }
         };
         let before = line_no;
-        let mut chunks = Vec::new();
-        // Records never take more room than the bytes they came in (plus a delimiter for
-        // a last line without newline), so one allocation holds them all.
-        let mut out = Vec::with_capacity(buf.len() + 1);
-        let mut ends = Vec::with_capacity(buf.len() / 64 + 1);
-        let mut first_line = 0;
-        let mut errs: Option<ack::ErrRun> = None;
+        let mut chunker = Chunker::new(ingest.format, ack.clone(), arrived, buf.len());
         let mut each = |line: Line<'_>| {
             line_no += 1;
-            let refused = match line {
-                Line::TooLong(n) => {
-                    let why = if std::mem::take(&mut evicted_line) {
-                        format!(
-                            "{n} bytes, dropped unfinished to keep the sink's unfinished lines within maxUnfinishedBytes {}",
-                            hold.limit()
-                        )
-                    } else {
-                        format!("{n} bytes is over maxRecordBytes {}", ingest.max_record)
-                    };
-                    ingest.reject(RejectReason::TooLong, line_no, &why);
-                    RejectReason::TooLong
-                }
-                Line::Record(r) => match record::check(ingest.format, r) {
-                    Ok(()) => {
-                        if ends.is_empty() {
-                            first_line = line_no;
-                        }
-                        out.extend_from_slice(r);
-                        out.push(delimiter);
-                        ends.push(out.len() as u32);
-                        last_record = line_no;
-                        return;
-                    }
-                    Err(reason) => {
-                        ingest.reject(reason, line_no, &preview(r));
-                        reason
-                    }
-                },
+            let Some(reason) = chunker.line(line_no, &line) else {
+                return;
             };
-            if let Some(a) = &ack {
-                // A chunk's records must be consecutive lines: close it at a refused one.
-                if !ends.is_empty() {
-                    chunks.push(Chunk {
-                        data: std::mem::take(&mut out).into(),
-                        ends: std::mem::take(&mut ends),
-                        arrived,
-                        ack: Some(a.clone()),
-                        first_line,
-                    });
-                }
-                let reason = refused.as_str();
-                match &mut errs {
-                    Some(run) if run.reason == reason && run.first + run.count == line_no => {
-                        run.count += 1
-                    }
-                    _ => {
-                        if let Some(run) = errs.replace(ack::ErrRun {
-                            first: line_no,
-                            count: 1,
-                            reason,
-                        }) {
-                            a.report(run.first, run.count, run.reason);
-                        }
-                    }
-                }
-            }
+            let detail = match line {
+                Line::TooLong(n) if std::mem::take(&mut evicted_line) => format!(
+                    "{n} bytes, dropped unfinished to keep the sink's unfinished lines within maxUnfinishedBytes {}",
+                    hold.limit()
+                ),
+                Line::TooLong(n) => format!("{n} bytes is over maxRecordBytes {}", ingest.max_record),
+                Line::Record(r) => preview(r),
+            };
+            ingest.reject(reason, line_no, &detail);
         };
+        framer.drain(&mut buf, &mut each);
         if eof {
-            framer.drain(&mut buf, &mut each);
             framer.finish(&mut buf, &mut each);
-        } else {
-            framer.drain(&mut buf, &mut each);
         }
         hold.set(buf.len() as u64);
-        if !ends.is_empty() {
-            chunks.push(Chunk {
-                data: out.into(),
-                ends,
-                arrived,
-                ack: ack.clone(),
-                first_line,
-            });
-        }
-        if let (Some(a), Some(run)) = (&ack, errs) {
-            a.report(run.first, run.count, run.reason);
+        let Chunked {
+            chunks,
+            errs,
+            last_record: last,
+        } = chunker.finish();
+        last_record = last.unwrap_or(last_record);
+        if let Some(a) = &ack {
+            for run in errs {
+                a.report(run.first, run.count, run.reason);
+            }
         }
         ingest.metrics.received.fetch_add(line_no - before, Relaxed);
         // Errs first, then progress, then the records: the writer never says `ok` past a
