@@ -10,15 +10,16 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
+use tokio::net::unix::OwnedReadHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::accept::AcceptBackoff;
 use crate::api::{Acks, Format, SinkSpec};
-use crate::loader::ack::{self, ReadProgress};
+use crate::loader::ack::{self, ConnAck, ReadProgress};
 use crate::loader::batch::Chunk;
 use crate::loader::chunker::{Chunked, Chunker};
 use crate::loader::framing::{Line, LineFramer};
@@ -204,12 +205,12 @@ async fn connection(
     tx: mpsc::Sender<Chunk>,
     drain: CancellationToken,
 ) {
-    let (mut read, write) = stream.into_split();
-    let mut acks = None;
+    let (read, write) = stream.into_split();
     // Without acks the write half is held, untouched, while the connection lasts:
     // dropping it would shut our side down, and a producer such as `socat -` takes that
     // end of file as the end of the session and may stop sending.
     let mut _silent = None;
+    let mut acks = None;
     if ingest.acks != Acks::None {
         let (ack, progress, writer) =
             ack::channel(ingest.metrics.clone(), write, ingest.deadline.clone());
@@ -218,159 +219,191 @@ async fn connection(
     } else {
         _silent = Some(write);
     }
-    let ack = acks.as_ref().map(|(a, _)| a.clone());
-    let publish = |lines: u64, last_record: u64, done: bool| {
-        if let Some((_, progress)) = &acks {
-            progress.send_replace(ReadProgress {
-                lines,
-                last_record,
-                done,
-            });
-        }
-    };
-    let unfinished = |line_no: u64, pending: usize, why: &str| {
-        ingest.metrics.received.fetch_add(1, Relaxed);
-        ingest.reject(
-            RejectReason::Incomplete,
-            line_no + 1,
-            &format!("{pending} bytes of an unfinished line {why}"),
-        );
-        if let Some(a) = &ack {
-            a.report(line_no + 1, 1, RejectReason::Incomplete.as_str());
-        }
-    };
-
-    let mut framer = LineFramer::new(ingest.max_record);
-    let mut buf = BytesMut::with_capacity(READ_SIZE);
-    let mut line_no: u64 = 0;
-    let mut last_record: u64 = 0;
-    let hold = ingest.lines.join();
-    // The line being skipped was dropped for the sink's bound, not for its own length.
-    let mut evicted_line = false;
+    let mut reader = Reader::new(ingest, read, acks);
     loop {
-        if hold.take_eviction() {
-            evicted_line |= drop_unfinished(&ingest, &hold, &mut framer, &mut buf, line_no + 1);
-        }
-        if buf.capacity() - buf.len() < READ_SIZE / 4 {
-            buf.reserve(READ_SIZE);
-        }
-        // At most READ_SIZE a read, whatever the buffer grew to: a chunk is bounded.
-        let mut limited = (&mut buf).limit(READ_SIZE);
-        let r = tokio::select! {
-            biased;
-            _ = drain.cancelled() => {
-                let pending = framer.pending(&buf);
-                if pending > 0 {
-                    unfinished(line_no, pending, "when the shutdown drain ended");
-                    line_no += 1;
-                }
-                publish(line_no, last_record, true);
-                return;
-            }
-            _ = hold.evicted() => continue,
-            r = read.read_buf(&mut limited) => r,
+        let eof = match reader.read(&drain).await {
+            Ok(Some(eof)) => eof,
+            Ok(None) => return reader.close("when the shutdown drain ended"),
+            Err(e) => return reader.close(&format!("when the connection failed: {e}")),
         };
+        let chunks = reader.frame(eof);
+        if !reader.send(&tx, chunks).await || eof {
+            return;
+        }
+    }
+}
+
+/// One connection's reading side: the socket, the framer and its buffer, where the
+/// connection's lines are counted, and its share of the sink's unfinished-line bound.
+struct Reader {
+    ingest: Arc<Ingest>,
+    read: OwnedReadHalf,
+    framer: LineFramer,
+    buf: BytesMut,
+    /// Lines read so far, and the last that was a record.
+    line_no: u64,
+    last_record: u64,
+    hold: Hold,
+    /// The line being skipped was dropped for the sink's bound, not for its own length.
+    evicted_line: bool,
+    acks: Option<(Arc<ConnAck>, watch::Sender<ReadProgress>)>,
+}
+
+impl Reader {
+    fn new(
+        ingest: Arc<Ingest>,
+        read: OwnedReadHalf,
+        acks: Option<(Arc<ConnAck>, watch::Sender<ReadProgress>)>,
+    ) -> Self {
+        Self {
+            framer: LineFramer::new(ingest.max_record),
+            buf: BytesMut::with_capacity(READ_SIZE),
+            line_no: 0,
+            last_record: 0,
+            hold: ingest.lines.join(),
+            evicted_line: false,
+            acks,
+            read,
+            ingest,
+        }
+    }
+
+    /// Reads at most [`READ_SIZE`] more bytes (so a chunk is bounded, whatever the buffer
+    /// grew to): `Some(eof)`, or `None` when the drain ended first. Drops the unfinished
+    /// line if the sink's bound says so.
+    async fn read(&mut self, drain: &CancellationToken) -> std::io::Result<Option<bool>> {
+        loop {
+            if self.hold.take_eviction() {
+                self.drop_unfinished();
+            }
+            if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
+                self.buf.reserve(READ_SIZE);
+            }
+            let mut limited = (&mut self.buf).limit(READ_SIZE);
+            tokio::select! {
+                biased;
+                _ = drain.cancelled() => return Ok(None),
+                _ = self.hold.evicted() => continue,
+                r = self.read.read_buf(&mut limited) => return r.map(|n| Some(n == 0)),
+            }
+        }
+    }
+
+    /// Frames what was read into chunks; reports the rejected lines (counted, logged, and
+    /// with acks an `err` each, queued before the progress that covers them).
+    fn frame(&mut self, eof: bool) -> Vec<Chunk> {
         let arrived = Instant::now();
-        let eof = match r {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => {
-                let pending = framer.pending(&buf);
-                if pending > 0 {
-                    unfinished(
-                        line_no,
-                        pending,
-                        &format!("when the connection failed: {e}"),
-                    );
-                    line_no += 1;
-                }
-                publish(line_no, last_record, true);
-                return;
-            }
-        };
-        let before = line_no;
-        let mut chunker = Chunker::new(ingest.format, ack.clone(), arrived, buf.len());
+        let before = self.line_no;
+        let ack = self.acks.as_ref().map(|(a, _)| a.clone());
+        let mut chunker = Chunker::new(self.ingest.format, ack.clone(), arrived, self.buf.len());
+        let (ingest, hold) = (&self.ingest, &self.hold);
+        let (line_no, evicted_line) = (&mut self.line_no, &mut self.evicted_line);
         let mut each = |line: Line<'_>| {
-            line_no += 1;
-            let Some(reason) = chunker.line(line_no, &line) else {
+            *line_no += 1;
+            let Some(reason) = chunker.line(*line_no, &line) else {
                 return;
             };
             let detail = match line {
-                Line::TooLong(n) if std::mem::take(&mut evicted_line) => format!(
+                Line::TooLong(n) if std::mem::take(evicted_line) => format!(
                     "{n} bytes, dropped unfinished to keep the sink's unfinished lines within maxUnfinishedBytes {}",
                     hold.limit()
                 ),
                 Line::TooLong(n) => format!("{n} bytes is over maxRecordBytes {}", ingest.max_record),
                 Line::Record(r) => preview(r),
             };
-            ingest.reject(reason, line_no, &detail);
+            ingest.reject(reason, *line_no, &detail);
         };
-        framer.drain(&mut buf, &mut each);
+        self.framer.drain(&mut self.buf, &mut each);
         if eof {
-            framer.finish(&mut buf, &mut each);
+            self.framer.finish(&mut self.buf, &mut each);
         }
-        hold.set(buf.len() as u64);
+        self.hold.set(self.buf.len() as u64);
         let Chunked {
             chunks,
             errs,
-            last_record: last,
+            last_record,
         } = chunker.finish();
-        last_record = last.unwrap_or(last_record);
+        self.last_record = last_record.unwrap_or(self.last_record);
         if let Some(a) = &ack {
             for run in errs {
                 a.report(run.first, run.count, run.reason);
             }
         }
-        ingest.metrics.received.fetch_add(line_no - before, Relaxed);
+        let read_now = self.line_no - before;
+        self.ingest.metrics.received.fetch_add(read_now, Relaxed);
         // Errs first, then progress, then the records: the writer never says `ok` past a
         // refused line before its `err` is queued.
-        publish(line_no, last_record, eof);
+        self.publish(eof);
+        chunks
+    }
+
+    /// Hands the chunks to the sink task; false if it is gone. Waiting here is the
+    /// backpressure: a full channel stops this socket's reads. The unfinished line held
+    /// meanwhile still answers to the sink's bound.
+    async fn send(&mut self, tx: &mpsc::Sender<Chunk>, chunks: Vec<Chunk>) -> bool {
         for chunk in chunks {
-            // Waiting here is the backpressure: a full channel stops this socket's reads.
-            // The unfinished line held meanwhile still answers to the sink's bound.
             let mut send = std::pin::pin!(tx.send(chunk));
             let sent = loop {
                 tokio::select! {
                     sent = &mut send => break sent,
-                    _ = hold.evicted() => {
-                        if hold.take_eviction() {
-                            evicted_line |=
-                                drop_unfinished(&ingest, &hold, &mut framer, &mut buf, line_no + 1);
+                    _ = self.hold.evicted() => {
+                        if self.hold.take_eviction() {
+                            self.drop_unfinished();
                         }
                     }
                 }
             };
             if sent.is_err() {
-                tracing::error!(sink = %ingest.metrics.sink, "sink task is gone; records of this connection are lost");
-                return;
+                tracing::error!(sink = %self.ingest.metrics.sink, "sink task is gone; records of this connection are lost");
+                return false;
             }
         }
-        if eof {
-            return;
-        }
+        true
     }
-}
 
-/// Drops this connection's unfinished line, told to by the sink's [`LineBudget`], and
-/// gives back the buffer it grew to. True if a line was dropped.
-fn drop_unfinished(
-    ingest: &Ingest,
-    hold: &Hold,
-    framer: &mut LineFramer,
-    buf: &mut BytesMut,
-    line: u64,
-) -> bool {
-    let dropped = framer.abandon(buf);
-    if buf.capacity() > 2 * READ_SIZE {
-        *buf = BytesMut::with_capacity(READ_SIZE);
+    /// The connection ends before end of file: an unfinished line is rejected as
+    /// `incomplete`, and the producer hears that nothing more will be read.
+    fn close(&mut self, why: &str) {
+        let pending = self.framer.pending(&self.buf);
+        if pending > 0 {
+            self.line_no += 1;
+            self.ingest.metrics.received.fetch_add(1, Relaxed);
+            let reason = RejectReason::Incomplete;
+            let detail = format!("{pending} bytes of an unfinished line {why}");
+            self.ingest.reject(reason, self.line_no, &detail);
+            if let Some((a, _)) = &self.acks {
+                a.report(self.line_no, 1, reason.as_str());
+            }
+        }
+        self.publish(true);
     }
-    hold.set(0);
-    if dropped > 0 {
-        if let Some(suppressed) = ingest.limit.allow() {
-            tracing::warn!(sink = %ingest.metrics.sink, line, bytes = dropped, limit = hold.limit(), suppressed, "unfinished lines hold more than maxUnfinishedBytes; dropping the longest (it will be rejected as too_long)");
+
+    fn publish(&self, done: bool) {
+        if let Some((_, progress)) = &self.acks {
+            progress.send_replace(ReadProgress {
+                lines: self.line_no,
+                last_record: self.last_record,
+                done,
+            });
         }
     }
-    dropped > 0
+
+    /// Drops this connection's unfinished line, told to by the sink's [`LineBudget`], and
+    /// gives back the buffer it grew to.
+    fn drop_unfinished(&mut self) {
+        let dropped = self.framer.abandon(&mut self.buf);
+        if self.buf.capacity() > 2 * READ_SIZE {
+            self.buf = BytesMut::with_capacity(READ_SIZE);
+        }
+        self.hold.set(0);
+        if dropped > 0 {
+            self.evicted_line = true;
+            let (ingest, line) = (&self.ingest, self.line_no + 1);
+            if let Some(suppressed) = ingest.limit.allow() {
+                tracing::warn!(sink = %ingest.metrics.sink, line, bytes = dropped, limit = self.hold.limit(), suppressed, "unfinished lines hold more than maxUnfinishedBytes; dropping the longest (it will be rejected as too_long)");
+            }
+        }
+    }
 }
 
 fn preview(line: &[u8]) -> String {
