@@ -74,25 +74,7 @@ pub fn hostname() -> String {
 
 /// Runs the loader until a signal stops it; returns what happened to every record.
 pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
-    let fd_limit = match crate::accept::raise_fd_limit() {
-        Ok(limit) => limit,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot raise the open-descriptor limit; assuming 1024");
-            1024
-        }
-    };
-    let connections = Arc::new(tokio::sync::Semaphore::new(
-        crate::accept::connection_budget(
-            fd_limit,
-            crate::accept::open_descriptors().unwrap_or(16),
-            config.sinks.len() as u64,
-        ),
-    ));
-    tracing::debug!(
-        fd_limit,
-        producer_connections = connections.available_permits(),
-        "descriptors"
-    );
+    let connections = Arc::new(tokio::sync::Semaphore::new(producer_budget(&config)));
     for issue in config.ignored() {
         tracing::warn!("{issue}");
     }
@@ -103,106 +85,27 @@ pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
     shutdown::watch_signals(phases.clone(), config.drain_timeout(), deadline_after)
         .map_err(LoaderError::Signals)?;
 
+    // Spools first: one that cannot be opened stops the start before any socket exists.
+    let spools = config
+        .sinks
+        .iter()
+        .map(open_spool)
+        .collect::<Result<Vec<_>, _>>()?;
     let prefix = label_prefix(&config);
     let start_id = label::start_id();
+    let ack_writers = tokio_util::task::TaskTracker::new();
     let mut sinks = Vec::new();
     let mut tasks = Vec::new();
-    let ack_writers = tokio_util::task::TaskTracker::new();
-    // Spools first: one that cannot be opened stops the start before any socket exists.
-    let mut spools = Vec::new();
-    for sink in &config.sinks {
-        let Some(dir) = &sink.spool_dir else {
-            spools.push(None);
-            continue;
-        };
-        let (spool, replay) =
-            spool::store::Spool::open(dir, sink.spool_max_bytes.0).map_err(|source| {
-                LoaderError::Spool {
-                    sink: sink.name.clone(),
-                    source,
-                }
-            })?;
-        for (file, damage) in &replay.damage {
-            tracing::warn!(sink = %sink.name, file = %file.display(), "spool damage repaired: {damage}");
-        }
-        if replay.orphaned > 0 {
-            tracing::warn!(sink = %sink.name, records = replay.orphaned, "spool damage took the labels of some batches; their records load again under new labels (rows StarRocks already had from them will be duplicated)");
-        }
-        let unsealed = replay.unsealed.len();
-        let sealed: u64 = replay.sealed.iter().map(|b| b.rows).sum();
-        if unsealed as u64 + sealed > 0 {
-            tracing::info!(sink = %sink.name, sealed_batches = replay.sealed.len(), sealed_records = sealed, unsealed_records = unsealed, "spool replay: loading what the last run left");
-        }
-        spools.push(Some((spool, replay)));
-    }
     for (sink, spool) in config.sinks.iter().zip(spools) {
-        let metrics = Arc::new(SinkMetrics::new(&sink.name));
-        if let Some((_, replay)) = &spool {
-            metrics.spool_damage.store(
-                replay.damage.len() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        }
-        let mode = parse_mode(&sink.socket_mode).unwrap_or(0o660);
-        let listener =
-            socket::bind(&sink.socket, mode)
-                .await
-                .map_err(|source| LoaderError::Socket {
-                    sink: sink.name.clone(),
-                    source,
-                })?;
-        let client = StreamLoadClient::new(sink).map_err(|message| LoaderError::Client {
-            sink: sink.name.clone(),
-            message,
-        })?;
-        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-        let mut task = SinkTask::new(
-            sink,
-            LabelGen::new(&prefix, &sink.name, &start_id),
-            client,
-            rx,
-            metrics.clone(),
-        );
-        if let Some((spool, replay)) = spool {
-            task = task.with_spool(spool, replay);
-        }
-        tasks.push(tokio::spawn(task.run(Stopping {
-            stop: phases.stop.clone(),
-            deadline: phases.deadline.clone(),
-        })));
-        tokio::spawn(socket::accept_loop(
-            listener,
-            sink.socket.clone(),
-            Arc::new(Ingest::new(
-                sink,
-                metrics.clone(),
-                ack_writers.clone(),
-                phases.deadline.clone(),
-            )),
-            tx,
-            socket::Admission {
-                sink: Arc::new(tokio::sync::Semaphore::new(sink.max_connections)),
-                loader: connections.clone(),
-            },
-            phases.stop.clone(),
-            phases.drain.clone(),
-        ));
-        tracing::info!(sink = %sink.name, socket = %sink.socket.display(), max_connections = sink.max_connections, format = sink.format.as_str(), table = %format!("{}.{}", sink.starrocks.database, sink.starrocks.table), "listening");
-        sinks.push(metrics);
+        let labels = LabelGen::new(&prefix, &sink.name, &start_id);
+        let started = start_sink(sink, spool, labels, &phases, &ack_writers, &connections).await?;
+        tasks.push(started.0);
+        sinks.push(started.1);
     }
     let sinks = Arc::new(sinks);
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = config.metrics_addr {
-        let listener = crate::telemetry::bind(addr, "metricsAddr")
-            .await
-            .map_err(LoaderError::Metrics)?;
-        let render_sinks = sinks.clone();
-        tokio::spawn(crate::telemetry::serve(
-            listener,
-            Arc::new(move || metrics::render(&render_sinks)),
-            ready.clone(),
-            phases.abort.clone(),
-        ));
+        serve_metrics(addr, sinks.clone(), ready.clone(), phases.abort.clone()).await?;
     }
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let (stop, not_ready) = (phases.stop.clone(), ready.clone());
@@ -233,4 +136,130 @@ pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
     }
     ready.store(false, std::sync::atomic::Ordering::Relaxed);
     Ok(Accounting::of(&sinks))
+}
+
+/// Producer connections the loader serves at once, across its sinks: its descriptor
+/// limit (raised to the hard limit first) less a reserve.
+fn producer_budget(config: &LoaderConfig) -> usize {
+    let fd_limit = match crate::accept::raise_fd_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-descriptor limit; assuming 1024");
+            1024
+        }
+    };
+    let budget = crate::accept::connection_budget(
+        fd_limit,
+        crate::accept::open_descriptors().unwrap_or(16),
+        config.sinks.len() as u64,
+    );
+    tracing::debug!(fd_limit, producer_connections = budget, "descriptors");
+    budget
+}
+
+/// Opens a sink's spool, if it has one, and says what it found.
+fn open_spool(
+    sink: &crate::api::SinkSpec,
+) -> Result<Option<(spool::store::Spool, spool::store::Replay)>, LoaderError> {
+    let Some(dir) = &sink.spool_dir else {
+        return Ok(None);
+    };
+    let (spool, replay) =
+        spool::store::Spool::open(dir, sink.spool_max_bytes.0).map_err(|source| {
+            LoaderError::Spool {
+                sink: sink.name.clone(),
+                source,
+            }
+        })?;
+    for (file, damage) in &replay.damage {
+        tracing::warn!(sink = %sink.name, file = %file.display(), "spool damage repaired: {damage}");
+    }
+    if replay.orphaned > 0 {
+        tracing::warn!(sink = %sink.name, records = replay.orphaned, "spool damage took the labels of some batches; their records load again under new labels (rows StarRocks already had from them will be duplicated)");
+    }
+    let unsealed = replay.unsealed.len();
+    let sealed: u64 = replay.sealed.iter().map(|b| b.rows).sum();
+    if unsealed as u64 + sealed > 0 {
+        tracing::info!(sink = %sink.name, sealed_batches = replay.sealed.len(), sealed_records = sealed, unsealed_records = unsealed, "spool replay: loading what the last run left");
+    }
+    Ok(Some((spool, replay)))
+}
+
+/// Binds a sink's socket and starts its sink task and accept loop; returns the task
+/// and the sink's metrics.
+async fn start_sink(
+    sink: &crate::api::SinkSpec,
+    spool: Option<(spool::store::Spool, spool::store::Replay)>,
+    labels: LabelGen,
+    phases: &Phases,
+    ack_writers: &tokio_util::task::TaskTracker,
+    connections: &Arc<tokio::sync::Semaphore>,
+) -> Result<(tokio::task::JoinHandle<()>, Arc<SinkMetrics>), LoaderError> {
+    let metrics = Arc::new(SinkMetrics::new(&sink.name));
+    if let Some((_, replay)) = &spool {
+        metrics.spool_damage.store(
+            replay.damage.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+    let mode = parse_mode(&sink.socket_mode).unwrap_or(0o660);
+    let listener =
+        socket::bind(&sink.socket, mode)
+            .await
+            .map_err(|source| LoaderError::Socket {
+                sink: sink.name.clone(),
+                source,
+            })?;
+    let client = StreamLoadClient::new(sink).map_err(|message| LoaderError::Client {
+        sink: sink.name.clone(),
+        message,
+    })?;
+    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let mut task = SinkTask::new(sink, labels, client, rx, metrics.clone());
+    if let Some((spool, replay)) = spool {
+        task = task.with_spool(spool, replay);
+    }
+    let handle = tokio::spawn(task.run(Stopping {
+        stop: phases.stop.clone(),
+        deadline: phases.deadline.clone(),
+    }));
+    let ingest = Ingest::new(
+        sink,
+        metrics.clone(),
+        ack_writers.clone(),
+        phases.deadline.clone(),
+    );
+    tokio::spawn(socket::accept_loop(
+        listener,
+        sink.socket.clone(),
+        Arc::new(ingest),
+        tx,
+        socket::Admission {
+            sink: Arc::new(tokio::sync::Semaphore::new(sink.max_connections)),
+            loader: connections.clone(),
+        },
+        phases.stop.clone(),
+        phases.drain.clone(),
+    ));
+    tracing::info!(sink = %sink.name, socket = %sink.socket.display(), max_connections = sink.max_connections, format = sink.format.as_str(), table = %format!("{}.{}", sink.starrocks.database, sink.starrocks.table), "listening");
+    Ok((handle, metrics))
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr`.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    sinks: Arc<Vec<Arc<SinkMetrics>>>,
+    ready: Arc<AtomicBool>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<(), LoaderError> {
+    let listener = crate::telemetry::bind(addr, "metricsAddr")
+        .await
+        .map_err(LoaderError::Metrics)?;
+    tokio::spawn(crate::telemetry::serve(
+        listener,
+        Arc::new(move || metrics::render(&sinks)),
+        ready,
+        stop,
+    ));
+    Ok(())
 }
