@@ -231,7 +231,7 @@ async fn acks_committed_follow_the_commits_and_report_refused_batches_line_by_li
 async fn a_producer_that_never_reads_its_acks_is_never_held_back_by_them() {
     let sr = endpoint(Faults::default()).await;
     let fe = sr.fe_url();
-    let port = free_port();
+    let port = 0; // any free port: the loader logs which
     let mut loader = Loader::start(|dir| {
         format!(
             "labelPrefix: deaf\nmetricsAddr: 127.0.0.1:{port}\nsinks:\n{}",
@@ -244,6 +244,7 @@ async fn a_producer_that_never_reads_its_acks_is_never_held_back_by_them() {
         )
     })
     .await;
+    let port = loader.metrics_port();
     // Every other line is refused: 100k `err` lines (about 1.5 MB) no one reads, far more
     // than the socket buffer and the err queue hold.
     let lines: Vec<String> = (0..200_000u64)

@@ -404,7 +404,7 @@ async fn the_size_trigger_keeps_bodies_under_max_bytes_and_off_the_fe() {
 async fn metrics_report_what_happened_to_every_line() {
     let sr = endpoint(Faults::default()).await;
     let fe = sr.fe_url();
-    let port = free_port();
+    let port = 0; // any free port: the loader logs which
     let mut loader = Loader::start(|dir| {
         format!(
             "labelPrefix: metrics\nmetricsAddr: 127.0.0.1:{port}\nsinks:\n{}",
@@ -417,6 +417,7 @@ async fn metrics_report_what_happened_to_every_line() {
         )
     })
     .await;
+    let port = loader.metrics_port();
     assert_eq!(http_get(port, "/readyz").await.0, 200);
     assert_eq!(http_get(port, "/healthz").await.0, 200);
     let mut lines: Vec<String> = (0..20).map(row).collect();
@@ -470,7 +471,7 @@ async fn metrics_report_what_happened_to_every_line() {
 async fn sink_files_as_the_injector_passes_them_run_one_loader_for_several_sinks() {
     let sr = endpoint(Faults::default()).await;
     let fe = sr.fe_url();
-    let port = free_port();
+    let port = 0; // any free port: the loader logs which
     let mut loader = Loader::start_with_args(|dir| {
         let mut args = Vec::new();
         for name in ["orders", "billing-events"] {
@@ -496,6 +497,7 @@ async fn sink_files_as_the_injector_passes_them_run_one_loader_for_several_sinks
         args
     })
     .await;
+    let port = loader.metrics_port();
     assert_eq!(http_get(port, "/readyz").await.0, 200);
     let mode = std::fs::metadata(loader.socket("orders"))
         .unwrap()

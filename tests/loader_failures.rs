@@ -566,7 +566,7 @@ async fn with_a_spool_what_starrocks_did_not_take_by_the_deadline_loads_on_the_n
 async fn an_outage_longer_than_warn_after_is_warned_about_and_never_dead_lettered() {
     let sr = down_endpoint().await;
     let fe = sr.fe_url();
-    let port = free_port();
+    let port = 0; // any free port: the loader logs which
     let mut loader = Loader::start(|dir| {
         format!(
             "metricsAddr: 127.0.0.1:{port}\n{}",
@@ -582,6 +582,7 @@ async fn an_outage_longer_than_warn_after_is_warned_about_and_never_dead_lettere
         )
     })
     .await;
+    let port = loader.metrics_port();
     write_lines(
         &loader.socket("orders"),
         &(0..50).map(row).collect::<Vec<_>>(),
@@ -649,7 +650,7 @@ async fn a_wrong_password_is_a_configuration_problem_retried_until_fixed_never_d
     .await
     .unwrap();
     let fe = sr.fe_url();
-    let port = free_port();
+    let port = 0; // any free port: the loader logs which
     let mut loader = Loader::start(|dir| {
         std::fs::write(dir.join("password"), "wrong\n").unwrap();
         format!(
@@ -667,6 +668,7 @@ async fn a_wrong_password_is_a_configuration_problem_retried_until_fixed_never_d
         )
     })
     .await;
+    let port = loader.metrics_port();
     write_lines(
         &loader.socket("orders"),
         &(0..20).map(row).collect::<Vec<_>>(),

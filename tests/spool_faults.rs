@@ -81,8 +81,9 @@ async fn a_full_disk_holds_producers_back_and_once_it_frees_every_row_loads_once
     // StarRocks is down too, so that no load frees space while the disk is full.
     let sr = down_endpoint().await;
     let fe = sr.fe_url();
-    let port = free_port();
+    let port = 0; // any free port: the loader logs which
     let mut loader = start_on_small_disk(&fe, port, FAST_RETRY).await;
+    let port = loader.metrics_port();
     let filler = loader.inside(&loader.dir.path().join("disk/filler"));
     fill_disk(&filler);
 
@@ -146,8 +147,9 @@ async fn a_full_disk_holds_producers_back_and_once_it_frees_every_row_loads_once
 async fn stopped_while_the_disk_is_full_it_counts_what_is_on_disk_as_spooled() {
     let sr = down_endpoint().await;
     let fe = sr.fe_url();
-    let port = free_port();
+    let port = 0; // any free port: the loader logs which
     let mut loader = start_on_small_disk(&fe, port, FAST_RETRY).await;
+    let port = loader.metrics_port();
     // 1,000 rows reach the disk while StarRocks is down...
     write_lines(
         &loader.socket("orders"),
@@ -210,7 +212,7 @@ async fn refused_with_dead_letters_blocked(extra: &str) -> Refusing {
     })
     .await;
     let fe = sr.fe_url();
-    let port = free_port();
+    let port = 0; // any free port: the loader logs which
     let blocked = tempfile::tempdir().unwrap();
     let dead_letters = blocked.path().join("dead-letters");
     std::fs::write(&dead_letters, b"in the way").unwrap();
@@ -219,6 +221,7 @@ async fn refused_with_dead_letters_blocked(extra: &str) -> Refusing {
         dead_letters.display()
     );
     let loader = Loader::start(|dir| config(dir, &fe, port, &extra)).await;
+    let port = loader.metrics_port();
     write_lines(
         &loader.socket("orders"),
         &(0..100).map(row).collect::<Vec<_>>(),
@@ -353,7 +356,7 @@ async fn lines_committed_after_a_refused_batch_are_not_acked_before_its_err_line
     })
     .await;
     let fe = sr.fe_url();
-    let port = free_port();
+    let port = 0; // any free port: the loader logs which
     let blocked = tempfile::tempdir().unwrap();
     let dead_letters = blocked.path().join("dead-letters");
     std::fs::write(&dead_letters, b"in the way").unwrap();
@@ -363,6 +366,7 @@ async fn lines_committed_after_a_refused_batch_are_not_acked_before_its_err_line
         dead_letters.display()
     );
     let mut loader = Loader::start(|dir| config(dir, &fe, port, &extra)).await;
+    let port = loader.metrics_port();
     let (read, mut write) = connect(&loader.socket("orders")).await.into_split();
     let reader = tokio::spawn(async move {
         let mut acks = Vec::new();
@@ -411,10 +415,11 @@ async fn lines_committed_after_a_refused_batch_are_not_acked_before_its_err_line
 async fn a_spool_that_fills_its_own_disk_goes_on_once_starrocks_takes_its_batches() {
     let sr = down_endpoint().await;
     let fe = sr.fe_url();
-    let port = free_port();
-    // StarRocks is down and the spool's cap (1 GiB by default) is far above the disk's
-    // 4 MiB: the spool's own batches fill the disk.
+    let port = 0; // any free port: the loader logs which
+                  // StarRocks is down and the spool's cap (1 GiB by default) is far above the disk's
+                  // 4 MiB: the spool's own batches fill the disk.
     let mut loader = start_on_small_disk(&fe, port, FAST_RETRY).await;
+    let port = loader.metrics_port();
     const N: u64 = 60_000;
     let socket = loader.socket("orders");
     let producer = tokio::spawn(async move {
@@ -445,13 +450,14 @@ async fn a_spool_that_fills_its_own_disk_goes_on_once_starrocks_takes_its_batche
 async fn a_batch_whose_spooled_bytes_changed_is_counted_as_damage_and_the_sink_goes_on() {
     let sr = down_endpoint().await;
     let fe = sr.fe_url();
-    let port = free_port();
+    let port = 0; // any free port: the loader logs which
     let spool = tempfile::tempdir().unwrap();
     let extra = format!(
         "    spoolDir: {}\n    flush:\n      maxRows: 100\n      interval: 100ms\n{FAST_RETRY}",
         spool.path().display()
     );
     let mut loader = Loader::start(|dir| config(dir, &fe, port, &extra)).await;
+    let port = loader.metrics_port();
     // StarRocks is down: ten batches wait, the later ones on disk only.
     write_lines(
         &loader.socket("orders"),

@@ -255,6 +255,10 @@ async fn serve_metrics(
     let listener = crate::telemetry::bind(addr, "metricsAddr")
         .await
         .map_err(LoaderError::Metrics)?;
+    // Port 0 takes any free port: the log says which.
+    if let Ok(bound) = listener.local_addr() {
+        tracing::info!(addr = %bound, "serving metrics");
+    }
     tokio::spawn(crate::telemetry::serve(
         listener,
         Arc::new(move || metrics::render(&sinks)),

@@ -200,6 +200,16 @@ impl Loader {
             .collect()
     }
 
+    /// The port of the loader's metrics server (started with `metricsAddr:
+    /// 127.0.0.1:0`, so that no test races another for a port), from its log.
+    pub fn metrics_port(&self) -> u16 {
+        self.log_json()
+            .iter()
+            .find(|l| l["message"] == "serving metrics")
+            .and_then(|l| l["addr"].as_str()?.rsplit_once(':')?.1.parse().ok())
+            .unwrap_or_else(|| panic!("no metrics address in the log:\n{}", self.log_text()))
+    }
+
     /// Waits until a log line contains `needle`.
     pub async fn wait_log(&mut self, needle: &str, within: Duration) -> bool {
         let logs = self.logs.clone();
