@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile,
+    HTTPGetAction, ObjectFieldSelector, Pod, PodSpec, Probe, ResourceRequirements, SeccompProfile,
     SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -111,38 +111,86 @@ pub fn unreadable_sinks_denial(pod: &Pod, unreadable: &[(String, SpecError)]) ->
 /// Attaches the loader to `pod` for the sinks it asks for. `sinks` are the sinks that
 /// exist (a sink in another namespace than the pod's is not a match).
 pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> Injection {
+    match plan(pod, sinks, settings) {
+        Ok(plan) => Injection::Injected(Box::new(apply(pod, &plan, settings))),
+        Err(not_injected) => not_injected,
+    }
+}
+
+/// What injecting a pod adds, decided once every check has passed.
+struct Plan<'a> {
+    /// The sinks, in the order the pod lists them.
+    found: Vec<&'a StarRocksSink>,
+    /// The loader runs as a native sidecar (Kubernetes 1.29 or later).
+    native: bool,
+    /// The pod's grace period, raised to the sinks' minimum.
+    grace: i64,
+    /// The spool volume's size (sum of the sinks' caps) and its name, if any sink spools.
+    spool_bytes: u64,
+    spool_volume: Option<String>,
+    /// The spool volume is an emptyDir starsink adds (not the pod's own).
+    add_spool_volume: bool,
+}
+
+/// The checks, in order; each may stop injection, saying why (`Unchanged` or `Denied`).
+fn plan<'a>(
+    pod: &Pod,
+    sinks: &'a [StarRocksSink],
+    settings: &InjectSettings,
+) -> Result<Plan<'a>, Injection> {
     let wanted = requested_sinks(pod);
     if wanted.is_empty() {
-        return Injection::Unchanged(
+        return Err(Injection::Unchanged(
             "no opt-in: needs the label starsink.io/inject: \"true\" and the annotation starsink.io/sinks".into(),
-        );
+        ));
     }
     let Some(spec) = pod.spec.as_ref() else {
-        return Injection::Denied("the pod has no spec".into());
+        return Err(Injection::Denied("the pod has no spec".into()));
     };
-    if pod.annotations().contains_key(INJECTED_ANNOTATION) {
-        let has_loader = spec
-            .init_containers
-            .iter()
-            .flatten()
-            .chain(spec.containers.iter())
-            .any(|c| c.name == LOADER);
-        if has_loader {
-            return Injection::Unchanged("already injected".into());
-        }
+    if pod.annotations().contains_key(INJECTED_ANNOTATION) && has_container(spec, LOADER) {
+        return Err(Injection::Unchanged("already injected".into()));
     }
-    let namespace = pod.namespace();
     let pod_name = pod
         .metadata
         .name
         .clone()
         .or_else(|| pod.metadata.generate_name.as_ref().map(|g| format!("{g}*")))
         .unwrap_or_else(|| "(unnamed)".into());
+    let found = look_up(pod, &wanted, sinks, &pod_name)?;
+    let native = settings.kube_version >= (1, 29);
+    runs_here(spec, settings, native, &pod_name)?;
+    let (spool_bytes, spool_volume, add_spool_volume) = spool(pod, spec, &found, &pod_name)?;
+    no_name_taken(spec, &found, add_spool_volume, &pod_name)?;
+    Ok(Plan {
+        grace: grace_period(spec, &found),
+        found,
+        native,
+        spool_bytes,
+        spool_volume,
+        add_spool_volume,
+    })
+}
 
-    // Sink lookup, in the order the pod lists them.
+fn has_container(spec: &PodSpec, name: &str) -> bool {
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .any(|c| c.name == name)
+}
+
+/// The sinks the pod names, found in its namespace; a missing one denies the pod unless
+/// it is annotated to skip missing sinks.
+fn look_up<'a>(
+    pod: &Pod,
+    wanted: &[String],
+    sinks: &'a [StarRocksSink],
+    pod_name: &str,
+) -> Result<Vec<&'a StarRocksSink>, Injection> {
+    let namespace = pod.namespace();
     let mut found: Vec<&StarRocksSink> = Vec::new();
     let mut missing = Vec::new();
-    for name in &wanted {
+    for name in wanted {
         let sink = sinks.iter().find(|s| {
             s.name_any() == *name
                 && (s.namespace().is_none() || namespace.is_none() || s.namespace() == namespace)
@@ -153,45 +201,63 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
             None => missing.push(name.clone()),
         }
     }
-    let ns = namespace.clone().unwrap_or_else(|| "default".into());
-    if !missing.is_empty() {
-        let skip = pod
-            .annotations()
-            .get(ON_MISSING_ANNOTATION)
-            .map(String::as_str)
-            == Some("skip");
-        if !skip {
-            let list = missing.join(", ");
-            return Injection::Denied(format!(
-                "pod {pod_name}: StarRocksSink {list} not found in namespace {ns}; create it (see examples/starrocks-sink.yaml: kubectl -n {ns} apply -f SINK.yaml), or remove it from the {SINKS_ANNOTATION} annotation; to start the pod without missing sinks, annotate it {ON_MISSING_ANNOTATION}: skip"
-            ));
-        }
-        if found.is_empty() {
-            return Injection::Unchanged(format!(
-                "none of the sinks {} exists in namespace {ns} ({ON_MISSING_ANNOTATION}: skip)",
-                wanted.join(", ")
-            ));
-        }
+    if missing.is_empty() {
+        return Ok(found);
     }
+    let ns = namespace.unwrap_or_else(|| "default".into());
+    let skip = pod
+        .annotations()
+        .get(ON_MISSING_ANNOTATION)
+        .map(String::as_str)
+        == Some("skip");
+    if !skip {
+        let list = missing.join(", ");
+        return Err(Injection::Denied(format!(
+            "pod {pod_name}: StarRocksSink {list} not found in namespace {ns}; create it (see examples/starrocks-sink.yaml: kubectl -n {ns} apply -f SINK.yaml), or remove it from the {SINKS_ANNOTATION} annotation; to start the pod without missing sinks, annotate it {ON_MISSING_ANNOTATION}: skip"
+        )));
+    }
+    if found.is_empty() {
+        return Err(Injection::Unchanged(format!(
+            "none of the sinks {} exists in namespace {ns} ({ON_MISSING_ANNOTATION}: skip)",
+            wanted.join(", ")
+        )));
+    }
+    Ok(found)
+}
 
-    // Native sidecars (restartPolicy: Always in initContainers) need Kubernetes 1.29;
-    // an older API server drops the field and the pod would hang in Init forever.
-    let native = settings.kube_version >= (1, 29);
+/// Native sidecars (restartPolicy: Always in initContainers) need Kubernetes 1.29; an
+/// older API server drops the field and the pod would hang in Init forever. Without
+/// them, a pod that runs to completion would never complete.
+fn runs_here(
+    spec: &PodSpec,
+    settings: &InjectSettings,
+    native: bool,
+    pod_name: &str,
+) -> Result<(), Injection> {
     let runs_to_completion = matches!(
         spec.restart_policy.as_deref(),
         Some("Never") | Some("OnFailure")
     );
     if !native && runs_to_completion {
-        return Injection::Denied(format!(
+        return Err(Injection::Denied(format!(
             "pod {pod_name} runs to completion (restartPolicy {}), and this cluster ({}.{}) has no native sidecars: a loader container would keep it running forever; upgrade to Kubernetes 1.29 or later, or remove the starsink.io/inject label",
             spec.restart_policy.as_deref().unwrap_or(""),
             settings.kube_version.0,
             settings.kube_version.1
-        ));
+        )));
     }
+    Ok(())
+}
 
-    // Sinks with a spool share one volume: the pod's own when it names one, else an
-    // emptyDir sized to their caps (plus a tenth: segments are freed in steps).
+/// Sinks with a spool share one volume: the pod's own when it names one, else an
+/// emptyDir sized to their caps (plus a tenth: segments are freed in steps). Returns
+/// the caps' sum, the volume's name, and whether starsink adds it.
+fn spool(
+    pod: &Pod,
+    spec: &PodSpec,
+    found: &[&StarRocksSink],
+    pod_name: &str,
+) -> Result<(u64, Option<String>, bool), Injection> {
     let spool_bytes: u64 = found
         .iter()
         .filter_map(|s| s.spec.spool.as_ref())
@@ -200,9 +266,9 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
     let own_spool_volume = pod.annotations().get(SPOOL_VOLUME_ANNOTATION).cloned();
     if let Some(name) = &own_spool_volume {
         if !spec.volumes.iter().flatten().any(|v| &v.name == name) {
-            return Injection::Denied(format!(
+            return Err(Injection::Denied(format!(
                 "pod {pod_name}: annotation {SPOOL_VOLUME_ANNOTATION} names volume {name}, which the pod does not have; add that volume or remove the annotation"
-            ));
+            )));
         }
     }
     let spool_volume = (spool_bytes > 0).then(|| {
@@ -210,9 +276,18 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
             .clone()
             .unwrap_or_else(|| SPOOL_VOLUME.to_owned())
     });
-    let add_spool_volume = spool_volume.is_some() && own_spool_volume.is_none();
+    let add = spool_volume.is_some() && own_spool_volume.is_none();
+    Ok((spool_bytes, spool_volume, add))
+}
 
-    // Names and paths we add must not be taken.
+/// Names and paths starsink adds must not be taken: volumes, the loader container, the
+/// socket directory's mount and the socket environment variables.
+fn no_name_taken(
+    spec: &PodSpec,
+    found: &[&StarRocksSink],
+    add_spool_volume: bool,
+    pod_name: &str,
+) -> Result<(), Injection> {
     let volume_names: Vec<String> = std::iter::once(SOCKETS_VOLUME.to_owned())
         .chain(add_spool_volume.then(|| SPOOL_VOLUME.to_owned()))
         .chain(found.iter().flat_map(|s| {
@@ -222,22 +297,16 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
         .collect();
     for v in spec.volumes.iter().flatten() {
         if volume_names.contains(&v.name) {
-            return Injection::Denied(format!(
+            return Err(Injection::Denied(format!(
                 "pod {pod_name}: it already has a volume named {}, which starsink needs for the loader; rename that volume",
                 v.name
-            ));
+            )));
         }
     }
-    let all_containers = || {
-        spec.init_containers
-            .iter()
-            .flatten()
-            .chain(spec.containers.iter())
-    };
-    if all_containers().any(|c| c.name == LOADER) {
-        return Injection::Denied(format!(
+    if has_container(spec, LOADER) {
+        return Err(Injection::Denied(format!(
             "pod {pod_name}: it already has a container named {LOADER}, which starsink needs for the loader; rename that container"
-        ));
+        )));
     }
     for c in &spec.containers {
         if let Some(m) = c
@@ -246,42 +315,49 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
             .flatten()
             .find(|m| m.mount_path.trim_end_matches('/') == SOCKET_DIR)
         {
-            return Injection::Denied(format!(
+            return Err(Injection::Denied(format!(
                 "pod {pod_name}: container {} already mounts {} at {SOCKET_DIR}, where starsink puts the sockets; move that mount",
                 c.name, m.name
-            ));
+            )));
         }
-        for s in &found {
+        for s in found {
             let env = socket_env_name(&s.name_any());
             if c.env.iter().flatten().any(|e| e.name == env) {
-                return Injection::Denied(format!(
+                return Err(Injection::Denied(format!(
                     "pod {pod_name}: container {} already sets {env}, which starsink sets to the socket path; remove it",
                     c.name
-                ));
+                )));
             }
         }
     }
+    Ok(())
+}
 
-    // Shutdown budget: the sinks' minimum grace period is enforced on the pod; the loader
-    // gets the grace period minus a margin for the kubelet's own work.
+/// The pod's grace period, raised to the sinks' minimum (the loader gets it less a
+/// margin for the kubelet's own work).
+fn grace_period(spec: &PodSpec, found: &[&StarRocksSink]) -> i64 {
     let min_grace = found
         .iter()
         .filter_map(|s| s.spec.sidecar.as_ref()?.min_grace_period)
         .map(|d| i64::try_from(d.0.as_secs()).unwrap_or(i64::MAX))
         .max()
         .unwrap_or(0);
-    let grace = spec
-        .termination_grace_period_seconds
+    spec.termination_grace_period_seconds
         .unwrap_or(DEFAULT_GRACE_SECONDS)
-        .max(min_grace);
-    let shutdown_secs = shutdown_budget(grace);
+        .max(min_grace)
+}
 
+/// The pod with the loader attached as `plan` says: the annotation, the grace period,
+/// the volumes, the socket mount and variables in every app container, and the loader.
+fn apply(pod: &Pod, plan: &Plan<'_>, settings: &InjectSettings) -> Pod {
+    let grace = plan.grace;
+    let shutdown_secs = shutdown_budget(grace);
     let mut out = pod.clone();
-    let names: Vec<String> = found.iter().map(|s| s.name_any()).collect();
+    let names: Vec<String> = plan.found.iter().map(|s| s.name_any()).collect();
     out.annotations_mut()
         .insert(INJECTED_ANNOTATION.into(), names.join(","));
     let Some(spec) = out.spec.as_mut() else {
-        return Injection::Denied("the pod has no spec".into());
+        return out;
     };
     if spec
         .termination_grace_period_seconds
@@ -291,6 +367,17 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
         spec.termination_grace_period_seconds = Some(grace);
     }
 
+    add_volumes(spec, plan);
+    mount_sockets(spec, &names);
+    attach_loader(spec, plan, settings, shutdown_secs);
+    out
+}
+
+/// The pod's new volumes: the sockets' emptyDir, the spool's (unless the pod has its
+/// own), and each sink's ConfigMap and credentials Secret.
+fn add_volumes(spec: &mut PodSpec, plan: &Plan<'_>) {
+    let (found, spool_bytes, add_spool_volume) =
+        (&plan.found, plan.spool_bytes, plan.add_spool_volume);
     let volumes = spec.volumes.get_or_insert_with(Vec::new);
     volumes.push(Volume {
         name: SOCKETS_VOLUME.into(),
@@ -309,7 +396,7 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
             ..Volume::default()
         });
     }
-    for s in &found {
+    for s in found {
         let n = s.name_any();
         volumes.push(Volume {
             name: config_volume(&n),
@@ -328,7 +415,10 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
             ..Volume::default()
         });
     }
+}
 
+/// Every app container gets the socket directory and one `STARSINK_SOCKET_<SINK>` each.
+fn mount_sockets(spec: &mut PodSpec, names: &[String]) {
     for c in spec.containers.iter_mut() {
         c.volume_mounts
             .get_or_insert_with(Vec::new)
@@ -338,7 +428,7 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
                 ..VolumeMount::default()
             });
         let env = c.env.get_or_insert_with(Vec::new);
-        for n in &names {
+        for n in names {
             env.push(EnvVar {
                 name: socket_env_name(n),
                 value: Some(format!("{SOCKET_DIR}/{n}.sock")),
@@ -346,9 +436,19 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
             });
         }
     }
+}
 
-    let mut loader = loader_container(&found, settings, shutdown_secs, native);
-    if let (Some(name), Some(mounts)) = (spool_volume, loader.volume_mounts.as_mut()) {
+/// The loader container, with the spool volume (in the pod's own directory of it), as
+/// a native sidecar or a plain container.
+fn attach_loader(
+    spec: &mut PodSpec,
+    plan: &Plan<'_>,
+    settings: &InjectSettings,
+    shutdown_secs: i64,
+) {
+    let (found, native, spool_volume) = (&plan.found, plan.native, &plan.spool_volume);
+    let mut loader = loader_container(found, settings, shutdown_secs, native);
+    if let (Some(name), Some(mounts)) = (spool_volume.clone(), loader.volume_mounts.as_mut()) {
         // Each pod spools in a directory of its own on the volume (`<volume>/<pod name>`),
         // so replicas that share a volume never meet in one spool; a StatefulSet's pod
         // finds its own again after a restart.
@@ -377,7 +477,6 @@ pub fn inject(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> 
     } else {
         spec.containers.push(loader);
     }
-    Injection::Injected(Box::new(out))
 }
 
 /// The loader's `shutdownTimeout` for a pod grace period: the grace period minus a
