@@ -298,7 +298,14 @@ pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
     let mut out = Vec::new();
     let mut bad =
         |field: &str, msg: String| out.push(ConfigIssue::new(format!("{key}.{field}"), msg));
+    check_intake(sink, &mut bad);
+    check_starrocks(sink, &mut bad);
+    check_batching(sink, &mut bad);
+    out
+}
 
+/// Where records come in: the name, the socket, connections, format and record size.
+fn check_intake(sink: &SinkSpec, bad: &mut impl FnMut(&str, String)) {
     if !is_dns_label(&sink.name) {
         bad(
             "name",
@@ -372,7 +379,10 @@ pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
         ),
         _ => {}
     }
+}
 
+/// How StarRocks is reached: endpoints, table, user, password source, headers.
+fn check_starrocks(sink: &SinkSpec, bad: &mut impl FnMut(&str, String)) {
     let sr = &sink.starrocks;
     if sr.fe_endpoints.is_empty() {
         bad(
@@ -448,7 +458,11 @@ pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
             "must be more than zero, e.g. 60s".into(),
         );
     }
+}
 
+/// How records wait and are sent: flush limits, the spool, acks and retries.
+fn check_batching(sink: &SinkSpec, bad: &mut impl FnMut(&str, String)) {
+    let max_bytes = sink.flush.max_bytes.0;
     let f = &sink.flush;
     if f.interval.0.is_zero() {
         bad(
@@ -510,7 +524,6 @@ pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
     if r.warn_after.0.is_zero() {
         bad("retry.warnAfter", "must be more than zero, e.g. 10m".into());
     }
-    out
 }
 
 /// Checks that the password the sink names can be read now.
