@@ -307,43 +307,13 @@ impl Spool {
         };
 
         // Pass 1: what is where.
-        let mut record_seqs: Vec<Range<u64>> = Vec::new();
-        let mut sealed: Vec<(String, Range<u64>)> = Vec::new();
-        let mut seen_labels: HashSet<String> = HashSet::new();
-        let mut done: HashSet<String> = HashSet::new();
-        let mut damage = Vec::new();
-        let mut corrupt = Vec::new();
-        for (_, path) in &old {
-            let r = read_segment(path)?;
-            for d in r.damage {
-                if matches!(d, Damage::Corrupt { .. } | Damage::BadHeader) {
-                    corrupt.push(path.clone());
-                }
-                damage.push((path.clone(), d));
-            }
-            for frame in r.frames {
-                match frame {
-                    Frame::Records {
-                        first_seq, data, ..
-                    } => {
-                        let n = lines(&data).count() as u64;
-                        record_seqs.push(first_seq..first_seq + n);
-                    }
-                    Frame::Sealed {
-                        first_seq,
-                        end_seq,
-                        label,
-                    } => {
-                        if seen_labels.insert(label.clone()) {
-                            sealed.push((label, first_seq..end_seq));
-                        }
-                    }
-                    Frame::Done { label, .. } => {
-                        done.insert(label);
-                    }
-                }
-            }
-        }
+        let Survey {
+            record_seqs,
+            sealed,
+            done,
+            damage,
+            corrupt,
+        } = survey(&old, &read_segment)?;
 
         // Records in no readable batch: those after the last seal, and any whose Sealed
         // frame was lost to damage (their fate is unknown: they load again, under a new
@@ -487,16 +457,7 @@ impl Spool {
         }
         spool.flush().map_err(&err)?;
         spool.file.sync_data().map_err(&err)?;
-        for (_, path) in &old {
-            if corrupt.contains(path) {
-                let aside = dir.join("corrupt");
-                fs::create_dir_all(&aside).map_err(&err)?;
-                let name = path.file_name().unwrap_or_default();
-                fs::rename(path, aside.join(name)).map_err(&err)?;
-            } else {
-                fs::remove_file(path).map_err(&err)?;
-            }
-        }
+        retire(dir, &old, &corrupt).map_err(&err)?;
         sync_dir(dir).map_err(&err)?;
         spool.keep_reserve();
         Ok((
@@ -897,6 +858,87 @@ fn free_space(dir: &Path) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(stat.f_bavail * stat.f_frsize)
+}
+
+/// What pass 1 of [`Spool::open_with`] found in the old segments.
+struct Survey {
+    /// Where records are, frame by frame.
+    record_seqs: Vec<Range<u64>>,
+    /// Sealed batches, first seal of each label, in the order found.
+    sealed: Vec<(String, Range<u64>)>,
+    /// Labels with a verdict.
+    done: HashSet<String>,
+    damage: Vec<(PathBuf, Damage)>,
+    /// Segments with corrupt stretches or a bad header (moved aside afterwards).
+    corrupt: Vec<PathBuf>,
+}
+
+/// Pass 1: reads each old segment in turn and keeps only where records are and which
+/// batches are sealed and done (memory bounded by one segment).
+fn survey(
+    old: &[(u64, PathBuf)],
+    read_segment: &dyn Fn(&PathBuf) -> Result<segment::Recovered, SpoolError>,
+) -> Result<Survey, SpoolError> {
+    let mut record_seqs: Vec<Range<u64>> = Vec::new();
+    let mut sealed: Vec<(String, Range<u64>)> = Vec::new();
+    let mut seen_labels: HashSet<String> = HashSet::new();
+    let mut done: HashSet<String> = HashSet::new();
+    let mut damage = Vec::new();
+    let mut corrupt = Vec::new();
+    for (_, path) in old {
+        let r = read_segment(path)?;
+        for d in r.damage {
+            if matches!(d, Damage::Corrupt { .. } | Damage::BadHeader) {
+                corrupt.push(path.clone());
+            }
+            damage.push((path.clone(), d));
+        }
+        for frame in r.frames {
+            match frame {
+                Frame::Records {
+                    first_seq, data, ..
+                } => {
+                    let n = lines(&data).count() as u64;
+                    record_seqs.push(first_seq..first_seq + n);
+                }
+                Frame::Sealed {
+                    first_seq,
+                    end_seq,
+                    label,
+                } => {
+                    if seen_labels.insert(label.clone()) {
+                        sealed.push((label, first_seq..end_seq));
+                    }
+                }
+                Frame::Done { label, .. } => {
+                    done.insert(label);
+                }
+            }
+        }
+    }
+    Ok(Survey {
+        record_seqs,
+        sealed,
+        done,
+        damage,
+        corrupt,
+    })
+}
+
+/// Once the pending state is in a fresh segment (synced): removes the old segments, and
+/// moves corrupt ones into `corrupt/`.
+fn retire(dir: &Path, old: &[(u64, PathBuf)], corrupt: &[PathBuf]) -> io::Result<()> {
+    for (_, path) in old {
+        if corrupt.contains(path) {
+            let aside = dir.join("corrupt");
+            fs::create_dir_all(&aside)?;
+            let name = path.file_name().unwrap_or_default();
+            fs::rename(path, aside.join(name))?;
+        } else {
+            fs::remove_file(path)?;
+        }
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
