@@ -126,7 +126,8 @@ pub struct Stopping {
 enum Load {
     Idle(StreamLoadClient),
     Busy(InFlight),
-    /// Only while a method moves the client from one to the other.
+    /// No client: a method is moving it from one state to the other, or the task is
+    /// ending (the deadline passed, or the load task failed).
     Moving,
 }
 
@@ -413,7 +414,8 @@ impl SinkTask {
     fn handle(&mut self, event: Event) -> bool {
         match event {
             Event::Deadline => {
-                if let Load::Busy(f) = &self.load {
+                // Given up: no longer counted as in flight.
+                if let Load::Busy(f) = std::mem::replace(&mut self.load, Load::Moving) {
                     f.handle.abort();
                 }
                 return false;
@@ -428,8 +430,14 @@ impl SinkTask {
                 self.dead_letter_writing = None;
                 self.dead_letter_written(refused, result);
             }
-            Event::Loaded(Err(e)) | Event::DeadLetterWritten(Err(e)) => {
-                tracing::error!(sink = %self.name, error = %e, "a load or dead-letter task failed; its records are lost");
+            Event::Loaded(Err(e)) => {
+                self.load = Load::Moving;
+                tracing::error!(sink = %self.name, error = %e, "load task failed; its records are lost");
+                return false;
+            }
+            Event::DeadLetterWritten(Err(e)) => {
+                self.dead_letter_writing = None;
+                tracing::error!(sink = %self.name, error = %e, "dead-letter task failed; its records are lost");
                 return false;
             }
             Event::Stop => {
