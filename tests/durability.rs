@@ -101,16 +101,9 @@ async fn a_full_spool_stops_the_reads_until_loads_free_space_and_loses_nothing()
 /// Writes `lines` on one connection, closes the write side and collects every ack line
 /// the loader writes back until it closes the connection. Reads as it writes.
 async fn write_and_read_acks(path: &Path, lines: &[String]) -> Vec<String> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::io::AsyncWriteExt;
     let (read, mut write) = connect(path).await.into_split();
-    let reader = tokio::spawn(async move {
-        let mut acks = Vec::new();
-        let mut lines = BufReader::new(read).lines();
-        while let Some(line) = lines.next_line().await.expect("read acks") {
-            acks.push(line);
-        }
-        acks
-    });
+    let reader = read_acks(read);
     let mut buf = Vec::new();
     for l in lines {
         buf.extend_from_slice(l.as_bytes());

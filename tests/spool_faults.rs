@@ -206,6 +206,17 @@ struct Refusing {
 }
 
 async fn refused_with_dead_letters_blocked(extra: &str) -> Refusing {
+    let refusing = refusing_loader(extra).await;
+    let rows: Vec<String> = (0..100).map(row).collect();
+    write_lines(&refusing.loader.socket("orders"), &rows).await;
+    let failures = "starsink_dead_letter_failures_total";
+    await_metric(refusing.port, failures, 1.0, Duration::from_secs(10)).await;
+    refusing
+}
+
+/// A loader (batches of 100 rows) whose StarRocks refuses every load and whose
+/// dead-letter directory cannot be written; nothing written to it yet.
+async fn refusing_loader(extra: &str) -> Refusing {
     let sr = endpoint(Faults {
         refuse: 1.0,
         ..Faults::default()
@@ -222,18 +233,6 @@ async fn refused_with_dead_letters_blocked(extra: &str) -> Refusing {
     );
     let loader = Loader::start(|dir| config(dir, &fe, port, &extra)).await;
     let port = loader.metrics_port();
-    write_lines(
-        &loader.socket("orders"),
-        &(0..100).map(row).collect::<Vec<_>>(),
-    )
-    .await;
-    await_metric(
-        port,
-        "starsink_dead_letter_failures_total",
-        1.0,
-        Duration::from_secs(10),
-    )
-    .await;
     Refusing {
         sr,
         loader,
@@ -348,34 +347,21 @@ async fn without_a_spool_a_refused_batch_waits_in_memory_for_its_dead_letter_fil
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lines_committed_after_a_refused_batch_are_not_acked_before_its_err_lines() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::io::AsyncWriteExt;
     let spool = tempfile::tempdir().unwrap();
-    let sr = endpoint(Faults {
-        refuse: 1.0,
-        ..Faults::default()
-    })
-    .await;
-    let fe = sr.fe_url();
-    let port = 0; // any free port: the loader logs which
-    let blocked = tempfile::tempdir().unwrap();
-    let dead_letters = blocked.path().join("dead-letters");
-    std::fs::write(&dead_letters, b"in the way").unwrap();
     let extra = format!(
-        "    spoolDir: {}\n    acks: committed\n    deadLetterDir: {}\n    flush:\n      maxRows: 100\n      interval: 100ms\n",
-        spool.path().display(),
-        dead_letters.display()
+        "    spoolDir: {}\n    acks: committed\n",
+        spool.path().display()
     );
-    let mut loader = Loader::start(|dir| config(dir, &fe, port, &extra)).await;
-    let port = loader.metrics_port();
+    let Refusing {
+        sr,
+        mut loader,
+        port,
+        dead_letters,
+        _blocked,
+    } = refusing_loader(&extra).await;
     let (read, mut write) = connect(&loader.socket("orders")).await.into_split();
-    let reader = tokio::spawn(async move {
-        let mut acks = Vec::new();
-        let mut lines = BufReader::new(read).lines();
-        while let Some(line) = lines.next_line().await.expect("read acks") {
-            acks.push(line);
-        }
-        acks
-    });
+    let reader = read_acks(read);
     let lines =
         |ids: std::ops::Range<u64>| ids.map(|i| format!("{}\n", row(i))).collect::<String>();
     // Lines 1-100 are refused, and their dead-letter file cannot be written yet...

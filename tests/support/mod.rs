@@ -440,3 +440,15 @@ pub async fn wait_for_socket(path: &Path) {
     })
     .await;
 }
+
+/// Collects every ack line the loader writes on `read` until it closes the connection.
+pub fn read_acks(read: tokio::net::unix::OwnedReadHalf) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let mut acks = Vec::new();
+        let mut lines = BufReader::new(read).lines();
+        while let Some(line) = lines.next_line().await.expect("read acks") {
+            acks.push(line);
+        }
+        acks
+    })
+}
