@@ -1,6 +1,7 @@
 //! Types shared by the loader's configuration and the `StarRocksSink` resource.
 
 pub mod config;
+pub mod pod_contract;
 pub mod resource;
 pub mod sink;
 pub mod units;

@@ -17,15 +17,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::config::{validate_sink, ConfigIssue};
+use super::pod_contract;
 use super::sink::{Acks, FlushSpec, Format, RetrySpec, SinkSpec, SpoolSync, StarRocksSpec};
 use super::units::{ByteSize, HumanDuration, DURATION_PATTERN};
-
-/// Where the sidecar's sockets live in a pod (an `emptyDir` shared with the apps).
-pub const SOCKET_DIR: &str = "/var/run/starsink";
-/// Where a sink's credentials Secret is mounted in the loader, one directory per sink.
-pub const SECRET_DIR: &str = "/etc/starsink/credentials";
-/// Where the loader's spool volume is mounted; each sink spools in a directory of its own.
-pub const SPOOL_DIR: &str = "/var/lib/starsink/spool";
 
 /// A sink: records that pods write to a Unix socket are loaded into one StarRocks table.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -297,15 +291,11 @@ impl StarRocksSinkSpec {
         starrocks.password = None;
         starrocks.password_env = None;
         starrocks.password_file = Some(
-            format!(
-                "{SECRET_DIR}/{name}/{}",
-                self.credentials_secret_ref.password_key
-            )
-            .into(),
+            pod_contract::password_file(name, &self.credentials_secret_ref.password_key).into(),
         );
         SinkSpec {
             name: name.to_owned(),
-            socket: format!("{SOCKET_DIR}/{name}.sock").into(),
+            socket: pod_contract::socket_path(name).into(),
             // Only the pod's containers share the emptyDir, and apps and loader often run
             // as different users.
             socket_mode: "0666".into(),
@@ -321,7 +311,7 @@ impl StarRocksSinkSpec {
             spool_dir: self
                 .spool
                 .as_ref()
-                .map(|_| format!("{SPOOL_DIR}/{name}").into()),
+                .map(|_| pod_contract::spool_dir(name).into()),
             spool_sync: self.spool.as_ref().map(|s| s.sync).unwrap_or_default(),
             spool_max_bytes: self
                 .spool

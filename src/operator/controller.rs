@@ -18,9 +18,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
-use super::pod_contract::{HASH_ANNOTATION, INJECT_LABEL};
-use super::reconcile::{decide, decide_unreadable, requested_sinks, Next};
+use super::reconcile::{decide, decide_unreadable, Next};
 use super::{kube_err, KubeCallError};
+use crate::api::pod_contract::{requested_sinks, HASH_ANNOTATION, INJECT_LABEL};
 use crate::api::resource::StoredSink;
 use crate::telemetry::Histogram;
 

@@ -12,22 +12,15 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::pod_contract::{
-    config_map_name, config_volume, credentials_volume, socket_env_name, CONFIG_KEY,
-    INJECTED_ANNOTATION, LOADER, METRICS_PORT_NAME, ON_MISSING_ANNOTATION, SINKS_ANNOTATION,
-    SOCKETS_VOLUME, SPOOL_VOLUME, SPOOL_VOLUME_ANNOTATION,
+use crate::api::pod_contract::{
+    config_map_name, config_volume, credentials_dir, credentials_volume, requested_sinks,
+    sink_config_dir, socket_env_name, socket_path, CONFIG_KEY, INJECTED_ANNOTATION, LOADER,
+    LOADER_UID, METRICS_PORT_NAME, ON_MISSING_ANNOTATION, POD_NAME_ENV, SINKS_ANNOTATION,
+    SOCKETS_VOLUME, SOCKET_DIR, SPOOL_DIR, SPOOL_VOLUME, SPOOL_VOLUME_ANNOTATION,
 };
-use super::reconcile::requested_sinks;
 use crate::api::resource::SpecError;
-use crate::api::resource::{SECRET_DIR, SOCKET_DIR, SPOOL_DIR};
 use crate::api::StarRocksSink;
 
-/// Where a sink's loader settings (its ConfigMap) are mounted in the loader.
-pub const SINK_CONFIG_DIR: &str = "/etc/starsink/sinks";
-/// The loader's variable holding its pod's name (for its spool directory).
-const POD_NAME_ENV: &str = "STARSINK_POD_NAME";
-/// The loader's non-root user (distroless `nonroot`).
-pub const LOADER_UID: i64 = 65532;
 /// Grace period Kubernetes gives a pod that sets none.
 const DEFAULT_GRACE_SECONDS: i64 = 30;
 
@@ -431,7 +424,7 @@ fn mount_sockets(spec: &mut PodSpec, names: &[String]) {
         for n in names {
             env.push(EnvVar {
                 name: socket_env_name(n),
-                value: Some(format!("{SOCKET_DIR}/{n}.sock")),
+                value: Some(socket_path(n)),
                 ..EnvVar::default()
             });
         }
@@ -514,16 +507,16 @@ fn loader_container(
     for s in sinks {
         let n = s.name_any();
         args.push("--sink-file".into());
-        args.push(format!("{SINK_CONFIG_DIR}/{n}/{CONFIG_KEY}"));
+        args.push(format!("{}/{CONFIG_KEY}", sink_config_dir(&n)));
         mounts.push(VolumeMount {
             name: config_volume(&n),
-            mount_path: format!("{SINK_CONFIG_DIR}/{n}"),
+            mount_path: sink_config_dir(&n),
             read_only: Some(true),
             ..VolumeMount::default()
         });
         mounts.push(VolumeMount {
             name: credentials_volume(&n),
-            mount_path: format!("{SECRET_DIR}/{n}"),
+            mount_path: credentials_dir(&n),
             read_only: Some(true),
             ..VolumeMount::default()
         });
@@ -574,5 +567,241 @@ fn loader_container(
             ..SecurityContext::default()
         }),
         ..Container::default()
+    }
+}
+
+/// Each check of [`plan`] on its own: what lets a pod through, what leaves it unchanged,
+/// and what denies it (the goldens in `tests/fixtures/inject` show whole pods).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn mk_pod(extra: serde_json::Value) -> Pod {
+        let mut pod = json!({
+            "metadata": {
+                "name": "app", "namespace": "shop",
+                "labels": {"starsink.io/inject": "true"},
+                "annotations": {"starsink.io/sinks": "orders"},
+            },
+            "spec": {"containers": [{"name": "app", "image": "app"}]},
+        });
+        merge(&mut pod, extra);
+        serde_json::from_value(pod).expect("a pod")
+    }
+
+    fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
+        match (into, from) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+
+    fn mk_sink(name: &str, namespace: &str, extra: serde_json::Value) -> StarRocksSink {
+        let mut sink = json!({
+            "apiVersion": "starsink.io/v1alpha1", "kind": "StarRocksSink",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "starrocks": {"feEndpoints": ["http://fe:8030"], "database": "d", "table": "t"},
+                "credentialsSecretRef": {"name": "sr"},
+            },
+        });
+        merge(&mut sink["spec"], extra);
+        serde_json::from_value(sink).expect("a sink")
+    }
+
+    fn spec(pod: &Pod) -> &PodSpec {
+        pod.spec.as_ref().expect("a spec")
+    }
+
+    fn denial(r: Result<impl std::fmt::Debug, Injection>) -> String {
+        match r {
+            Err(Injection::Denied(why)) => why,
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn look_up_finds_the_named_sinks_in_the_pods_namespace_once_each() {
+        let sinks = [
+            mk_sink("orders", "other", json!({})),
+            mk_sink("orders", "shop", json!({})),
+            mk_sink("clicks", "shop", json!({})),
+        ];
+        let pod = mk_pod(json!({}));
+        let wanted = [
+            "clicks".to_owned(),
+            "orders".to_owned(),
+            "clicks".to_owned(),
+        ];
+        let found = look_up(&pod, &wanted, &sinks, "app").expect("found");
+        let found: Vec<_> = found
+            .iter()
+            .map(|s| (s.name_any(), s.namespace().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("clicks".into(), "shop".into()),
+                ("orders".into(), "shop".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn look_up_denies_a_missing_sink_unless_the_pod_says_skip() {
+        let sinks = [mk_sink("orders", "shop", json!({}))];
+        let wanted = ["orders".to_owned(), "nope".to_owned()];
+        let why = denial(look_up(&mk_pod(json!({})), &wanted, &sinks, "app"));
+        assert!(
+            why.contains("StarRocksSink nope not found in namespace shop"),
+            "{why}"
+        );
+        assert!(
+            why.contains(ON_MISSING_ANNOTATION),
+            "names the way out: {why}"
+        );
+
+        let skip = mk_pod(json!({"metadata": {"annotations": {ON_MISSING_ANNOTATION: "skip"}}}));
+        let found = look_up(&skip, &wanted, &sinks, "app").expect("skips the missing one");
+        assert_eq!(found.len(), 1);
+        let none = look_up(&skip, &["nope".to_owned()], &sinks, "app");
+        assert!(matches!(none, Err(Injection::Unchanged(_))), "{none:?}");
+    }
+
+    #[test]
+    fn runs_here_refuses_only_pods_that_complete_on_a_cluster_without_native_sidecars() {
+        let old = InjectSettings {
+            kube_version: (1, 28),
+            ..InjectSettings::default()
+        };
+        for (policy, native, ok) in [
+            (None, false, true),
+            (Some("Always"), false, true),
+            (Some("Never"), false, false),
+            (Some("OnFailure"), false, false),
+            (Some("Never"), true, true),
+        ] {
+            let pod = mk_pod(json!({"spec": {"restartPolicy": policy}}));
+            let r = runs_here(spec(&pod), &old, native, "app");
+            assert_eq!(r.is_ok(), ok, "{policy:?} native={native}: {r:?}");
+            if !ok {
+                assert!(denial(r).contains("upgrade to Kubernetes 1.29"));
+            }
+        }
+    }
+
+    #[test]
+    fn spool_sums_the_caps_and_uses_the_pods_own_volume_only_if_it_has_it() {
+        let spooled = mk_sink("orders", "shop", json!({"spool": {"maxBytes": "1GiB"}}));
+        let spooled2 = mk_sink("clicks", "shop", json!({"spool": {"maxBytes": "512MiB"}}));
+        let memory = mk_sink("views", "shop", json!({}));
+        let pod = mk_pod(json!({}));
+        let all = [&spooled, &spooled2, &memory];
+        let (bytes, volume, add) = spool(&pod, spec(&pod), &all, "app").expect("ok");
+        assert_eq!(bytes, (1 << 30) + (512 << 20));
+        assert_eq!((volume.as_deref(), add), (Some(SPOOL_VOLUME), true));
+
+        let none = spool(&pod, spec(&pod), &[&memory], "app").expect("ok");
+        assert_eq!(none, (0, None, false));
+
+        let own = mk_pod(json!({
+            "metadata": {"annotations": {SPOOL_VOLUME_ANNOTATION: "data"}},
+            "spec": {"volumes": [{"name": "data", "emptyDir": {}}]},
+        }));
+        let (_, volume, add) = spool(&own, spec(&own), &[&spooled], "app").expect("ok");
+        assert_eq!((volume.as_deref(), add), (Some("data"), false));
+
+        let missing =
+            mk_pod(json!({"metadata": {"annotations": {SPOOL_VOLUME_ANNOTATION: "data"}}}));
+        let why = denial(spool(&missing, spec(&missing), &[&spooled], "app"));
+        assert!(
+            why.contains("names volume data, which the pod does not have"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn no_name_taken_denies_each_name_and_path_starsink_adds() {
+        let sink = mk_sink("orders", "shop", json!({}));
+        let cases = [
+            (
+                json!({"volumes": [{"name": SOCKETS_VOLUME, "emptyDir": {}}]}),
+                "a volume named starsink-sockets",
+            ),
+            (
+                json!({"volumes": [{"name": config_volume("orders"), "emptyDir": {}}]}),
+                "a volume named starsink-config-orders",
+            ),
+            (
+                json!({"volumes": [{"name": SPOOL_VOLUME, "emptyDir": {}}]}),
+                "a volume named starsink-spool",
+            ),
+            (
+                json!({"containers": [{"name": LOADER, "image": "x"}]}),
+                "a container named starsink-loader",
+            ),
+            (
+                json!({"initContainers": [{"name": LOADER, "image": "x"}]}),
+                "a container named starsink-loader",
+            ),
+            (
+                json!({"containers": [{"name": "app", "image": "app", "volumeMounts": [{"name": "v", "mountPath": "/var/run/starsink/"}]}]}),
+                "mounts v at /var/run/starsink",
+            ),
+            (
+                json!({"containers": [{"name": "app", "image": "app", "env": [{"name": "STARSINK_SOCKET_ORDERS", "value": "x"}]}]}),
+                "already sets STARSINK_SOCKET_ORDERS",
+            ),
+        ];
+        for (pod_spec, expected) in cases {
+            let pod = mk_pod(json!({"spec": pod_spec}));
+            let why = denial(no_name_taken(spec(&pod), &[&sink], true, "app"));
+            assert!(why.contains(expected), "{expected}: {why}");
+        }
+        let plain = mk_pod(json!({"spec": {"volumes": [{"name": SPOOL_VOLUME, "emptyDir": {}}]}}));
+        assert!(
+            no_name_taken(spec(&plain), &[&sink], false, "app").is_ok(),
+            "the spool volume's name is free to use when starsink adds none"
+        );
+    }
+
+    #[test]
+    fn the_grace_period_is_the_pods_raised_to_the_largest_sink_minimum() {
+        let short = mk_sink("a", "shop", json!({"sidecar": {"minGracePeriod": "45s"}}));
+        let long = mk_sink("b", "shop", json!({"sidecar": {"minGracePeriod": "2m"}}));
+        let plain = mk_sink("c", "shop", json!({}));
+        for (pod_grace, sinks, expected) in [
+            (None, vec![&plain], DEFAULT_GRACE_SECONDS),
+            (Some(10), vec![&plain], 10),
+            (Some(10), vec![&short], 45),
+            (None, vec![&short, &long], 120),
+            (Some(300), vec![&short, &long], 300),
+        ] {
+            let pod = mk_pod(json!({"spec": {"terminationGracePeriodSeconds": pod_grace}}));
+            assert_eq!(grace_period(spec(&pod), &sinks), expected, "{pod_grace:?}");
+        }
+    }
+
+    #[test]
+    fn plan_leaves_pods_without_the_opt_in_or_already_injected_unchanged() {
+        let sinks = [mk_sink("orders", "shop", json!({}))];
+        let settings = InjectSettings::default();
+        let no_label = mk_pod(json!({"metadata": {"labels": {"starsink.io/inject": "false"}}}));
+        let r = plan(&no_label, &sinks, &settings).map(|_| ());
+        assert!(matches!(r, Err(Injection::Unchanged(_))), "{r:?}");
+
+        let Injection::Injected(injected) = inject(&mk_pod(json!({})), &sinks, &settings) else {
+            panic!("the plain pod is injected");
+        };
+        let again = plan(&injected, &sinks, &settings).map(|_| ());
+        assert!(
+            matches!(again, Err(Injection::Unchanged(ref why)) if why == "already injected"),
+            "{again:?}"
+        );
     }
 }

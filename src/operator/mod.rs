@@ -4,7 +4,6 @@ pub mod certs;
 pub mod controller;
 pub mod inject;
 pub mod manifests;
-pub mod pod_contract;
 pub mod reconcile;
 pub mod tls;
 pub mod webhook;

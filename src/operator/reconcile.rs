@@ -13,8 +13,8 @@ use kube::{Resource, ResourceExt};
 use crate::api::resource::{SpecError, StoredSink};
 use crate::api::{StarRocksSink, StarRocksSinkStatus};
 
-use super::pod_contract::{
-    config_map_name, CONFIG_KEY, HASH_ANNOTATION, INJECT_LABEL, SINKS_ANNOTATION, SINK_LABEL,
+use crate::api::pod_contract::{
+    config_map_name, content_hash, requested_sinks, CONFIG_KEY, HASH_ANNOTATION, SINK_LABEL,
 };
 
 /// Why a sink is (not) ready; the `reason` of its `Ready` condition.
@@ -297,35 +297,6 @@ fn config_map(sink: &StarRocksSink, name: &str, user: &str) -> ConfigMap {
     }
 }
 
-/// FNV-1a, 64 bits, as 16 hex digits: stable across releases and platforms, which is
-/// all a change detector needs.
-pub fn content_hash(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
-/// The sinks a pod asks for in its `starsink.io/sinks` annotation, if it opted in.
-pub fn requested_sinks(pod: &Pod) -> Vec<String> {
-    let opted_in = pod.labels().get(INJECT_LABEL).map(String::as_str) == Some("true");
-    if !opted_in {
-        return Vec::new();
-    }
-    pod.annotations()
-        .get(SINKS_ANNOTATION)
-        .map(|list| {
-            list.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Running pods that opted in and list `sink`.
 pub fn attached_pods(pods: &[Pod], sink: &str) -> i32 {
     let n = pods
@@ -339,6 +310,7 @@ pub fn attached_pods(pods: &[Pod], sink: &str) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::pod_contract::{INJECT_LABEL, SINKS_ANNOTATION};
     use k8s_openapi::ByteString;
     use serde_json::json;
 

@@ -1,5 +1,6 @@
-//! The pod contract: every label, annotation and name that starsink reads from or writes
-//! into a pod and the objects around it. Each derived name fits the limit Kubernetes sets
+//! The pod contract: every label, annotation, name, path and variable that starsink reads
+//! from or writes into a pod and the objects around it, used by the CRD's projection into
+//! loader settings, injection, the webhook and the controller. Each derived name fits the limit Kubernetes sets
 //! for its kind, shortened deterministically (a cut name plus a hash of the whole) when it
 //! must be, so no sink name the CRD allows can make the API server refuse a pod.
 //!
@@ -9,7 +10,8 @@
 //! and Secret names) at most 253; an IANA service name (container port names) at most 15,
 //! with at least one letter and no `--`.
 
-use super::reconcile::content_hash;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 
 /// The label a pod opts in with (the webhook's objectSelector).
 pub const INJECT_LABEL: &str = "starsink.io/inject";
@@ -56,6 +58,76 @@ pub fn config_volume(sink: &str) -> String {
 /// The volume that mounts a sink's credentials Secret into the loader.
 pub fn credentials_volume(sink: &str) -> String {
     fit(format!("starsink-credentials-{sink}"), DNS_LABEL_MAX)
+}
+
+/// Where the sidecar's sockets live in a pod (an `emptyDir` shared with the apps).
+pub const SOCKET_DIR: &str = "/var/run/starsink";
+/// Where a sink's credentials Secret is mounted in the loader, one directory per sink.
+pub const SECRET_DIR: &str = "/etc/starsink/credentials";
+/// Where the loader's spool volume is mounted; each sink spools in a directory of its own.
+pub const SPOOL_DIR: &str = "/var/lib/starsink/spool";
+/// Where a sink's loader settings (its ConfigMap) are mounted in the loader.
+pub const SINK_CONFIG_DIR: &str = "/etc/starsink/sinks";
+/// The loader's variable holding its pod's name: the spool volume is mounted at
+/// `<pod name>/` of the volume (`subPathExpr`), so two pods sharing a volume never share
+/// a spool.
+pub const POD_NAME_ENV: &str = "STARSINK_POD_NAME";
+/// The loader's non-root user (distroless `nonroot`).
+pub const LOADER_UID: i64 = 65532;
+
+/// A sink's socket in the pod, on the shared socket volume.
+pub fn socket_path(sink: &str) -> String {
+    format!("{SOCKET_DIR}/{sink}.sock")
+}
+
+/// Where a sink's credentials Secret is mounted in the loader.
+pub fn credentials_dir(sink: &str) -> String {
+    format!("{SECRET_DIR}/{sink}")
+}
+
+/// The file holding a sink's password in the loader: `key` of its mounted Secret.
+pub fn password_file(sink: &str, key: &str) -> String {
+    format!("{}/{key}", credentials_dir(sink))
+}
+
+/// A sink's spool directory in the loader.
+pub fn spool_dir(sink: &str) -> String {
+    format!("{SPOOL_DIR}/{sink}")
+}
+
+/// Where a sink's ConfigMap is mounted in the loader, and the loader's `--sink-file`.
+pub fn sink_config_dir(sink: &str) -> String {
+    format!("{SINK_CONFIG_DIR}/{sink}")
+}
+
+/// The sinks a pod asks for in its `starsink.io/sinks` annotation, if it opted in with
+/// the `starsink.io/inject: "true"` label.
+pub fn requested_sinks(pod: &Pod) -> Vec<String> {
+    let opted_in = pod.labels().get(INJECT_LABEL).map(String::as_str) == Some("true");
+    if !opted_in {
+        return Vec::new();
+    }
+    pod.annotations()
+        .get(SINKS_ANNOTATION)
+        .map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// FNV-1a, 64 bits, as 16 hex digits: stable across releases and platforms, which is
+/// all a change detector (the ConfigMap's hash) and a name shortener need.
+pub fn content_hash(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 /// `STARSINK_SOCKET_<SINK>`: upper-cased, `-` as `_`. A sink name is `[a-z0-9-]`, so the
