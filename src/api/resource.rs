@@ -1,8 +1,10 @@
 //! The `StarRocksSink` custom resource (`starsink.io/v1alpha1`): what a user declares
-//! with kubectl. Its spec is built from the loader's own parts ([`StarRocksSpec`],
-//! [`FlushSpec`], [`RetrySpec`], [`Format`]); [`StarRocksSinkSpec::to_sink_spec`] turns it
-//! into the loader's [`SinkSpec`], and [`StarRocksSinkSpec::problems`] checks it with the
-//! loader's own [`validate_sink`], so both reject the same things with the same words.
+//! with kubectl. Its spec shares the loader's own fields and types ([`Format`],
+//! [`StarRocksSpec`], [`FlushSpec`], [`RetrySpec`], [`Acks`]);
+//! [`StarRocksSinkSpec::to_sink_spec`] projects it onto the loader's [`SinkSpec`] (a test
+//! below proves the two agree field by field, docs included), and
+//! [`StarRocksSinkSpec::problems`] checks it with the loader's own [`validate_sink`], so
+//! both reject the same things with the same words.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
@@ -77,20 +79,24 @@ use super::units::{ByteSize, HumanDuration, DURATION_PATTERN};
     },
 ]))]
 pub struct StarRocksSinkSpec {
-    /// `json`: one JSON object per line; `csv`: one row per line.
+    /// How each line is read and sent: `json`, one JSON object per line; `csv`, one row
+    /// per line.
     #[serde(default)]
     pub format: Format,
-    /// CSV only: the column separator (default `,`).
+    /// CSV only: the column separator (default `,`), sent as `column_separator`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub column_separator: Option<String>,
-    /// Longer lines are rejected, never sent (default 1MiB).
+    /// Longer lines are rejected, never sent. Default: 1MiB, or less when
+    /// `flush.maxBytes` is smaller, so that one record always fits in a batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_record_bytes: Option<ByteSize>,
-    /// The StarRocks cluster, database and table; the user and password come from
-    /// `credentialsSecretRef`.
+    /// The StarRocks cluster, database and table, and the Stream Load headers. In a
+    /// `StarRocksSink` the user and password come from `credentialsSecretRef`.
     pub starrocks: StarRocksSpec,
+    /// When a batch is sealed and loaded: whichever limit comes first.
     #[serde(default)]
     pub flush: FlushSpec,
+    /// How transient load failures are retried, always under the batch's one label.
     #[serde(default)]
     pub retry: RetrySpec,
     /// The Secret, in the sink's namespace, holding the StarRocks user and password.
@@ -100,7 +106,7 @@ pub struct StarRocksSinkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spool: Option<SpoolSpec>,
     /// What the loader writes back to producers on their connection: `none`, `spooled`
-    /// (needs `spool`) or `committed`.
+    /// (needs a spool) or `committed`.
     #[serde(default)]
     pub acks: Acks,
     /// Overrides for the loader sidecar of pods that use this sink.
@@ -282,17 +288,40 @@ pub struct StarRocksSinkStatus {
     pub config_hash: Option<String>,
 }
 
+/// The loader's keys that the resource spells otherwise, each with the resource's key:
+/// a problem the loader's checks find is reported where the user wrote the value.
+const RESOURCE_KEYS: [(&str, &str); 4] = [
+    ("spec.name", "metadata.name"),
+    ("spec.spoolDir", "spec.spool"),
+    ("spec.spoolSync", "spec.spool.sync"),
+    ("spec.spoolMaxBytes", "spec.spool.maxBytes"),
+];
+
 impl StarRocksSinkSpec {
-    /// The loader's settings for this sink in a pod: socket on the shared volume,
-    /// password from the mounted Secret, and `user` as the Secret gives it.
+    /// The loader's settings for this sink in a pod: the fields both declare are copied
+    /// as they are; the socket, the password file and the spool directory are the pod
+    /// contract's paths ([`pod_contract`]); `user` is what the credentials Secret gives.
+    /// Every field is named here, so a field added to either type does not compile until
+    /// this says what becomes of it.
     pub fn to_sink_spec(&self, name: &str, user: &str) -> SinkSpec {
-        let mut starrocks = self.starrocks.clone();
+        let StarRocksSinkSpec {
+            format,
+            column_separator,
+            max_record_bytes,
+            starrocks,
+            flush,
+            retry,
+            credentials_secret_ref,
+            spool,
+            acks,
+            sidecar: _,
+        } = self;
+        let mut starrocks = starrocks.clone();
         starrocks.user = user.to_owned();
         starrocks.password = None;
         starrocks.password_env = None;
-        starrocks.password_file = Some(
-            pod_contract::password_file(name, &self.credentials_secret_ref.password_key).into(),
-        );
+        starrocks.password_file =
+            Some(pod_contract::password_file(name, &credentials_secret_ref.password_key).into());
         SinkSpec {
             name: name.to_owned(),
             socket: pod_contract::socket_path(name).into(),
@@ -301,23 +330,19 @@ impl StarRocksSinkSpec {
             socket_mode: "0666".into(),
             max_connections: super::sink::defaults::max_connections(),
             max_unfinished_bytes: None,
-            format: self.format,
-            column_separator: self.column_separator.clone(),
-            max_record_bytes: self.max_record_bytes,
+            format: *format,
+            column_separator: column_separator.clone(),
+            max_record_bytes: *max_record_bytes,
             starrocks,
-            flush: self.flush,
-            retry: self.retry,
+            flush: *flush,
+            retry: *retry,
             dead_letter_dir: None,
-            spool_dir: self
-                .spool
-                .as_ref()
-                .map(|_| pod_contract::spool_dir(name).into()),
-            spool_sync: self.spool.as_ref().map(|s| s.sync).unwrap_or_default(),
-            spool_max_bytes: self
-                .spool
+            spool_dir: spool.as_ref().map(|_| pod_contract::spool_dir(name).into()),
+            spool_sync: spool.as_ref().map(|s| s.sync).unwrap_or_default(),
+            spool_max_bytes: spool
                 .as_ref()
                 .map_or_else(super::sink::defaults::spool_max_bytes, |s| s.max_bytes),
-            acks: self.acks,
+            acks: *acks,
         }
     }
 
@@ -327,11 +352,9 @@ impl StarRocksSinkSpec {
         validate_sink(&self.to_sink_spec(name, "user"), "spec")
             .into_iter()
             .map(|mut issue| {
-                issue.key = match issue.key.as_str() {
-                    "spec.name" => "metadata.name".into(),
-                    "spec.spoolMaxBytes" => "spec.spool.maxBytes".into(),
-                    _ => issue.key,
-                };
+                if let Some((_, ours)) = RESOURCE_KEYS.iter().find(|(k, _)| *k == issue.key) {
+                    issue.key = (*ours).into();
+                }
                 issue
             })
             .collect()
@@ -466,5 +489,139 @@ mod tests {
             s.decode().unwrap().status,
             Some(StarRocksSinkStatus::default())
         );
+    }
+
+    /// The resource's fields the loader has no field for, and why.
+    const RESOURCE_ONLY: [(&str, &str); 3] = [
+        (
+            "credentialsSecretRef",
+            "becomes starrocks.user and starrocks.passwordFile",
+        ),
+        ("spool", "becomes spoolDir, spoolSync and spoolMaxBytes"),
+        ("sidecar", "read by injection, not by the loader"),
+    ];
+    /// The loader's fields the resource has no field for, and what the projection sets.
+    const LOADER_ONLY: [(&str, &str); 9] = [
+        ("name", "metadata.name"),
+        ("socket", "the pod contract's socket path"),
+        (
+            "socketMode",
+            "0666: apps and loader share the pod's socket volume",
+        ),
+        ("maxConnections", "the default"),
+        ("maxUnfinishedBytes", "the default"),
+        ("deadLetterDir", "the default, on the spool's volume"),
+        ("spoolDir", "from spool"),
+        ("spoolSync", "from spool.sync"),
+        ("spoolMaxBytes", "from spool.maxBytes"),
+    ];
+
+    fn properties<T: JsonSchema>() -> serde_json::Map<String, serde_json::Value> {
+        let schema = serde_json::to_value(schemars::schema_for!(T)).expect("a schema");
+        schema["properties"]
+            .as_object()
+            .expect("properties")
+            .clone()
+    }
+
+    #[test]
+    fn the_loader_and_the_resource_declare_each_shared_field_alike_docs_included() {
+        let loader = properties::<SinkSpec>();
+        let resource = properties::<StarRocksSinkSpec>();
+        for (key, schema) in &resource {
+            if RESOURCE_ONLY.iter().any(|(k, _)| k == key) {
+                assert!(!loader.contains_key(key), "{key} is in both; share it");
+                continue;
+            }
+            assert_eq!(
+                loader.get(key),
+                Some(schema),
+                "spec.{key}: the loader's field must have the resource's type, default and doc comment (or be listed in RESOURCE_ONLY with the reason)"
+            );
+        }
+        for key in loader.keys() {
+            assert!(
+                resource.contains_key(key) || LOADER_ONLY.iter().any(|(k, _)| k == key),
+                "the loader's {key} is neither in the resource nor in LOADER_ONLY; say what the projection sets it to"
+            );
+        }
+        for (key, _) in LOADER_ONLY {
+            assert!(
+                loader.contains_key(key),
+                "LOADER_ONLY names {key}, which the loader has not"
+            );
+        }
+    }
+
+    #[test]
+    fn the_projection_copies_every_shared_field_and_maps_the_rest() {
+        let spec = json!({
+            "format": "csv",
+            "columnSeparator": "|",
+            "maxRecordBytes": "2KiB",
+            "starrocks": {
+                "feEndpoints": ["http://a:8030", "http://b:8030"], "database": "shop", "table": "orders",
+                "columns": "a,b", "properties": {"timezone": "UTC"}, "requestTimeout": "7s",
+                "rewriteLoopbackRedirect": true,
+            },
+            "flush": {"interval": "3s", "maxBytes": "8MiB", "maxRows": 77},
+            "retry": {"minBackoff": "1s", "maxBackoff": "9s", "warnAfter": "1h"},
+            "credentialsSecretRef": {"name": "sr", "passwordKey": "pw"},
+            "spool": {"maxBytes": "2GiB", "sync": "always"},
+            "acks": "committed",
+        });
+        let resource: StarRocksSinkSpec = serde_json::from_value(spec.clone()).expect("a spec");
+        let loader = serde_json::to_value(resource.to_sink_spec("orders", "writer")).unwrap();
+        let defaults = serde_json::to_value(
+            StarRocksSinkSpec::deserialize(&json!({
+                "starrocks": {"feEndpoints": ["http://x:1"], "database": "d", "table": "t"},
+                "credentialsSecretRef": {"name": "x"},
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        let shared = properties::<StarRocksSinkSpec>();
+        for key in shared
+            .keys()
+            .filter(|k| !RESOURCE_ONLY.iter().any(|(r, _)| r == k))
+        {
+            assert_ne!(
+                spec[key], defaults[key],
+                "the test must set {key} away from its default"
+            );
+            let mut theirs = resource_value(&resource, key);
+            if key == "starrocks" {
+                theirs["user"] = json!("writer");
+                theirs["passwordFile"] = json!("/etc/starsink/credentials/orders/pw");
+            }
+            assert_eq!(loader[key], theirs, "{key}");
+        }
+        assert_eq!(loader["socket"], json!("/var/run/starsink/orders.sock"));
+        assert_eq!(loader["spoolDir"], json!("/var/lib/starsink/spool/orders"));
+        assert_eq!(loader["spoolSync"], json!("always"));
+        assert_eq!(
+            loader["spoolMaxBytes"],
+            serde_json::to_value(ByteSize::gib(2)).unwrap()
+        );
+    }
+
+    fn resource_value(spec: &StarRocksSinkSpec, key: &str) -> serde_json::Value {
+        serde_json::to_value(spec).unwrap()[key].clone()
+    }
+
+    #[test]
+    fn a_problem_is_named_where_the_resource_spells_it() {
+        let mut spec: StarRocksSinkSpec = serde_json::from_value(spec()).unwrap();
+        spec.spool = Some(SpoolSpec {
+            max_bytes: ByteSize(1),
+            sync: SpoolSync::Interval,
+        });
+        let keys: Vec<String> = spec
+            .problems("Bad_Name")
+            .into_iter()
+            .map(|i| i.key)
+            .collect();
+        assert!(keys.contains(&"metadata.name".to_owned()), "{keys:?}");
+        assert!(keys.contains(&"spec.spool.maxBytes".to_owned()), "{keys:?}");
     }
 }

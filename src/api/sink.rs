@@ -1,7 +1,16 @@
-//! `SinkSpec`: everything the loader needs to know about one sink. Its parts
-//! ([`Format`], [`StarRocksSpec`], [`FlushSpec`], [`RetrySpec`]) are also the parts of the
-//! `StarRocksSink` resource's spec, so they serialise camelCase and derive a JSON schema;
-//! what only a loader process has (socket, password sources) stays out of that schema.
+//! `SinkSpec`: everything the loader needs to know about one sink. The fields a user
+//! declares in a `StarRocksSink` too ([`Format`], `columnSeparator`, `maxRecordBytes`,
+//! [`StarRocksSpec`], [`FlushSpec`], [`RetrySpec`], [`Acks`]) are the same Rust types with
+//! the same words in both; what only a loader process has (socket, password sources, paths)
+//! stays out of the resource's schema. The resource's spec is projected onto this type by
+//! [`crate::api::StarRocksSinkSpec::to_sink_spec`], and a test there proves the two agree
+//! field by field, docs included.
+//!
+//! Why two structs and not one: the resource's spec and a loader config differ in the
+//! fields around the shared ones (a Secret reference and a `spool` object there, a socket
+//! and flat spool paths here), and serde cannot flatten a shared part into both while
+//! still refusing unknown keys (`deny_unknown_fields` does not work with `flatten`), which
+//! is how a misspelt key in a loader config is caught.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,7 +22,7 @@ use super::units::{ByteSize, HumanDuration};
 
 /// One sink: a socket that producers write lines to, and the StarRocks table the lines
 /// are loaded into.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SinkSpec {
     /// `[a-z0-9-]`, unique within a loader; part of every label.
@@ -33,18 +42,24 @@ pub struct SinkSpec {
     /// that is more (see [`SinkSpec::unfinished_budget`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unfinished_bytes: Option<ByteSize>,
+    /// How each line is read and sent: `json`, one JSON object per line; `csv`, one row
+    /// per line.
     #[serde(default)]
     pub format: Format,
-    /// CSV only: the column separator, passed to StarRocks as `column_separator`.
-    #[serde(default)]
+    /// CSV only: the column separator (default `,`), sent as `column_separator`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub column_separator: Option<String>,
-    /// Longer lines are rejected (never sent). Default: 1MiB, or less when
-    /// `flush.maxBytes` is smaller (see [`SinkSpec::max_record_bytes`]).
+    /// Longer lines are rejected, never sent. Default: 1MiB, or less when
+    /// `flush.maxBytes` is smaller, so that one record always fits in a batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_record_bytes: Option<ByteSize>,
+    /// The StarRocks cluster, database and table, and the Stream Load headers. In a
+    /// `StarRocksSink` the user and password come from `credentialsSecretRef`.
     pub starrocks: StarRocksSpec,
+    /// When a batch is sealed and loaded: whichever limit comes first.
     #[serde(default)]
     pub flush: FlushSpec,
+    /// How transient load failures are retried, always under the batch's one label.
     #[serde(default)]
     pub retry: RetrySpec,
     /// Where batches that StarRocks refuses for good are written. Default: `dead-letter`
@@ -64,7 +79,8 @@ pub struct SinkSpec {
     /// read (producers' writes wait); nothing is dropped. At least twice `flush.maxBytes`.
     #[serde(default = "defaults::spool_max_bytes")]
     pub spool_max_bytes: ByteSize,
-    /// What the loader writes back to producers on their connection (see [`Acks`]).
+    /// What the loader writes back to producers on their connection: `none`, `spooled`
+    /// (needs a spool) or `committed`.
     #[serde(default)]
     pub acks: Acks,
 }
