@@ -23,7 +23,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::api::Acks;
 use crate::loader::metrics::SinkMetrics;
 
 /// `err` reports (runs of lines) queued per connection before further ones are dropped.
@@ -94,6 +96,42 @@ impl ConnAck {
         {
             self.metrics.ack_errs_dropped.fetch_add(count, Relaxed);
         }
+    }
+}
+
+/// Where a sink's connections start their ack writers: the sink's ack mode, the tracker
+/// the loader waits on before it exits, and the shutdown deadline writers give up at.
+pub struct AckWriters {
+    mode: Acks,
+    tracker: TaskTracker,
+    deadline: CancellationToken,
+}
+
+impl AckWriters {
+    pub fn new(mode: Acks, tracker: TaskTracker, deadline: CancellationToken) -> Self {
+        Self {
+            mode,
+            tracker,
+            deadline,
+        }
+    }
+
+    /// Starts one connection's ack writer on `write` when the sink has acks on, and gives
+    /// back the connection's ack handle and its read-progress sender. Without acks it gives
+    /// `write` back untouched: the caller holds it while the connection lasts, because
+    /// dropping it would shut our side down, and a producer such as `socat -` takes that
+    /// end of file as the end of the session and may stop sending.
+    pub fn start(
+        &self,
+        metrics: Arc<SinkMetrics>,
+        write: OwnedWriteHalf,
+    ) -> Result<(Arc<ConnAck>, watch::Sender<ReadProgress>), OwnedWriteHalf> {
+        if self.mode == Acks::None {
+            return Err(write);
+        }
+        let (ack, progress, writer) = channel(metrics, write, self.deadline.clone());
+        self.tracker.spawn(writer);
+        Ok((ack, progress))
     }
 }
 

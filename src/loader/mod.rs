@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use crate::api::config::parse_mode;
 use crate::api::LoaderConfig;
 use crate::stream_load::{label, LabelGen, StreamLoadClient};
+use ack::AckWriters;
 use metrics::SinkMetrics;
 use shutdown::{Accounting, Phases};
 use sink_task::{SinkTask, Stopping};
@@ -223,12 +224,8 @@ async fn start_sink(
         stop: phases.stop.clone(),
         deadline: phases.deadline.clone(),
     }));
-    let ingest = Ingest::new(
-        sink,
-        metrics.clone(),
-        ack_writers.clone(),
-        phases.deadline.clone(),
-    );
+    let acks = AckWriters::new(sink.acks, ack_writers.clone(), phases.deadline.clone());
+    let ingest = Ingest::new(sink, metrics.clone(), acks);
     tokio::spawn(socket::accept_loop(
         listener,
         sink.socket.clone(),

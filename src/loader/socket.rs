@@ -15,11 +15,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::accept::AcceptBackoff;
-use crate::api::{Acks, Format, SinkSpec};
-use crate::loader::ack::{self, ConnAck, ReadProgress};
+use crate::api::{Format, SinkSpec};
+use crate::loader::ack::{AckWriters, ConnAck, ReadProgress};
 use crate::loader::batch::Chunk;
 use crate::loader::chunker::{Chunked, Chunker};
 use crate::loader::framing::{Line, LineFramer};
@@ -78,43 +77,35 @@ pub async fn bind(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
     Ok(listener)
 }
 
-/// Everything a connection task needs, shared read-only by a sink's connections.
+/// What a sink's connections share, read-only: the line rules (format, longest record),
+/// the sink's metrics and its rate-limited rejection log, where ack writers start, and the
+/// bound on unfinished lines. A connection asks it for its framer, its acks and its
+/// rejections; it holds nothing of any one connection.
 pub struct Ingest {
-    pub format: Format,
-    pub max_record: usize,
-    pub metrics: Arc<SinkMetrics>,
-    pub acks: Acks,
-    /// Where connections' ack writers run; the loader waits for them before it exits.
-    pub ack_writers: TaskTracker,
-    /// The shutdown deadline: ack writers give up at it.
-    pub deadline: CancellationToken,
-    /// The bound on bytes held in unfinished lines across the sink's connections.
-    pub lines: Arc<LineBudget>,
-    limit: LogLimit,
+    format: Format,
+    max_record: usize,
+    metrics: Arc<SinkMetrics>,
+    acks: AckWriters,
+    lines: Arc<LineBudget>,
+    log: LogLimit,
 }
 
 impl Ingest {
-    pub fn new(
-        sink: &SinkSpec,
-        metrics: Arc<SinkMetrics>,
-        ack_writers: TaskTracker,
-        deadline: CancellationToken,
-    ) -> Self {
+    pub fn new(sink: &SinkSpec, metrics: Arc<SinkMetrics>, acks: AckWriters) -> Self {
         Self {
             format: sink.format,
             max_record: usize::try_from(sink.max_record_bytes()).unwrap_or(usize::MAX),
-            metrics: metrics.clone(),
-            acks: sink.acks,
-            ack_writers,
-            deadline,
             lines: LineBudget::new(sink.unfinished_budget(), metrics.unfinished_bytes.clone()),
-            limit: LogLimit::default(),
+            metrics,
+            acks,
+            log: LogLimit::default(),
         }
     }
 
+    /// Counts a line that was not accepted and logs it, at most 10 lines a second.
     fn reject(&self, reason: RejectReason, line_no: u64, detail: &str) {
         self.metrics.reject(reason);
-        if let Some(suppressed) = self.limit.allow() {
+        if let Some(suppressed) = self.log.allow() {
             tracing::warn!(
                 sink = %self.metrics.sink,
                 reason = reason.as_str(),
@@ -206,19 +197,11 @@ async fn connection(
     drain: CancellationToken,
 ) {
     let (read, write) = stream.into_split();
-    // Without acks the write half is held, untouched, while the connection lasts:
-    // dropping it would shut our side down, and a producer such as `socat -` takes that
-    // end of file as the end of the session and may stop sending.
-    let mut _silent = None;
-    let mut acks = None;
-    if ingest.acks != Acks::None {
-        let (ack, progress, writer) =
-            ack::channel(ingest.metrics.clone(), write, ingest.deadline.clone());
-        ingest.ack_writers.spawn(writer);
-        acks = Some((ack, progress));
-    } else {
-        _silent = Some(write);
-    }
+    // `_silent` holds the write half until the connection ends (see `AckWriters::start`).
+    let (acks, _silent) = match ingest.acks.start(ingest.metrics.clone(), write) {
+        Ok(acks) => (Some(acks), None),
+        Err(write) => (None, Some(write)),
+    };
     let mut reader = Reader::new(ingest, read, acks);
     loop {
         let eof = match reader.read(&drain).await {
@@ -399,7 +382,7 @@ impl Reader {
         if dropped > 0 {
             self.evicted_line = true;
             let (ingest, line) = (&self.ingest, self.line_no + 1);
-            if let Some(suppressed) = ingest.limit.allow() {
+            if let Some(suppressed) = ingest.log.allow() {
                 tracing::warn!(sink = %ingest.metrics.sink, line, bytes = dropped, limit = self.hold.limit(), suppressed, "unfinished lines hold more than maxUnfinishedBytes; dropping the longest (it will be rejected as too_long)");
             }
         }
