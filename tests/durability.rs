@@ -17,7 +17,7 @@ fn padded_row(id: u64, pad: usize) -> String {
 /// A one-sink loader config with the spool in `spool` and the sink settings in `extra`.
 fn spooled_sink(dir: &Path, prefix: &str, fe: &str, spool: &Path, extra: &str) -> String {
     format!(
-        "labelPrefix: {prefix}\nshutdownTimeout: 2s\nsinks:\n{}",
+        "labelPrefix: {prefix}\nshutdownTimeout: 2s\nmetricsAddr: 127.0.0.1:0\nsinks:\n{}",
         sink_yaml(
             "orders",
             &dir.join("orders.sock"),
@@ -61,20 +61,20 @@ async fn a_full_spool_stops_the_reads_until_loads_free_space_and_loses_nothing()
     let socket = loader.socket("orders");
     let writer = tokio::spawn(async move { write_lines(&socket, &rows).await });
 
-    // Sample the spool's size while StarRocks is down and the producer pushes.
+    // Sample the spool's size while StarRocks is down and the producer pushes, until the
+    // sink says it holds producers back for a full spool.
+    let port = loader.metrics_port();
+    let full = r#"starsink_producers_held{sink="orders",reason="spool_full"}"#;
     let mut peak = 0;
-    let became_full = {
-        let full = loader.wait_log("spool is full", Duration::from_secs(30));
-        tokio::pin!(full);
-        loop {
+    wait_until(
+        "the sink to hold producers for a full spool",
+        Duration::from_secs(30),
+        || {
             peak = peak.max(spool_disk_bytes(spool.path()));
-            tokio::select! {
-                found = &mut full => break found,
-                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
-            }
-        }
-    };
-    assert!(became_full, "{}", loader.log_text());
+            async move { metric_at(port, full).await == 1.0 }
+        },
+    )
+    .await;
     assert!(!writer.is_finished(), "the producer was not held back");
     assert_eq!(sr.committed_rows(), 0);
 
@@ -92,7 +92,11 @@ async fn a_full_spool_stops_the_reads_until_loads_free_space_and_loses_nothing()
     );
     // One producer read (64 KiB) plus its frame may land on top of a spool just under the cap.
     assert!(peak <= CAP + (66 << 10), "spool grew to {peak} bytes");
-    assert!(loader.log_text().contains("spool has room again"));
+    assert_eq!(
+        metric_at(port, full).await,
+        0.0,
+        "no longer held once the spool drained"
+    );
     let acc = loader.stop_expecting(0).await;
     assert_eq!(acc["committed"].as_u64(), Some(40_000), "{acc}");
     assert_exactly_once(&ids(&sr.rows("shop.orders")), 40_000);
@@ -334,6 +338,23 @@ enum KillAt {
     Replaying,
 }
 
+/// Whether `check` holds within `within` (looking every 10ms): a moment to aim a kill at,
+/// which lands anyway if the moment does not come.
+async fn reached<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < until {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_loses_no_acked_row_and_loads_none_twice() {
     const ROUNDS: u64 = 24;
@@ -392,9 +413,24 @@ async fn kill_9_at_random_moments_loses_no_acked_row_and_loads_none_twice() {
                 let reached = lines_written.wait_for(|w| *w >= lines);
                 matches!(tokio::time::timeout(within, reached).await, Ok(Ok(_)))
             }
-            KillAt::LoadInFlight => loader.wait_log("\"message\":\"flush\"", within).await,
-            KillAt::CommittedUnanswered => loader.wait_log("load outcome unknown", within).await,
-            KillAt::Replaying => loader.wait_log("spool replay", within).await,
+            KillAt::LoadInFlight => {
+                let seen = sr.state().fe_requests;
+                reached(within, || async { sr.state().fe_requests > seen }).await
+            }
+            KillAt::CommittedUnanswered => {
+                let seen = sr.state().loads.len();
+                reached(within, || async {
+                    sr.state().loads[seen..]
+                        .iter()
+                        .any(|l| l.status == "dropped")
+                })
+                .await
+            }
+            KillAt::Replaying => {
+                let port = loader.metrics_port();
+                let replayed = r#"starsink_records_replayed_total{sink="orders"}"#;
+                reached(within, || async { metric_at(port, replayed).await > 0.0 }).await
+            }
         };
         if hit {
             *landed.entry(format!("{at:?}").leak()).or_default() += 1;
@@ -513,8 +549,8 @@ fn only_segment(spool: &Path) -> std::path::PathBuf {
 }
 
 /// Starts a loader on `spool` against a healthy endpoint, waits for `rows` rows and stops
-/// it (exit 0); returns the loaded ids and the loader's log.
-async fn recover(spool: &Path, rows: u64) -> (Vec<u64>, String) {
+/// it (exit 0); returns the loaded ids and the damage the loader counted, by kind.
+async fn recover(spool: &Path, rows: u64) -> (Vec<u64>, Vec<&'static str>) {
     let sr = endpoint(Faults::default()).await;
     let fe = sr.fe_url();
     let mut loader = Loader::start(|dir| spooled_sink(dir, "recover", &fe, spool, "")).await;
@@ -523,9 +559,21 @@ async fn recover(spool: &Path, rows: u64) -> (Vec<u64>, String) {
         "{}",
         loader.log_text()
     );
+    let damage = damage_counted(loader.metrics_port()).await;
     let acc = loader.stop_expecting(0).await;
     assert_eq!(acc["committed"].as_u64(), Some(rows), "{acc}");
-    (ids(&sr.rows("shop.orders")), loader.log_text())
+    (ids(&sr.rows("shop.orders")), damage)
+}
+
+/// Each kind of spool damage the loader on `port` counted, once per count.
+async fn damage_counted(port: u16) -> Vec<&'static str> {
+    let mut kinds = Vec::new();
+    for kind in ["torn_tail", "corrupt", "bad_header", "empty", "unreadable"] {
+        let series = format!(r#"starsink_spool_damage_total{{sink="orders",kind="{kind}"}}"#);
+        let n = metric_at(port, &series).await as usize;
+        kinds.extend(std::iter::repeat_n(kind, n));
+    }
+    kinds
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -538,9 +586,9 @@ async fn a_damaged_spool_is_repaired_at_start_and_what_is_readable_loads_once() 
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes.extend_from_slice(&[0xF5, 0xFF, 0x53, 0x4B, 0x40, 0, 0, 0, 0x01]);
     std::fs::write(&seg, bytes).unwrap();
-    let (ids_loaded, log) = recover(torn.path(), 300).await;
+    let (ids_loaded, damage) = recover(torn.path(), 300).await;
     assert_exactly_once(&ids_loaded, 300);
-    assert!(log.contains("torn tail"), "{log}");
+    assert_eq!(damage, ["torn_tail"]);
     assert!(!torn.path().join("corrupt").exists());
 
     // A flipped bit in the segment's header: every frame is still found by its marker
@@ -550,9 +598,9 @@ async fn a_damaged_spool_is_repaired_at_start_and_what_is_readable_loads_once() 
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes[3] ^= 0x10;
     std::fs::write(&seg, bytes).unwrap();
-    let (ids_loaded, log) = recover(bad_header.path(), 300).await;
+    let (ids_loaded, damage) = recover(bad_header.path(), 300).await;
     assert_exactly_once(&ids_loaded, 300);
-    assert!(log.contains("bad header"), "{log}");
+    assert_eq!(damage, ["bad_header"]);
     assert_eq!(
         std::fs::read_dir(bad_header.path().join("corrupt"))
             .unwrap()
@@ -563,9 +611,9 @@ async fn a_damaged_spool_is_repaired_at_start_and_what_is_readable_loads_once() 
     // A zero-length segment (created, never written) is removed; everything loads.
     let empty = copy_spool(original.path());
     std::fs::write(empty.path().join("00000000000000001000.seg"), b"").unwrap();
-    let (ids_loaded, log) = recover(empty.path(), 300).await;
+    let (ids_loaded, damage) = recover(empty.path(), 300).await;
     assert_exactly_once(&ids_loaded, 300);
-    assert!(log.contains("empty file"), "{log}");
+    assert_eq!(damage, ["empty"]);
 
     // A flipped byte in the middle: that frame's records are gone, the rest load once,
     // and the damaged file is kept aside for inspection.
@@ -580,11 +628,16 @@ async fn a_damaged_spool_is_repaired_at_start_and_what_is_readable_loads_once() 
         let fe = sr.fe_url();
         let mut loader =
             Loader::start(|dir| spooled_sink(dir, "flipped", &fe, flipped.path(), "")).await;
-        assert!(
-            loader
-                .wait_log("spool replay", Duration::from_secs(5))
-                .await
-        );
+        let port = loader.metrics_port();
+        wait_until(
+            "the spool's records to be replayed",
+            Duration::from_secs(5),
+            || async {
+                metric_at(port, r#"starsink_records_replayed_total{sink="orders"}"#).await > 0.0
+            },
+        )
+        .await;
+        assert_eq!(damage_counted(port).await, ["corrupt"]);
         let acc = loader.stop_expecting(0).await;
         let loaded = ids(&sr.rows("shop.orders"));
         assert_eq!(
@@ -592,8 +645,6 @@ async fn a_damaged_spool_is_repaired_at_start_and_what_is_readable_loads_once() 
             Some(loaded.len() as u64),
             "{acc}"
         );
-        let log = loader.log_text();
-        assert!(log.contains("corrupt: "), "{log}");
         loaded
     };
     let mut unique = readable.clone();

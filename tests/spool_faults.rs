@@ -121,6 +121,8 @@ async fn a_full_disk_holds_producers_back_and_once_it_frees_every_row_loads_once
     );
     let received = sink_metric(port, "starsink_records_received_total").await;
     assert!((received as u64) < N, "the producer was held back");
+    let failing = r#"starsink_producers_held{sink="orders",reason="spool_failing"}"#;
+    assert_eq!(metric_at(port, failing).await, 1.0, "the sink says why");
 
     // The disk frees and StarRocks is back: the sink goes on by itself.
     std::fs::remove_file(&filler).expect("free the disk");
@@ -133,7 +135,11 @@ async fn a_full_disk_holds_producers_back_and_once_it_frees_every_row_loads_once
         "{}",
         loader.log_text()
     );
-    assert!(loader.log_text().contains("the spool can be written again"));
+    assert_eq!(
+        metric_at(port, failing).await,
+        0.0,
+        "producers are read again"
+    );
     let acc = loader.stop_expecting(0).await;
     assert_eq!(
         (acc["committed"].as_u64(), acc["lost"].as_u64()),
@@ -471,7 +477,7 @@ async fn a_batch_whose_spooled_bytes_changed_is_counted_as_damage_and_the_sink_g
     // producers are still read.
     await_metric(
         port,
-        "starsink_spool_damage_total",
+        r#"starsink_spool_damage_total{sink="orders",kind="unreadable"}"#,
         1.0,
         Duration::from_secs(10),
     )

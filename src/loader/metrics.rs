@@ -8,6 +8,11 @@ use crate::loader::batch::FlushTrigger;
 use crate::loader::record::RejectReason;
 use crate::telemetry::{Exposition, Histogram};
 
+/// `kind` label values of `starsink_spool_damage_total`: what [`crate::loader::spool::
+/// segment::Damage::kind`] names at start, and `unreadable` for a batch whose spooled bytes
+/// changed while the loader ran.
+pub const DAMAGE_KINDS: [&str; 5] = ["torn_tail", "corrupt", "bad_header", "empty", "unreadable"];
+
 /// `outcome` label values of `starsink_loads_total`, one per attempt.
 pub const LOAD_OUTCOMES: [&str; 8] = [
     "committed",
@@ -41,8 +46,8 @@ pub struct SinkMetrics {
     pub spooled: AtomicU64,
     /// Bytes the spool takes on disk.
     pub spool_bytes: AtomicU64,
-    /// Damage found in the spool at start (torn tails, corrupt stretches, bad files).
-    pub spool_damage: AtomicU64,
+    /// Damage found in the spool, by kind ([`DAMAGE_KINDS`]).
+    spool_damage: [AtomicU64; DAMAGE_KINDS.len()],
     /// `err` reports for producers dropped because their connection's queue was full.
     pub ack_errs_dropped: AtomicU64,
     /// Records the spool lost to damage found at run time (it could not read them back).
@@ -58,6 +63,40 @@ pub struct SinkMetrics {
     /// When the oldest record not yet committed or dead-lettered arrived, in Unix
     /// milliseconds (0: none). Records replayed from the spool count from this start.
     pub oldest_unloaded_unix_ms: AtomicU64,
+    /// 1 while the sink reads no producer for that [`Held`] reason.
+    held: [AtomicU64; Held::ALL.len()],
+}
+
+/// Why a sink reads no producer: the `reason` of `starsink_producers_held`. Producers'
+/// writes wait (backpressure) while any of them holds; nothing is dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// The spool holds `spoolMaxBytes`; loads free space.
+    SpoolFull,
+    /// A spool write, sync or read failed; it is retried until it works.
+    SpoolFailing,
+    /// A refused batch's dead-letter file could not be written yet.
+    DeadLetterPending,
+    /// Without a spool, a sealed batch already waits behind the load in flight.
+    BacklogFull,
+}
+
+impl Held {
+    pub const ALL: [Held; 4] = [
+        Held::SpoolFull,
+        Held::SpoolFailing,
+        Held::DeadLetterPending,
+        Held::BacklogFull,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Held::SpoolFull => "spool_full",
+            Held::SpoolFailing => "spool_failing",
+            Held::DeadLetterPending => "dead_letter_pending",
+            Held::BacklogFull => "backlog_full",
+        }
+    }
 }
 
 impl SinkMetrics {
@@ -66,6 +105,12 @@ impl SinkMetrics {
             sink: sink.to_owned(),
             ..Default::default()
         }
+    }
+
+    /// Sets whether the sink holds producers back for `reason`.
+    pub fn set_held(&self, reason: Held, held: bool) {
+        let i = Held::ALL.iter().position(|h| *h == reason).unwrap_or(0);
+        self.held[i].store(u64::from(held), Relaxed);
     }
 
     pub fn reject(&self, reason: RejectReason) {
@@ -86,6 +131,13 @@ impl SinkMetrics {
 
     pub fn rejected_total(&self) -> u64 {
         self.rejected.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// Counts damage of `kind` (one of [`DAMAGE_KINDS`]) found in the spool.
+    pub fn damaged(&self, kind: &str) {
+        if let Some(i) = DAMAGE_KINDS.iter().position(|k| *k == kind) {
+            self.spool_damage[i].fetch_add(1, Relaxed);
+        }
     }
 
     pub fn load_attempt(&self, outcome: &str) {
@@ -204,12 +256,6 @@ const SIMPLE: &[Simple] = &[
         |s| s.spooled.load(Relaxed),
     ),
     (
-        "starsink_spool_damage_total",
-        "counter",
-        "Damage repaired in the spool at start: torn tails, corrupt stretches, empty or foreign files.",
-        |s| s.spool_damage.load(Relaxed),
-    ),
-    (
         "starsink_spool_bytes",
         "gauge",
         "Bytes the sink's spool takes on disk (0 without a spool).",
@@ -289,6 +335,18 @@ pub fn render(sinks: &[Arc<SinkMetrics>]) -> String {
             );
         }
     }
+    let damage = "starsink_spool_damage_total";
+    out.family(
+        damage,
+        "counter",
+        "Damage found in the spool, by kind: at start torn_tail (repaired, nothing lost), corrupt, bad_header, empty; while running unreadable (that batch is lost).",
+    );
+    for s in sinks {
+        for (i, k) in DAMAGE_KINDS.iter().enumerate() {
+            let labels = [("sink", s.sink.as_str()), ("kind", *k)];
+            out.sample(damage, &labels, s.spool_damage[i].load(Relaxed));
+        }
+    }
     let flushes = "starsink_flushes_total";
     out.family(
         flushes,
@@ -299,6 +357,18 @@ pub fn render(sinks: &[Arc<SinkMetrics>]) -> String {
         for (i, t) in FlushTrigger::ALL.iter().enumerate() {
             let labels = [("sink", s.sink.as_str()), ("trigger", t.as_str())];
             out.sample(flushes, &labels, s.flushes[i].load(Relaxed));
+        }
+    }
+    let held = "starsink_producers_held";
+    out.family(
+        held,
+        "gauge",
+        "1 while the sink reads no producer (their writes wait), by why: spool_full, spool_failing, dead_letter_pending, backlog_full.",
+    );
+    for s in sinks {
+        for (i, h) in Held::ALL.iter().enumerate() {
+            let labels = [("sink", s.sink.as_str()), ("reason", h.as_str())];
+            out.sample(held, &labels, s.held[i].load(Relaxed));
         }
     }
     let duration = "starsink_load_duration_seconds";

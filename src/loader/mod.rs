@@ -198,10 +198,9 @@ async fn start_sink(
 ) -> Result<(tokio::task::JoinHandle<()>, Arc<SinkMetrics>), LoaderError> {
     let metrics = Arc::new(SinkMetrics::new(&sink.name));
     if let Some((_, replay)) = &spool {
-        metrics.spool_damage.store(
-            replay.damage.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        for (_, damage) in &replay.damage {
+            metrics.damaged(damage.kind());
+        }
     }
     let mode = parse_mode(&sink.socket_mode).unwrap_or(0o660);
     let listener =

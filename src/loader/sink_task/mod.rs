@@ -25,7 +25,7 @@ use crate::api::{Acks, Format, RetrySpec, SinkSpec, SpoolSync};
 use crate::loader::ack::ConnAck;
 use crate::loader::batch::{Batch, Chunk, FlushPolicy, FlushTrigger, Sealed};
 use crate::loader::dead_letter::{self, Refusal};
-use crate::loader::metrics::SinkMetrics;
+use crate::loader::metrics::{Held, SinkMetrics};
 use crate::loader::spool::segment::Disposition;
 use crate::loader::spool::store::{PendingBatch, Replay, Spool};
 use crate::stream_load::{
@@ -370,12 +370,19 @@ impl SinkTask {
                 tracing::info!(sink = %self.name, "spool has room again; reading producers");
             }
         }
-        self.input_open
-            && self.filling.leftover.is_none()
-            && self.can_seal()
-            && !spool_full
-            && self.spool_trouble.is_none()
-            && self.refused.iter().all(|r| r.on_disk)
+        let held = [
+            (Held::SpoolFull, spool_full),
+            (Held::SpoolFailing, self.spool_trouble.is_some()),
+            (
+                Held::DeadLetterPending,
+                !self.refused.iter().all(|r| r.on_disk),
+            ),
+            (Held::BacklogFull, !self.can_seal()),
+        ];
+        for (reason, on) in held {
+            self.metrics.set_held(reason, on);
+        }
+        self.input_open && self.filling.leftover.is_none() && held.iter().all(|(_, on)| !on)
     }
 
     /// Waits for the next event that matters now; each arm's guard says when it does.

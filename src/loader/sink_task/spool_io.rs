@@ -183,7 +183,7 @@ impl SinkTask {
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                     // The spool's bytes changed under it: what it cannot read back is
                     // gone, like damage found at start.
-                    self.metrics.spool_damage.fetch_add(1, Relaxed);
+                    self.metrics.damaged("unreadable");
                     self.metrics
                         .lost_to_damage
                         .fetch_add(next.batch.rows, Relaxed);

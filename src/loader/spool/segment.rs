@@ -64,6 +64,18 @@ pub enum Damage {
     Empty,
 }
 
+impl Damage {
+    /// Its `kind` in `starsink_spool_damage_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Damage::TornTail { .. } => "torn_tail",
+            Damage::Corrupt { .. } => "corrupt",
+            Damage::BadHeader => "bad_header",
+            Damage::Empty => "empty",
+        }
+    }
+}
+
 impl std::fmt::Display for Damage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
