@@ -299,6 +299,59 @@ const SIMPLE: &[Simple] = &[
     ),
 ];
 
+/// The series with one value per sink and label value: name, type, help, the label, its
+/// values, and the counts in the same order.
+type Labelled = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    fn() -> Vec<&'static str>,
+    fn(&SinkMetrics) -> &[AtomicU64],
+);
+const LABELLED: &[Labelled] = &[
+    (
+        "starsink_records_rejected_total",
+        "counter",
+        "Lines not loaded because they are not valid records.",
+        "reason",
+        || RejectReason::ALL.iter().map(|r| r.as_str()).collect(),
+        |s| &s.rejected[..],
+    ),
+    (
+        "starsink_loads_total",
+        "counter",
+        "Stream Load attempts and label-state checks, by outcome.",
+        "outcome",
+        || LOAD_OUTCOMES.to_vec(),
+        |s| &s.loads[..],
+    ),
+    (
+        "starsink_spool_damage_total",
+        "counter",
+        "Damage found in the spool, by kind: at start torn_tail (repaired, nothing lost), corrupt, bad_header, empty; while running unreadable (that batch is lost).",
+        "kind",
+        || DAMAGE_KINDS.to_vec(),
+        |s| &s.spool_damage[..],
+    ),
+    (
+        "starsink_flushes_total",
+        "counter",
+        "Batches sealed for loading, by what triggered them.",
+        "trigger",
+        || FlushTrigger::ALL.iter().map(|t| t.as_str()).collect(),
+        |s| &s.flushes[..],
+    ),
+    (
+        "starsink_producers_held",
+        "gauge",
+        "1 while the sink reads no producer (their writes wait), by why: spool_full, spool_failing, dead_letter_pending, backlog_full.",
+        "reason",
+        || Held::ALL.iter().map(|h| h.as_str()).collect(),
+        |s| &s.held[..],
+    ),
+];
+
 /// Renders every sink's counters in the Prometheus text format.
 pub fn render(sinks: &[Arc<SinkMetrics>]) -> String {
     let mut out = Exposition::default();
@@ -308,67 +361,13 @@ pub fn render(sinks: &[Arc<SinkMetrics>]) -> String {
             out.sample(name, &[("sink", &s.sink)], get(s));
         }
     }
-    let rejected = "starsink_records_rejected_total";
-    out.family(
-        rejected,
-        "counter",
-        "Lines not loaded because they are not valid records.",
-    );
-    for s in sinks {
-        for r in RejectReason::ALL {
-            let labels = [("sink", s.sink.as_str()), ("reason", r.as_str())];
-            out.sample(rejected, &labels, s.rejected(r));
-        }
-    }
-    let loads = "starsink_loads_total";
-    out.family(
-        loads,
-        "counter",
-        "Stream Load attempts and label-state checks, by outcome.",
-    );
-    for s in sinks {
-        for (i, o) in LOAD_OUTCOMES.iter().enumerate() {
-            out.sample(
-                loads,
-                &[("sink", &s.sink), ("outcome", o)],
-                s.loads[i].load(Relaxed),
-            );
-        }
-    }
-    let damage = "starsink_spool_damage_total";
-    out.family(
-        damage,
-        "counter",
-        "Damage found in the spool, by kind: at start torn_tail (repaired, nothing lost), corrupt, bad_header, empty; while running unreadable (that batch is lost).",
-    );
-    for s in sinks {
-        for (i, k) in DAMAGE_KINDS.iter().enumerate() {
-            let labels = [("sink", s.sink.as_str()), ("kind", *k)];
-            out.sample(damage, &labels, s.spool_damage[i].load(Relaxed));
-        }
-    }
-    let flushes = "starsink_flushes_total";
-    out.family(
-        flushes,
-        "counter",
-        "Batches sealed for loading, by what triggered them.",
-    );
-    for s in sinks {
-        for (i, t) in FlushTrigger::ALL.iter().enumerate() {
-            let labels = [("sink", s.sink.as_str()), ("trigger", t.as_str())];
-            out.sample(flushes, &labels, s.flushes[i].load(Relaxed));
-        }
-    }
-    let held = "starsink_producers_held";
-    out.family(
-        held,
-        "gauge",
-        "1 while the sink reads no producer (their writes wait), by why: spool_full, spool_failing, dead_letter_pending, backlog_full.",
-    );
-    for s in sinks {
-        for (i, h) in Held::ALL.iter().enumerate() {
-            let labels = [("sink", s.sink.as_str()), ("reason", h.as_str())];
-            out.sample(held, &labels, s.held[i].load(Relaxed));
+    for (name, kind, help, label, values, counts) in LABELLED {
+        out.family(name, kind, help);
+        for s in sinks {
+            for (value, count) in values().into_iter().zip(counts(s)) {
+                let labels = [("sink", s.sink.as_str()), (*label, value)];
+                out.sample(name, &labels, count.load(Relaxed));
+            }
         }
     }
     let duration = "starsink_load_duration_seconds";
