@@ -17,7 +17,7 @@ impl Terminations {
         let mut hup = signal(SignalKind::hangup())?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                tracing::warn!("SIGHUP ignored: {on_hangup}");
+                tracing::warn!(signal = "SIGHUP", "SIGHUP ignored: {on_hangup}");
             }
         });
         Ok(Self { term, int })

@@ -228,10 +228,9 @@ async fn acks_committed_follow_the_commits_and_report_refused_batches_line_by_li
 async fn a_producer_that_never_reads_its_acks_is_never_held_back_by_them() {
     let sr = endpoint(Faults::default()).await;
     let fe = sr.fe_url();
-    let port = 0; // any free port: the loader logs which
     let mut loader = Loader::start(|dir| {
         format!(
-            "labelPrefix: deaf\nmetricsAddr: 127.0.0.1:{port}\nsinks:\n{}",
+            "labelPrefix: deaf\nmetricsAddr: 127.0.0.1:0\nsinks:\n{}",
             sink_yaml(
                 "orders",
                 &dir.join("orders.sock"),

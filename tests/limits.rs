@@ -23,12 +23,11 @@ async fn loader_with_fd_limit(
     extra: &str,
 ) -> (tokio::process::Child, std::path::PathBuf, u16) {
     let socket = dir.join("orders.sock");
-    let port = free_port();
     let config = dir.join("loader.yaml");
     std::fs::write(
         &config,
         format!(
-            "metricsAddr: 127.0.0.1:{port}\nsinks:\n{}",
+            "metricsAddr: 127.0.0.1:0\nsinks:\n{}",
             sink_yaml(
                 "orders",
                 &socket,
@@ -39,7 +38,7 @@ async fn loader_with_fd_limit(
     )
     .unwrap();
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_starsink"));
-    cmd.args(["loader", "--config"])
+    cmd.args(["--log-format", "json", "loader", "--config"])
         .arg(&config)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -61,7 +60,26 @@ async fn loader_with_fd_limit(
     }
     let child = cmd.spawn().expect("spawn starsink loader");
     wait_for_socket(&socket).await;
+    // `metricsAddr` port 0: the loader logs the port it got (just after the sockets).
+    let log = dir.join("loader.log");
+    wait_until(
+        "the metrics address in the log",
+        Duration::from_secs(10),
+        || async { metrics_port_in(&log).is_some() },
+    )
+    .await;
+    let port = metrics_port_in(&log).unwrap_or_default();
     (child, socket, port)
+}
+
+/// The metrics port a JSON log file names, once it does.
+fn metrics_port_in(log: &std::path::Path) -> Option<u16> {
+    std::fs::read_to_string(log)
+        .ok()?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "serving metrics")
+        .and_then(|l| l["addr"].as_str()?.rsplit_once(':')?.1.parse().ok())
 }
 
 /// Opens `n` producer connections and writes one row on each, keeping them open.
@@ -194,11 +212,10 @@ async fn unfinished_bytes(port: u16) -> f64 {
 async fn producers_stalled_mid_line_are_held_to_the_sinks_bound_by_dropping_the_longest() {
     let sr = endpoint(Faults::default()).await;
     let fe = sr.fe_url();
-    let port = 0; // any free port: the loader logs which
     const PART: usize = 200 << 10;
     let mut loader = Loader::start(|dir| {
         format!(
-            "metricsAddr: 127.0.0.1:{port}\nsinks:\n{}",
+            "metricsAddr: 127.0.0.1:0\nsinks:\n{}",
             sink_yaml(
                 "orders",
                 &dir.join("orders.sock"),
@@ -226,7 +243,6 @@ async fn producers_stalled_mid_line_are_held_to_the_sinks_bound_by_dropping_the_
         })
         .await;
     }
-    assert!(loader.log_text().contains("dropping the longest"));
     // Every producer finishes its line: the five dropped ones are rejected as too long,
     // the five kept ones load whole.
     for mut s in producers {
@@ -237,6 +253,12 @@ async fn producers_stalled_mid_line_are_held_to_the_sinks_bound_by_dropping_the_
         sr.wait_for_rows(5, Duration::from_secs(10)).await,
         "{}",
         loader.log_text()
+    );
+    let too_long = r#"starsink_records_rejected_total{sink="orders",reason="too_long"}"#;
+    assert_eq!(
+        metric_at(port, too_long).await,
+        5.0,
+        "the dropped lines, as too_long"
     );
     let acc = loader.stop_expecting(0).await;
     assert_eq!(
@@ -249,7 +271,4 @@ async fn producers_stalled_mid_line_are_held_to_the_sinks_bound_by_dropping_the_
         rows.iter().all(|r| r.len() == PART + 2),
         "kept lines load whole"
     );
-    assert!(loader.log_text().contains(
-        "dropped unfinished to keep the sink's unfinished lines within maxUnfinishedBytes"
-    ));
 }

@@ -404,10 +404,9 @@ async fn the_size_trigger_keeps_bodies_under_max_bytes_and_off_the_fe() {
 async fn metrics_report_what_happened_to_every_line() {
     let sr = endpoint(Faults::default()).await;
     let fe = sr.fe_url();
-    let port = 0; // any free port: the loader logs which
     let mut loader = Loader::start(|dir| {
         format!(
-            "labelPrefix: metrics\nmetricsAddr: 127.0.0.1:{port}\nsinks:\n{}",
+            "labelPrefix: metrics\nmetricsAddr: 127.0.0.1:0\nsinks:\n{}",
             sink_yaml(
                 "orders",
                 &dir.join("orders.sock"),
@@ -471,7 +470,6 @@ async fn metrics_report_what_happened_to_every_line() {
 async fn sink_files_as_the_injector_passes_them_run_one_loader_for_several_sinks() {
     let sr = endpoint(Faults::default()).await;
     let fe = sr.fe_url();
-    let port = 0; // any free port: the loader logs which
     let mut loader = Loader::start_with_args(|dir| {
         let mut args = Vec::new();
         for name in ["orders", "billing-events"] {
@@ -492,7 +490,7 @@ async fn sink_files_as_the_injector_passes_them_run_one_loader_for_several_sinks
             "--shutdown-timeout".into(),
             "4s".into(),
             "--metrics-addr".into(),
-            format!("127.0.0.1:{port}"),
+            "127.0.0.1:0".into(),
         ]);
         args
     })

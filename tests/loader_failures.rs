@@ -42,13 +42,11 @@ async fn refused_batches_are_dead_lettered_with_their_reason_and_the_exit_code_s
     .await;
     let lines: Vec<String> = (0..50).map(row).collect();
     write_lines(&loader.socket("orders"), &lines).await;
-    assert!(
-        loader
-            .wait_log("dead-letter directory", Duration::from_secs(10))
-            .await,
-        "{}",
-        loader.log_text()
-    );
+    let dlq = loader.dir.path().join("dlq");
+    wait_until("a dead-letter file", Duration::from_secs(10), || async {
+        std::fs::read_dir(&dlq).is_ok_and(|mut d| d.next().is_some())
+    })
+    .await;
     let acc = loader.stop_expecting(3).await;
     assert_eq!(
         (acc["dead_lettered"].as_u64(), acc["lost"].as_u64()),
@@ -143,7 +141,7 @@ async fn a_second_signal_exits_at_once_with_the_accounting_line() {
     let fe = sr.fe_url();
     let mut loader = Loader::start(|dir| {
         format!(
-            "shutdownTimeout: 10m\n{}",
+            "shutdownTimeout: 10m\nmetricsAddr: 127.0.0.1:0\n{}",
             one_sink(dir, "twice", &fe, "    flush:\n      interval: 1h\n")
         )
     })
@@ -152,13 +150,12 @@ async fn a_second_signal_exits_at_once_with_the_accounting_line() {
     write_lines(&loader.socket("orders"), &lines).await;
     loader.signal(Signal::SIGTERM);
     // The first signal's flush keeps failing; a 10m budget would keep it retrying.
-    assert!(
-        loader
-            .wait_log("retrying with the same label", Duration::from_secs(10))
-            .await,
-        "{}",
-        loader.log_text()
-    );
+    let port = loader.metrics_port();
+    let retried = r#"starsink_loads_total{sink="orders",outcome="retried"}"#;
+    wait_until("a failed load", Duration::from_secs(10), || async {
+        metric_at(port, retried).await >= 1.0
+    })
+    .await;
     loader.signal(Signal::SIGTERM);
     let status = loader.wait_exit(Duration::from_secs(5)).await;
     assert_eq!(status.code(), Some(1), "{}", loader.log_text());
@@ -180,12 +177,13 @@ async fn a_load_slower_than_the_request_timeout_is_waited_for_not_sent_twice() {
     .await;
     let fe = sr.fe_url();
     let mut loader = Loader::start(|dir| {
-        one_sink(
+        let sink = one_sink(
             dir,
             "slow",
             &fe,
             "      requestTimeout: 300ms\n    flush:\n      interval: 50ms\n    retry:\n      minBackoff: 50ms\n      maxBackoff: 200ms\n",
-        )
+        );
+        format!("metricsAddr: 127.0.0.1:0\n{sink}")
     })
     .await;
     let lines: Vec<String> = (0..100).map(row).collect();
@@ -195,10 +193,9 @@ async fn a_load_slower_than_the_request_timeout_is_waited_for_not_sent_twice() {
         "{}",
         loader.log_text()
     );
+    let pending = r#"starsink_loads_total{sink="orders",outcome="pending"}"#;
     assert!(
-        loader
-            .wait_log("still running", Duration::from_secs(5))
-            .await,
+        metric_at(loader.metrics_port(), pending).await >= 1.0,
         "the loader should have seen the label PREPARE: {}",
         loader.log_text()
     );
@@ -280,11 +277,6 @@ async fn a_live_socket_is_never_stolen_but_a_stale_one_is_replaced() {
         )
     })
     .await;
-    assert!(
-        next.wait_log("stale socket", Duration::from_secs(1)).await,
-        "{}",
-        next.log_text()
-    );
     write_lines(&socket, &[row(2)]).await;
     assert!(sr.wait_for_rows(2, Duration::from_secs(5)).await);
     next.signal(Signal::SIGTERM);
@@ -566,10 +558,9 @@ async fn with_a_spool_what_starrocks_did_not_take_by_the_deadline_loads_on_the_n
 async fn an_outage_longer_than_warn_after_is_warned_about_and_never_dead_lettered() {
     let sr = down_endpoint().await;
     let fe = sr.fe_url();
-    let port = 0; // any free port: the loader logs which
     let mut loader = Loader::start(|dir| {
         format!(
-            "metricsAddr: 127.0.0.1:{port}\n{}",
+            "metricsAddr: 127.0.0.1:0\n{}",
             one_sink(
                 dir,
                 "outage",
@@ -588,22 +579,24 @@ async fn an_outage_longer_than_warn_after_is_warned_about_and_never_dead_lettere
         &(0..50).map(row).collect::<Vec<_>>(),
     )
     .await;
-    assert!(
-        loader
-            .wait_log("this batch has failed for", Duration::from_secs(10))
-            .await,
-        "{}",
-        loader.log_text()
-    );
+    // An error each warnAfter, saying how long the batch has waited.
+    let warned = |at_least: u64| {
+        move |l: &serde_json::Value| {
+            l["level"] == "ERROR" && l["waited_s"].as_u64().is_some_and(|w| w >= at_least)
+        }
+    };
+    loader
+        .wait_log_where(
+            "an error after warnAfter",
+            warned(1),
+            Duration::from_secs(10),
+        )
+        .await;
     // Twice warnAfter: the batch is still retried, nothing is dead-lettered, and the
     // age of the oldest record says how long it has waited.
-    assert!(
-        loader
-            .wait_log("this batch has failed for 2s", Duration::from_secs(10))
-            .await,
-        "{}",
-        loader.log_text()
-    );
+    loader
+        .wait_log_where("a second error", warned(2), Duration::from_secs(10))
+        .await;
     let (_, text) = http_get(port, "/metrics").await;
     assert!(
         metric(
@@ -650,11 +643,10 @@ async fn a_wrong_password_is_a_configuration_problem_retried_until_fixed_never_d
     .await
     .unwrap();
     let fe = sr.fe_url();
-    let port = 0; // any free port: the loader logs which
     let mut loader = Loader::start(|dir| {
         std::fs::write(dir.join("password"), "wrong\n").unwrap();
         format!(
-            "metricsAddr: 127.0.0.1:{port}\n{}",
+            "metricsAddr: 127.0.0.1:0\n{}",
             one_sink(
                 dir,
                 "auth",

@@ -16,9 +16,9 @@ fn row(id: u64) -> String {
 }
 
 /// A one-sink config with a metrics port and the sink settings in `extra`.
-fn config(dir: &Path, fe: &str, port: u16, extra: &str) -> String {
+fn config(dir: &Path, fe: &str, extra: &str) -> String {
     format!(
-        "labelPrefix: faults\nshutdownTimeout: 3s\nmetricsAddr: 127.0.0.1:{port}\nsinks:\n{}",
+        "labelPrefix: faults\nshutdownTimeout: 3s\nmetricsAddr: 127.0.0.1:0\nsinks:\n{}",
         sink_yaml("orders", &dir.join("orders.sock"), fe, extra)
     )
 }
@@ -28,12 +28,11 @@ const FAST_RETRY: &str = "    retry:\n      minBackoff: 20ms\n      maxBackoff: 
 
 /// A loader whose spool (`spoolSync: always`, batches of 64 KiB or 100ms) is on a 4 MiB tmpfs
 /// at `{dir}/disk`, with `extra` added to the sink.
-async fn start_on_small_disk(fe: &str, port: u16, extra: &str) -> Loader {
+async fn start_on_small_disk(fe: &str, extra: &str) -> Loader {
     Loader::start_on_tmpfs("4m", "disk", |dir| {
         config(
             dir,
             fe,
-            port,
             &format!(
                 "    spoolDir: {}\n    spoolSync: always\n    flush:\n      maxBytes: 64KiB\n      interval: 100ms\n{extra}",
                 dir.join("disk/spool").display()
@@ -81,8 +80,7 @@ async fn a_full_disk_holds_producers_back_and_once_it_frees_every_row_loads_once
     // StarRocks is down too, so that no load frees space while the disk is full.
     let sr = down_endpoint().await;
     let fe = sr.fe_url();
-    let port = 0; // any free port: the loader logs which
-    let mut loader = start_on_small_disk(&fe, port, FAST_RETRY).await;
+    let mut loader = start_on_small_disk(&fe, FAST_RETRY).await;
     let port = loader.metrics_port();
     let filler = loader.inside(&loader.dir.path().join("disk/filler"));
     fill_disk(&filler);
@@ -153,8 +151,7 @@ async fn a_full_disk_holds_producers_back_and_once_it_frees_every_row_loads_once
 async fn stopped_while_the_disk_is_full_it_counts_what_is_on_disk_as_spooled() {
     let sr = down_endpoint().await;
     let fe = sr.fe_url();
-    let port = 0; // any free port: the loader logs which
-    let mut loader = start_on_small_disk(&fe, port, FAST_RETRY).await;
+    let mut loader = start_on_small_disk(&fe, FAST_RETRY).await;
     let port = loader.metrics_port();
     // 1,000 rows reach the disk while StarRocks is down...
     write_lines(
@@ -229,7 +226,6 @@ async fn refusing_loader(extra: &str) -> Refusing {
     })
     .await;
     let fe = sr.fe_url();
-    let port = 0; // any free port: the loader logs which
     let blocked = tempfile::tempdir().unwrap();
     let dead_letters = blocked.path().join("dead-letters");
     std::fs::write(&dead_letters, b"in the way").unwrap();
@@ -237,7 +233,7 @@ async fn refusing_loader(extra: &str) -> Refusing {
         "{extra}    deadLetterDir: {}\n    flush:\n      maxRows: 100\n      interval: 100ms\n",
         dead_letters.display()
     );
-    let loader = Loader::start(|dir| config(dir, &fe, port, &extra)).await;
+    let loader = Loader::start(|dir| config(dir, &fe, &extra)).await;
     let port = loader.metrics_port();
     Refusing {
         sr,
@@ -407,10 +403,9 @@ async fn lines_committed_after_a_refused_batch_are_not_acked_before_its_err_line
 async fn a_spool_that_fills_its_own_disk_goes_on_once_starrocks_takes_its_batches() {
     let sr = down_endpoint().await;
     let fe = sr.fe_url();
-    let port = 0; // any free port: the loader logs which
-                  // StarRocks is down and the spool's cap (1 GiB by default) is far above the disk's
-                  // 4 MiB: the spool's own batches fill the disk.
-    let mut loader = start_on_small_disk(&fe, port, FAST_RETRY).await;
+    // StarRocks is down and the spool's cap (1 GiB by default) is far above the disk's
+    // 4 MiB: the spool's own batches fill the disk.
+    let mut loader = start_on_small_disk(&fe, FAST_RETRY).await;
     let port = loader.metrics_port();
     const N: u64 = 60_000;
     let socket = loader.socket("orders");
@@ -442,13 +437,12 @@ async fn a_spool_that_fills_its_own_disk_goes_on_once_starrocks_takes_its_batche
 async fn a_batch_whose_spooled_bytes_changed_is_counted_as_damage_and_the_sink_goes_on() {
     let sr = down_endpoint().await;
     let fe = sr.fe_url();
-    let port = 0; // any free port: the loader logs which
     let spool = tempfile::tempdir().unwrap();
     let extra = format!(
         "    spoolDir: {}\n    flush:\n      maxRows: 100\n      interval: 100ms\n{FAST_RETRY}",
         spool.path().display()
     );
-    let mut loader = Loader::start(|dir| config(dir, &fe, port, &extra)).await;
+    let mut loader = Loader::start(|dir| config(dir, &fe, &extra)).await;
     let port = loader.metrics_port();
     // StarRocks is down: ten batches wait, the later ones on disk only.
     write_lines(

@@ -100,16 +100,14 @@ pub async fn run(args: DevEndpointArgs) -> i32 {
                 return 2;
             }
         };
+    // The addresses as bound: port 0 in `--fe-addr`/`--be-addr` means any free port.
+    let fe = endpoint.fe_url();
     println!(
-        "Stream Load endpoint: FE http://{} (put it in feEndpoints), BE {}, user {}",
-        args.fe_addr,
+        "Stream Load endpoint: FE {fe} (put it in feEndpoints), BE {}, user {}",
         endpoint.be_addr(),
         args.user
     );
-    println!(
-        "what was loaded: curl http://{}/dev/summary  (also /dev/loads, /dev/rows?table=DB.TABLE)",
-        args.fe_addr
-    );
+    println!("what was loaded: curl {fe}/dev/summary  (also /dev/loads, /dev/rows?table=DB.TABLE)");
     let stop = stop_signal();
     tokio::pin!(stop);
     let mut seen = 0;

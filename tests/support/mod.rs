@@ -210,6 +210,32 @@ impl Loader {
             .unwrap_or_else(|| panic!("no metrics address in the log:\n{}", self.log_text()))
     }
 
+    /// Waits until a JSON log line satisfies `check` (its level and fields, not its
+    /// wording); fails the test after `within`, saying what it waited for.
+    pub async fn wait_log_where(
+        &mut self,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+        within: Duration,
+    ) {
+        let logs = self.logs.clone();
+        let found = |_: &usize| {
+            logs.lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .any(|l| check(&l))
+        };
+        let waited = tokio::time::timeout(within, self.log_count.wait_for(found))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        assert!(
+            waited,
+            "waited {within:?} for a log line: {what}; log:\n{}",
+            self.log_text()
+        );
+    }
+
     /// Waits until a log line contains `needle`.
     pub async fn wait_log(&mut self, needle: &str, within: Duration) -> bool {
         let logs = self.logs.clone();
@@ -307,9 +333,29 @@ pub async fn run_loader_to_exit(config: &Path, within: Duration) -> (ExitStatus,
     }
 }
 
-/// A loopback TCP address nothing listens on (bound, then released).
+/// A loopback TCP address nothing listens on, and nothing else can take: a socket bound
+/// to it and never put to listen, held for the life of the test process (a connect to it
+/// is refused, like one to a stopped FE).
 pub fn dead_address() -> String {
-    format!("http://127.0.0.1:{}", free_port())
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    let port = *PORT.get_or_init(|| {
+        // SAFETY: plain socket calls on a descriptor this function owns (and leaks on
+        // purpose: it holds the port); `addr` and `len` are valid for the calls.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let bound = libc::bind(fd, (&raw const addr).cast(), len);
+            assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
+            let named = libc::getsockname(fd, (&raw mut addr).cast(), &mut len);
+            assert_eq!(named, 0, "getsockname: {}", std::io::Error::last_os_error());
+            u16::from_be(addr.sin_port)
+        }
+    });
+    format!("http://127.0.0.1:{port}")
 }
 
 /// `starsink --log-format FORMAT loader --config CONFIG`, logging to a pipe, killed on drop.
@@ -343,12 +389,6 @@ pub async fn down_endpoint() -> DevEndpoint {
         ..Faults::default()
     })
     .await
-}
-
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 /// `GET path` on `127.0.0.1:port` with `Connection: close`; returns status and body.
