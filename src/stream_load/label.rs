@@ -47,12 +47,22 @@ impl LabelGen {
 }
 
 /// An id for this start of the process: milliseconds since the epoch and a random
-/// suffix, in hex, so two starts in one pod never share labels.
+/// suffix, in hex, so two starts in one pod never share labels. Within one process the
+/// millisecond part strictly increases from call to call (a later call in the same
+/// millisecond takes the next one), so two ids from one process always differ; the
+/// random part covers two processes started in the same millisecond.
 pub fn start_id() -> String {
-    let ms = std::time::SystemTime::now()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+        .map_or(0, |d| d.as_millis() as u64);
+    let prev = LAST_MS
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(now.max(last + 1))
+        })
+        .unwrap_or(now);
+    let ms = now.max(prev + 1);
     format!("{ms:x}{:04x}", fastrand::u16(..))
 }
 
@@ -93,7 +103,12 @@ mod tests {
     }
 
     #[test]
-    fn start_ids_differ_between_starts() {
-        assert_ne!(start_id(), start_id());
+    fn start_ids_from_one_process_always_differ_even_within_a_millisecond() {
+        let ids: Vec<String> = (0..1000).map(|_| start_id()).collect();
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len());
+        assert!(ids.iter().all(|id| is_valid(id)));
     }
 }
