@@ -285,10 +285,11 @@ impl Spool {
 
     /// [`Spool::open`], with segments closed past `segment_bytes`.
     ///
-    /// Memory stays bounded by one segment whatever the spool holds: a first pass reads
-    /// each segment in turn and keeps only where records are and which batches are
-    /// pending; a second pass copies the pending records, segment by segment, into fresh
-    /// segments.
+    /// Memory stays bounded by one segment whatever the spool holds: a first pass
+    /// ([`survey`]) reads each segment in turn and keeps only where records are and which
+    /// batches are pending; [`plan`] decides what is kept and under which numbers; a second
+    /// pass ([`Spool::copy_kept`]) copies the kept records, segment by segment, into fresh
+    /// segments; then the pending batches are sealed again and the old segments retired.
     pub fn open_with(
         dir: &Path,
         segment_bytes: u64,
@@ -305,69 +306,53 @@ impl Spool {
                 source,
             })
         };
-
-        // Pass 1: what is where.
-        let Survey {
-            record_seqs,
-            sealed,
-            done,
-            damage,
-            corrupt,
-        } = survey(&old, &read_segment)?;
-
-        // Records in no readable batch: those after the last seal, and any whose Sealed
-        // frame was lost to damage (their fate is unknown: they load again, under a new
-        // label). Renumbered when that closes gaps, so that they are consecutive.
-        let sealed_end = sealed.iter().map(|(_, r)| r.end).max().unwrap_or(0);
-        let mut ranges: Vec<Range<u64>> = sealed.iter().map(|(_, r)| r.clone()).collect();
-        ranges.sort_by_key(|r| r.start);
-        let in_a_batch = |seq: u64| {
-            let i = ranges.partition_point(|r| r.end <= seq);
-            i < ranges.len() && ranges[i].start <= seq
-        };
-        let mut loose: Vec<u64> = Vec::new();
-        let mut orphaned = 0u64;
-        let mut last_seq = None;
-        for r in &record_seqs {
-            for seq in r.clone() {
-                last_seq = Some(last_seq.map_or(seq, |l: u64| l.max(seq)));
-                if !in_a_batch(seq) {
-                    orphaned += u64::from(seq < sealed_end);
-                    loose.push(seq);
-                }
-            }
-        }
-        loose.sort_unstable();
-        loose.dedup();
-        let mut next_seq = last_seq.map_or(sealed_end, |s| (s + 1).max(sealed_end));
-        let consecutive = loose.windows(2).all(|w| w[1] == w[0] + 1);
-        // Where each loose record goes: its own number, or the next free ones.
-        let renumber: BTreeMap<u64, u64> = if orphaned == 0 && consecutive {
-            loose.iter().map(|s| (*s, *s)).collect()
-        } else {
-            let base = next_seq;
-            next_seq += loose.len() as u64;
-            loose.iter().zip(base..).map(|(s, n)| (*s, n)).collect()
-        };
-        let pending: Vec<(String, Range<u64>)> = sealed
-            .into_iter()
-            .filter(|(label, _)| !done.contains(label))
-            .collect();
-        let mut pending_ranges: Vec<Range<u64>> = pending.iter().map(|(_, r)| r.clone()).collect();
-        pending_ranges.sort_by_key(|r| r.start);
-        let is_pending = |seq: u64| {
-            let i = pending_ranges.partition_point(|r| r.end <= seq);
-            i < pending_ranges.len() && pending_ranges[i].start <= seq
-        };
-
+        let survey = survey(&old, &read_segment)?;
+        let (damage, corrupt) = (survey.damage.clone(), survey.corrupt.clone());
+        let plan = plan(survey);
         let next_id = old.last().map_or(0, |(id, _)| id + 1);
-        let mut spool = Spool {
+        let mut spool = Spool::fresh(dir, lock, next_id, plan.next_seq, segment_bytes, max_bytes)
+            .map_err(&err)?;
+        let (rows, unsealed) = spool.copy_kept(&old, &read_segment, &plan)?;
+        let sealed = spool.seal_again(plan.pending, &rows);
+        spool.flush().map_err(&err)?;
+        spool.file.sync_data().map_err(&err)?;
+        retire(dir, &old, &corrupt).map_err(&err)?;
+        sync_dir(dir).map_err(&err)?;
+        spool.keep_reserve();
+        let orphaned = plan.orphaned;
+        Ok((
+            spool,
+            Replay {
+                sealed,
+                unsealed,
+                damage,
+                orphaned,
+            },
+        ))
+    }
+
+    /// An empty spool in `dir` writing to a new segment `id`, its next record `next_seq`.
+    fn fresh(
+        dir: &Path,
+        lock: File,
+        id: u64,
+        next_seq: u64,
+        segment_bytes: u64,
+        max_bytes: u64,
+    ) -> io::Result<Spool> {
+        Ok(Spool {
             dir: dir.to_owned(),
             _lock: lock,
-            segments: Vec::new(),
-            file: Self::create_segment(dir, next_id).map_err(&err)?,
+            segments: vec![Segment {
+                id,
+                path: dir.join(segment_name(id)),
+                bytes: 0,
+                records_end: 0,
+                open_labels: HashSet::new(),
+            }],
+            file: Self::create_segment(dir, id)?,
             file_len: segment::HEADER_LEN as u64,
-            next_id: next_id + 1,
+            next_id: id + 1,
             next_seq,
             sealed: VecDeque::new(),
             done_below: 0,
@@ -380,95 +365,89 @@ impl Spool {
             unsynced: false,
             dir_unsynced: false,
             reserved: false,
-        };
-        spool.segments.push(Segment {
-            id: next_id,
-            path: dir.join(segment_name(next_id)),
-            bytes: 0,
-            records_end: 0,
-            open_labels: HashSet::new(),
-        });
+        })
+    }
 
-        // Pass 2: copy what is pending, one old segment at a time. Each record is copied
-        // once, even if a crash during an earlier open left it in two segments.
-        let mut rows: BTreeMap<u64, u64> = BTreeMap::new();
+    /// Pass 2: copies what `plan` keeps, one old segment at a time. Each record is copied
+    /// once, even if a crash during an earlier open left it in two segments. Returns the
+    /// rows of each pending batch (by its first seq) and the loose records, in order.
+    fn copy_kept(
+        &mut self,
+        old: &[(u64, PathBuf)],
+        read_segment: &impl Fn(&PathBuf) -> Result<segment::Recovered, SpoolError>,
+        plan: &Plan,
+    ) -> Result<(RowsByBatch, Vec<(u64, Bytes)>), SpoolError> {
+        let mut rows = RowsByBatch::new();
         let mut unsealed: Vec<(u64, Bytes)> = Vec::new();
         let mut copied = SeqSet::default();
-        let io = |e| SpoolError::Io {
-            dir: dir.to_owned(),
-            source: e,
-        };
-        for (_, path) in &old {
-            let r = read_segment(path)?;
-            for frame in r.frames {
+        for (_, path) in old {
+            for frame in read_segment(path)?.frames {
                 let Frame::Records {
                     first_seq, data, ..
                 } = frame
                 else {
                     continue;
                 };
-                let mut run: Vec<Bytes> = Vec::new();
-                let mut run_start = 0;
+                let mut run = Run::default();
                 for (seq, line) in (first_seq..).zip(lines(&data)) {
-                    let target = if is_pending(seq) {
-                        *rows.entry(batch_start(&pending_ranges, seq)).or_default() += 1;
+                    let target = if plan.is_pending(seq) {
+                        *rows
+                            .entry(batch_start(&plan.pending_ranges, seq))
+                            .or_default() += 1;
                         Some(seq)
                     } else {
-                        renumber.get(&seq).copied()
+                        plan.renumber.get(&seq).copied()
                     };
                     let Some(target) = target.filter(|t| copied.insert(*t)) else {
                         continue;
                     };
-                    if renumber.contains_key(&seq) {
+                    if plan.renumber.contains_key(&seq) {
                         // A copy: a view would keep the whole segment's buffer alive.
                         unsealed.push((target, Bytes::copy_from_slice(&line)));
                     }
-                    if !run.is_empty() && run_start + run.len() as u64 != target {
-                        spool.write_records(run_start, &std::mem::take(&mut run));
-                        spool.flush().map_err(io)?;
-                        spool.maybe_roll().map_err(io)?;
+                    if !run.continues_at(target) {
+                        self.write_run(std::mem::take(&mut run))?;
                     }
-                    if run.is_empty() {
-                        run_start = target;
-                    }
-                    run.push(line);
+                    run.push(target, line);
                 }
-                if !run.is_empty() {
-                    spool.write_records(run_start, &run);
-                    spool.flush().map_err(io)?;
-                    spool.maybe_roll().map_err(io)?;
-                }
+                self.write_run(run)?;
             }
         }
         unsealed.sort_by_key(|(s, _)| *s);
-        let mut replay_sealed = Vec::with_capacity(pending.len());
+        Ok((rows, unsealed))
+    }
+
+    /// Writes a run of consecutive records copied at open, and rolls the segment if full.
+    fn write_run(&mut self, run: Run) -> Result<(), SpoolError> {
+        if run.lines.is_empty() {
+            return Ok(());
+        }
+        self.write_records(run.start, &run.lines);
+        let written = self.flush().and_then(|()| self.maybe_roll());
+        written.map_err(io_err(&self.dir))
+    }
+
+    /// Seals the pending batches again, under their labels, in the new segments.
+    fn seal_again(
+        &mut self,
+        pending: Vec<(String, Range<u64>)>,
+        rows: &RowsByBatch,
+    ) -> Vec<PendingBatch> {
+        let mut out = Vec::with_capacity(pending.len());
         for (label, seqs) in pending {
-            spool.write_frame(&Frame::Sealed {
+            self.write_frame(&Frame::Sealed {
                 first_seq: seqs.start,
                 end_seq: seqs.end,
                 label: label.clone(),
             });
-            spool.note_sealed(&label, seqs.end);
-            replay_sealed.push(PendingBatch {
+            self.note_sealed(&label, seqs.end);
+            out.push(PendingBatch {
                 rows: rows.get(&seqs.start).copied().unwrap_or(0),
                 label,
                 seqs,
             });
         }
-        spool.flush().map_err(&err)?;
-        spool.file.sync_data().map_err(&err)?;
-        retire(dir, &old, &corrupt).map_err(&err)?;
-        sync_dir(dir).map_err(&err)?;
-        spool.keep_reserve();
-        Ok((
-            spool,
-            Replay {
-                sealed: replay_sealed,
-                unsealed,
-                damage,
-                orphaned,
-            },
-        ))
+        out
     }
 
     /// Creates segment `id` with its header. `id` is past every segment on disk, so a
@@ -873,6 +852,104 @@ struct Survey {
     corrupt: Vec<PathBuf>,
 }
 
+/// What recovery keeps, decided from the survey alone: the pending batches (sealed, no
+/// verdict) under their own numbers, and the loose records (in no readable batch: after
+/// the last seal, or whose Sealed frame was lost to damage) under numbers that make them
+/// consecutive after everything else.
+struct Plan {
+    pending: Vec<(String, Range<u64>)>,
+    /// The pending batches' ranges, by start.
+    pending_ranges: Vec<Range<u64>>,
+    /// Each loose record's number: its own, or the next free ones when renumbering closes
+    /// gaps or moves orphans (records of a lost batch) past every batch.
+    renumber: BTreeMap<u64, u64>,
+    /// The next record's number after recovery.
+    next_seq: u64,
+    /// Loose records that were inside a batch whose Sealed frame was lost: their fate is
+    /// unknown, so they load again under a new label.
+    orphaned: u64,
+}
+
+impl Plan {
+    fn is_pending(&self, seq: u64) -> bool {
+        let i = self.pending_ranges.partition_point(|r| r.end <= seq);
+        i < self.pending_ranges.len() && self.pending_ranges[i].start <= seq
+    }
+}
+
+/// Decides what [`Spool::open_with`] keeps (see [`Plan`]); pure.
+fn plan(survey: Survey) -> Plan {
+    let Survey {
+        record_seqs,
+        sealed,
+        done,
+        ..
+    } = survey;
+    let sealed_end = sealed.iter().map(|(_, r)| r.end).max().unwrap_or(0);
+    let mut ranges: Vec<Range<u64>> = sealed.iter().map(|(_, r)| r.clone()).collect();
+    ranges.sort_by_key(|r| r.start);
+    let in_a_batch = |seq: u64| {
+        let i = ranges.partition_point(|r| r.end <= seq);
+        i < ranges.len() && ranges[i].start <= seq
+    };
+    let (mut loose, mut orphaned, mut last_seq) = (Vec::new(), 0u64, None);
+    for seq in record_seqs.iter().flat_map(|r| r.clone()) {
+        last_seq = Some(last_seq.map_or(seq, |l: u64| l.max(seq)));
+        if !in_a_batch(seq) {
+            orphaned += u64::from(seq < sealed_end);
+            loose.push(seq);
+        }
+    }
+    loose.sort_unstable();
+    loose.dedup();
+    let mut next_seq = last_seq.map_or(sealed_end, |s| (s + 1).max(sealed_end));
+    let consecutive = loose.windows(2).all(|w| w[1] == w[0] + 1);
+    let renumber: BTreeMap<u64, u64> = if orphaned == 0 && consecutive {
+        loose.iter().map(|s| (*s, *s)).collect()
+    } else {
+        let base = next_seq;
+        next_seq += loose.len() as u64;
+        loose.iter().zip(base..).map(|(s, n)| (*s, n)).collect()
+    };
+    let pending: Vec<(String, Range<u64>)> = sealed
+        .into_iter()
+        .filter(|(label, _)| !done.contains(label))
+        .collect();
+    let mut pending_ranges: Vec<Range<u64>> = pending.iter().map(|(_, r)| r.clone()).collect();
+    pending_ranges.sort_by_key(|r| r.start);
+    Plan {
+        pending,
+        pending_ranges,
+        renumber,
+        next_seq,
+        orphaned,
+    }
+}
+
+/// Rows of each pending batch, by the batch's first seq.
+type RowsByBatch = BTreeMap<u64, u64>;
+
+/// Consecutive records being copied at open, written as one frame.
+#[derive(Default)]
+struct Run {
+    start: u64,
+    lines: Vec<Bytes>,
+}
+
+impl Run {
+    /// Whether record `seq` may join this run (it is empty, or `seq` follows its end).
+    fn continues_at(&self, seq: u64) -> bool {
+        self.lines.is_empty() || self.start + self.lines.len() as u64 == seq
+    }
+
+    fn push(&mut self, seq: u64, line: Bytes) {
+        if self.lines.is_empty() {
+            self.start = seq;
+        }
+        self.lines.push(line);
+    }
+}
+
 /// Pass 1: reads each old segment in turn and keeps only where records are and which
 /// batches are sealed and done (memory bounded by one segment).
 fn survey(
@@ -948,6 +1025,50 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn survey_of(records: &[Range<u64>], sealed: &[(&str, Range<u64>)], done: &[&str]) -> Survey {
+        Survey {
+            record_seqs: records.to_vec(),
+            sealed: sealed
+                .iter()
+                .map(|(l, r)| (l.to_string(), r.clone()))
+                .collect(),
+            done: done.iter().map(|l| l.to_string()).collect(),
+            damage: Vec::new(),
+            corrupt: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn recovery_keeps_pending_batches_and_numbers_loose_records_after_them() {
+        // Two batches, the first loaded; three records after the last seal keep theirs.
+        let p = plan(survey_of(
+            &[0..7, 7..13],
+            &[("a", 0..5), ("b", 5..10)],
+            &["a"],
+        ));
+        assert_eq!(p.pending, [("b".to_owned(), 5..10)]);
+        assert!(!p.is_pending(4) && p.is_pending(5) && p.is_pending(9) && !p.is_pending(10));
+        assert_eq!(p.renumber, BTreeMap::from([(10, 10), (11, 11), (12, 12)]));
+        assert_eq!((p.next_seq, p.orphaned), (13, 0));
+
+        // Batch 5..10's Sealed frame was lost: its records are orphans, numbered after
+        // everything so they load again under a new label, with the records after them.
+        let p = plan(survey_of(
+            &[0..7, 7..13],
+            &[("a", 0..5), ("c", 10..12)],
+            &[],
+        ));
+        assert_eq!(p.orphaned, 5);
+        let moved: Vec<(u64, u64)> = p.renumber.into_iter().collect();
+        assert_eq!(moved, (5..10).chain(12..13).zip(13..19).collect::<Vec<_>>());
+        assert_eq!(p.next_seq, 19);
+
+        // Nothing at all: a fresh spool.
+        let p = plan(survey_of(&[], &[], &[]));
+        assert!(p.pending.is_empty() && p.renumber.is_empty());
+        assert_eq!((p.next_seq, p.orphaned), (0, 0));
+    }
 
     fn recs(range: Range<u64>) -> Vec<Bytes> {
         range
