@@ -189,10 +189,22 @@ async fn serve(
     tracing::info!(identity = %identity, "controller started");
 
     if args.no_leader_election {
-        let stop = stop.clone();
         run_controller(ctx, async move { stop.cancelled().await }).await;
         return Ok(());
     }
+    lead(&client, &args, ctx, identity, owner, stop).await
+}
+
+/// Runs the controller while this replica holds the Lease, standing by while another
+/// does, until `stop`; then gives the Lease up so another replica takes over at once.
+async fn lead(
+    client: &Client,
+    args: &ControllerArgs,
+    ctx: Arc<Context>,
+    identity: String,
+    owner: Option<OwnerReference>,
+    stop: CancellationToken,
+) -> Result<(), OperatorError> {
     let namespace = args
         .lease_namespace
         .clone()
@@ -206,7 +218,7 @@ async fn serve(
         .await
         .map_err(|e| OperatorError::Lease(e.to_string()))?;
     if let Some(owner) = &owner {
-        own_lease(&client, &namespace, owner).await;
+        own_lease(client, &namespace, owner).await;
     }
     let (mut leader, task) = lease.watch().await;
     loop {
@@ -236,9 +248,7 @@ async fn serve(
 
 /// Starts the admission webhook on this replica: its own sink cache (a reflector, so no
 /// API call per review), the cluster version, TLS (managed or from `--cert-dir`), and
-/// the HTTPS server, all stopped by `stop`. `readiness` follows the cache's sync: set when
-/// a list completes, cleared when the watch fails, so a replica whose cache is stale is
-/// taken out of the Service instead of answering from it.
+/// the HTTPS server, all stopped by `stop`.
 async fn start_webhook(
     client: &Client,
     args: &ControllerArgs,
@@ -247,6 +257,39 @@ async fn start_webhook(
     readiness: Arc<Readiness>,
     stop: CancellationToken,
 ) -> Result<(), OperatorError> {
+    let sinks = watch_sinks(client, readiness, stop.clone());
+    let settings = inject_settings(client, args).await?;
+    let resolver = start_tls(client, args, owner, &stop).await?;
+    let listener = tokio::net::TcpListener::bind(args.webhook_addr)
+        .await
+        .map_err(|e| {
+            OperatorError::Webhook(format!(
+                "--webhook-addr {}: cannot listen ({e}); pick a free address",
+                args.webhook_addr
+            ))
+        })?;
+    let hook = Arc::new(webhook::Webhook {
+        sinks: Arc::new(sinks),
+        settings,
+        metrics,
+    });
+    tokio::spawn(webhook::serve(
+        listener,
+        webhook::tls_config(resolver),
+        hook,
+        stop,
+    ));
+    Ok(())
+}
+
+/// The webhook's sink cache, kept by a reflector until `stop`. `readiness` follows the
+/// cache's sync: set when a list completes, cleared when the watch fails, so a replica
+/// whose cache is stale is taken out of the Service instead of answering from it.
+fn watch_sinks(
+    client: &Client,
+    readiness: Arc<Readiness>,
+    stop: CancellationToken,
+) -> kube::runtime::reflector::Store<StoredSink> {
     use futures::StreamExt;
     use kube::runtime::{reflector, watcher, WatchStreamExt};
 
@@ -259,7 +302,6 @@ async fn start_webhook(
         ),
     )
     .default_backoff();
-    let stopping = stop.clone();
     tokio::spawn(async move {
         // A failed watch is resumed from where it was, without a new list (only a 410
         // re-lists), so no InitDone follows: the cache counts as synced again on the next
@@ -271,7 +313,7 @@ async fn start_webhook(
         loop {
             let quiet = failed_at.map(|t| t + WATCH_QUIET);
             tokio::select! {
-                _ = stopping.cancelled() => return,
+                _ = stop.cancelled() => return,
                 _ = tokio::time::sleep_until(quiet.unwrap_or_else(tokio::time::Instant::now)), if quiet.is_some() => {
                     failed_at = None;
                     readiness.cache_synced(listed);
@@ -293,7 +335,15 @@ async fn start_webhook(
             }
         }
     });
+    store
+}
 
+/// The injector's settings: the cluster's version (native sidecars from 1.29), and the
+/// loader image and resources the flags give.
+async fn inject_settings(
+    client: &Client,
+    args: &ControllerArgs,
+) -> Result<inject::InjectSettings, OperatorError> {
     let version = client
         .apiserver_version()
         .await
@@ -312,62 +362,50 @@ async fn start_webhook(
         settings.resources = Some(resources.clone());
     }
     tracing::info!(kubernetes = %format!("{}.{}", kube_version.0, kube_version.1), native_sidecars = kube_version >= (1, 29), "webhook settings");
+    Ok(settings)
+}
 
+/// The webhook's certificate: read from `--cert-dir` (and watched), or managed in a
+/// Secret and renewed before it expires; the first one is in place when this returns.
+async fn start_tls(
+    client: &Client,
+    args: &ControllerArgs,
+    owner: Option<OwnerReference>,
+    stop: &CancellationToken,
+) -> Result<Arc<webhook::CertResolver>, OperatorError> {
     let resolver = Arc::new(webhook::CertResolver::default());
-    match &args.cert_dir {
-        Some(dir) => {
-            tokio::spawn(tls::watch_dir(
-                dir.clone(),
-                resolver.clone(),
-                std::time::Duration::from_secs(10),
-                stop.clone(),
-            ));
-        }
-        None => {
-            let namespace = args
-                .lease_namespace
-                .clone()
-                .ok_or(OperatorError::NoLeaseNamespace)?;
-            let opts = tls::TlsOptions {
-                namespace,
-                secret: args.tls_secret.clone(),
-                webhook_config: args.webhook_config.clone(),
-                service: args.webhook_service.clone(),
-                validity: certs::Validity::default(),
-                owner,
-            };
-            // The first certificate is in place before the server accepts anything.
-            tls::ensure(client, &opts, &resolver)
-                .await
-                .map_err(|e| OperatorError::Webhook(e.to_string()))?;
-            tokio::spawn(tls::run(
-                client.clone(),
-                opts,
-                resolver.clone(),
-                stop.clone(),
-            ));
-        }
+    if let Some(dir) = &args.cert_dir {
+        let every = std::time::Duration::from_secs(10);
+        tokio::spawn(tls::watch_dir(
+            dir.clone(),
+            resolver.clone(),
+            every,
+            stop.clone(),
+        ));
+        return Ok(resolver);
     }
-    let listener = tokio::net::TcpListener::bind(args.webhook_addr)
+    let namespace = args
+        .lease_namespace
+        .clone()
+        .ok_or(OperatorError::NoLeaseNamespace)?;
+    let opts = tls::TlsOptions {
+        namespace,
+        secret: args.tls_secret.clone(),
+        webhook_config: args.webhook_config.clone(),
+        service: args.webhook_service.clone(),
+        validity: certs::Validity::default(),
+        owner,
+    };
+    tls::ensure(client, &opts, &resolver)
         .await
-        .map_err(|e| {
-            OperatorError::Webhook(format!(
-                "--webhook-addr {}: cannot listen ({e}); pick a free address",
-                args.webhook_addr
-            ))
-        })?;
-    let hook = Arc::new(webhook::Webhook {
-        sinks: Arc::new(store),
-        settings,
-        metrics,
-    });
-    tokio::spawn(webhook::serve(
-        listener,
-        webhook::tls_config(resolver),
-        hook,
-        stop,
+        .map_err(|e| OperatorError::Webhook(e.to_string()))?;
+    tokio::spawn(tls::run(
+        client.clone(),
+        opts,
+        resolver.clone(),
+        stop.clone(),
     ));
-    Ok(())
+    Ok(resolver)
 }
 
 /// An owner reference to the controller's Deployment, when `--owner-deployment` names
