@@ -6,174 +6,181 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 
 use super::{load_answer, LabelState, LoadRecord, Shared};
-use crate::http1::{response, BodyLength, Conn};
+use crate::http1::{response, BodyLength, Conn, RequestHead};
 use crate::stream_load::label;
 
 const MAX_BODY: usize = 1 << 30;
 
+/// Serves one keep-alive BE connection (the loader keeps one per sink): each request is
+/// routed, may be answered before its body (auth, an early-success fault, a bad label;
+/// that ends the connection, its body unread), has its body read after `100 Continue`,
+/// and is loaded and answered.
 pub(super) async fn connection(stream: TcpStream, shared: &Shared) {
     let mut conn = Conn::new(stream);
-    // BE connections are keep-alive: the loader keeps one per sink.
     while let Ok(Some(req)) = conn.read_request_head().await {
-        let parts: Vec<&str> = req.path().trim_start_matches('/').split('/').collect();
-        let ["api", db, table, "_stream_load"] = parts.as_slice() else {
+        let Some(target) = Target::of(&req) else {
             let _ = conn
                 .write_all(&response(404, "Not Found", &[("Connection", "close")], b""))
                 .await;
             return;
         };
-        let table = format!("{db}.{table}");
-        let label = req.headers.get("label").unwrap_or_default().to_owned();
-        let json = req
-            .headers
-            .get("format")
-            .unwrap_or("csv")
-            .eq_ignore_ascii_case("json");
-
-        // Answers that come before the body is read end the connection: its body is unread.
-        let early = if !shared.authorized(req.headers.get("authorization")) {
-            shared.state().auth_failures += 1;
-            Some(load_answer(
-                &label,
-                "Fail",
-                "no valid Basic authorization",
-                0,
-                0,
-                &[],
-            ))
-        } else if shared.roll(shared.faults().early_success) {
-            shared.record_load(LoadRecord {
-                label: label.clone(),
-                table: table.clone(),
-                status: "early Success".into(),
-                rows: 0,
-                body_bytes: 0,
-                at: Instant::now(),
-            });
-            Some(load_answer(&label, "Success", "OK", 10, 0, &[]))
-        } else if !label::is_valid(&label) {
-            Some(load_answer(
-                &label,
-                "Fail",
-                &format!("Invalid label: {label:?} must match ^[-\\w]{{1,128}}$"),
-                0,
-                0,
-                &[],
-            ))
-        } else {
-            None
-        };
-        if let Some(body) = early {
-            let _ = conn
-                .write_all(&response(
-                    200,
-                    "OK",
-                    &[
-                        ("Content-Type", "application/json"),
-                        ("Connection", "close"),
-                    ],
-                    &body,
-                ))
-                .await;
+        if let Some(body) = early_answer(shared, &req, &target) {
+            let headers = [
+                ("Content-Type", "application/json"),
+                ("Connection", "close"),
+            ];
+            let _ = conn.write_all(&response(200, "OK", &headers, &body)).await;
             return;
         }
-
-        let len = req.headers.body_length();
-        if req
-            .headers
-            .get("expect")
-            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
-            && conn
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .is_err()
-        {
+        let Some(body) = read_body(&mut conn, &req).await else {
             return;
-        }
-        let body = match len {
-            BodyLength::UntilClose => {
-                let _ = conn
-                    .write_all(&response(
-                        411,
-                        "Length Required",
-                        &[("Connection", "close")],
-                        b"",
-                    ))
-                    .await;
-                return;
-            }
-            len => match conn.read_body(len, MAX_BODY).await {
-                Ok(b) => b,
-                Err(_) => return,
-            },
         };
         {
             let mut st = shared.state();
             st.largest_body = st.largest_body.max(body.len());
         }
+        let outcome = run_load(shared, &target, &body).await;
+        if !reply(&mut conn, shared, &target, body.len(), outcome).await {
+            return;
+        }
+    }
+}
 
-        let faults = shared.faults();
-        let outcome = match existing_label(shared, &label) {
-            Some(answer) => answer,
-            None => {
-                if shared.roll(faults.slow) {
-                    // A slow load is a running transaction: its label reads PREPARE, and a
-                    // second request with it is told `Label Already Exists` / `RUNNING`.
-                    shared
-                        .state()
-                        .labels
-                        .insert(label.clone(), LabelState::Prepare);
-                    tokio::time::sleep(faults.slow_by).await;
-                }
-                load(shared, &label, &table, json, &body, &faults)
-            }
+/// Where a load goes: `/api/{db}/{table}/_stream_load`, with its label and format.
+struct Target {
+    table: String,
+    label: String,
+    json: bool,
+}
+
+impl Target {
+    fn of(req: &RequestHead) -> Option<Target> {
+        let parts: Vec<&str> = req.path().trim_start_matches('/').split('/').collect();
+        let ["api", db, table, "_stream_load"] = parts.as_slice() else {
+            return None;
         };
-        let record = |status: &str, rows: usize| LoadRecord {
-            label: label.clone(),
-            table: table.clone(),
+        Some(Target {
+            table: format!("{db}.{table}"),
+            label: req.headers.get("label").unwrap_or_default().to_owned(),
+            json: req
+                .headers
+                .get("format")
+                .unwrap_or("csv")
+                .eq_ignore_ascii_case("json"),
+        })
+    }
+
+    fn record(&self, status: &str, rows: usize, body_bytes: usize) -> LoadRecord {
+        LoadRecord {
+            label: self.label.clone(),
+            table: self.table.clone(),
             status: status.to_owned(),
             rows,
-            body_bytes: body.len(),
+            body_bytes,
             at: Instant::now(),
-        };
-        let notify = || {
-            let committed = shared.state().committed_rows;
-            shared.committed.send_replace(committed);
-        };
-        match outcome {
-            LoadAnswer::Drop { rows } => {
-                shared.record_load(record("dropped", rows));
-                notify();
-                return;
-            }
-            LoadAnswer::Http503 => {
-                shared.record_load(record("503", 0));
-                let _ = conn
-                    .write_all(&response(503, "Service Unavailable", &[], b"busy\n"))
-                    .await;
-            }
-            LoadAnswer::Answer {
-                status,
-                message,
-                rows,
-                extra,
-            } => {
-                shared.record_load(record(&status, rows));
-                notify();
-                let body = load_answer(&label, &status, &message, rows, body.len(), &extra);
-                if conn
-                    .write_all(&response(
-                        200,
-                        "OK",
-                        &[("Content-Type", "application/json")],
-                        &body,
-                    ))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
+        }
+    }
+}
+
+/// The answer given before the body is read, if any: bad credentials, an injected early
+/// `Success` (a broken proxy), or a label StarRocks would refuse.
+fn early_answer(shared: &Shared, req: &RequestHead, t: &Target) -> Option<Vec<u8>> {
+    let label = &t.label;
+    if !shared.authorized(req.headers.get("authorization")) {
+        shared.state().auth_failures += 1;
+        let message = "no valid Basic authorization";
+        return Some(load_answer(label, "Fail", message, 0, 0, &[]));
+    }
+    if shared.roll(shared.faults().early_success) {
+        shared.record_load(t.record("early Success", 0, 0));
+        return Some(load_answer(label, "Success", "OK", 10, 0, &[]));
+    }
+    if !label::is_valid(label) {
+        let message = format!("Invalid label: {label:?} must match ^[-\\w]{{1,128}}$");
+        return Some(load_answer(label, "Fail", &message, 0, 0, &[]));
+    }
+    None
+}
+
+/// Reads the body, after `100 Continue` when the client asked for it; `None` when the
+/// connection is to end (no length: 411; or it failed).
+async fn read_body(conn: &mut Conn<TcpStream>, req: &RequestHead) -> Option<bytes::Bytes> {
+    let expects = req
+        .headers
+        .get("expect")
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if expects
+        && conn
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_err()
+    {
+        return None;
+    }
+    match req.headers.body_length() {
+        BodyLength::UntilClose => {
+            let refusal = response(411, "Length Required", &[("Connection", "close")], b"");
+            let _ = conn.write_all(&refusal).await;
+            None
+        }
+        len => conn.read_body(len, MAX_BODY).await.ok(),
+    }
+}
+
+/// Loads a body: a taken label is answered as such; otherwise, after an injected slow
+/// start (its label reads PREPARE meanwhile), the load runs.
+async fn run_load(shared: &Shared, t: &Target, body: &[u8]) -> LoadAnswer {
+    if let Some(answer) = existing_label(shared, &t.label) {
+        return answer;
+    }
+    let faults = shared.faults();
+    if shared.roll(faults.slow) {
+        // A slow load is a running transaction: its label reads PREPARE, and a second
+        // request with it is told `Label Already Exists` / `RUNNING`.
+        let prepare = LabelState::Prepare;
+        shared.state().labels.insert(t.label.clone(), prepare);
+        tokio::time::sleep(faults.slow_by).await;
+    }
+    load(shared, &t.label, &t.table, t.json, body, &faults)
+}
+
+/// Records the load and answers it; false when the connection is to end (a dropped
+/// answer, or a failed write).
+async fn reply(
+    conn: &mut Conn<TcpStream>,
+    shared: &Shared,
+    t: &Target,
+    body_bytes: usize,
+    outcome: LoadAnswer,
+) -> bool {
+    let notify = || {
+        let committed = shared.state().committed_rows;
+        shared.committed.send_replace(committed);
+    };
+    match outcome {
+        LoadAnswer::Drop { rows } => {
+            shared.record_load(t.record("dropped", rows, body_bytes));
+            notify();
+            false
+        }
+        LoadAnswer::Http503 => {
+            shared.record_load(t.record("503", 0, body_bytes));
+            let busy = response(503, "Service Unavailable", &[], b"busy\n");
+            conn.write_all(&busy).await.is_ok()
+        }
+        LoadAnswer::Answer {
+            status,
+            message,
+            rows,
+            extra,
+        } => {
+            shared.record_load(t.record(&status, rows, body_bytes));
+            notify();
+            let body = load_answer(&t.label, &status, &message, rows, body_bytes, &extra);
+            let headers = [("Content-Type", "application/json")];
+            conn.write_all(&response(200, "OK", &headers, &body))
+                .await
+                .is_ok()
         }
     }
 }
@@ -217,7 +224,8 @@ fn existing_label(shared: &Shared, label: &str) -> Option<LoadAnswer> {
     })
 }
 
-/// Runs a load whose label is free.
+/// Runs a load whose label is free: an injected fault, an empty or unparsable body, or
+/// refused rows abort it (the label is free again); otherwise its rows are committed.
 fn load(
     shared: &Shared,
     label: &str,
@@ -231,84 +239,35 @@ fn load(
         shared.state().labels.remove(label);
         return LoadAnswer::Http503;
     }
+    let abort = |answer: LoadAnswer| {
+        let aborted = LabelState::Aborted;
+        shared.state().labels.insert(label.to_owned(), aborted);
+        answer
+    };
     if body.is_empty() {
-        shared
-            .state()
-            .labels
-            .insert(label.to_owned(), LabelState::Aborted);
-        return answer("Fail", "all partitions have no load data", 0);
+        return abort(answer("Fail", "all partitions have no load data", 0));
     }
     if shared.roll(faults.fail) {
-        shared
-            .state()
-            .labels
-            .insert(label.to_owned(), LabelState::Aborted);
-        return answer("Fail", "too many tablet versions", 0);
+        return abort(answer("Fail", "too many tablet versions", 0));
     }
-    let rows = match parse_rows(json, body, shared.config.keep_rows) {
+    let mut rows = match parse_rows(json, body, shared.config.keep_rows) {
         Ok(rows) => rows,
         Err(e) => {
-            shared
-                .state()
-                .labels
-                .insert(label.to_owned(), LabelState::Aborted);
-            return LoadAnswer::Answer {
-                status: "Fail".into(),
-                message: format!("parse error: {e}"),
-                rows: 0,
-                extra: vec![(
-                    "ErrorURL",
-                    "http://127.0.0.1/api/_load_error_log?file=parse".into(),
-                )],
-            };
+            let url = "http://127.0.0.1/api/_load_error_log?file=parse";
+            return abort(failed(&format!("parse error: {e}"), 0, url));
         }
     };
-    let rows = if shared.roll(faults.short_body) {
-        match rows {
-            Rows::Kept(mut r) => {
-                r.truncate(r.len() / 2);
-                Rows::Kept(r)
-            }
-            Rows::Counted(n) => Rows::Counted(n / 2),
-        }
-    } else {
-        rows
-    };
+    if shared.roll(faults.short_body) {
+        rows.halve();
+    }
     let count = rows.len();
     if shared.roll(faults.refuse) {
-        shared
-            .state()
-            .labels
-            .insert(label.to_owned(), LabelState::Aborted);
-        return LoadAnswer::Answer {
-            status: "Fail".into(),
-            message: "too many filtered rows".into(),
-            rows: count,
-            extra: vec![(
-                "ErrorURL",
-                format!("http://127.0.0.1/api/_load_error_log?file=__shard_0/error_log_{label}")
-                    .into(),
-            )],
-        };
+        let url = format!("http://127.0.0.1/api/_load_error_log?file=__shard_0/error_log_{label}");
+        return abort(failed("too many filtered rows", count, &url));
     }
     let publish_late = shared.roll(faults.publish_timeout);
     let drop_answer = shared.roll(faults.commit_then_drop);
-    {
-        let mut st = shared.state();
-        st.labels.insert(
-            label.to_owned(),
-            if publish_late {
-                LabelState::Committed
-            } else {
-                LabelState::Visible
-            },
-        );
-        st.committed_rows += count as u64;
-        st.committed_bytes += body.len() as u64;
-        if let Rows::Kept(rows) = rows {
-            st.rows.entry(table.to_owned()).or_default().extend(rows);
-        }
-    }
+    commit(shared, label, table, rows, body.len(), publish_late);
     if drop_answer {
         LoadAnswer::Drop { rows: count }
     } else if publish_late {
@@ -319,6 +278,32 @@ fn load(
         )
     } else {
         answer("Success", "OK", count)
+    }
+}
+
+/// A `Fail` answer with an `ErrorURL`.
+fn failed(message: &str, rows: usize, error_url: &str) -> LoadAnswer {
+    LoadAnswer::Answer {
+        status: "Fail".into(),
+        message: message.into(),
+        rows,
+        extra: vec![("ErrorURL", error_url.into())],
+    }
+}
+
+/// Commits `rows` under `label`: COMMITTED when its publish is late, else VISIBLE.
+fn commit(shared: &Shared, label: &str, table: &str, rows: Rows, bytes: usize, late: bool) {
+    let mut st = shared.state();
+    let state = if late {
+        LabelState::Committed
+    } else {
+        LabelState::Visible
+    };
+    st.labels.insert(label.to_owned(), state);
+    st.committed_rows += rows.len() as u64;
+    st.committed_bytes += bytes as u64;
+    if let Rows::Kept(rows) = rows {
+        st.rows.entry(table.to_owned()).or_default().extend(rows);
     }
 }
 
@@ -336,6 +321,14 @@ impl Rows {
         match self {
             Rows::Kept(r) => r.len(),
             Rows::Counted(n) => *n,
+        }
+    }
+
+    /// Keeps the first half: a commit that counts fewer rows than were sent.
+    fn halve(&mut self) {
+        match self {
+            Rows::Kept(r) => r.truncate(r.len() / 2),
+            Rows::Counted(n) => *n /= 2,
         }
     }
 }

@@ -6,11 +6,19 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use super::{LabelState, Shared};
-use crate::http1::{response, Conn};
+use crate::http1::{response, Conn, RequestHead};
 
 /// How long the FE keeps reading after its 307, to catch a body wrongly sent to it.
 const BODY_WATCH: Duration = Duration::from_secs(2);
 
+/// JSON, and the connection closes after the answer (the FE keeps none open).
+const JSON_CLOSE: [(&str, &str); 2] = [
+    ("Content-Type", "application/json"),
+    ("Connection", "close"),
+];
+
+/// Serves one FE request: the endpoint's own `/dev/` API, a Stream Load PUT (redirected
+/// to the BE, headers only), or `get_load_state`; then counts any body wrongly sent here.
 pub(super) async fn connection(stream: TcpStream, shared: &Shared) {
     let mut conn = Conn::new(stream);
     let Ok(Some(req)) = conn.read_request_head().await else {
@@ -20,81 +28,12 @@ pub(super) async fn connection(stream: TcpStream, shared: &Shared) {
     let path = req.path().to_owned();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let authorized = shared.authorized(req.headers.get("authorization"));
-
     let reply = match (req.method.as_str(), parts.as_slice()) {
         ("GET", ["dev", what]) => inspect(shared, what, req.query("table")),
-        (_, _) if !authorized => {
-            shared.state().auth_failures += 1;
-            response(
-                401,
-                "Unauthorized",
-                &[
-                    ("WWW-Authenticate", "Basic realm=\"\""),
-                    ("Connection", "close"),
-                ],
-                b"Access denied\n",
-            )
-        }
-        ("PUT", ["api", db, table, "_stream_load"]) => {
-            if !req
-                .headers
-                .get("expect")
-                .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
-            {
-                shared.state().missing_expect += 1;
-                let body = br#"{"Status":"FAILED","Message":"class com.starrocks.common.DdlException: There is no 100-continue header"}"#;
-                response(
-                    200,
-                    "OK",
-                    &[
-                        ("Content-Type", "application/json"),
-                        ("Connection", "close"),
-                    ],
-                    body,
-                )
-            } else {
-                let query = req
-                    .target
-                    .split_once('?')
-                    .map(|(_, q)| format!("?{q}"))
-                    .unwrap_or_default();
-                let location = format!(
-                    "http://{}/api/{db}/{table}/_stream_load{query}",
-                    shared.be_location(req.headers.get("host"))
-                );
-                response(
-                    307,
-                    "Temporary Redirect",
-                    &[("Location", &location), ("Connection", "close")],
-                    b"",
-                )
-            }
-        }
+        (_, _) if !authorized => unauthorized(shared),
+        ("PUT", ["api", db, table, "_stream_load"]) => redirect(shared, &req, db, table),
         ("GET", ["api", db, "get_load_state"]) => {
-            let label = req.query("label").unwrap_or_default();
-            let state = {
-                let mut st = shared.state();
-                let s = st.labels.get(label).copied();
-                // A published-late load becomes visible once it has been seen as COMMITTED.
-                if s == Some(LabelState::Committed) {
-                    st.labels.insert(label.to_owned(), LabelState::Visible);
-                }
-                s
-            };
-            let body = serde_json::json!({
-                "status": "OK", "code": "0", "msg": "Success", "message": "OK",
-                "state": state.map_or("UNKNOWN", LabelState::as_str),
-                "reason": "", "db": db,
-            });
-            response(
-                200,
-                "OK",
-                &[
-                    ("Content-Type", "application/json"),
-                    ("Connection", "close"),
-                ],
-                body.to_string().as_bytes(),
-            )
+            load_state(shared, db, req.query("label").unwrap_or_default())
         }
         _ => response(
             404,
@@ -103,11 +42,67 @@ pub(super) async fn connection(stream: TcpStream, shared: &Shared) {
             b"not a Stream Load path\n",
         ),
     };
-    if conn.write_all(&reply).await.is_err() {
-        return;
+    if conn.write_all(&reply).await.is_ok() {
+        count_stray_body(conn, shared).await;
     }
-    // The FE closes every connection after answering. Before it does, count any body bytes
-    // the client sent here: with Expect: 100-continue a correct client sends none.
+}
+
+fn unauthorized(shared: &Shared) -> Vec<u8> {
+    shared.state().auth_failures += 1;
+    let headers = [
+        ("WWW-Authenticate", "Basic realm=\"\""),
+        ("Connection", "close"),
+    ];
+    response(401, "Unauthorized", &headers, b"Access denied\n")
+}
+
+/// A Stream Load PUT: without `Expect: 100-continue` it is refused; with it, redirected
+/// (307) to the BE, the query kept.
+fn redirect(shared: &Shared, req: &RequestHead, db: &str, table: &str) -> Vec<u8> {
+    let expects = req
+        .headers
+        .get("expect")
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if !expects {
+        shared.state().missing_expect += 1;
+        let body = br#"{"Status":"FAILED","Message":"class com.starrocks.common.DdlException: There is no 100-continue header"}"#;
+        return response(200, "OK", &JSON_CLOSE, body);
+    }
+    let query = req
+        .target
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    let location = format!(
+        "http://{}/api/{db}/{table}/_stream_load{query}",
+        shared.be_location(req.headers.get("host"))
+    );
+    let headers = [("Location", location.as_str()), ("Connection", "close")];
+    response(307, "Temporary Redirect", &headers, b"")
+}
+
+/// `get_load_state`: the label's state, `UNKNOWN` if never seen.
+fn load_state(shared: &Shared, db: &str, label: &str) -> Vec<u8> {
+    let state = {
+        let mut st = shared.state();
+        let s = st.labels.get(label).copied();
+        // A published-late load becomes visible once it has been seen as COMMITTED.
+        if s == Some(LabelState::Committed) {
+            st.labels.insert(label.to_owned(), LabelState::Visible);
+        }
+        s
+    };
+    let body = serde_json::json!({
+        "status": "OK", "code": "0", "msg": "Success", "message": "OK",
+        "state": state.map_or("UNKNOWN", LabelState::as_str),
+        "reason": "", "db": db,
+    });
+    response(200, "OK", &JSON_CLOSE, body.to_string().as_bytes())
+}
+
+/// The FE closes every connection after answering. Before it does, counts any body bytes
+/// the client sent here: with `Expect: 100-continue` a correct client sends none.
+async fn count_stray_body(mut conn: Conn<TcpStream>, shared: &Shared) {
     let _ = conn.flush().await;
     let mut stray = conn.buffered() as u64;
     let _ = tokio::time::timeout(BODY_WATCH, async {
