@@ -108,110 +108,120 @@ fn text(v: &Value, names: &[&str]) -> Option<String> {
     })
 }
 
-/// Classifies a final answer to a Stream Load PUT.
-pub fn classify(http_status: u16, body: &[u8]) -> Verdict {
-    let json: Option<Value> = serde_json::from_slice(body).ok();
-    let status = json.as_ref().and_then(|j| text(j, &["Status", "status"]));
-    let message = json
-        .as_ref()
-        .and_then(|j| text(j, &["Message", "message", "msg"]))
-        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned());
-    let error_url = json
-        .as_ref()
-        .and_then(|j| text(j, &["ErrorURL", "ErrorUrl", "errorUrl"]))
-        .filter(|u| !u.is_empty());
+/// The fields of a Stream Load answer that decide its verdict.
+struct Answer {
+    /// `Status`, if the body is JSON that has one.
+    status: Option<String>,
+    /// `Message`, or the start of the body when it is not JSON.
+    message: String,
+    error_url: Option<String>,
+    filtered_rows: u64,
+    /// `ExistingJobStatus`, set with `Label Already Exists`.
+    existing_job: String,
+}
 
-    match http_status {
-        200 => {}
-        401 | 403 => {
-            return Verdict::Misconfigured {
-                reason: format!(
-                    "HTTP {http_status}: access denied; check the sink's user and password"
-                ),
-            }
-        }
-        404 => {
-            return Verdict::Misconfigured {
-                reason: format!(
-                    "HTTP 404: {message}; check that feEndpoints are StarRocks FE HTTP ports"
-                ),
-            }
-        }
-        408 | 429 | 500..=599 => {
-            return Verdict::Transient {
-                reason: format!("HTTP {http_status}: {message}"),
-            }
-        }
-        _ => {
-            return Verdict::Permanent {
-                reason: format!("HTTP {http_status}: {message}"),
-                error_url,
-            }
-        }
-    }
-
-    let Some(status) = status else {
-        // A 200 we cannot read: the load may have run.
-        return Verdict::Uncertain {
-            reason: format!("unreadable answer: {message}"),
-        };
-    };
-    let lower = message.to_ascii_lowercase();
-    match status.as_str() {
-        "Success" | "Publish Timeout" => Verdict::Committed {
+impl Answer {
+    fn read(body: &[u8]) -> Answer {
+        let json: Option<Value> = serde_json::from_slice(body).ok();
+        let get = |names: &[&str]| json.as_ref().and_then(|j| text(j, names));
+        Answer {
+            status: get(&["Status", "status"]),
+            message: get(&["Message", "message", "msg"]).unwrap_or_else(|| {
+                String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned()
+            }),
+            error_url: get(&["ErrorURL", "ErrorUrl", "errorUrl"]).filter(|u| !u.is_empty()),
             filtered_rows: json
                 .as_ref()
                 .and_then(|j| field(j, &["NumberFilteredRows"]))
                 .and_then(Value::as_u64)
                 .unwrap_or(0),
+            existing_job: get(&["ExistingJobStatus"]).unwrap_or_default(),
+        }
+    }
+}
+
+/// Classifies a final answer to a Stream Load PUT: by its HTTP status first, then, for a
+/// 200, by its `Status` and message.
+pub fn classify(http_status: u16, body: &[u8]) -> Verdict {
+    let answer = Answer::read(body);
+    if http_status != 200 {
+        return by_http_status(http_status, answer);
+    }
+    let Some(status) = answer.status.clone() else {
+        // A 200 we cannot read: the load may have run.
+        return Verdict::Uncertain {
+            reason: format!("unreadable answer: {}", answer.message),
+        };
+    };
+    match status.as_str() {
+        "Success" | "Publish Timeout" => Verdict::Committed {
+            filtered_rows: answer.filtered_rows,
         },
-        "Label Already Exists" => {
-            let job = json
-                .as_ref()
-                .and_then(|j| text(j, &["ExistingJobStatus"]))
-                .unwrap_or_default();
-            if job == "FINISHED" {
-                Verdict::Committed { filtered_rows: 0 }
-            } else {
-                Verdict::Uncertain {
-                    reason: format!("label already exists, its job is {job:?}"),
-                }
-            }
+        "Label Already Exists" if answer.existing_job == "FINISHED" => {
+            Verdict::Committed { filtered_rows: 0 }
         }
-        "Fail" | "FAILED" | "failed" | "Failed" => {
-            if lower.contains("has already been used") {
-                Verdict::Uncertain {
-                    reason: format!("label already used: {message}"),
-                }
-            } else if MISCONFIGURED.iter().any(|p| lower.contains(p)) {
-                Verdict::Misconfigured { reason: message }
-            } else if PERMANENT.iter().any(|p| lower.contains(p)) {
-                Verdict::Permanent {
-                    reason: message,
-                    error_url,
-                }
-            } else if TRANSIENT.iter().any(|p| lower.contains(p)) {
-                Verdict::Transient { reason: message }
-            } else if error_url.is_some() {
-                // A failure with an error log is about the data: re-sending cannot help.
-                Verdict::Permanent {
-                    reason: message,
-                    error_url,
-                }
-            } else if status == "Fail" {
-                Verdict::Transient { reason: message }
-            } else {
-                // An FE refusal we do not know: most are configuration (no such table,
-                // bad column mapping), which no retry fixes.
-                Verdict::Permanent {
-                    reason: message,
-                    error_url,
-                }
-            }
-        }
+        "Label Already Exists" => Verdict::Uncertain {
+            reason: format!("label already exists, its job is {:?}", answer.existing_job),
+        },
+        "Fail" | "FAILED" | "failed" | "Failed" => failed(&status, answer),
         other => Verdict::Uncertain {
-            reason: format!("unknown status {other:?}: {message}"),
+            reason: format!("unknown status {other:?}: {}", answer.message),
         },
+    }
+}
+
+/// The verdict on an answer that is not a 200.
+fn by_http_status(http_status: u16, answer: Answer) -> Verdict {
+    let message = answer.message;
+    match http_status {
+        401 | 403 => Verdict::Misconfigured {
+            reason: format!(
+                "HTTP {http_status}: access denied; check the sink's user and password"
+            ),
+        },
+        404 => Verdict::Misconfigured {
+            reason: format!(
+                "HTTP 404: {message}; check that feEndpoints are StarRocks FE HTTP ports"
+            ),
+        },
+        408 | 429 | 500..=599 => Verdict::Transient {
+            reason: format!("HTTP {http_status}: {message}"),
+        },
+        _ => Verdict::Permanent {
+            reason: format!("HTTP {http_status}: {message}"),
+            error_url: answer.error_url,
+        },
+    }
+}
+
+/// The verdict on a failed load, by its message: a label already used is uncertain (the
+/// load under it may have committed); then configuration, data, and transient causes.
+fn failed(status: &str, answer: Answer) -> Verdict {
+    let Answer {
+        message, error_url, ..
+    } = answer;
+    let lower = message.to_ascii_lowercase();
+    let has_error_log = error_url.is_some();
+    let permanent = |reason| Verdict::Permanent { reason, error_url };
+    if lower.contains("has already been used") {
+        Verdict::Uncertain {
+            reason: format!("label already used: {message}"),
+        }
+    } else if MISCONFIGURED.iter().any(|p| lower.contains(p)) {
+        Verdict::Misconfigured { reason: message }
+    } else if PERMANENT.iter().any(|p| lower.contains(p)) {
+        permanent(message)
+    } else if TRANSIENT.iter().any(|p| lower.contains(p)) {
+        Verdict::Transient { reason: message }
+    } else if has_error_log {
+        // A failure with an error log is about the data: re-sending cannot help.
+        permanent(message)
+    } else if status == "Fail" {
+        Verdict::Transient { reason: message }
+    } else {
+        // An FE refusal we do not know: most are configuration (no such table, bad column
+        // mapping), which no retry fixes.
+        permanent(message)
     }
 }
 
