@@ -150,68 +150,30 @@ impl Webhook {
         (encode(response), result)
     }
 
+    /// Reads the review, lets through what is not a Pod being created, and injects the
+    /// pod with the sinks of its namespace (a sink that cannot be read denies the pods
+    /// that ask for it).
     fn decide(&self, body: &[u8]) -> (AdmissionResponse, ReviewResult) {
-        let invalid = |why: String| {
-            (
-                v1(AdmissionResponse::invalid(format!(
-                    "starsink webhook: {why}"
-                ))),
-                ReviewResult::Invalid,
-            )
-        };
-        let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
+        let request = match read_request(body) {
             Ok(r) => r,
-            Err(e) => return invalid(format!("the body is not an AdmissionReview: {e}")),
-        };
-        let request: AdmissionRequest<DynamicObject> = match review.try_into() {
-            Ok(r) => r,
-            Err(_) => return invalid("the AdmissionReview has no request".into()),
+            Err(why) => {
+                let invalid = AdmissionResponse::invalid(format!("starsink webhook: {why}"));
+                return (v1(invalid), ReviewResult::Invalid);
+            }
         };
         let answer = AdmissionResponse::from(&request);
-        if !request.kind.group.is_empty() || request.kind.kind != "Pod" {
-            // A webhook configuration that sends other kinds is a mistake; never block them.
-            let mut r = answer;
-            r.warnings = Some(vec![format!(
-                "starsink webhook: only Pods are injected; {} passed unchanged",
-                request.kind.kind
-            )]);
-            return (v1(r), ReviewResult::Unchanged);
+        if let Some(passed) = not_for_injection(&request, answer.clone()) {
+            return passed;
         }
-        if request.operation != Operation::Create {
-            return (v1(answer), ReviewResult::Unchanged);
-        }
-        let Some(object) = request.object.as_ref() else {
-            return (
-                v1(answer.deny("starsink webhook: the request carries no pod")),
-                ReviewResult::Invalid,
-            );
+        let refuse = |answer: AdmissionResponse, why: String| {
+            let denied = answer.deny(format!("starsink webhook: {why}"));
+            (v1(denied), ReviewResult::Invalid)
         };
-        let original = match serde_json::to_value(object) {
-            Ok(v) => v,
-            Err(e) => {
-                return (
-                    v1(answer.deny(format!("starsink webhook: {e}"))),
-                    ReviewResult::Invalid,
-                )
-            }
-        };
-        let mut pod: Pod = match serde_json::from_value(original.clone()) {
+        let (original, pod) = match pod_of(&request) {
             Ok(p) => p,
-            Err(e) => {
-                return (
-                    v1(answer.deny(format!("starsink webhook: the object is not a Pod: {e}"))),
-                    ReviewResult::Invalid,
-                )
-            }
+            Err(why) => return refuse(answer, why),
         };
-        // A pod being created has no namespace of its own yet; the request says it.
-        let namespace = request
-            .namespace
-            .clone()
-            .or_else(|| pod.namespace())
-            .unwrap_or_else(|| "default".into());
-        pod.metadata.namespace = Some(namespace.clone());
-        let sinks = self.sinks.sinks_in(&namespace);
+        let sinks = self.sinks.sinks_in(&pod.namespace().unwrap_or_default());
         if let Some(why) = unreadable_sinks_denial(&pod, &sinks.unreadable) {
             return (v1(answer.deny(why)), ReviewResult::Denied);
         }
@@ -219,32 +181,72 @@ impl Webhook {
             Injection::Unchanged(_) => (v1(answer), ReviewResult::Unchanged),
             Injection::Denied(why) => (v1(answer.deny(why)), ReviewResult::Denied),
             Injection::Injected(injected) => {
-                let mut after = match serde_json::to_value(*injected) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        return (
-                            v1(answer.deny(format!("starsink webhook: {e}"))),
-                            ReviewResult::Invalid,
-                        )
-                    }
-                };
-                // The namespace was only filled in for the lookup; it is not ours to set.
-                if original["metadata"]["namespace"].is_null() {
-                    if let Some(m) = after["metadata"].as_object_mut() {
-                        m.remove("namespace");
-                    }
-                }
-                let patch = json_patch::diff(&original, &after);
-                match answer.clone().with_patch(patch) {
+                let patched = patch(&original, *injected)
+                    .and_then(|p| answer.clone().with_patch(p).map_err(|e| e.to_string()));
+                match patched {
                     Ok(r) => (v1(r), ReviewResult::Injected),
-                    Err(e) => (
-                        v1(answer.deny(format!("starsink webhook: {e}"))),
-                        ReviewResult::Invalid,
-                    ),
+                    Err(why) => refuse(answer, why),
                 }
             }
         }
     }
+}
+
+/// The request of an AdmissionReview body, or why there is none.
+fn read_request(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, String> {
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)
+        .map_err(|e| format!("the body is not an AdmissionReview: {e}"))?;
+    review
+        .try_into()
+        .map_err(|_| "the AdmissionReview has no request".to_owned())
+}
+
+/// The answer for a request the webhook does not inject: another kind (a webhook
+/// configuration that sends it is a mistake; it is never blocked, only warned about), or
+/// an operation other than CREATE.
+fn not_for_injection(
+    request: &AdmissionRequest<DynamicObject>,
+    mut answer: AdmissionResponse,
+) -> Option<(AdmissionResponse, ReviewResult)> {
+    if !request.kind.group.is_empty() || request.kind.kind != "Pod" {
+        answer.warnings = Some(vec![format!(
+            "starsink webhook: only Pods are injected; {} passed unchanged",
+            request.kind.kind
+        )]);
+        return Some((v1(answer), ReviewResult::Unchanged));
+    }
+    (request.operation != Operation::Create).then(|| (v1(answer), ReviewResult::Unchanged))
+}
+
+/// The pod in the request, as sent and as a `Pod`, its namespace filled in from the
+/// request (a pod being created has none of its own yet).
+fn pod_of(request: &AdmissionRequest<DynamicObject>) -> Result<(serde_json::Value, Pod), String> {
+    let object = request
+        .object
+        .as_ref()
+        .ok_or("the request carries no pod")?;
+    let original = serde_json::to_value(object).map_err(|e| e.to_string())?;
+    let mut pod: Pod = serde_json::from_value(original.clone())
+        .map_err(|e| format!("the object is not a Pod: {e}"))?;
+    let namespace = request
+        .namespace
+        .clone()
+        .or_else(|| pod.namespace())
+        .unwrap_or_else(|| "default".into());
+    pod.metadata.namespace = Some(namespace);
+    Ok((original, pod))
+}
+
+/// The JSON patch from the pod as sent to the injected one. The namespace was only
+/// filled in for the lookup; it is not the webhook's to set.
+fn patch(original: &serde_json::Value, injected: Pod) -> Result<json_patch::Patch, String> {
+    let mut after = serde_json::to_value(injected).map_err(|e| e.to_string())?;
+    if original["metadata"]["namespace"].is_null() {
+        if let Some(m) = after["metadata"].as_object_mut() {
+            m.remove("namespace");
+        }
+    }
+    Ok(json_patch::diff(original, &after))
 }
 
 /// The review as JSON. The patch goes out base64-encoded, as Kubernetes documents it
