@@ -115,6 +115,17 @@ fn set_validity(p: &mut CertificateParams, now: i64, validity: Duration) -> Resu
     Ok(())
 }
 
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2)
+}
+
+/// A CA: its certificate and key (PEM), and when it expires.
+struct Ca {
+    cert: String,
+    key: String,
+    not_after: i64,
+}
+
 /// Makes whatever `renewal` calls for, serving `dns_names`, at `now`.
 pub fn renew(
     current: Option<&TlsMaterial>,
@@ -123,91 +134,94 @@ pub fn renew(
     now: i64,
     validity: Validity,
 ) -> Result<TlsMaterial, CertError> {
-    let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2);
-    let (ca_cert, ca_key, ca_not_after, mut bundle) = match (renewal, current) {
+    let (ca, mut bundle) = match (renewal, current) {
         (Renewal::Keep, Some(m)) => return Ok(m.clone()),
-        (Renewal::NewCert, Some(m)) => (
-            m.ca_cert.clone(),
-            m.ca_key.clone(),
-            m.ca_not_after,
-            bundle_entries(m),
-        ),
-        _ => {
-            let key = KeyPair::generate()?;
-            let cert = ca_params(now, validity.ca)?.self_signed(&key)?;
-            // Old CAs stay trusted until they expire.
-            let kept = current
-                .map(|m| {
-                    bundle_entries(m)
-                        .into_iter()
-                        .filter(|(_, not_after)| *not_after > now)
-                        .collect()
-                })
-                .unwrap_or_default();
-            (
-                cert.pem(),
-                key.serialize_pem(),
-                now + secs(validity.ca),
-                kept,
-            )
+        (Renewal::NewCert, Some(m)) => {
+            let ca = Ca {
+                cert: m.ca_cert.clone(),
+                key: m.ca_key.clone(),
+                not_after: m.ca_not_after,
+            };
+            (ca, bundle_entries(m))
         }
+        _ => new_ca(current, now, validity)?,
     };
-    if !bundle.iter().any(|(pem, _)| *pem == ca_cert) {
-        bundle.push((ca_cert.clone(), ca_not_after));
+    if !bundle.iter().any(|(pem, _)| *pem == ca.cert) {
+        bundle.push((ca.cert.clone(), ca.not_after));
     }
-    let bundle_pem = bundle
-        .iter()
-        .map(|(p, _)| p.as_str())
-        .collect::<Vec<_>>()
-        .concat();
+    let bundle_pem = bundle.iter().map(|(p, _)| p.as_str()).collect::<String>();
     let bundle_not_after: Vec<i64> = bundle.iter().map(|(_, t)| *t).collect();
-
     // A new CA is published first; the serving certificate signed by the old CA stays
     // until it is due, so clients that have not yet seen the new bundle keep working.
-    if let (Renewal::NewCa, Some(m)) = (renewal, current) {
-        if m.cert_not_after > now {
-            return Ok(TlsMaterial {
-                ca_bundle: bundle_pem,
-                bundle_not_after,
-                ca_cert,
-                ca_key,
-                ca_not_after,
-                cert: m.cert.clone(),
-                key: m.key.clone(),
-                cert_not_after: m.cert_not_after,
-            });
+    let keep_cert = match (renewal, current) {
+        (Renewal::NewCa, Some(m)) if m.cert_not_after > now => {
+            Some((m.cert.clone(), m.key.clone(), m.cert_not_after))
         }
-    }
-
-    let ca_key_pair = KeyPair::from_pem(&ca_key)?;
-    let issuer = Issuer::new(ca_params(now, validity.ca)?, ca_key_pair);
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(dns_names.to_vec())?;
-    let mut dn = DistinguishedName::new();
-    dn.push(
-        DnType::CommonName,
-        dns_names.first().cloned().unwrap_or_default(),
-    );
-    params.distinguished_name = dn;
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    // The serving certificate never outlives its CA.
-    let cert_validity = validity.cert.min(Duration::from_secs(
-        u64::try_from((ca_not_after - now).max(1)).unwrap_or(1),
-    ));
-    set_validity(&mut params, now, cert_validity)?;
-    let cert = params.signed_by(&key, &issuer)?;
-
+        _ => None,
+    };
+    let (cert, key, cert_not_after) = match keep_cert {
+        Some(kept) => kept,
+        None => serving_cert(&ca, dns_names, now, validity)?,
+    };
     Ok(TlsMaterial {
         ca_bundle: bundle_pem,
         bundle_not_after,
-        ca_cert,
-        ca_key,
+        ca_cert: ca.cert,
+        ca_key: ca.key,
+        ca_not_after: ca.not_after,
+        cert,
+        key,
+        cert_not_after,
+    })
+}
+
+/// A new CA, and the bundle to publish with it: the current one's CAs that have not
+/// expired stay trusted until they do.
+fn new_ca(
+    current: Option<&TlsMaterial>,
+    now: i64,
+    validity: Validity,
+) -> Result<(Ca, Vec<(String, i64)>), CertError> {
+    let key = KeyPair::generate()?;
+    let cert = ca_params(now, validity.ca)?.self_signed(&key)?;
+    let kept = current
+        .map(|m| {
+            bundle_entries(m)
+                .into_iter()
+                .filter(|(_, not_after)| *not_after > now)
+                .collect()
+        })
+        .unwrap_or_default();
+    let ca = Ca {
         cert: cert.pem(),
         key: key.serialize_pem(),
-        ca_not_after,
-        cert_not_after: now + secs(cert_validity),
-    })
+        not_after: now + secs(validity.ca),
+    };
+    Ok((ca, kept))
+}
+
+/// A serving certificate for `dns_names` signed by `ca`, never outliving it: its PEM,
+/// its key's PEM, and when it expires.
+fn serving_cert(
+    ca: &Ca,
+    dns_names: &[String],
+    now: i64,
+    validity: Validity,
+) -> Result<(String, String, i64), CertError> {
+    let issuer = Issuer::new(ca_params(now, validity.ca)?, KeyPair::from_pem(&ca.key)?);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(dns_names.to_vec())?;
+    let mut dn = DistinguishedName::new();
+    let common_name = dns_names.first().cloned().unwrap_or_default();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let until_ca_expires = u64::try_from((ca.not_after - now).max(1)).unwrap_or(1);
+    let cert_validity = validity.cert.min(Duration::from_secs(until_ca_expires));
+    set_validity(&mut params, now, cert_validity)?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem(), now + secs(cert_validity)))
 }
 
 /// The CAs of a bundle with their expiry.
