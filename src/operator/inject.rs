@@ -497,36 +497,7 @@ fn loader_container(
     let resources = sidecar(|sc| sc.resources.is_some())
         .and_then(|sc| sc.resources.clone())
         .or_else(|| settings.resources.clone());
-
-    let mut args: Vec<String> = vec!["--log-format".into(), "json".into(), "loader".into()];
-    let mut mounts = vec![VolumeMount {
-        name: SOCKETS_VOLUME.into(),
-        mount_path: SOCKET_DIR.into(),
-        ..VolumeMount::default()
-    }];
-    for s in sinks {
-        let n = s.name_any();
-        args.push("--sink-file".into());
-        args.push(format!("{}/{CONFIG_KEY}", sink_config_dir(&n)));
-        mounts.push(VolumeMount {
-            name: config_volume(&n),
-            mount_path: sink_config_dir(&n),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-        mounts.push(VolumeMount {
-            name: credentials_volume(&n),
-            mount_path: credentials_dir(&n),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-    }
-    args.extend([
-        "--shutdown-timeout".into(),
-        format!("{shutdown_secs}s"),
-        "--metrics-addr".into(),
-        format!("0.0.0.0:{}", settings.metrics_port),
-    ]);
+    let (args, mounts) = loader_args_and_mounts(sinks, settings, shutdown_secs);
     Container {
         name: LOADER.into(),
         image: Some(image),
@@ -550,23 +521,64 @@ fn loader_container(
             failure_threshold: Some(60),
             ..Probe::default()
         }),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(LOADER_UID),
-            run_as_group: Some(LOADER_UID),
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..SeccompProfile::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted_security_context()),
         ..Container::default()
+    }
+}
+
+/// The loader's arguments (one `--sink-file` per sink) and its mounts: the sockets, and
+/// each sink's ConfigMap and credentials.
+fn loader_args_and_mounts(
+    sinks: &[&StarRocksSink],
+    settings: &InjectSettings,
+    shutdown_secs: i64,
+) -> (Vec<String>, Vec<VolumeMount>) {
+    let mut args: Vec<String> = vec!["--log-format".into(), "json".into(), "loader".into()];
+    let mut mounts = vec![VolumeMount {
+        name: SOCKETS_VOLUME.into(),
+        mount_path: SOCKET_DIR.into(),
+        ..VolumeMount::default()
+    }];
+    let read_only = |name: String, mount_path: String| VolumeMount {
+        name,
+        mount_path,
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    for s in sinks {
+        let n = s.name_any();
+        args.push("--sink-file".into());
+        args.push(format!("{}/{CONFIG_KEY}", sink_config_dir(&n)));
+        mounts.push(read_only(config_volume(&n), sink_config_dir(&n)));
+        mounts.push(read_only(credentials_volume(&n), credentials_dir(&n)));
+    }
+    args.extend([
+        "--shutdown-timeout".into(),
+        format!("{shutdown_secs}s"),
+        "--metrics-addr".into(),
+        format!("0.0.0.0:{}", settings.metrics_port),
+    ]);
+    (args, mounts)
+}
+
+/// What the Pod Security `restricted` profile asks of a container: non-root, no
+/// privilege escalation, no capabilities, the runtime's seccomp profile.
+fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(LOADER_UID),
+        run_as_group: Some(LOADER_UID),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
     }
 }
 
