@@ -18,7 +18,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
-use super::reconcile::{decide, decide_unreadable, Next};
+use super::reconcile::{decide, decide_unreadable, EventSpec, Next};
 use super::{kube_err, KubeCallError};
 use crate::api::pod_contract::{requested_sinks, HASH_ANNOTATION, INJECT_LABEL};
 use crate::api::resource::StoredSink;
@@ -167,57 +167,14 @@ async fn reconcile_sink(stored: &StoredSink, ctx: &Context) -> Result<Action, Re
         }
         Err(e) => decide_unreadable(stored, &e, &pods, Timestamp::now()),
     };
-
     if let Some(cm) = &decision.config_map {
-        let api = Api::<ConfigMap>::namespaced(client.clone(), &ns);
-        let cm_name = cm.name_any();
-        let current = api
-            .get_opt(&cm_name)
-            .await
-            .map_err(kube_err(format!("reading ConfigMap {ns}/{cm_name}")))?;
-        if !same_config(current.as_ref(), cm) {
-            api.patch(
-                &cm_name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(cm),
-            )
-            .await
-            .map_err(kube_err(format!("applying ConfigMap {ns}/{cm_name}")))?;
-            tracing::info!(sink = %name, namespace = %ns, configmap = %cm_name, "loader config applied");
-        }
+        apply_config_map(client, &ns, &name, cm).await?;
     }
     if let Some(status) = &decision.status {
-        let patch = serde_json::json!({
-            "apiVersion": StoredSink::api_version(&()),
-            "kind": StoredSink::kind(&()),
-            "status": status,
-        });
-        Api::<StoredSink>::namespaced(client.clone(), &ns)
-            .patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .map_err(kube_err(format!("writing the status of {ns}/{name}")))?;
+        write_status(client, &ns, &name, status).await?;
     }
     if let Some(ev) = &decision.event {
-        let event = Event {
-            type_: if ev.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: ev.reason.into(),
-            note: Some(truncate(&ev.note, 1000)),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        // An Event is a courtesy: failing to publish one must not fail the reconcile.
-        if let Err(e) = ctx.recorder.publish(&event, &stored.object_ref(&())).await {
-            tracing::warn!(sink = %name, namespace = %ns, error = %e, "could not publish an Event");
-        }
-        tracing::info!(sink = %name, namespace = %ns, reason = ev.reason, note = %ev.note, "Ready changed");
+        publish(ctx, stored, ev).await;
     }
     Ok(match decision.next {
         Next::AwaitChange => {
@@ -226,6 +183,71 @@ async fn reconcile_sink(stored: &StoredSink, ctx: &Context) -> Result<Action, Re
         }
         Next::Backoff => Action::requeue(ctx.backoff(stored)),
     })
+}
+
+/// Applies the sink's ConfigMap, unless the one stored already says the same.
+async fn apply_config_map(
+    client: &kube::Client,
+    ns: &str,
+    sink: &str,
+    cm: &ConfigMap,
+) -> Result<(), ReconcileError> {
+    let api = Api::<ConfigMap>::namespaced(client.clone(), ns);
+    let cm_name = cm.name_any();
+    let current = api
+        .get_opt(&cm_name)
+        .await
+        .map_err(kube_err(format!("reading ConfigMap {ns}/{cm_name}")))?;
+    if same_config(current.as_ref(), cm) {
+        return Ok(());
+    }
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(&cm_name, &params, &Patch::Apply(cm))
+        .await
+        .map_err(kube_err(format!("applying ConfigMap {ns}/{cm_name}")))?;
+    tracing::info!(sink = %sink, namespace = %ns, configmap = %cm_name, "loader config applied");
+    Ok(())
+}
+
+/// Writes the sink's status with server-side apply, under the controller's field manager.
+async fn write_status(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    status: &crate::api::StarRocksSinkStatus,
+) -> Result<(), ReconcileError> {
+    let patch = serde_json::json!({
+        "apiVersion": StoredSink::api_version(&()),
+        "kind": StoredSink::kind(&()),
+        "status": status,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Api::<StoredSink>::namespaced(client.clone(), ns)
+        .patch_status(name, &params, &Patch::Apply(&patch))
+        .await
+        .map_err(kube_err(format!("writing the status of {ns}/{name}")))?;
+    Ok(())
+}
+
+/// Publishes an Event on the sink. An Event is a courtesy: failing to publish one never
+/// fails the reconcile.
+async fn publish(ctx: &Context, stored: &StoredSink, ev: &EventSpec) {
+    let event = Event {
+        type_: if ev.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: ev.reason.into(),
+        note: Some(truncate(&ev.note, 1000)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    let (name, ns) = (stored.name_any(), stored.namespace().unwrap_or_default());
+    if let Err(e) = ctx.recorder.publish(&event, &stored.object_ref(&())).await {
+        tracing::warn!(sink = %name, namespace = %ns, error = %e, "could not publish an Event");
+    }
+    tracing::info!(sink = %name, namespace = %ns, reason = ev.reason, note = %ev.note, "Ready changed");
 }
 
 /// Retries a failed reconcile with the sink's own backoff.
