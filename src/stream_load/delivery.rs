@@ -105,7 +105,9 @@ pub enum Start {
     Resolve,
 }
 
-/// [`deliver`], starting as `start` says.
+/// [`deliver`], starting as `start` says. Each turn asks the label's state (when the last
+/// outcome is unknown, or at [`Start::Resolve`]) or sends the body; a verdict either ends
+/// the delivery or is retried after a backoff, always under the one label.
 pub async fn deliver_from(
     client: &mut StreamLoadClient,
     label: &str,
@@ -119,66 +121,119 @@ pub async fn deliver_from(
     let mut resolve = start == Start::Resolve;
     loop {
         if resolve {
-            match client.load_state(label).await {
-                Ok(LoadState::Committed) => {
-                    report(&Attempt::Committed);
-                    return Delivered::Committed { filtered_rows: 0 };
+            match label_state(client, label, &mut report).await {
+                Lookup::Committed => return Delivered::Committed { filtered_rows: 0 },
+                Lookup::Free => resolve = false,
+                Lookup::Wait => {
+                    tokio::time::sleep(backoff.wait()).await;
+                    continue;
                 }
-                Ok(LoadState::Aborted) | Ok(LoadState::Unknown) => resolve = false,
-                Ok(LoadState::Pending) => report(&Attempt::Pending),
-                Err(e) => report(&Attempt::StateUnavailable(e)),
-            }
-            if resolve {
-                tokio::time::sleep(backoff.wait()).await;
-                continue;
             }
         }
-
-        let verdict = match client.put(label, body).await {
-            Ok(answer) => judge(
-                answer.status,
-                &answer.body,
-                answer.body_sent,
-                client.expected_rows(rows),
-            ),
-            Err(TransportError::NotSent(e)) => Verdict::Transient { reason: e },
-            Err(TransportError::Misconfigured(e)) => Verdict::Misconfigured { reason: e },
-            Err(TransportError::Unknown(e)) => Verdict::Uncertain { reason: e },
-        };
-        match verdict {
-            Verdict::Committed { filtered_rows } => {
-                report(&Attempt::Committed);
-                return Delivered::Committed { filtered_rows };
-            }
-            Verdict::Permanent { reason, error_url } => {
-                report(&Attempt::Permanent(reason.clone()));
-                return Delivered::Refused {
-                    reason,
-                    error_url,
-                    uncertain: false,
-                    miscounted: false,
-                };
-            }
-            Verdict::Miscounted { reason } => {
-                report(&Attempt::Permanent(reason.clone()));
-                return Delivered::Refused {
-                    reason,
-                    error_url: None,
-                    uncertain: true,
-                    miscounted: true,
-                };
-            }
-            Verdict::Uncertain { reason } => {
-                report(&Attempt::Uncertain(reason));
-                resolve = true;
-            }
-            Verdict::Transient { reason } => {
-                report(&Attempt::Transient(reason));
-                client.rotate_fe();
-            }
-            Verdict::Misconfigured { reason } => report(&Attempt::Misconfigured(reason)),
+        let verdict = put_once(client, label, body, rows).await;
+        match settle(verdict, &mut report) {
+            Then::Done(delivered) => return delivered,
+            Then::Resolve => resolve = true,
+            Then::OtherFe => client.rotate_fe(),
+            Then::Retry => {}
         }
         tokio::time::sleep(backoff.wait()).await;
+    }
+}
+
+/// What a look at a label's state says for the delivery.
+enum Lookup {
+    /// A load under it committed: the batch is delivered.
+    Committed,
+    /// No load holds it (aborted, or never seen): the body may be sent.
+    Free,
+    /// A load under it is still running, or the state could not be read: ask again.
+    Wait,
+}
+
+async fn label_state(
+    client: &mut StreamLoadClient,
+    label: &str,
+    report: &mut impl FnMut(&Attempt),
+) -> Lookup {
+    match client.load_state(label).await {
+        Ok(LoadState::Committed) => {
+            report(&Attempt::Committed);
+            Lookup::Committed
+        }
+        Ok(LoadState::Aborted) | Ok(LoadState::Unknown) => Lookup::Free,
+        Ok(LoadState::Pending) => {
+            report(&Attempt::Pending);
+            Lookup::Wait
+        }
+        Err(e) => {
+            report(&Attempt::StateUnavailable(e));
+            Lookup::Wait
+        }
+    }
+}
+
+/// Sends the body once and judges the answer; a transport failure is judged by whether
+/// the body may have been received.
+async fn put_once(client: &mut StreamLoadClient, label: &str, body: &Bytes, rows: u64) -> Verdict {
+    match client.put(label, body).await {
+        Ok(answer) => judge(
+            answer.status,
+            &answer.body,
+            answer.body_sent,
+            client.expected_rows(rows),
+        ),
+        Err(TransportError::NotSent(e)) => Verdict::Transient { reason: e },
+        Err(TransportError::Misconfigured(e)) => Verdict::Misconfigured { reason: e },
+        Err(TransportError::Unknown(e)) => Verdict::Uncertain { reason: e },
+    }
+}
+
+/// What follows a verdict.
+enum Then {
+    Done(Delivered),
+    /// The outcome is unknown: ask the label's state before any re-send.
+    Resolve,
+    /// Try the next FE, then send again.
+    OtherFe,
+    /// Send again (a configuration problem is retried until it is fixed).
+    Retry,
+}
+
+fn settle(verdict: Verdict, report: &mut impl FnMut(&Attempt)) -> Then {
+    let refused = |reason, error_url, miscounted| {
+        Then::Done(Delivered::Refused {
+            reason,
+            error_url,
+            uncertain: miscounted,
+            miscounted,
+        })
+    };
+    match verdict {
+        Verdict::Committed { filtered_rows } => {
+            report(&Attempt::Committed);
+            Then::Done(Delivered::Committed { filtered_rows })
+        }
+        Verdict::Permanent { reason, error_url } => {
+            report(&Attempt::Permanent(reason.clone()));
+            refused(reason, error_url, false)
+        }
+        Verdict::Miscounted { reason } => {
+            report(&Attempt::Permanent(reason.clone()));
+            refused(reason, None, true)
+        }
+        Verdict::Uncertain { reason } => {
+            report(&Attempt::Uncertain(reason));
+            Then::Resolve
+        }
+        Verdict::Transient { reason } => {
+            report(&Attempt::Transient(reason));
+            Then::OtherFe
+        }
+        Verdict::Misconfigured { reason } => {
+            report(&Attempt::Misconfigured(reason));
+            Then::Retry
+        }
     }
 }
 
