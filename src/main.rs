@@ -76,33 +76,14 @@ fn main() -> ExitCode {
             shutdown_timeout,
             metrics_addr,
         } => {
-            let _logs = starsink::init_logging(cli.log_format);
-            let config = match LoaderConfig::assemble(
+            let logs = starsink::init_logging(cli.log_format);
+            let config = LoaderConfig::assemble(
                 config.as_deref(),
                 &sink_files,
                 shutdown_timeout,
                 metrics_addr,
-            ) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    return code(EXIT_CONFIG);
-                }
-            };
-            match runtime.block_on(starsink::loader::run(config)) {
-                Ok(accounting) => {
-                    // Room in the log queue for the line that accounts for every record.
-                    if let Some(logs) = &_logs {
-                        logs.flush(std::time::Duration::from_millis(500));
-                    }
-                    accounting.log();
-                    accounting.exit_code()
-                }
-                Err(e) => {
-                    tracing::error!("cannot start: {e}");
-                    EXIT_CONFIG
-                }
-            }
+            );
+            run_loader(&runtime, logs.as_ref(), config)
         }
         Command::Demo(args) => runtime.block_on(starsink::demo::run(args)),
         Command::DevEndpoint(args) => runtime.block_on(starsink::dev_endpoint::command::run(args)),
@@ -137,6 +118,36 @@ fn main() -> ExitCode {
     };
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     code(status)
+}
+
+/// `starsink loader`: the loader on `config` until it stops; the exit code accounts for
+/// every record.
+fn run_loader(
+    runtime: &tokio::runtime::Runtime,
+    logs: Option<&starsink::log_writer::LogGuard>,
+    config: Result<LoaderConfig, starsink::api::ConfigError>,
+) -> i32 {
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return EXIT_CONFIG;
+        }
+    };
+    match runtime.block_on(starsink::loader::run(config)) {
+        Ok(accounting) => {
+            // Room in the log queue for the line that accounts for every record.
+            if let Some(logs) = logs {
+                logs.flush(std::time::Duration::from_millis(500));
+            }
+            accounting.log();
+            accounting.exit_code()
+        }
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            EXIT_CONFIG
+        }
+    }
 }
 
 /// `starsink inject -f MANIFEST --sink SINK.yaml ...`
