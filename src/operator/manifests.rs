@@ -73,84 +73,80 @@ pub fn inject_manifests(
     sinks: &[StarRocksSink],
     settings: &InjectSettings,
 ) -> Result<String, InjectError> {
-    let docs = documents(text);
-    let mut out = Vec::with_capacity(docs.len());
-    for (i, doc) in docs.iter().enumerate() {
-        let mut value: Value = match serde_yaml::from_str(doc) {
-            Ok(v) => v,
-            Err(e) => {
-                return Err(InjectError::Document {
-                    doc: format!("document {}", i + 1),
-                    message: format!("not YAML: {e}"),
-                })
-            }
-        };
-        let kind = value["kind"].as_str().unwrap_or("").to_owned();
-        let name = value["metadata"]["name"]
-            .as_str()
-            .or(value["metadata"]["generateName"].as_str())
-            .unwrap_or("")
-            .to_owned();
-        let label = format!("document {} ({kind} {name})", i + 1);
-        let Some(pointer) = template_pointer(&kind) else {
-            out.push(doc.to_string());
-            continue;
-        };
-        let namespace = value["metadata"]["namespace"].clone();
-        let field = if pointer.is_empty() {
-            "the pod".to_owned()
-        } else {
-            pointer.trim_start_matches('/').replace('/', ".")
-        };
-        let Some(template) = value.pointer_mut(pointer) else {
-            return Err(InjectError::Document {
-                doc: label,
-                message: format!("{field} is missing"),
-            });
-        };
-        let mut pod_value = template.clone();
-        if !pointer.is_empty() && !namespace.is_null() {
-            pod_value["metadata"]["namespace"] = namespace;
-        }
-        let pod: Pod = serde_json::from_value(pod_value).map_err(|e| InjectError::Document {
-            doc: label.clone(),
-            message: format!("{field}: {e}"),
-        })?;
-        match inject(&pod, sinks, settings) {
-            Injection::Unchanged(_) => out.push(doc.to_string()),
-            Injection::Denied(why) => {
-                return Err(InjectError::Document {
-                    doc: label,
-                    message: why,
-                })
-            }
-            Injection::Injected(injected) => {
-                let mut injected =
-                    serde_json::to_value(*injected).map_err(|e| InjectError::Document {
-                        doc: label.clone(),
-                        message: e.to_string(),
-                    })?;
-                if !pointer.is_empty() {
-                    // A template carries no namespace, apiVersion or kind of its own.
-                    if let Some(meta) = injected["metadata"].as_object_mut() {
-                        meta.remove("namespace");
-                    }
-                    if let Some(o) = injected.as_object_mut() {
-                        o.remove("apiVersion");
-                        o.remove("kind");
-                        o.remove("status");
-                    }
-                }
-                *template = injected;
-                let yaml = serde_yaml::to_string(&value).map_err(|e| InjectError::Document {
-                    doc: label,
-                    message: e.to_string(),
-                })?;
-                out.push(yaml);
-            }
+    let out = documents(text)
+        .iter()
+        .enumerate()
+        .map(|(i, doc)| inject_document(i + 1, doc, sinks, settings))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(join(&out))
+}
+
+/// Document `n` of a manifest: as it is (not a kind with a pod, or its pod left
+/// unchanged), or with the loader in its pod or pod template.
+fn inject_document(
+    n: usize,
+    doc: &str,
+    sinks: &[StarRocksSink],
+    settings: &InjectSettings,
+) -> Result<String, InjectError> {
+    let mut value: Value = serde_yaml::from_str(doc).map_err(|e| InjectError::Document {
+        doc: format!("document {n}"),
+        message: format!("not YAML: {e}"),
+    })?;
+    let kind = value["kind"].as_str().unwrap_or("").to_owned();
+    let name = value["metadata"]["name"]
+        .as_str()
+        .or(value["metadata"]["generateName"].as_str())
+        .unwrap_or("")
+        .to_owned();
+    let fail = |message: String| InjectError::Document {
+        doc: format!("document {n} ({kind} {name})"),
+        message,
+    };
+    let Some(pointer) = template_pointer(&kind) else {
+        return Ok(doc.to_string());
+    };
+    let namespace = value["metadata"]["namespace"].clone();
+    let field = if pointer.is_empty() {
+        "the pod".to_owned()
+    } else {
+        pointer.trim_start_matches('/').replace('/', ".")
+    };
+    let Some(template) = value.pointer_mut(pointer) else {
+        return Err(fail(format!("{field} is missing")));
+    };
+    let mut pod_value = template.clone();
+    if !pointer.is_empty() && !namespace.is_null() {
+        pod_value["metadata"]["namespace"] = namespace;
+    }
+    let pod: Pod = serde_json::from_value(pod_value).map_err(|e| fail(format!("{field}: {e}")))?;
+    match inject(&pod, sinks, settings) {
+        Injection::Unchanged(_) => Ok(doc.to_string()),
+        Injection::Denied(why) => Err(fail(why)),
+        Injection::Injected(injected) => {
+            let injected = serde_json::to_value(*injected).map_err(|e| fail(e.to_string()))?;
+            *template = if pointer.is_empty() {
+                injected
+            } else {
+                as_template(injected)
+            };
+            serde_yaml::to_string(&value).map_err(|e| fail(e.to_string()))
         }
     }
-    Ok(join(&out))
+}
+
+/// An injected pod as a pod template: a template carries no namespace, apiVersion, kind
+/// or status of its own.
+fn as_template(mut pod: Value) -> Value {
+    if let Some(meta) = pod["metadata"].as_object_mut() {
+        meta.remove("namespace");
+    }
+    if let Some(o) = pod.as_object_mut() {
+        o.remove("apiVersion");
+        o.remove("kind");
+        o.remove("status");
+    }
+    pod
 }
 
 fn join(docs: &[String]) -> String {
