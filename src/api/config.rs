@@ -170,6 +170,16 @@ impl LoaderConfig {
                 ));
             }
         }
+        issues.extend(self.sink_problems());
+        issues
+    }
+}
+
+impl LoaderConfig {
+    /// Each sink's own problems, and what two sinks may not share: a name, a socket, a
+    /// spool directory (paths compared as spelled the same way).
+    fn sink_problems(&self) -> Vec<ConfigIssue> {
+        let mut issues = Vec::new();
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut sockets: HashMap<PathBuf, usize> = HashMap::new();
         let mut spools: HashMap<PathBuf, usize> = HashMap::new();
@@ -177,34 +187,29 @@ impl LoaderConfig {
             let key = format!("sinks[{i}]");
             issues.extend(validate_sink(sink, &key));
             issues.extend(check_password_source(sink, &key));
-            if let Some(first) = names.insert(sink.name.as_str(), i) {
+            let mut shared = |field: &str, value: String, first: usize, fix: &str| {
                 issues.push(ConfigIssue::new(
-                    format!("{key}.name"),
-                    format!(
-                        "`{}` is also the name of sinks[{first}]; sink names must be unique",
-                        sink.name
-                    ),
+                    format!("{key}.{field}"),
+                    format!("`{value}` is also the {field} of sinks[{first}]; {fix}"),
                 ));
+            };
+            if let Some(first) = names.insert(sink.name.as_str(), i) {
+                shared(
+                    "name",
+                    sink.name.clone(),
+                    first,
+                    "sink names must be unique",
+                );
             }
             if let Some(dir) = &sink.spool_dir {
                 if let Some(first) = spools.insert(normalize(dir), i) {
-                    issues.push(ConfigIssue::new(
-                        format!("{key}.spoolDir"),
-                        format!(
-                            "`{}` is also the spoolDir of sinks[{first}]; give each sink its own spool directory",
-                            dir.display()
-                        ),
-                    ));
+                    let fix = "give each sink its own spool directory";
+                    shared("spoolDir", dir.display().to_string(), first, fix);
                 }
             }
             if let Some(first) = sockets.insert(normalize(&sink.socket), i) {
-                issues.push(ConfigIssue::new(
-                    format!("{key}.socket"),
-                    format!(
-                        "`{}` is also the socket of sinks[{first}]; give each sink its own socket",
-                        sink.socket.display()
-                    ),
-                ));
+                let fix = "give each sink its own socket";
+                shared("socket", sink.socket.display().to_string(), first, fix);
             }
         }
         issues
@@ -305,6 +310,10 @@ pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
 }
 
 /// Where records come in: the name, the socket, connections, format and record size.
+///
+/// Longer than a screen on purpose: a flat list of independent checks, each an `if` that
+/// reads alone and whose message names the key, the value and the fix; splitting it
+/// would only scatter them.
 fn check_intake(sink: &SinkSpec, bad: &mut impl FnMut(&str, String)) {
     if !is_dns_label(&sink.name) {
         bad(
@@ -382,6 +391,10 @@ fn check_intake(sink: &SinkSpec, bad: &mut impl FnMut(&str, String)) {
 }
 
 /// How StarRocks is reached: endpoints, table, user, password source, headers.
+///
+/// Longer than a screen on purpose: a flat list of independent checks, each an `if` that
+/// reads alone and whose message names the key, the value and the fix; splitting it
+/// would only scatter them.
 fn check_starrocks(sink: &SinkSpec, bad: &mut impl FnMut(&str, String)) {
     let sr = &sink.starrocks;
     if sr.fe_endpoints.is_empty() {
