@@ -438,8 +438,10 @@ async fn a_batch_whose_spooled_bytes_changed_is_counted_as_damage_and_the_sink_g
     let sr = down_endpoint().await;
     let fe = sr.fe_url();
     let spool = tempfile::tempdir().unwrap();
+    // Batches of exactly 100 rows: only the row limit seals them (a timer could seal a
+    // short one on a busy machine).
     let extra = format!(
-        "    spoolDir: {}\n    flush:\n      maxRows: 100\n      interval: 100ms\n{FAST_RETRY}",
+        "    spoolDir: {}\n    flush:\n      maxRows: 100\n      interval: 1h\n{FAST_RETRY}",
         spool.path().display()
     );
     let mut loader = Loader::start(|dir| config(dir, &fe, &extra)).await;
