@@ -313,6 +313,13 @@ fn rules_that_span_fields_are_cel_in_the_crd_and_the_same_words_in_rust() {
         true,
     );
     refused(
+        "spec/flush",
+        serde_json::json!({"interval": "2m", "maxInterval": "30s"}),
+        "spec.flush.maxInterval",
+        "below flush.interval",
+        true,
+    );
+    refused(
         "spec/acks",
         "spooled".into(),
         "spec.acks",
@@ -408,7 +415,7 @@ fn every_cel_duration_call_is_guarded_by_the_schemas_own_pattern() {
             calls += 1;
         }
     }
-    assert_eq!(calls, 3);
+    assert_eq!(calls, 5);
 }
 
 #[test]

@@ -13,9 +13,10 @@ fn row(id: u64) -> String {
 }
 
 /// A one-sink loader config for `table` with the sink settings in `extra`.
+/// A config with one sink, `orders`, and a metrics port (any free one: the loader logs it).
 fn one_sink(dir: &std::path::Path, prefix: &str, fe: &str, extra: &str) -> String {
     format!(
-        "labelPrefix: {prefix}\nsinks:\n{}",
+        "labelPrefix: {prefix}\nmetricsAddr: 127.0.0.1:0\nsinks:\n{}",
         sink_yaml("orders", &dir.join("orders.sock"), fe, extra)
     )
 }
@@ -141,7 +142,7 @@ async fn a_second_signal_exits_at_once_with_the_accounting_line() {
     let fe = sr.fe_url();
     let mut loader = Loader::start(|dir| {
         format!(
-            "shutdownTimeout: 10m\nmetricsAddr: 127.0.0.1:0\n{}",
+            "shutdownTimeout: 10m\n{}",
             one_sink(dir, "twice", &fe, "    flush:\n      interval: 1h\n")
         )
     })
@@ -177,13 +178,12 @@ async fn a_load_slower_than_the_request_timeout_is_waited_for_not_sent_twice() {
     .await;
     let fe = sr.fe_url();
     let mut loader = Loader::start(|dir| {
-        let sink = one_sink(
+        one_sink(
             dir,
             "slow",
             &fe,
             "      requestTimeout: 300ms\n    flush:\n      interval: 50ms\n    retry:\n      minBackoff: 50ms\n      maxBackoff: 200ms\n",
-        );
-        format!("metricsAddr: 127.0.0.1:0\n{sink}")
+        )
     })
     .await;
     let lines: Vec<String> = (0..100).map(row).collect();
@@ -559,17 +559,14 @@ async fn an_outage_longer_than_warn_after_is_warned_about_and_never_dead_lettere
     let sr = down_endpoint().await;
     let fe = sr.fe_url();
     let mut loader = Loader::start(|dir| {
-        format!(
-            "metricsAddr: 127.0.0.1:0\n{}",
-            one_sink(
-                dir,
-                "outage",
-                &fe,
-                &format!(
-                    "    deadLetterDir: {}\n    flush:\n      interval: 100ms\n    retry:\n      minBackoff: 20ms\n      maxBackoff: 200ms\n      warnAfter: 1s\n",
-                    dir.join("dlq").display()
-                ),
-            )
+        one_sink(
+            dir,
+            "outage",
+            &fe,
+            &format!(
+                "    deadLetterDir: {}\n    flush:\n      interval: 100ms\n    retry:\n      minBackoff: 20ms\n      maxBackoff: 200ms\n      warnAfter: 1s\n",
+                dir.join("dlq").display()
+            ),
         )
     })
     .await;
@@ -645,18 +642,15 @@ async fn a_wrong_password_is_a_configuration_problem_retried_until_fixed_never_d
     let fe = sr.fe_url();
     let mut loader = Loader::start(|dir| {
         std::fs::write(dir.join("password"), "wrong\n").unwrap();
-        format!(
-            "metricsAddr: 127.0.0.1:0\n{}",
-            one_sink(
-                dir,
-                "auth",
-                &fe,
-                &format!(
-                    "      passwordFile: {}\n    deadLetterDir: {}\n    flush:\n      interval: 100ms\n    retry:\n      minBackoff: 20ms\n      maxBackoff: 100ms\n",
-                    dir.join("password").display(),
-                    dir.join("dlq").display()
-                ),
-            )
+        one_sink(
+            dir,
+            "auth",
+            &fe,
+            &format!(
+                "      passwordFile: {}\n    deadLetterDir: {}\n    flush:\n      interval: 100ms\n    retry:\n      minBackoff: 20ms\n      maxBackoff: 100ms\n",
+                dir.join("password").display(),
+                dir.join("dlq").display()
+            ),
         )
     })
     .await;
@@ -690,4 +684,70 @@ async fn a_wrong_password_is_a_configuration_problem_retried_until_fixed_never_d
         !loader.dir.path().join("dlq").exists(),
         "nothing was dead-lettered"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_widens_the_flush_interval_and_healthy_loads_narrow_it_back() {
+    let sr = endpoint(Faults {
+        backpressure: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| {
+        one_sink(
+            dir,
+            "pressure",
+            &fe,
+            "    flush:\n      interval: 200ms\n      maxInterval: 2s\n    retry:\n      minBackoff: 10ms\n      maxBackoff: 50ms\n",
+        )
+    })
+    .await;
+    let port = loader.metrics_port();
+    let interval = r#"starsink_flush_interval_seconds{sink="orders"}"#;
+    assert_eq!(metric_at(port, interval).await, 0.2);
+    write_lines(
+        &loader.socket("orders"),
+        &(0..50).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+
+    // "Too many versions": the batch is retried under its label, never dead-lettered,
+    // and each answer doubles the interval in effect.
+    let versions = r#"starsink_backpressure_total{sink="orders",reason="versions"}"#;
+    wait_until(
+        "two backpressure answers",
+        Duration::from_secs(10),
+        || async { metric_at(port, versions).await >= 2.0 },
+    )
+    .await;
+    let widened = metric_at(port, interval).await;
+    assert!((0.8..=2.0).contains(&widened), "interval {widened}s");
+    let dead = r#"starsink_loads_total{sink="orders",outcome="dead_lettered"}"#;
+    assert_eq!(metric_at(port, dead).await, 0.0);
+    assert_eq!(sr.committed_rows(), 0);
+
+    // StarRocks has caught up: each load that meets no backpressure narrows it again,
+    // down to the configured interval and no further.
+    sr.set_faults(Faults::default());
+    let mut next = 50;
+    wait_until(
+        "the interval back at 200ms",
+        Duration::from_secs(30),
+        || {
+            let id = next;
+            next += 1;
+            let socket = loader.socket("orders");
+            let sr = &sr;
+            async move {
+                write_lines(&socket, &[row(id)]).await;
+                sr.wait_for_rows(id + 1, Duration::from_secs(5)).await;
+                metric_at(port, interval).await == 0.2
+            }
+        },
+    )
+    .await;
+    let acc = loader.stop_expecting(0).await;
+    assert_eq!(acc["committed"].as_u64(), Some(next), "{acc}");
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), next);
 }

@@ -498,6 +498,15 @@ fn check_batching(sink: &SinkSpec, bad: &mut impl FnMut(&str, String)) {
             "must be more than zero, e.g. 500000".into(),
         );
     }
+    if let Some(most) = f.max_interval.filter(|m| m.0 < f.interval.0) {
+        bad(
+            "flush.maxInterval",
+            format!(
+                "{most} is below flush.interval {}; it is how far backpressure may widen the interval, so make it at least that (or leave it out: 60s)",
+                f.interval
+            ),
+        );
+    }
     if sink.spool_dir.is_some() {
         let need = max_bytes.saturating_mul(2);
         if sink.spool_max_bytes.0 < need {
@@ -592,6 +601,7 @@ fn is_identifier(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::FlushSpec;
 
     const GOOD: &str = r#"
 labelPrefix: orders-7f9c
@@ -707,6 +717,24 @@ sinks:
             e.contains("sinks[0].flush.interval") && e.contains("more than zero"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_max_interval_below_the_interval_is_refused_and_an_unset_one_follows_it() {
+        let e = problems_of(&GOOD.replace(
+            "table: orders",
+            "table: orders\n    flush:\n      interval: 2m\n      maxInterval: 30s",
+        ));
+        assert!(
+            e.contains("sinks[0].flush.maxInterval") && e.contains("below flush.interval 2m"),
+            "{e}"
+        );
+        let flush = |interval: u64| FlushSpec {
+            interval: HumanDuration::from_secs(interval),
+            ..FlushSpec::default()
+        };
+        assert_eq!(flush(5).most_interval(), Duration::from_secs(60));
+        assert_eq!(flush(120).most_interval(), Duration::from_secs(120));
     }
 
     #[test]

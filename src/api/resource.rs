@@ -68,6 +68,11 @@ use super::units::{ByteSize, HumanDuration, DURATION_PATTERN};
         "fieldPath": ".flush.interval",
     },
     {
+        "rule": format!("!has(self.flush) || !has(self.flush.maxInterval) || !has(self.flush.interval) || !{} || !{} || duration(self.flush.maxInterval) >= duration(self.flush.interval)", is_duration("self.flush.interval"), is_duration("self.flush.maxInterval")),
+        "message": "flush.maxInterval is below flush.interval; it is how far backpressure may widen the interval",
+        "fieldPath": ".flush.maxInterval",
+    },
+    {
         "rule": "!has(self.acks) || self.acks != 'spooled' || has(self.spool)",
         "message": "`spooled` needs a spool to spool to; set spool, or use acks: committed",
         "fieldPath": ".acks",

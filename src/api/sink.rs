@@ -245,6 +245,20 @@ pub struct FlushSpec {
     #[serde(default = "defaults::max_rows")]
     #[schemars(range(min = 1, max = 1_000_000_000_000u64))]
     pub max_rows: u64,
+    /// The longest the interval grows to while StarRocks pushes back (too many versions,
+    /// transactions or requests): each such answer doubles the interval in effect, and
+    /// each load that meets none takes a fifth off, down to `interval` again. Default:
+    /// 60s, or `interval` if that is longer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_interval: Option<HumanDuration>,
+}
+
+impl FlushSpec {
+    /// The longest interval in effect: `maxInterval`, or 60s, never below `interval`.
+    pub fn most_interval(&self) -> std::time::Duration {
+        let most = self.max_interval.unwrap_or_else(defaults::max_interval).0;
+        most.max(self.interval.0)
+    }
 }
 
 impl Default for FlushSpec {
@@ -253,6 +267,7 @@ impl Default for FlushSpec {
             interval: defaults::interval(),
             max_bytes: defaults::max_bytes(),
             max_rows: defaults::max_rows(),
+            max_interval: None,
         }
     }
 }
@@ -317,6 +332,9 @@ pub mod defaults {
     }
     pub fn max_rows() -> u64 {
         500_000
+    }
+    pub fn max_interval() -> HumanDuration {
+        HumanDuration::from_secs(60)
     }
     pub fn min_backoff() -> HumanDuration {
         HumanDuration::from_millis(100)

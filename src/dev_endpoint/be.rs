@@ -11,6 +11,11 @@ use crate::stream_load::label;
 
 const MAX_BODY: usize = 1 << 30;
 
+/// StarRocks' answer when a tablet has more than `tablet_max_versions` versions, as
+/// `DeltaWriter::_init` writes it (be/src/storage/delta_writer.cpp; the text is also in
+/// docs/en/best_practices/primarykey_table.md; `shared/design/fleet.md` §4).
+const TOO_MANY_VERSIONS: &str = "Failed to load data into tablet 10087, because of too many versions, current/limit: 1001/1000. You can reduce the loading job concurrency, or increase loading data batch size. If you are using INSERT INTO, please use batch insert.";
+
 /// Serves one keep-alive BE connection (the loader keeps one per sink): each request is
 /// routed, may be answered before its body (auth, an early-success fault, a bad label;
 /// that ends the connection, its body unread), has its body read after `100 Continue`,
@@ -248,7 +253,15 @@ fn load(
         return abort(answer("Fail", "all partitions have no load data", 0));
     }
     if shared.roll(faults.fail) {
-        return abort(answer("Fail", "too many tablet versions", 0));
+        // StarRocks' BE while it stops (be/src/http/action/stream_load.cpp).
+        return abort(answer(
+            "Fail",
+            "Service is shutting down, please retry later",
+            0,
+        ));
+    }
+    if shared.roll(faults.backpressure) {
+        return abort(answer("Fail", TOO_MANY_VERSIONS, 0));
     }
     let mut rows = match parse_rows(json, body, shared.config.keep_rows) {
         Ok(rows) => rows,

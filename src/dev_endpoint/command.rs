@@ -31,6 +31,10 @@ pub struct DevEndpointArgs {
     /// Fault: this fraction of loads fails with a transient error (0 to 1).
     #[arg(long, default_value_t = 0.0, value_parser = probability)]
     pub fail: f64,
+    /// Fault: this fraction of loads is refused with StarRocks' "too many versions"
+    /// (backpressure: the loader retries later and widens its flush interval).
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    pub backpressure: f64,
     /// Fault: this fraction of loads is answered 503 without loading.
     #[arg(long, default_value_t = 0.0, value_parser = probability)]
     pub unavailable: f64,
@@ -84,6 +88,7 @@ pub async fn run(args: DevEndpointArgs) -> i32 {
             slow: args.slow,
             slow_by: args.slow_by.0,
             early_success: args.early_success,
+            backpressure: args.backpressure,
             short_body: args.short_body,
         },
         keep_rows: true,

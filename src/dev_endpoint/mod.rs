@@ -24,8 +24,10 @@ use tokio_util::sync::CancellationToken;
 pub struct Faults {
     /// Commit the rows, then drop the connection without an answer.
     pub commit_then_drop: f64,
-    /// Roll back and answer `Fail` with a transient message.
+    /// Roll back and answer `Fail` with a transient message (a BE shutting down).
     pub fail: f64,
+    /// Roll back and answer `Fail` with StarRocks' "too many versions" (backpressure).
+    pub backpressure: f64,
     /// Answer HTTP 503 without loading.
     pub unavailable: f64,
     /// Commit, answer `Publish Timeout` (the label reads COMMITTED once, then VISIBLE).

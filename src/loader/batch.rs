@@ -110,6 +110,41 @@ impl FlushPolicy {
     }
 }
 
+/// The flush interval in effect. Each backpressure answer from StarRocks doubles it, up to
+/// `most`; each load that meets none takes a fifth off, down to the configured `base`. A
+/// fleet that loads a table too often so slows itself down before StarRocks refuses it,
+/// and batches grow instead (`shared/design/fleet.md` §7.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdaptiveInterval {
+    base: Duration,
+    most: Duration,
+    now: Duration,
+}
+
+impl AdaptiveInterval {
+    pub fn new(base: Duration, most: Duration) -> Self {
+        Self {
+            base,
+            most: most.max(base),
+            now: base,
+        }
+    }
+
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    /// After a backpressure answer.
+    pub fn widen(&mut self) {
+        self.now = self.now.saturating_mul(2).min(self.most);
+    }
+
+    /// After a load that met no backpressure.
+    pub fn narrow(&mut self) {
+        self.now = (self.now * 4 / 5).max(self.base);
+    }
+}
+
 /// A batch being filled. Invariant: its encoded size never exceeds `max_bytes`, its rows
 /// never exceed `max_rows`, and it is never sealed empty.
 #[derive(Debug)]
@@ -382,5 +417,35 @@ mod tests {
                 "interval {interval:?}, oldest {oldest:?}, stopping {stopping}"
             );
         }
+    }
+
+    #[test]
+    fn backpressure_doubles_the_interval_to_its_most_and_health_brings_it_back_in_steps() {
+        let s = Duration::from_secs;
+        let mut i = AdaptiveInterval::new(s(5), s(60));
+        i.widen();
+        assert_eq!(i.now(), s(10));
+        for _ in 0..10 {
+            i.widen();
+        }
+        assert_eq!(i.now(), s(60), "never past the most");
+        i.narrow();
+        assert_eq!(i.now(), s(48));
+        let mut steps = 1;
+        while i.now() > s(5) {
+            i.narrow();
+            steps += 1;
+        }
+        assert_eq!(
+            (i.now(), steps),
+            (s(5), 12),
+            "back to the configured interval, in steps"
+        );
+        i.narrow();
+        assert_eq!(i.now(), s(5), "never below it");
+        // A most below the base is the base: the interval never shrinks under pressure.
+        let mut fixed = AdaptiveInterval::new(s(90), s(60));
+        fixed.widen();
+        assert_eq!(fixed.now(), s(90));
     }
 }

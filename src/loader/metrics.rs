@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::loader::batch::FlushTrigger;
 use crate::loader::record::RejectReason;
+use crate::stream_load::response::Pressure;
 use crate::telemetry::{Exposition, Histogram};
 
 /// `kind` label values of `starsink_spool_damage_total`: what [`crate::loader::spool::
@@ -14,7 +15,7 @@ use crate::telemetry::{Exposition, Histogram};
 pub const DAMAGE_KINDS: [&str; 5] = ["torn_tail", "corrupt", "bad_header", "empty", "unreadable"];
 
 /// `outcome` label values of `starsink_loads_total`, one per attempt.
-pub const LOAD_OUTCOMES: [&str; 8] = [
+pub const LOAD_OUTCOMES: [&str; 9] = [
     "committed",
     "retried",
     "misconfigured",
@@ -23,6 +24,7 @@ pub const LOAD_OUTCOMES: [&str; 8] = [
     "pending",
     "state_unavailable",
     "dead_lettered",
+    "backpressure",
 ];
 
 /// One sink's counters.
@@ -65,6 +67,10 @@ pub struct SinkMetrics {
     pub oldest_unloaded_unix_ms: AtomicU64,
     /// 1 while the sink reads no producer for that [`Held`] reason.
     held: [AtomicU64; Held::ALL.len()],
+    /// Backpressure answers from StarRocks, by what it is short of.
+    backpressure: [AtomicU64; Pressure::ALL.len()],
+    /// The flush interval in effect (widened by backpressure), in milliseconds.
+    pub flush_interval_ms: AtomicU64,
 }
 
 /// Why a sink reads no producer: the `reason` of `starsink_producers_held`. Producers'
@@ -109,49 +115,39 @@ impl SinkMetrics {
 
     /// Sets whether the sink holds producers back for `reason`.
     pub fn set_held(&self, reason: Held, held: bool) {
-        let i = Held::ALL.iter().position(|h| *h == reason).unwrap_or(0);
-        self.held[i].store(u64::from(held), Relaxed);
+        if let Some(c) = slot(&Held::ALL, &self.held, reason) {
+            c.store(u64::from(held), Relaxed);
+        }
     }
 
     pub fn reject(&self, reason: RejectReason) {
-        let i = RejectReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
-        self.rejected[i].fetch_add(1, Relaxed);
+        count(slot(&RejectReason::ALL, &self.rejected, reason));
     }
 
     pub fn rejected(&self, reason: RejectReason) -> u64 {
-        let i = RejectReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
-        self.rejected[i].load(Relaxed)
+        slot(&RejectReason::ALL, &self.rejected, reason).map_or(0, |c| c.load(Relaxed))
     }
 
     pub fn rejected_total(&self) -> u64 {
         self.rejected.iter().map(|c| c.load(Relaxed)).sum()
     }
 
+    /// Counts a backpressure answer.
+    pub fn pushed_back(&self, pressure: Pressure) {
+        count(slot(&Pressure::ALL, &self.backpressure, pressure));
+    }
+
     /// Counts damage of `kind` (one of [`DAMAGE_KINDS`]) found in the spool.
     pub fn damaged(&self, kind: &str) {
-        if let Some(i) = DAMAGE_KINDS.iter().position(|k| *k == kind) {
-            self.spool_damage[i].fetch_add(1, Relaxed);
-        }
+        count(slot(&DAMAGE_KINDS, &self.spool_damage, kind));
     }
 
     pub fn load_attempt(&self, outcome: &str) {
-        if let Some(i) = LOAD_OUTCOMES.iter().position(|o| *o == outcome) {
-            self.loads[i].fetch_add(1, Relaxed);
-        }
+        count(slot(&LOAD_OUTCOMES, &self.loads, outcome));
     }
 
     pub fn flushed(&self, trigger: FlushTrigger) {
-        let i = FlushTrigger::ALL
-            .iter()
-            .position(|t| *t == trigger)
-            .unwrap_or(0);
-        self.flushes[i].fetch_add(1, Relaxed);
+        count(slot(&FlushTrigger::ALL, &self.flushes, trigger));
     }
 
     pub fn load_duration(&self, secs: f64) {
@@ -200,6 +196,19 @@ impl SinkMetrics {
     }
 }
 
+/// The counter of `which` in `counters`, which holds one per value of `all`, in order.
+fn slot<'a, T: PartialEq>(all: &[T], counters: &'a [AtomicU64], which: T) -> Option<&'a AtomicU64> {
+    all.iter()
+        .position(|v| *v == which)
+        .and_then(|i| counters.get(i))
+}
+
+fn count(counter: Option<&AtomicU64>) {
+    if let Some(c) = counter {
+        c.fetch_add(1, Relaxed);
+    }
+}
+
 fn unix_ms(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -210,92 +219,98 @@ type Simple = (
     &'static str,
     &'static str,
     &'static str,
-    fn(&SinkMetrics) -> u64,
+    fn(&SinkMetrics) -> f64,
 );
 const SIMPLE: &[Simple] = &[
     (
         "starsink_records_received_total",
         "counter",
         "Lines read from producers, rejected ones included.",
-        |s| s.received.load(Relaxed),
+        |s| s.received.load(Relaxed) as f64,
     ),
     (
         "starsink_records_loaded_total",
         "counter",
         "Records committed in StarRocks.",
-        |s| s.loaded.load(Relaxed),
+        |s| s.loaded.load(Relaxed) as f64,
     ),
     (
         "starsink_records_dead_lettered_total",
         "counter",
         "Records written to the dead-letter directory.",
-        |s| s.dead_lettered.load(Relaxed),
+        |s| s.dead_lettered.load(Relaxed) as f64,
     ),
     (
         "starsink_bytes_loaded_total",
         "counter",
         "Stream Load body bytes committed.",
-        |s| s.bytes_loaded.load(Relaxed),
+        |s| s.bytes_loaded.load(Relaxed) as f64,
     ),
     (
         "starsink_buffered_bytes",
         "gauge",
         "Bytes held in batches not yet committed.",
-        |s| s.buffered_bytes.load(Relaxed),
+        |s| s.buffered_bytes.load(Relaxed) as f64,
     ),
     (
         "starsink_records_replayed_total",
         "counter",
         "Records the spool held at start, loaded by this run.",
-        |s| s.replayed.load(Relaxed),
+        |s| s.replayed.load(Relaxed) as f64,
     ),
     (
         "starsink_records_spooled_total",
         "counter",
         "Records written to the spool: appended (once on disk), or found there at start.",
-        |s| s.spooled.load(Relaxed),
+        |s| s.spooled.load(Relaxed) as f64,
     ),
     (
         "starsink_spool_bytes",
         "gauge",
         "Bytes the sink's spool takes on disk (0 without a spool).",
-        |s| s.spool_bytes.load(Relaxed),
+        |s| s.spool_bytes.load(Relaxed) as f64,
     ),
     (
         "starsink_ack_errors_dropped_total",
         "counter",
         "err lines not written to a producer because it left 1024 of them unread.",
-        |s| s.ack_errs_dropped.load(Relaxed),
+        |s| s.ack_errs_dropped.load(Relaxed) as f64,
     ),
     (
         "starsink_unfinished_line_bytes",
         "gauge",
         "Bytes held in unfinished lines (no newline yet) across the sink's connections.",
-        |s| s.unfinished_bytes.load(Relaxed),
+        |s| s.unfinished_bytes.load(Relaxed) as f64,
     ),
     (
         "starsink_spool_errors_total",
         "counter",
         "Failed spool writes, syncs, reads and removals; while they fail the sink reads no producer.",
-        |s| s.spool_errors.load(Relaxed),
+        |s| s.spool_errors.load(Relaxed) as f64,
     ),
     (
         "starsink_dead_letter_failures_total",
         "counter",
         "Failed writes of a refused batch's dead-letter file (retried; the batch is kept).",
-        |s| s.dead_letter_failures.load(Relaxed),
+        |s| s.dead_letter_failures.load(Relaxed) as f64,
     ),
     (
         "starsink_dead_letters_pending",
         "gauge",
         "Refused batches whose dead-letter file is not written yet.",
-        |s| s.dead_letters_pending.load(Relaxed),
+        |s| s.dead_letters_pending.load(Relaxed) as f64,
     ),
     (
         "starsink_oldest_unloaded_record_age_seconds",
         "gauge",
         "Age of the oldest record not yet committed or dead-lettered (0 when none); grows while StarRocks fails.",
-        |s| s.oldest_unloaded_age_secs(),
+        |s| s.oldest_unloaded_age_secs() as f64,
+    ),
+    (
+        "starsink_flush_interval_seconds",
+        "gauge",
+        "The flush interval in effect: flush.interval, widened while StarRocks pushes back (up to flush.maxInterval).",
+        |s| s.flush_interval_ms.load(Relaxed) as f64 / 1000.0,
     ),
 ];
 
@@ -341,6 +356,14 @@ const LABELLED: &[Labelled] = &[
         "trigger",
         || FlushTrigger::ALL.iter().map(|t| t.as_str()).collect(),
         |s| &s.flushes[..],
+    ),
+    (
+        "starsink_backpressure_total",
+        "counter",
+        "Answers in which StarRocks asked for fewer loads, by what it is short of: versions, pending_rowsets, transactions, requests, compaction, memory. Each widens the flush interval.",
+        "reason",
+        || Pressure::ALL.iter().map(|p| p.as_str()).collect(),
+        |s| &s.backpressure[..],
     ),
     (
         "starsink_producers_held",

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::api::RetrySpec;
 use crate::stream_load::client::{StreamLoadClient, TransportError};
-use crate::stream_load::response::{judge, LoadState, Verdict};
+use crate::stream_load::response::{judge, LoadState, Pressure, Verdict};
 
 /// How one batch ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,7 +41,16 @@ pub enum Attempt {
     Pending,
     /// `get_load_state` could not be asked.
     StateUnavailable(String),
+    /// StarRocks asked for fewer loads; retried after a backoff of at least
+    /// [`PRESSURE_MIN_BACKOFF`].
+    Backpressure(String, Pressure),
 }
+
+/// The least wait after a backpressure answer, and the most it doubles to: a fleet that
+/// retries in step makes the pressure worse (`shared/design/fleet.md` §7.3: base 1s, cap
+/// about 60s).
+pub const PRESSURE_MIN_BACKOFF: Duration = Duration::from_secs(1);
+pub const PRESSURE_MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 impl Attempt {
     /// The `outcome` label of `starsink_loads_total`.
@@ -54,6 +63,7 @@ impl Attempt {
             Attempt::Permanent(_) => "refused",
             Attempt::Pending => "pending",
             Attempt::StateUnavailable(_) => "state_unavailable",
+            Attempt::Backpressure(..) => "backpressure",
         }
     }
 }
@@ -69,6 +79,15 @@ impl Backoff {
         Self {
             next: spec.min_backoff.0,
             max: spec.max_backoff.0,
+        }
+    }
+
+    /// The backoff after backpressure: the retry settings, but from at least
+    /// [`PRESSURE_MIN_BACKOFF`] up to at least [`PRESSURE_MAX_BACKOFF`].
+    fn for_pressure(spec: &RetrySpec) -> Self {
+        Self {
+            next: spec.min_backoff.0.max(PRESSURE_MIN_BACKOFF),
+            max: spec.max_backoff.0.max(PRESSURE_MAX_BACKOFF),
         }
     }
 
@@ -118,6 +137,7 @@ pub async fn deliver_from(
     mut report: impl FnMut(&Attempt),
 ) -> Delivered {
     let mut backoff = Backoff::new(retry);
+    let mut pressure = Backoff::for_pressure(retry);
     let mut resolve = start == Start::Resolve;
     loop {
         if resolve {
@@ -131,13 +151,23 @@ pub async fn deliver_from(
             }
         }
         let verdict = put_once(client, label, body, rows).await;
-        match settle(verdict, &mut report) {
+        let wait = match settle(verdict, &mut report) {
             Then::Done(delivered) => return delivered,
-            Then::Resolve => resolve = true,
-            Then::OtherFe => client.rotate_fe(),
-            Then::Retry => {}
-        }
-        tokio::time::sleep(backoff.wait()).await;
+            Then::Resolve => {
+                resolve = true;
+                backoff.wait()
+            }
+            Then::OtherFe => {
+                client.rotate_fe();
+                backoff.wait()
+            }
+            Then::Retry => backoff.wait(),
+            Then::SlowDown => {
+                client.rotate_fe();
+                pressure.wait()
+            }
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -198,6 +228,8 @@ enum Then {
     OtherFe,
     /// Send again (a configuration problem is retried until it is fixed).
     Retry,
+    /// StarRocks pushes back: send again, to the next FE, after the longer backoff.
+    SlowDown,
 }
 
 fn settle(verdict: Verdict, report: &mut impl FnMut(&Attempt)) -> Then {
@@ -233,6 +265,10 @@ fn settle(verdict: Verdict, report: &mut impl FnMut(&Attempt)) -> Then {
         Verdict::Misconfigured { reason } => {
             report(&Attempt::Misconfigured(reason));
             Then::Retry
+        }
+        Verdict::Backpressure { reason, pressure } => {
+            report(&Attempt::Backpressure(reason, pressure));
+            Then::SlowDown
         }
     }
 }

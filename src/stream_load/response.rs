@@ -26,7 +26,94 @@ pub enum Verdict {
     /// is at fault, so none is dead-lettered. Logged as such, and retried with backoff
     /// under the same label until someone fixes the configuration.
     Misconfigured { reason: String },
+    /// StarRocks asks for fewer loads (too many versions, transactions, requests): rolled
+    /// back, nothing wrong with the data. Re-send under the same label after a backoff,
+    /// and load less often. Never dead-lettered.
+    Backpressure { reason: String, pressure: Pressure },
 }
+
+/// What StarRocks is short of when it pushes back: the `reason` of
+/// `starsink_backpressure_total`. The messages, and where StarRocks writes them, are in
+/// `shared/design/fleet.md` §4; every BE answer among them is an HTTP 200 with `Fail`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pressure {
+    /// A tablet has more versions than `tablet_max_versions` (1000): loads come faster
+    /// than compaction merges them (`DeltaWriter::_init`).
+    Versions,
+    /// A Primary Key tablet has more committed, unapplied rowsets than
+    /// `tablet_max_pending_versions` (`TabletUpdates::rowset_commit`).
+    PendingRowsets,
+    /// The database runs `max_running_txn_num_per_db` transactions, or a BE its share
+    /// (`DatabaseTransactionMgr::checkRunningTxnExceedLimit`, `TxnManager`,
+    /// `stream_load_max_txn_num_per_be`).
+    Transactions,
+    /// A BE is at its concurrent Stream Load limit (`enable_http_stream_load_limit`).
+    Requests,
+    /// Shared-data: a partition's compaction score is past the upper bound, or the
+    /// ingestion slowdown outlasted the transaction (`CommitRateLimiter`).
+    Compaction,
+    /// A BE's load memory, or a Primary Key index, is at its limit.
+    Memory,
+}
+
+impl Pressure {
+    pub const ALL: [Pressure; 6] = [
+        Pressure::Versions,
+        Pressure::PendingRowsets,
+        Pressure::Transactions,
+        Pressure::Requests,
+        Pressure::Compaction,
+        Pressure::Memory,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pressure::Versions => "versions",
+            Pressure::PendingRowsets => "pending_rowsets",
+            Pressure::Transactions => "transactions",
+            Pressure::Requests => "requests",
+            Pressure::Compaction => "compaction",
+            Pressure::Memory => "memory",
+        }
+    }
+}
+
+/// Message fragments (lower case) that mean StarRocks pushes back, each with what it is
+/// short of (`shared/design/fleet.md` §4, with their sources in StarRocks' code).
+const BACKPRESSURE: &[(&str, Pressure)] = &[
+    // "Failed to load data into tablet <id>, because of too many versions, current/limit:
+    // <v>/<l>. ..." (DeltaWriter::_init); 2.5.x wrote "Too many versions. tablet_id: ...".
+    ("too many versions", Pressure::Versions),
+    // The older BE text for the same cap (Loading_faq.md).
+    ("too many tablet versions", Pressure::Versions),
+    // Usually the version cap seen from the coordinator (Loading_faq.md §1).
+    ("close index channel failed", Pressure::Versions),
+    ("too many pending rowsets", Pressure::PendingRowsets),
+    // "current running txns on db <id> is <n>, larger than limit <m>".
+    ("current running txns on db", Pressure::Transactions),
+    // BE txn-map shard cap: "Txn number exceeds the limit. txn_count: ..., limit: ...".
+    ("txn number exceeds the limit", Pressure::Transactions),
+    (
+        "streamload txn num per be exceeds limit",
+        Pressure::Transactions,
+    ),
+    // sic: "Stream Load exceed http cuncurrent limit 47, please try again later".
+    ("exceed http cuncurrent limit", Pressure::Requests),
+    ("exceed http concurrent limit", Pressure::Requests),
+    // "Failed to load data into partition <p>, because of too large compaction score, ...".
+    (
+        "because of too large compaction score",
+        Pressure::Compaction,
+    ),
+    // "Txn <id> timed out due to ingestion slowdown".
+    ("timed out due to ingestion slowdown", Pressure::Compaction),
+    // "memory limit exceeded, please reduce load frequency" (DeltaWriter::write).
+    ("please reduce load frequency", Pressure::Memory),
+    (
+        "primary key memory usage exceeds the limit",
+        Pressure::Memory,
+    ),
+];
 
 /// [`classify`], knowing what was sent. An answer that came before the body was sent is
 /// never a commit: StarRocks cannot have loaded rows it was not sent, so the answer comes
@@ -86,12 +173,7 @@ const MISCONFIGURED: &[&str] = &[
 
 /// Message fragments of failures that pass (stream-load.md, "Retry with backoff").
 const TRANSIENT: &[&str] = &[
-    "too many tablet versions",
-    "current running txns on db",
     "service is shutting down",
-    // sic: StarRocks spells it this way.
-    "exceed http cuncurrent limit",
-    "exceed http concurrent limit",
     "no backend alive",
     "timeout",
     "timed out",
@@ -195,7 +277,8 @@ fn by_http_status(http_status: u16, answer: Answer) -> Verdict {
 }
 
 /// The verdict on a failed load, by its message: a label already used is uncertain (the
-/// load under it may have committed); then configuration, data, and transient causes.
+/// load under it may have committed); then configuration, data, backpressure and
+/// transient causes.
 fn failed(status: &str, answer: Answer) -> Verdict {
     let Answer {
         message, error_url, ..
@@ -211,6 +294,11 @@ fn failed(status: &str, answer: Answer) -> Verdict {
         Verdict::Misconfigured { reason: message }
     } else if PERMANENT.iter().any(|p| lower.contains(p)) {
         permanent(message)
+    } else if let Some((_, pressure)) = BACKPRESSURE.iter().find(|(p, _)| lower.contains(p)) {
+        Verdict::Backpressure {
+            reason: message,
+            pressure: *pressure,
+        }
     } else if TRANSIENT.iter().any(|p| lower.contains(p)) {
         Verdict::Transient { reason: message }
     } else if has_error_log {
@@ -364,13 +452,48 @@ mod tests {
         ));
     }
 
+    /// Each text as StarRocks writes it (`shared/design/fleet.md` §4 gives the source of
+    /// each), with what it is short of.
+    #[test]
+    fn every_backpressure_answer_is_its_own_class_never_a_batchs_fault() {
+        use Pressure::*;
+        let cases = [
+            ("Failed to load data into tablet 10087, because of too many versions, current/limit: 1001/1000. You can reduce the loading job concurrency, or increase loading data batch size. If you are using INSERT INTO, please use batch insert.", Versions),
+            ("too many tablet versions", Versions),
+            ("Too many versions. tablet_id: 221090, version_count: 1230, limit: 1000", Versions),
+            ("close index channel failed", Versions),
+            ("rowset commit failed too many pending rowsets tablet:10091 #pending:1001", PendingRowsets),
+            ("current running txns on db 10052 is 1000, larger than limit 1000", Transactions),
+            ("Txn number exceeds the limit. txn_count: 100, limit: 100", Transactions),
+            ("streamload txn num per be exceeds limit", Transactions),
+            ("Stream Load exceed http cuncurrent limit 47, please try again later", Requests),
+            ("Failed to load data into partition p20261205, because of too large compaction score, current/limit: 2105/2000. You can reduce the loading job concurrency, or increase compaction concurrency", Compaction),
+            ("Txn 1883 timed out due to ingestion slowdown", Compaction),
+            ("memory limit exceeded, please reduce load frequency or increase config `load_process_max_memory_limit_percent`", Memory),
+            ("primary key memory usage exceeds the limit", Memory),
+        ];
+        for (msg, pressure) in cases {
+            let body = serde_json::json!({"Status": "Fail", "Message": msg}).to_string();
+            assert_eq!(
+                v(&body),
+                Verdict::Backpressure {
+                    reason: msg.into(),
+                    pressure
+                },
+                "{msg}"
+            );
+        }
+        // Data at fault wins over a backpressure word in the same message.
+        let both =
+            r#"{"Status":"Fail","Message":"too many filtered rows; close index channel failed"}"#;
+        assert!(matches!(v(both), Verdict::Permanent { .. }));
+    }
+
     #[test]
     fn passing_failures_are_transient() {
         for msg in [
-            "too many tablet versions",
-            "current running txns on db 10 is 1000, larger than limit 1000",
-            "Service is shutting down",
-            "exceed http cuncurrent limit",
+            "Service is shutting down, please retry later",
+            "call frontend service failed, THRIFT_EAGAIN (timed out)",
         ] {
             let body = format!(r#"{{"Status":"Fail","Message":"{msg}"}}"#);
             assert!(matches!(v(&body), Verdict::Transient { .. }), "{msg}");

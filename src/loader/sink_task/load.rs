@@ -13,6 +13,8 @@ pub(super) struct InFlight {
     pub(super) seqs: Option<Range<u64>>,
     pub(super) oldest: Instant,
     pub(super) acks: Vec<AckPart>,
+    /// Backpressure answers counted before this load began.
+    pub(super) pressure_before: u64,
 }
 
 pub(super) fn log_attempt(sink: &str, label: &str, attempt: &Attempt) {
@@ -36,6 +38,9 @@ pub(super) fn log_attempt(sink: &str, label: &str, attempt: &Attempt) {
         Attempt::StateUnavailable(why) => {
             tracing::warn!(sink, label, reason = %why, "cannot read the label's state yet")
         }
+        Attempt::Backpressure(why, pressure) => {
+            tracing::warn!(sink, label, reason = %why, pressure = pressure.as_str(), "StarRocks asks for fewer loads; retrying with the same label after a backoff, and flushing less often")
+        }
     }
 }
 
@@ -52,6 +57,12 @@ impl SinkTask {
             }
         };
         self.record_verdict(&finished.label, outcome);
+        if outcome == Disposition::Committed
+            && *self.pressure_seen.borrow() == finished.pressure_before
+        {
+            self.interval.narrow();
+            self.interval_changed();
+        }
         match finished.trigger {
             FlushTrigger::Size | FlushTrigger::Rows => {
                 if let Ok(body) = body.try_into_mut() {
@@ -88,6 +99,7 @@ impl SinkTask {
             sink: self.name.clone(),
             dead_letter_dir: self.dead_letter_dir.clone(),
             format: self.format,
+            pressure: self.pressure.clone(),
         };
         InFlight {
             handle: tokio::spawn(job.run()),
@@ -98,6 +110,7 @@ impl SinkTask {
             seqs,
             oldest,
             acks,
+            pressure_before: *self.pressure_seen.borrow(),
         }
     }
 }
@@ -115,6 +128,8 @@ struct LoadJob {
     sink: String,
     dead_letter_dir: PathBuf,
     format: Format,
+    /// Where backpressure answers are counted, waking the sink task.
+    pressure: Arc<watch::Sender<u64>>,
 }
 
 impl LoadJob {
@@ -168,7 +183,7 @@ impl LoadJob {
     /// `retry.warnAfter` while it keeps failing.
     async fn deliver(&mut self, started: std::time::Instant) -> Delivered {
         let (sink, label, rows) = (&self.sink, &self.label, self.batch.rows);
-        let (metrics, retry) = (&self.metrics, self.retry);
+        let (metrics, retry, pressure) = (&self.metrics, self.retry, &self.pressure);
         let mut warn_after = retry.warn_after.0;
         deliver_from(
             &mut self.client,
@@ -179,6 +194,10 @@ impl LoadJob {
             self.start,
             |a| {
                 metrics.load_attempt(a.outcome());
+                if let Attempt::Backpressure(_, p) = a {
+                    metrics.pushed_back(*p);
+                    pressure.send_modify(|n| *n += 1);
+                }
                 log_attempt(sink, label, a);
                 let waited = started.elapsed();
                 if waited >= warn_after && *a != Attempt::Committed {

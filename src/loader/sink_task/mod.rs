@@ -16,14 +16,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{Acks, Format, RetrySpec, SinkSpec, SpoolSync};
 use crate::loader::ack::ConnAck;
-use crate::loader::batch::{Batch, Chunk, FlushPolicy, FlushTrigger, Sealed};
+use crate::loader::batch::{AdaptiveInterval, Batch, Chunk, FlushPolicy, FlushTrigger, Sealed};
 use crate::loader::dead_letter::{self, Refusal};
 use crate::loader::metrics::{Held, SinkMetrics};
 use crate::loader::spool::segment::Disposition;
@@ -145,6 +145,8 @@ enum Event {
     SyncDue,
     /// The filling batch's oldest record is due.
     FlushDue,
+    /// The load in flight met backpressure: load less often.
+    Backpressure,
     /// A chunk from a producer, or `None`: every connection is gone.
     Chunk(Option<Chunk>),
 }
@@ -155,6 +157,11 @@ pub struct SinkTask {
     retry: RetrySpec,
     dead_letter_dir: PathBuf,
     policy: FlushPolicy,
+    /// The flush interval in effect, which backpressure widens; `policy.interval` follows it.
+    interval: AdaptiveInterval,
+    /// Backpressure answers so far: loads count them, the task wakes on each.
+    pressure: Arc<watch::Sender<u64>>,
+    pressure_seen: watch::Receiver<u64>,
     labels: LabelGen,
     rx: mpsc::Receiver<Chunk>,
     filling: Filling,
@@ -210,12 +217,19 @@ impl SinkTask {
         rx: mpsc::Receiver<Chunk>,
         metrics: Arc<SinkMetrics>,
     ) -> Self {
+        let (pressure, pressure_seen) = watch::channel(0);
+        let interval = AdaptiveInterval::new(sink.flush.interval.0, sink.flush.most_interval());
+        let interval_ms = interval.now().as_millis() as u64;
+        metrics.flush_interval_ms.store(interval_ms, Relaxed);
         Self {
             name: sink.name.clone(),
             format: sink.format,
             retry: sink.retry,
             dead_letter_dir: sink.dead_letter_dir(),
             policy: FlushPolicy::of(sink),
+            interval,
+            pressure: Arc::new(pressure),
+            pressure_seen,
             labels,
             rx,
             filling: Filling {
@@ -413,6 +427,7 @@ impl SinkTask {
             _ = sleep_until(dead_letter_at) => Event::DeadLetterRetryDue,
             _ = sleep_until(self.sync_due) => Event::SyncDue,
             _ = sleep_until(flush_at) => Event::FlushDue,
+            Ok(()) = self.pressure_seen.changed() => Event::Backpressure,
             chunk = self.rx.recv(), if readable => Event::Chunk(chunk),
         }
     }
@@ -469,6 +484,11 @@ impl SinkTask {
                 }
             }
             Event::FlushDue => self.seal_filling(FlushTrigger::Interval),
+            Event::Backpressure => {
+                self.pressure_seen.borrow_and_update();
+                self.interval.widen();
+                self.interval_changed();
+            }
             Event::Chunk(Some(chunk)) => {
                 let base = self.spool_append(&chunk);
                 self.filling.leftover = Some((chunk, 0, base));
@@ -476,6 +496,19 @@ impl SinkTask {
             Event::Chunk(None) => self.input_open = false,
         }
         true
+    }
+
+    /// Puts the interval in effect into the flush policy (the filling batch's deadline
+    /// moves with it at once) and the metrics.
+    fn interval_changed(&mut self) {
+        let now = self.interval.now();
+        if now != self.policy.interval {
+            tracing::info!(sink = %self.name, interval_ms = now.as_millis() as u64, "flush interval in effect changed (StarRocks' backpressure widens it, healthy loads narrow it back)");
+        }
+        self.policy.interval = now;
+        self.metrics
+            .flush_interval_ms
+            .store(now.as_millis() as u64, Relaxed);
     }
 
     /// Publishes what the sink holds: bytes in memory, the spool's size, and the age of
