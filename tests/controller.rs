@@ -19,6 +19,32 @@ use tokio_util::sync::CancellationToken;
 const SINKS: &str = "starsink.io/starrockssinks";
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The real controller on `api`, until the token is cancelled; its metrics.
+fn start_controller(
+    api: &FakeApi,
+) -> (
+    Arc<ControllerMetrics>,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let metrics = Arc::new(ControllerMetrics::default());
+    let ctx = Context::new(
+        api.client(),
+        Reporter {
+            controller: "starsink-test".into(),
+            instance: None,
+        },
+        metrics.clone(),
+    );
+    let stop = CancellationToken::new();
+    let stopping = stop.clone();
+    let controller = tokio::spawn(run_controller(
+        ctx,
+        async move { stopping.cancelled().await },
+    ));
+    (metrics, stop, controller)
+}
+
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
@@ -78,21 +104,7 @@ fn status(api: &FakeApi) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_renders_config_reports_status_and_follows_changes() {
     let api = FakeApi::new();
-    let metrics = Arc::new(ControllerMetrics::default());
-    let ctx = Context::new(
-        api.client(),
-        Reporter {
-            controller: "starsink-test".into(),
-            instance: None,
-        },
-        metrics.clone(),
-    );
-    let stop = CancellationToken::new();
-    let stopping = stop.clone();
-    let controller = tokio::spawn(run_controller(
-        ctx,
-        async move { stopping.cancelled().await },
-    ));
+    let (metrics, stop, controller) = start_controller(&api);
 
     // A Secret and a sink: the ConfigMap appears, owned by the sink, and Ready=True.
     api.put("core/secrets", secret());
@@ -257,20 +269,7 @@ async fn one_unreadable_sink_is_reported_on_itself_and_every_other_sink_reconcil
     api.put(SINKS, named_sink(&long, json!({})));
     api.put(SINKS, sink("orders"));
 
-    let ctx = Context::new(
-        api.client(),
-        Reporter {
-            controller: "starsink-test".into(),
-            instance: None,
-        },
-        Arc::new(ControllerMetrics::default()),
-    );
-    let stop = CancellationToken::new();
-    let stopping = stop.clone();
-    let controller = tokio::spawn(run_controller(
-        ctx,
-        async move { stopping.cancelled().await },
-    ));
+    let (_, stop, controller) = start_controller(&api);
 
     api.wait_for(
         "every readable sink Ready, the broken one InvalidSpec",
@@ -322,6 +321,108 @@ async fn one_unreadable_sink_is_reported_on_itself_and_every_other_sink_reconcil
         condition(a, "broken").is_some_and(|c| c.0 == "True")
     })
     .await;
+    stop.cancel();
+    tokio::time::timeout(WAIT, controller)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// A sink's condition of `type_` as (status, reason, message), if any.
+fn condition_of(api: &FakeApi, name: &str, type_: &str) -> Option<(String, String, String)> {
+    let s = api.get(SINKS, "shop", name)?;
+    let c = s["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?
+        .clone();
+    Some((
+        c["status"].as_str()?.into(),
+        c["reason"].as_str()?.into(),
+        c["message"].as_str()?.into(),
+    ))
+}
+
+fn pod_of(name: &str, sink: &str) -> Value {
+    let mut p = pod(name);
+    p["metadata"]["annotations"]["starsink.io/sinks"] = json!(sink);
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sinks_on_one_table_share_its_load_rate_and_both_say_when_it_is_too_frequent() {
+    let api = FakeApi::new();
+    api.put("core/secrets", secret());
+    // Two sinks write shop.orders every 5s; a third writes another table.
+    api.put(SINKS, named_sink("orders", json!({})));
+    api.put(SINKS, named_sink("orders-b", json!({})));
+    let mut clicks = named_sink("clicks", json!({}));
+    clicks["spec"]["starrocks"]["table"] = json!("clicks");
+    api.put(SINKS, clicks);
+    api.put("core/pods", pod_of("a-1", "orders"));
+    api.put("core/pods", pod_of("c-1", "clicks"));
+    api.put("core/pods", pod_of("c-2", "clicks"));
+
+    let (metrics, stop, controller) = start_controller(&api);
+    let rate_is = |a: &FakeApi, name: &str, status: &str| {
+        condition_of(a, name, "LoadRateOK").is_some_and(|c| c.0 == status)
+    };
+
+    // One pod every 5s is StarRocks' advice exactly: within it, for both sinks of the
+    // table. The other table has its own rate (two pods: too frequent).
+    api.wait_for(
+        "shop.orders within the advice, shop.clicks not",
+        WAIT,
+        |a| {
+            rate_is(a, "orders", "True")
+                && rate_is(a, "orders-b", "True")
+                && rate_is(a, "clicks", "False")
+        },
+    )
+    .await;
+    let (_, reason, message) = condition_of(&api, "orders", "LoadRateOK").unwrap();
+    assert_eq!(reason, "WithinAdvice");
+    assert!(
+        message.contains("load shop.orders: 0.20 loads/s"),
+        "{message}"
+    );
+
+    // A pod of the other sink tips the table over: both sinks say so, with the figures
+    // and the interval that would fit, and a Warning Event.
+    api.put("core/pods", pod_of("b-1", "orders-b"));
+    api.wait_for("both sinks of shop.orders TooFrequent", WAIT, |a| {
+        rate_is(a, "orders", "False") && rate_is(a, "orders-b", "False")
+    })
+    .await;
+    let (_, reason, message) = condition_of(&api, "orders", "LoadRateOK").unwrap();
+    assert_eq!(reason, "TooFrequent");
+    assert!(
+        message.contains("2 pod(s) of 2 sinks")
+            && message.contains("0.40 loads/s")
+            && message.contains("flush.interval to at least 10s on each of these sinks"),
+        "{message}"
+    );
+    api.wait_for("a Warning Event TooFrequent", WAIT, |a| {
+        a.all("events.k8s.io/events")
+            .iter()
+            .any(|e| e["type"] == "Warning" && e["reason"] == "TooFrequent")
+    })
+    .await;
+    let rendered = metrics.render();
+    assert!(
+        rendered.contains(
+            r#"starsink_controller_table_load_rate{namespace="shop",database="shop",table="orders"} 0.4"#
+        ),
+        "{rendered}"
+    );
+
+    // The pod goes: the table is within the advice again, for both.
+    api.delete("core/pods", "shop", "b-1");
+    api.wait_for("both sinks of shop.orders back to True", WAIT, |a| {
+        rate_is(a, "orders", "True") && rate_is(a, "orders-b", "True")
+    })
+    .await;
+    assert!(api.refused().is_empty(), "{:?}", api.refused());
     stop.cancel();
     tokio::time::timeout(WAIT, controller)
         .await

@@ -2,7 +2,7 @@
 //! applies what it decides (ConfigMap and status by server-side apply, Events through a
 //! `Recorder`), and retries with per-object exponential backoff.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +18,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
-use super::reconcile::{decide, decide_unreadable, EventSpec, Next};
+use super::load_rate::{
+    check_rate, rates_by_namespace, RateCheck, SinkLoad, DEFAULT_MAX_TABLE_LOAD_RATE,
+};
+use super::reconcile::{attached_pods, decide, decide_unreadable, EventSpec, Next};
 use super::{kube_err, KubeCallError};
 use crate::api::pod_contract::{requested_sinks, HASH_ANNOTATION, INJECT_LABEL};
 use crate::api::resource::StoredSink;
@@ -49,6 +52,8 @@ pub struct ControllerMetrics {
     ok: AtomicU64,
     error: AtomicU64,
     duration: Histogram,
+    /// Loads/s each namespace's sinks put on each table, as of the last reconcile.
+    table_rates: Mutex<BTreeMap<(String, String, String), f64>>,
 }
 
 impl ControllerMetrics {
@@ -57,15 +62,34 @@ impl ControllerMetrics {
         self.duration.observe(took.as_secs_f64());
     }
 
+    fn set_table_rates(&self, rates: BTreeMap<(String, String, String), f64>) {
+        *self.table_rates.lock().unwrap_or_else(|p| p.into_inner()) = rates;
+    }
+
     pub fn render(&self) -> String {
         let total = "starsink_controller_reconciles_total";
         let duration = "starsink_controller_reconcile_duration_seconds";
+        let rate = "starsink_controller_table_load_rate";
         let mut out = crate::telemetry::Exposition::default();
         out.family(total, "counter", "Reconciles of StarRocksSinks, by result.")
             .sample(total, &[("result", "ok")], self.ok.load(Relaxed))
             .sample(total, &[("result", "error")], self.error.load(Relaxed))
             .family(duration, "histogram", "Time one reconcile took.")
-            .histogram(duration, &[], &self.duration);
+            .histogram(duration, &[], &self.duration)
+            .family(
+                rate,
+                "gauge",
+                "Loads/s the attached pods of a namespace's sinks put on a StarRocks table (sum by database and table for the table's total; StarRocks advises at most 0.2).",
+            );
+        let rates = self.table_rates.lock().unwrap_or_else(|p| p.into_inner());
+        for ((ns, db, table), value) in rates.iter() {
+            let labels = [
+                ("namespace", ns.as_str()),
+                ("database", db),
+                ("table", table),
+            ];
+            out.sample(rate, &labels, value);
+        }
         out.finish()
     }
 }
@@ -102,16 +126,59 @@ pub struct Context {
     pub metrics: Arc<ControllerMetrics>,
     /// Consecutive failures (or waits) per sink; cleared by a reconcile that settles.
     failures: Mutex<HashMap<ObjectRef<StoredSink>, u32>>,
+    /// Every sink, as the running controller's reflector holds them (set when it starts):
+    /// the other sinks on a sink's table count toward its load rate.
+    sinks: Mutex<Option<Store<StoredSink>>>,
+    /// The most loads/s a table may get before its sinks are `LoadRateOK=False`.
+    max_table_load_rate: f64,
 }
 
 impl Context {
     pub fn new(client: Client, reporter: Reporter, metrics: Arc<ControllerMetrics>) -> Arc<Self> {
+        Self::with_max_table_load_rate(client, reporter, metrics, DEFAULT_MAX_TABLE_LOAD_RATE)
+    }
+
+    /// The same context, with `--max-table-load-rate` in place of StarRocks' 0.2.
+    pub fn with_max_table_load_rate(
+        client: Client,
+        reporter: Reporter,
+        metrics: Arc<ControllerMetrics>,
+        rate: f64,
+    ) -> Arc<Self> {
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            sinks: Mutex::new(None),
+            max_table_load_rate: rate,
         })
+    }
+
+    fn sink_store(&self) -> Option<Store<StoredSink>> {
+        self.sinks.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The check of `stored`'s table load rate, `attached` pods being its own fresh
+    /// count and the other sinks' their last reported `attachedPods`; also refreshes
+    /// `starsink_controller_table_load_rate`.
+    fn load_rate(&self, stored: &StoredSink, attached: i32) -> Option<RateCheck> {
+        let own = SinkLoad::of(stored, attached)?;
+        let mut all: Vec<SinkLoad> = self
+            .sink_store()
+            .map(|store| {
+                store
+                    .state()
+                    .iter()
+                    .filter(|s| ObjectRef::from_obj(s.as_ref()) != ObjectRef::from_obj(stored))
+                    .filter_map(|s| SinkLoad::of(s, s.status().attached_pods))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let check = check_rate(&own, &all, self.max_table_load_rate);
+        all.push(own);
+        self.metrics.set_table_rates(rates_by_namespace(&all));
+        Some(check)
     }
 
     /// The next backoff for `sink`: doubling from 2s, capped at 5m.
@@ -163,7 +230,14 @@ async fn reconcile_sink(stored: &StoredSink, ctx: &Context) -> Result<Action, Re
                 .get_opt(secret_name)
                 .await
                 .map_err(kube_err(format!("reading Secret {ns}/{secret_name}")))?;
-            decide(&sink, secret.as_ref(), &pods, Timestamp::now())
+            let rate = ctx.load_rate(stored, attached_pods(&pods, &name));
+            decide(
+                &sink,
+                secret.as_ref(),
+                &pods,
+                rate.as_ref(),
+                Timestamp::now(),
+            )
         }
         Err(e) => decide_unreadable(stored, &e, &pods, Timestamp::now()),
     };
@@ -173,7 +247,7 @@ async fn reconcile_sink(stored: &StoredSink, ctx: &Context) -> Result<Action, Re
     if let Some(status) = &decision.status {
         write_status(client, &ns, &name, status).await?;
     }
-    if let Some(ev) = &decision.event {
+    for ev in decision.event.iter().chain(&decision.rate_event) {
         publish(ctx, stored, ev).await;
     }
     Ok(match decision.next {
@@ -308,6 +382,25 @@ pub fn sinks_using_secret(
         .collect()
 }
 
+/// The other sinks that write to `sink`'s table: a change of its pods changes their
+/// table's load rate too.
+pub fn sinks_on_the_same_table(
+    sinks: &Store<StoredSink>,
+    sink: &StoredSink,
+) -> Vec<ObjectRef<StoredSink>> {
+    let Some(table) = SinkLoad::of(sink, 0).map(|s| s.table) else {
+        return Vec::new();
+    };
+    let me = ObjectRef::from_obj(sink);
+    sinks
+        .state()
+        .iter()
+        .filter(|s| SinkLoad::of(s, 0).is_some_and(|l| l.table == table))
+        .map(|s| ObjectRef::from_obj(s.as_ref()))
+        .filter(|r| *r != me)
+        .collect()
+}
+
 /// The sinks a pod asks for, in its namespace.
 pub fn sinks_of_pod(pod: &Pod) -> Vec<ObjectRef<StoredSink>> {
     let Some(ns) = pod.namespace() else {
@@ -351,6 +444,8 @@ pub async fn run_controller(
         watcher::Config::default(),
     );
     let store = controller.store();
+    *ctx.sinks.lock().unwrap_or_else(|p| p.into_inner()) = Some(store.clone());
+    let tables = store.clone();
     controller
         .owns(
             Api::<ConfigMap>::all(client.clone()),
@@ -360,6 +455,11 @@ pub async fn run_controller(
             Api::<Secret>::all(client.clone()),
             watcher::Config::default(),
             move |secret| sinks_using_secret(&store, &secret),
+        )
+        .watches(
+            Api::<StoredSink>::all(client.clone()),
+            watcher::Config::default(),
+            move |sink| sinks_on_the_same_table(&tables, &sink),
         )
         .watches(
             Api::<Pod>::all(client.clone()),

@@ -3,6 +3,7 @@
 pub mod certs;
 pub mod controller;
 pub mod inject;
+pub mod load_rate;
 pub mod manifests;
 pub mod reconcile;
 pub mod tls;
@@ -78,6 +79,20 @@ pub struct ControllerArgs {
     /// it (`helm uninstall`). Unset: they are left behind.
     #[arg(long, env = "STARSINK_OWNER_DEPLOYMENT")]
     pub owner_deployment: Option<String>,
+    /// The most loads per second a StarRocks table may get from the pods of the sinks
+    /// that write to it before those sinks report `LoadRateOK=False` (StarRocks advises
+    /// at least 5s between loads to a table: 0.2).
+    #[arg(long, default_value_t = load_rate::DEFAULT_MAX_TABLE_LOAD_RATE, value_parser = positive_rate)]
+    pub max_table_load_rate: f64,
+}
+
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        _ => Err(format!(
+            "`{s}` is not a load rate; write loads per second above zero, e.g. 0.2"
+        )),
+    }
 }
 
 fn parse_resources(s: &str) -> Result<k8s_openapi::api::core::v1::ResourceRequirements, String> {
@@ -177,13 +192,14 @@ async fn serve(
         .identity
         .clone()
         .unwrap_or_else(crate::loader::hostname);
-    let ctx = Context::new(
+    let ctx = Context::with_max_table_load_rate(
         client.clone(),
         Reporter {
             controller: "starsink-controller".into(),
             instance: Some(identity.clone()),
         },
         metrics,
+        args.max_table_load_rate,
     );
     started.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(identity = %identity, "controller started");

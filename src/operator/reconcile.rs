@@ -10,6 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
+use super::load_rate::RateCheck;
 use crate::api::resource::{SpecError, StoredSink};
 use crate::api::{StarRocksSink, StarRocksSinkStatus};
 
@@ -36,6 +37,13 @@ impl Reason {
         }
     }
 }
+
+/// The condition that says whether the sink's table is loaded no more often than
+/// StarRocks advises, counting every sink that writes to it.
+pub const LOAD_RATE_OK: &str = "LoadRateOK";
+/// Its reasons.
+pub const RATE_WITHIN_ADVICE: &str = "WithinAdvice";
+pub const RATE_TOO_FREQUENT: &str = "TooFrequent";
 
 /// What to do after this reconcile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,27 +73,77 @@ pub struct Decision {
     pub status: Option<StarRocksSinkStatus>,
     /// Published only when the Ready condition's status or reason changes.
     pub event: Option<EventSpec>,
+    /// Published when the LoadRateOK condition turns False (a Warning) or True again.
+    pub rate_event: Option<EventSpec>,
     pub next: Next,
 }
 
 /// Decides what a sink needs. `pods` are the pods of the sink's namespace; those that
-/// opted in, list this sink and run count as attached.
+/// opted in, list this sink and run count as attached. `rate` is the check of its
+/// table's load rate ([`super::load_rate::check_rate`]), reported as `LoadRateOK`.
 pub fn decide(
     sink: &StarRocksSink,
     secret: Option<&Secret>,
     pods: &[Pod],
+    rate: Option<&RateCheck>,
     now: Timestamp,
 ) -> Decision {
     let name = sink.name_any();
     let checked = check(sink, secret).map(|user| config_map(sink, &name, &user));
     let old = sink.status.clone().unwrap_or_default();
-    conclude(
+    let mut decision = conclude(
         sink.meta().generation,
-        old,
+        old.clone(),
         attached_pods(pods, &name),
         checked,
         now,
-    )
+    );
+    if let Some(rate) = rate {
+        let status = decision.status.take().unwrap_or_else(|| old.clone());
+        let (status, event) = with_load_rate(status, rate, sink.meta().generation, now);
+        decision.status = (status != old).then_some(status);
+        decision.rate_event = event;
+    }
+    decision
+}
+
+/// The status with its `LoadRateOK` condition set from `rate`, and the Event to publish
+/// when that condition flips (or first appears False).
+fn with_load_rate(
+    mut status: StarRocksSinkStatus,
+    rate: &RateCheck,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> (StarRocksSinkStatus, Option<EventSpec>) {
+    let old = status.conditions.iter().find(|c| c.type_ == LOAD_RATE_OK);
+    let (reason, flag) = if rate.ok {
+        (RATE_WITHIN_ADVICE, "True")
+    } else {
+        (RATE_TOO_FREQUENT, "False")
+    };
+    let flipped = match old {
+        Some(c) => c.status != flag,
+        None => !rate.ok,
+    };
+    let condition = Condition {
+        type_: LOAD_RATE_OK.into(),
+        status: flag.into(),
+        reason: reason.into(),
+        message: rate.message.clone(),
+        observed_generation: generation,
+        last_transition_time: match old {
+            Some(c) if c.status == flag => c.last_transition_time.clone(),
+            _ => Time(now),
+        },
+    };
+    status.conditions.retain(|c| c.type_ != LOAD_RATE_OK);
+    status.conditions.push(condition);
+    let event = flipped.then(|| EventSpec {
+        warning: !rate.ok,
+        reason,
+        note: rate.message.clone(),
+    });
+    (status, event)
 }
 
 /// Decides for a stored sink whose spec cannot be decoded: not Ready, reason
@@ -170,6 +228,7 @@ fn conclude(
         config_map,
         status: (status != old).then_some(status),
         event,
+        rate_event: None,
         next,
     }
 }
@@ -365,7 +424,7 @@ mod tests {
 
     /// Runs `decide` and stores the status it wrote, as the API server would.
     fn step(s: &mut StarRocksSink, secret: Option<&Secret>, pods: &[Pod], now: i64) -> Decision {
-        let d = decide(s, secret, pods, t(now));
+        let d = decide(s, secret, pods, None, t(now));
         if let Some(status) = &d.status {
             s.status = Some(status.clone());
         }
@@ -609,5 +668,61 @@ mod tests {
             ["orders", "clicks"]
         );
         assert!(requested_sinks(&pod("a", "orders", "Running", false)).is_empty());
+    }
+
+    #[test]
+    fn load_rate_ok_flips_with_an_event_and_keeps_its_transition_time_while_it_holds() {
+        let ok = RateCheck {
+            ok: true,
+            message: "1 pod(s) load shop.orders every 5s: 0.20 loads/s".into(),
+        };
+        let too_often = RateCheck {
+            ok: false,
+            message: "2 pod(s) ...; set flush.interval to at least 10s".into(),
+        };
+        let rate = |status, check: &RateCheck, at| with_load_rate(status, check, Some(1), t(at));
+        let cond = |s: &StarRocksSinkStatus| {
+            let c = s
+                .conditions
+                .iter()
+                .find(|c| c.type_ == LOAD_RATE_OK)
+                .cloned();
+            c.expect("a LoadRateOK condition")
+        };
+        // First seen within the advice: a condition, no event.
+        let (s1, e1) = rate(StarRocksSinkStatus::default(), &ok, 10);
+        let c = cond(&s1);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", RATE_WITHIN_ADVICE)
+        );
+        assert_eq!(e1, None);
+        // Too frequent: False, a Warning, a new transition time.
+        let (s2, e2) = rate(s1.clone(), &too_often, 20);
+        let c = cond(&s2);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", RATE_TOO_FREQUENT)
+        );
+        assert_eq!(c.last_transition_time, Time(t(20)));
+        let e2 = e2.expect("a Warning");
+        assert!(e2.warning && e2.reason == RATE_TOO_FREQUENT && e2.note == too_often.message);
+        // Still too frequent later: no new event, the transition time stays.
+        let (s3, e3) = rate(s2, &too_often, 30);
+        let c = cond(&s3);
+        assert_eq!((c.last_transition_time.clone(), e3), (Time(t(20)), None));
+        // Back within: a Normal event. The Ready condition is left alone throughout.
+        let (s4, e4) = rate(s3, &ok, 40);
+        assert_eq!(
+            e4.map(|e| (e.warning, e.reason)),
+            Some((false, RATE_WITHIN_ADVICE))
+        );
+        assert_eq!(
+            s4.conditions
+                .iter()
+                .filter(|c| c.type_ == LOAD_RATE_OK)
+                .count(),
+            1
+        );
     }
 }
