@@ -294,6 +294,19 @@ const MANAGED_HEADERS: &[(&str, &str)] = &[
     ),
     ("content-length", "starsink sets it from the batch"),
     ("host", "starsink sets it from the endpoint"),
+    ("enable_merge_commit", "set `starrocks.mergeCommit` instead"),
+    (
+        "merge_commit_interval_ms",
+        "set `starrocks.mergeCommit.interval` instead",
+    ),
+    (
+        "merge_commit_parallel",
+        "set `starrocks.mergeCommit.parallel` instead",
+    ),
+    (
+        "merge_commit_async",
+        "set `starrocks.mergeCommit.async` instead",
+    ),
 ];
 
 /// Checks one sink's settings on their own. Shared by the loader and the operator so
@@ -305,6 +318,7 @@ pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
         |field: &str, msg: String| out.push(ConfigIssue::new(format!("{key}.{field}"), msg));
     check_intake(sink, &mut bad);
     check_starrocks(sink, &mut bad);
+    check_merge_commit(sink, &mut bad);
     check_batching(sink, &mut bad);
     out
 }
@@ -469,6 +483,67 @@ fn check_starrocks(sink: &SinkSpec, bad: &mut impl FnMut(&str, String)) {
         bad(
             "starrocks.requestTimeout",
             "must be more than zero, e.g. 60s".into(),
+        );
+    }
+}
+
+/// What Merge Commit needs (StarRocks' `STREAM_LOAD.md`, "Merge Commit parameters"; the
+/// facts are in `shared/design/fleet.md` §1): a window and a parallelism above zero, no
+/// `skip_header`, an answer awaited longer than the window in sync mode, and a row-id
+/// column StarRocks will fill.
+fn check_merge_commit(sink: &SinkSpec, bad: &mut impl FnMut(&str, String)) {
+    let sr = &sink.starrocks;
+    let Some(mc) = &sr.merge_commit else {
+        return;
+    };
+    if mc.interval.0.is_zero() {
+        bad(
+            "starrocks.mergeCommit.interval",
+            "must be more than zero; it is the merge window, e.g. 5s".into(),
+        );
+    }
+    if mc.parallel == 0 {
+        bad(
+            "starrocks.mergeCommit.parallel",
+            "must be at least 1, e.g. 3".into(),
+        );
+    }
+    if !mc.asynchronous && sr.request_timeout.0 <= mc.interval.0 + Duration::from_secs(5) {
+        bad(
+            "starrocks.requestTimeout",
+            format!(
+                "{} is too short for mergeCommit with async: false, whose answer waits for the {} window and its publish; make it at least {}s longer than the window, or use async: true",
+                sr.request_timeout, mc.interval, 5
+            ),
+        );
+    }
+    if let Some(k) = sr
+        .properties
+        .keys()
+        .find(|k| k.eq_ignore_ascii_case("skip_header"))
+    {
+        bad(
+            &format!("starrocks.properties.{k}"),
+            "Merge Commit does not support skip_header; remove it or mergeCommit".into(),
+        );
+    }
+    let (Some(column), Some(columns)) = (&mc.row_id_column, &sr.columns) else {
+        return;
+    };
+    let listed: Vec<&str> = columns.split(',').map(str::trim).collect();
+    let fits = match sink.format {
+        // A CSV row's last value is the id: the last column must take it.
+        Format::Csv => listed.last() == Some(&column.as_str()),
+        Format::Json => listed.contains(&column.as_str()),
+    };
+    if !fits {
+        let where_ = match sink.format {
+            Format::Csv => "end with it (the id is each row's last value)",
+            Format::Json => "name it",
+        };
+        bad(
+            "starrocks.columns",
+            format!("`{columns}` must {where_}, since mergeCommit.rowIdColumn is `{column}`"),
         );
     }
 }
@@ -735,6 +810,56 @@ sinks:
         };
         assert_eq!(flush(5).most_interval(), Duration::from_secs(60));
         assert_eq!(flush(120).most_interval(), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn merge_commit_is_refused_where_starrocks_cannot_merge() {
+        let with = |mc: &str, more: &str| {
+            problems_of(&GOOD.replace(
+                "table: orders",
+                &format!("table: orders\n      mergeCommit: {mc}{more}"),
+            ))
+        };
+        assert_eq!(
+            with("{interval: 5s}", ""),
+            "",
+            "async by default, 3 in parallel"
+        );
+        let e = with("{interval: 0s, parallel: 0}", "");
+        assert!(
+            e.contains("sinks[0].starrocks.mergeCommit.interval")
+                && e.contains("sinks[0].starrocks.mergeCommit.parallel"),
+            "{e}"
+        );
+        let e = with("{interval: 60s, async: false}", "");
+        assert!(
+            e.contains("sinks[0].starrocks.requestTimeout") && e.contains("async: true"),
+            "{e}"
+        );
+        let e = with(
+            "{interval: 5s}",
+            "\n      properties: {skip_header: \"1\", merge_commit_parallel: \"9\"}",
+        );
+        assert!(e.contains("does not support skip_header"), "{e}");
+        assert!(
+            e.contains("set `starrocks.mergeCommit.parallel` instead"),
+            "{e}"
+        );
+        let e = with(
+            "{interval: 5s, rowIdColumn: rid}",
+            "\n      columns: \"id,name\"",
+        );
+        assert!(
+            e.contains("sinks[0].starrocks.columns") && e.contains("must name it"),
+            "{e}"
+        );
+        assert_eq!(
+            with(
+                "{interval: 5s, rowIdColumn: rid}",
+                "\n      columns: \"id,rid\""
+            ),
+            ""
+        );
     }
 
     #[test]

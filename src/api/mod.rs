@@ -10,5 +10,7 @@ pub use config::{validate_sink, ConfigError, ConfigIssue, LoaderConfig};
 pub use resource::{
     CredentialsSecretRef, SidecarSpec, StarRocksSink, StarRocksSinkSpec, StarRocksSinkStatus,
 };
-pub use sink::{Acks, FlushSpec, Format, RetrySpec, SinkSpec, SpoolSync, StarRocksSpec};
+pub use sink::{
+    Acks, FlushSpec, Format, MergeCommitSpec, RetrySpec, SinkSpec, SpoolSync, StarRocksSpec,
+};
 pub use units::{ByteSize, HumanDuration};

@@ -230,6 +230,39 @@ pub struct StarRocksSpec {
     /// single-node clusters whose BE advertises a loopback address.
     #[serde(default)]
     pub rewrite_loopback_redirect: bool,
+    /// Merge Commit (StarRocks 3.4 or later): StarRocks merges the loads of every loader
+    /// of this sink that arrive within `interval` into one transaction, so the table's
+    /// versions stop growing with the number of pods. Delivery becomes at-least-once
+    /// (StarRocks ignores the label); `rowIdColumn` makes it exactly-once on a Primary Key
+    /// table. Unset: one labelled transaction per batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_commit: Option<MergeCommitSpec>,
+}
+
+/// Merge Commit settings, sent as Stream Load headers. StarRocks merges only requests
+/// whose headers are identical, so every loader of a sink sends the same ones.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MergeCommitSpec {
+    /// The merge window (`merge_commit_interval_ms`): loads that arrive within it are one
+    /// transaction. 5s meets StarRocks' advice of one load per table every 5 seconds.
+    pub interval: HumanDuration,
+    /// `merge_commit_parallel`: how many BEs run a window's load (at most the BE count).
+    #[serde(default = "defaults::merge_commit_parallel")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub parallel: u32,
+    /// `merge_commit_async`. `true`: StarRocks answers once the rows are in the window and
+    /// the loader asks for the window's transaction until it commits (a batch counts as
+    /// loaded, and is acked, only then). `false`: each request waits for the window's
+    /// transaction to be visible, holding a BE HTTP thread meanwhile.
+    #[serde(default = "defaults::merge_commit_async", rename = "async")]
+    pub asynchronous: bool,
+    /// A column the loader fills with an id unique to each record, fixed for its life
+    /// (kept in the spool) and never reused: a JSON field, or the last CSV column. Make it
+    /// the table's primary key (or part of it) and a re-sent record overwrites itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"))]
+    pub row_id_column: Option<String>,
 }
 
 /// When a batch is sealed and loaded: whichever comes first.
@@ -332,6 +365,12 @@ pub mod defaults {
     }
     pub fn max_rows() -> u64 {
         500_000
+    }
+    pub fn merge_commit_parallel() -> u32 {
+        3
+    }
+    pub fn merge_commit_async() -> bool {
+        true
     }
     pub fn max_interval() -> HumanDuration {
         HumanDuration::from_secs(60)

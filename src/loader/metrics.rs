@@ -15,7 +15,7 @@ use crate::telemetry::{Exposition, Histogram};
 pub const DAMAGE_KINDS: [&str; 5] = ["torn_tail", "corrupt", "bad_header", "empty", "unreadable"];
 
 /// `outcome` label values of `starsink_loads_total`, one per attempt.
-pub const LOAD_OUTCOMES: [&str; 9] = [
+pub const LOAD_OUTCOMES: [&str; 11] = [
     "committed",
     "retried",
     "misconfigured",
@@ -25,6 +25,8 @@ pub const LOAD_OUTCOMES: [&str; 9] = [
     "state_unavailable",
     "dead_lettered",
     "backpressure",
+    "in_window",
+    "window_failed",
 ];
 
 /// One sink's counters.

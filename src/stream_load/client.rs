@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::api::SinkSpec;
+use crate::api::{MergeCommitSpec, SinkSpec};
 use crate::http1::{Conn, Http1Error};
 use crate::stream_load::body;
 use crate::stream_load::response::{parse_load_state, LoadState};
@@ -166,6 +166,8 @@ pub struct StreamLoadClient {
     /// a property changes what a row is (`json_root` can expand one record into many,
     /// `skip_header` drops lines).
     rows_as_sent: bool,
+    /// Merge Commit, when the sink uses it: deliveries then go by [`crate::stream_load::merge`].
+    merge_commit: Option<Box<MergeCommitSpec>>,
     pooled: Option<(Endpoint, Conn<TcpStream>)>,
 }
 
@@ -191,6 +193,16 @@ impl StreamLoadClient {
         for (k, v) in &sr.properties {
             headers.push_str(&format!("{k}: {v}\r\n"));
         }
+        if let Some(mc) = &sr.merge_commit {
+            // StarRocks merges only requests whose headers are identical: these are
+            // the same from every loader of the sink (StreamLoadHttpHeader).
+            headers.push_str(&format!(
+                "enable_merge_commit: true\r\nmerge_commit_interval_ms: {}\r\nmerge_commit_parallel: {}\r\nmerge_commit_async: {}\r\n",
+                mc.interval.0.as_millis(),
+                mc.parallel,
+                mc.asynchronous
+            ));
+        }
         Ok(Self {
             endpoints,
             current: 0,
@@ -205,8 +217,14 @@ impl StreamLoadClient {
                 .properties
                 .keys()
                 .any(|k| ["json_root", "skip_header"].contains(&k.to_ascii_lowercase().as_str())),
+            merge_commit: sr.merge_commit.clone().map(Box::new),
             pooled: None,
         })
+    }
+
+    /// The sink's Merge Commit settings, if it uses Merge Commit.
+    pub fn merge_commit(&self) -> Option<&MergeCommitSpec> {
+        self.merge_commit.as_deref()
     }
 
     /// The row count StarRocks should report for a load of `records`, when it can be

@@ -44,6 +44,12 @@ pub enum Attempt {
     /// StarRocks asked for fewer loads; retried after a backoff of at least
     /// [`PRESSURE_MIN_BACKOFF`].
     Backpressure(String, Pressure),
+    /// Merge Commit: the rows are in the window whose transaction has this label; it is
+    /// asked for until it commits.
+    InWindow(String),
+    /// Merge Commit: the window's transaction failed for its data (perhaps another
+    /// loader's); sent again, a few times at most.
+    WindowFailed(String),
 }
 
 /// The least wait after a backpressure answer, and the most it doubles to: a fleet that
@@ -64,18 +70,27 @@ impl Attempt {
             Attempt::Pending => "pending",
             Attempt::StateUnavailable(_) => "state_unavailable",
             Attempt::Backpressure(..) => "backpressure",
+            Attempt::InWindow(_) => "in_window",
+            Attempt::WindowFailed(_) => "window_failed",
         }
     }
 }
 
 /// Exponential backoff with jitter: each wait is drawn from [d/2, d], d doubling to `max`.
-struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
     max: Duration,
 }
 
 impl Backoff {
-    fn new(spec: &RetrySpec) -> Self {
+    pub(crate) fn between(first: Duration, most: Duration) -> Self {
+        Self {
+            next: first,
+            max: most,
+        }
+    }
+
+    pub(crate) fn new(spec: &RetrySpec) -> Self {
         Self {
             next: spec.min_backoff.0,
             max: spec.max_backoff.0,
@@ -84,14 +99,14 @@ impl Backoff {
 
     /// The backoff after backpressure: the retry settings, but from at least
     /// [`PRESSURE_MIN_BACKOFF`] up to at least [`PRESSURE_MAX_BACKOFF`].
-    fn for_pressure(spec: &RetrySpec) -> Self {
+    pub(crate) fn for_pressure(spec: &RetrySpec) -> Self {
         Self {
             next: spec.min_backoff.0.max(PRESSURE_MIN_BACKOFF),
             max: spec.max_backoff.0.max(PRESSURE_MAX_BACKOFF),
         }
     }
 
-    fn wait(&mut self) -> Duration {
+    pub(crate) fn wait(&mut self) -> Duration {
         let d = self.next;
         self.next = (self.next * 2).min(self.max);
         let half = d / 2;
@@ -136,6 +151,11 @@ pub async fn deliver_from(
     start: Start,
     mut report: impl FnMut(&Attempt),
 ) -> Delivered {
+    if let Some(mc) = client.merge_commit().cloned() {
+        // StarRocks ignores the label under Merge Commit: there is nothing to resolve
+        // at a restart, only a batch to send.
+        return super::merge::deliver_merged(client, label, body, retry, &mc, &mut report).await;
+    }
     let mut backoff = Backoff::new(retry);
     let mut pressure = Backoff::for_pressure(retry);
     let mut resolve = start == Start::Resolve;
@@ -220,7 +240,7 @@ async fn put_once(client: &mut StreamLoadClient, label: &str, body: &Bytes, rows
 }
 
 /// What follows a verdict.
-enum Then {
+pub(crate) enum Then {
     Done(Delivered),
     /// The outcome is unknown: ask the label's state before any re-send.
     Resolve,
@@ -232,7 +252,7 @@ enum Then {
     SlowDown,
 }
 
-fn settle(verdict: Verdict, report: &mut impl FnMut(&Attempt)) -> Then {
+pub(crate) fn settle(verdict: Verdict, report: &mut impl FnMut(&Attempt)) -> Then {
     let refused = |reason, error_url, miscounted| {
         Then::Done(Delivered::Refused {
             reason,

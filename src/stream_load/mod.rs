@@ -5,6 +5,7 @@ pub mod body;
 pub mod client;
 pub mod delivery;
 pub mod label;
+pub mod merge;
 pub mod response;
 
 pub use client::StreamLoadClient;

@@ -38,6 +38,12 @@ pub(super) fn log_attempt(sink: &str, label: &str, attempt: &Attempt) {
         Attempt::StateUnavailable(why) => {
             tracing::warn!(sink, label, reason = %why, "cannot read the label's state yet")
         }
+        Attempt::InWindow(txn) => {
+            tracing::debug!(sink, label, window = %txn, "in a Merge Commit window; asking for its transaction until it commits")
+        }
+        Attempt::WindowFailed(why) => {
+            tracing::warn!(sink, label, reason = %why, "the Merge Commit window failed (for every loader in it, and perhaps for another loader's rows); sending the batch again")
+        }
         Attempt::Backpressure(why, pressure) => {
             tracing::warn!(sink, label, reason = %why, pressure = pressure.as_str(), "StarRocks asks for fewer loads; retrying with the same label after a backoff, and flushing less often")
         }
