@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use tokio::net::TcpStream;
 
+use super::merge::{self, MergeParams, MergeReply};
 use super::{load_answer, LabelState, LoadRecord, Shared};
 use crate::http1::{response, BodyLength, Conn, RequestHead};
 use crate::stream_load::label;
@@ -43,6 +44,42 @@ pub(super) async fn connection(stream: TcpStream, shared: &Shared) {
         {
             let mut st = shared.state();
             st.largest_body = st.largest_body.max(body.len());
+        }
+        match MergeParams::of(&req, &target.table) {
+            Ok(None) => {}
+            Ok(Some(params)) => {
+                let reply = merge::load(
+                    shared,
+                    &params,
+                    &target.table,
+                    &target.label,
+                    target.json,
+                    &body,
+                )
+                .await;
+                let MergeReply::Answer(answer) = reply else {
+                    return;
+                };
+                let headers = [("Content-Type", "application/json")];
+                if conn
+                    .write_all(&response(200, "OK", &headers, &answer))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            Err(refusal) => {
+                let headers = [
+                    ("Content-Type", "application/json"),
+                    ("Connection", "close"),
+                ];
+                let _ = conn
+                    .write_all(&response(200, "OK", &headers, &refusal))
+                    .await;
+                return;
+            }
         }
         let outcome = run_load(shared, &target, &body).await;
         if !reply(&mut conn, shared, &target, body.len(), outcome).await {
@@ -324,7 +361,7 @@ fn commit(shared: &Shared, label: &str, table: &str, rows: Rows, bytes: usize, l
 /// Without `keep` (benchmarks) the body is not parsed at all and counts as no rows.
 /// The rows of a body: kept (as text) for tests, or only counted (benchmarks), since an
 /// answer always carries `NumberTotalRows`.
-enum Rows {
+pub(super) enum Rows {
     Kept(Vec<String>),
     Counted(usize),
 }
@@ -346,7 +383,7 @@ impl Rows {
     }
 }
 
-fn parse_rows(json: bool, body: &[u8], keep: bool) -> Result<Rows, String> {
+pub(super) fn parse_rows(json: bool, body: &[u8], keep: bool) -> Result<Rows, String> {
     if !keep {
         return Ok(Rows::Counted(if json {
             count_json_elements(body)

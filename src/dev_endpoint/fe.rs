@@ -83,6 +83,7 @@ fn redirect(shared: &Shared, req: &RequestHead, db: &str, table: &str) -> Vec<u8
 
 /// `get_load_state`: the label's state, `UNKNOWN` if never seen.
 fn load_state(shared: &Shared, db: &str, label: &str) -> Vec<u8> {
+    shared.close_due_windows();
     let state = {
         let mut st = shared.state();
         let s = st.labels.get(label).copied();

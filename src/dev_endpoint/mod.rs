@@ -9,6 +9,7 @@
 mod be;
 pub mod command;
 mod fe;
+mod merge;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -116,6 +117,8 @@ pub struct State {
     /// Requests refused for lacking `Expect: 100-continue`.
     pub missing_expect: u64,
     pub largest_body: usize,
+    /// Merge Commit windows, in the order they opened (window n is `merge_commit_n`).
+    pub windows: Vec<merge::MergeWindow>,
 }
 
 pub(crate) struct Shared {

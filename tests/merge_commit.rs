@@ -1,0 +1,203 @@
+//! Merge Commit, end to end: real loaders against the dev endpoint's Merge Commit server
+//! (`src/dev_endpoint/merge.rs`, which cites the StarRocks behaviour it imitates).
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+fn row(id: u64) -> String {
+    format!(r#"{{"id":{id},"name":"row-{id}"}}"#)
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A one-sink config (`orders`) with Merge Commit set as `mc`, a metrics port and
+/// `extra` in the sink.
+fn merged(dir: &std::path::Path, prefix: &str, fe: &str, mc: &str, extra: &str) -> String {
+    format!(
+        "labelPrefix: {prefix}\nmetricsAddr: 127.0.0.1:0\nsinks:\n{}",
+        sink_yaml(
+            "orders",
+            &dir.join("orders.sock"),
+            fe,
+            &format!("      mergeCommit: {mc}\n    flush:\n      interval: 100ms\n    retry:\n      minBackoff: 20ms\n      maxBackoff: 100ms\n{extra}")
+        )
+    )
+}
+
+/// The endpoint's records of windows: (committed, aborted).
+fn windows(sr: &starsink::dev_endpoint::DevEndpoint) -> (usize, usize) {
+    let st = sr.state();
+    let n = |status: &str| st.loads.iter().filter(|l| l.status == status).count();
+    (n("window committed"), n("window aborted"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_loaders_of_one_sink_share_windows_and_a_batch_is_acked_once_its_window_commits() {
+    let sr = endpoint(Faults::default()).await;
+    let fe = sr.fe_url();
+    let mc = "{interval: 1s}";
+    let acks = "    acks: committed\n";
+    let mut a = Loader::start(|dir| merged(dir, "pod-a", &fe, mc, acks)).await;
+    let mut b = Loader::start(|dir| merged(dir, "pod-b", &fe, mc, acks)).await;
+    let mut acked = Vec::new();
+    for (loader, base) in [(&a, 0), (&b, 1000)] {
+        let (read, mut write) = connect(&loader.socket("orders")).await.into_split();
+        let reader = read_acks(read);
+        let lines: String = (base..base + 200).map(|i| row(i) + "\n").collect();
+        tokio::io::AsyncWriteExt::write_all(&mut write, lines.as_bytes())
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::shutdown(&mut write)
+            .await
+            .unwrap();
+        acked.push((reader, write));
+    }
+    // Async: a batch is in a window at once, and counted (and acked) only when the
+    // window's transaction is seen committed.
+    for (reader, _write) in acked {
+        let acks = tokio::time::timeout(WAIT, reader).await.unwrap().unwrap();
+        let (oks, errs) = parse_acks(&acks);
+        assert_eq!(
+            (oks.last().copied(), errs.len()),
+            (Some(200), 0),
+            "{acks:?}"
+        );
+    }
+    let loaded = ids(&sr.rows("shop.orders"));
+    assert_eq!(loaded.len(), 400);
+    let requests = sr
+        .state()
+        .loads
+        .iter()
+        .filter(|l| l.status == "in window")
+        .count();
+    let (committed, aborted) = windows(&sr);
+    assert!(
+        committed < requests && aborted == 0,
+        "{requests} requests of two loaders went into {committed} windows"
+    );
+    let port = a.metrics_port();
+    let in_window = r#"starsink_loads_total{sink="orders",outcome="in_window"}"#;
+    assert!(metric_at(port, in_window).await >= 1.0);
+    for loader in [&mut a, &mut b] {
+        let acc = loader.stop_expecting(0).await;
+        assert_eq!(acc["committed"].as_u64(), Some(200), "{acc}");
+    }
+    let mut unique = loaded.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), 400, "no row twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_a_window_committed_but_not_yet_visible_is_asked_for_never_sent_again() {
+    let sr = endpoint(Faults {
+        publish_timeout: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    let fe = sr.fe_url();
+    let mut loader =
+        Loader::start(|dir| merged(dir, "sync", &fe, "{interval: 300ms, async: false}", "")).await;
+    write_lines(
+        &loader.socket("orders"),
+        &(0..100).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(sr.wait_for_rows(100, WAIT).await, "{}", loader.log_text());
+    let port = loader.metrics_port();
+    // The "not published before timeout" Fail sent the loader to the window's state,
+    // which said COMMITTED: done, nothing sent twice.
+    wait_until("the commit counted", WAIT, || async {
+        metric_at(port, r#"starsink_records_loaded_total{sink="orders"}"#).await == 100.0
+    })
+    .await;
+    let in_window = r#"starsink_loads_total{sink="orders",outcome="in_window"}"#;
+    assert!(metric_at(port, in_window).await >= 1.0);
+    let acc = loader.stop_expecting(0).await;
+    assert_eq!(acc["committed"].as_u64(), Some(100), "{acc}");
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_window_is_sent_again_in_the_next_one() {
+    let sr = endpoint(Faults {
+        fail: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| merged(dir, "abort", &fe, "{interval: 200ms}", "")).await;
+    let port = loader.metrics_port();
+    write_lines(
+        &loader.socket("orders"),
+        &(0..50).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    let failed = r#"starsink_loads_total{sink="orders",outcome="window_failed"}"#;
+    wait_until("an aborted window", WAIT, || async {
+        metric_at(port, failed).await >= 1.0
+    })
+    .await;
+    sr.set_faults(Faults::default());
+    assert!(sr.wait_for_rows(50, WAIT).await, "{}", loader.log_text());
+    let acc = loader.stop_expecting(0).await;
+    assert_eq!(
+        (acc["committed"].as_u64(), acc["dead_lettered"].as_u64()),
+        (Some(50), Some(0)),
+        "{acc}"
+    );
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 50);
+    assert!(windows(&sr).1 >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_that_keeps_failing_for_its_data_is_dead_lettered_after_three_tries() {
+    let sr = endpoint(Faults {
+        refuse: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| {
+        let dlq = format!("    deadLetterDir: {}\n", dir.join("dlq").display());
+        merged(dir, "poison", &fe, "{interval: 200ms, async: false}", &dlq)
+    })
+    .await;
+    write_lines(
+        &loader.socket("orders"),
+        &(0..30).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    let port = loader.metrics_port();
+    wait_until("the batch dead-lettered", WAIT, || async {
+        metric_at(
+            port,
+            r#"starsink_records_dead_lettered_total{sink="orders"}"#,
+        )
+        .await
+            == 30.0
+    })
+    .await;
+    let failed = r#"starsink_loads_total{sink="orders",outcome="window_failed"}"#;
+    assert_eq!(metric_at(port, failed).await, 3.0);
+    let dlq = loader.dir.path().join("dlq");
+    let reason = std::fs::read_dir(&dlq)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".reason.json"))
+        .expect("a reason file");
+    let reason: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(reason).unwrap()).unwrap();
+    let text = reason["reason"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("merged window failed 3 times") && text.contains("other loaders' rows"),
+        "{reason}"
+    );
+    let acc = loader.stop_expecting(3).await;
+    assert_eq!(acc["dead_lettered"].as_u64(), Some(30), "{acc}");
+    assert_eq!(sr.committed_rows(), 0);
+}
