@@ -201,3 +201,114 @@ async fn a_window_that_keeps_failing_for_its_data_is_dead_lettered_after_three_t
     assert_eq!(acc["dead_lettered"].as_u64(), Some(30), "{acc}");
     assert_eq!(sr.committed_rows(), 0);
 }
+
+/// The rows of `shop.orders` grouped by their row id: id to the rows that carry it.
+fn by_row_id(rows: &[String]) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for r in rows {
+        let v: serde_json::Value = serde_json::from_str(r).expect("a JSON row");
+        let id = v["_starsink_id"].as_str().expect("a row id").to_owned();
+        out.entry(id).or_default().push(r.clone());
+    }
+    out
+}
+
+/// Loads 100 rows while StarRocks commits the first request's window but the answer is
+/// lost, so the loader sends that batch again; returns what the table holds.
+async fn load_through_a_lost_answer(mc: &str, prefix: &str) -> Vec<String> {
+    let sr = endpoint(Faults {
+        commit_then_drop: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| merged(dir, prefix, &fe, mc, "")).await;
+    write_lines(
+        &loader.socket("orders"),
+        &(0..100).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    wait_until(
+        "an answer lost after its rows went into a window",
+        WAIT,
+        || async {
+            sr.state()
+                .loads
+                .iter()
+                .any(|l| l.status == "in window, answer dropped")
+        },
+    )
+    .await;
+    sr.set_faults(Faults::default());
+    let port = loader.metrics_port();
+    wait_until("every row committed", WAIT, || async {
+        metric_at(port, r#"starsink_records_loaded_total{sink="orders"}"#).await == 100.0
+    })
+    .await;
+    let acc = loader.stop_expecting(0).await;
+    assert_eq!(acc["committed"].as_u64(), Some(100), "{acc}");
+    // The first window closes (committing the first copy) once someone asks.
+    let (status, _) = ask_any_label_state(&sr).await;
+    assert_eq!(status, 200);
+    sr.rows("shop.orders")
+}
+
+/// Asks the FE for a label's state, which closes any window whose time is up.
+async fn ask_any_label_state(sr: &starsink::dev_endpoint::DevEndpoint) -> (u16, String) {
+    let port: u16 = sr.fe_url().rsplit(':').next().unwrap().parse().unwrap();
+    http_get(port, "/api/shop/get_load_state?label=none").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_outcome_is_sent_again_and_duplicates_unless_rows_carry_their_id() {
+    // Without a row id: at-least-once, the lost batch's rows are in the table twice.
+    let rows = load_through_a_lost_answer("{interval: 300ms}", "plain").await;
+    let loaded = ids(&rows);
+    let mut unique = loaded.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique, (0..100).collect::<Vec<_>>(), "every row arrived");
+    assert!(
+        loaded.len() > 100,
+        "the re-sent batch is duplicated ({} rows)",
+        loaded.len()
+    );
+
+    // With rowIdColumn: the same duplicates carry the same id, so a Primary Key table
+    // keyed by it holds each record once; and no two records share an id.
+    let rows =
+        load_through_a_lost_answer("{interval: 300ms, rowIdColumn: _starsink_id}", "keyed").await;
+    assert!(rows.len() > 100, "the batch was sent twice");
+    let groups = by_row_id(&rows);
+    assert_eq!(groups.len(), 100, "one id per record");
+    for (id, copies) in &groups {
+        assert!(
+            copies.iter().all(|c| c == &copies[0]),
+            "{id} names two records: {copies:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_ids_are_never_reused_by_a_restarted_loader_without_a_spool() {
+    let sr = endpoint(Faults::default()).await;
+    let fe = sr.fe_url();
+    let mc = "{interval: 200ms, rowIdColumn: _starsink_id}";
+    for round in 0..2 {
+        let mut loader = Loader::start(|dir| merged(dir, "same-pod", &fe, mc, "")).await;
+        let lines: Vec<String> = (round * 50..round * 50 + 50).map(row).collect();
+        write_lines(&loader.socket("orders"), &lines).await;
+        let port = loader.metrics_port();
+        wait_until("the rows committed", WAIT, || async {
+            metric_at(port, r#"starsink_records_loaded_total{sink="orders"}"#).await == 50.0
+        })
+        .await;
+        loader.stop_expecting(0).await;
+    }
+    let groups = by_row_id(&sr.rows("shop.orders"));
+    assert_eq!(
+        groups.len(),
+        100,
+        "two starts of one loader, 100 records, 100 ids"
+    );
+}

@@ -390,14 +390,15 @@ fn check_intake(sink: &SinkSpec, bad: &mut impl FnMut(&str, String)) {
         ),
         _ => {}
     }
-    let max_bytes = sink.flush.max_bytes.0;
     match sink.max_record_bytes {
         Some(m) if m.0 == 0 => bad("maxRecordBytes", "must be more than zero, e.g. 1MiB".into()),
-        Some(m) if m.0.saturating_add(2) > max_bytes => bad(
+        Some(m) if m.0 > sink.record_room() => bad(
             "maxRecordBytes",
             format!(
-                "{m} does not fit in a batch of flush.maxBytes {}; make it smaller than flush.maxBytes",
-                sink.flush.max_bytes
+                "{m} does not fit in a batch of flush.maxBytes {}; make it at most {} bytes (the batch less its brackets{})",
+                sink.flush.max_bytes,
+                sink.record_room(),
+                if sink.row_id_column().is_some() { " and each record's row id" } else { "" }
             ),
         ),
         _ => {}

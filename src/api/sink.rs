@@ -85,6 +85,10 @@ pub struct SinkSpec {
     pub acks: Acks,
 }
 
+/// Bytes a row id adds to a record at most: a 64-character column name, a label base of
+/// at most 107 characters (see `stream_load::label`), and a sequence number, quoted.
+pub const ROW_ID_ROOM: u64 = 256;
+
 /// Acknowledgements written back on a producer's connection. With acks on, the loader
 /// writes `ok N\n` once lines 1..N of the connection are settled (each one is safe as the
 /// mode says, unless an `err` line named it) and `err LINE REASON\n` for each line that was
@@ -154,11 +158,25 @@ impl SinkSpec {
     /// The longest record accepted: `maxRecordBytes`, or by default 1MiB capped so that
     /// one record always fits in a batch.
     pub fn max_record_bytes(&self) -> u64 {
-        self.max_record_bytes.map(|b| b.0).unwrap_or_else(|| {
-            defaults::max_record_bytes()
-                .0
-                .min(self.flush.max_bytes.0.saturating_sub(2))
-        })
+        self.max_record_bytes
+            .map(|b| b.0)
+            .unwrap_or_else(|| defaults::max_record_bytes().0.min(self.record_room()))
+    }
+
+    /// The most a record may take in a batch before its row id: the batch less its
+    /// brackets, and less [`ROW_ID_ROOM`] when the loader adds an id to each record.
+    pub fn record_room(&self) -> u64 {
+        let id = self.row_id_column().map_or(0, |_| ROW_ID_ROOM);
+        self.flush.max_bytes.0.saturating_sub(2 + id)
+    }
+
+    /// The column the loader fills with each record's id (`mergeCommit.rowIdColumn`).
+    pub fn row_id_column(&self) -> Option<&str> {
+        self.starrocks
+            .merge_commit
+            .as_ref()?
+            .row_id_column
+            .as_deref()
     }
 
     /// The CSV column separator in effect (StarRocks' own default is `\t`; ours is `,`).

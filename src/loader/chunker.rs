@@ -13,12 +13,15 @@ use crate::loader::ack::{ConnAck, ErrRun};
 use crate::loader::batch::Chunk;
 use crate::loader::framing::Line;
 use crate::loader::record::{self, RejectReason};
+use crate::loader::row_id::RowIds;
 use crate::stream_load::body;
 
 /// The chunks of one socket read, built line by line.
 pub struct Chunker {
     format: Format,
     ack: Option<Arc<ConnAck>>,
+    /// With Merge Commit's `rowIdColumn`: where each record's id comes from.
+    row_ids: Option<Arc<RowIds>>,
     arrived: Instant,
     /// Records of the chunk being built, each followed by its body delimiter.
     out: Vec<u8>,
@@ -44,6 +47,7 @@ impl Chunker {
         Self {
             format,
             ack,
+            row_ids: None,
             arrived,
             // Records never take more room than the bytes they came in (plus a delimiter
             // for a last line without newline), so one allocation holds them all.
@@ -56,6 +60,12 @@ impl Chunker {
         }
     }
 
+    /// Each record gets the next of `ids` written into it.
+    pub fn with_row_ids(mut self, ids: Option<Arc<RowIds>>) -> Self {
+        self.row_ids = ids;
+        self
+    }
+
     /// Line `line_no` of the connection; the reason it was rejected, if it was.
     pub fn line(&mut self, line_no: u64, line: &Line<'_>) -> Option<RejectReason> {
         let reason = match line {
@@ -65,7 +75,10 @@ impl Chunker {
                     if self.ends.is_empty() {
                         self.first_line = line_no;
                     }
-                    self.out.extend_from_slice(r);
+                    match &self.row_ids {
+                        Some(ids) => ids.append(&mut self.out, r),
+                        None => self.out.extend_from_slice(r),
+                    }
                     self.out.push(body::record_end(self.format));
                     self.ends.push(self.out.len() as u32);
                     self.last_record = Some(line_no);

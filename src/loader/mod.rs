@@ -14,6 +14,7 @@ pub mod json;
 pub mod line_budget;
 pub mod metrics;
 pub mod record;
+pub mod row_id;
 pub mod shutdown;
 pub mod sink_task;
 pub mod socket;
@@ -215,6 +216,10 @@ async fn start_sink(
         message,
     })?;
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let row_ids = sink.row_id_column().map(|column| {
+        let ids = row_id::RowIds::new(labels.base(), column, sink.format, sink.csv_separator());
+        Arc::new(ids)
+    });
     let mut task = SinkTask::new(sink, labels, client, rx, metrics.clone());
     if let Some((spool, replay)) = spool {
         task = task.with_spool(spool, replay);
@@ -224,7 +229,7 @@ async fn start_sink(
         deadline: phases.deadline.clone(),
     }));
     let acks = AckWriters::new(sink.acks, ack_writers.clone(), phases.deadline.clone());
-    let ingest = Ingest::new(sink, metrics.clone(), acks);
+    let ingest = Ingest::new(sink, metrics.clone(), acks, row_ids);
     tokio::spawn(socket::accept_loop(
         listener,
         sink.socket.clone(),

@@ -25,6 +25,7 @@ use crate::loader::framing::{Line, LineFramer};
 use crate::loader::line_budget::{Hold, LineBudget};
 use crate::loader::metrics::SinkMetrics;
 use crate::loader::record::RejectReason;
+use crate::loader::row_id::RowIds;
 
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 64 * 1024;
@@ -88,10 +89,17 @@ pub struct Ingest {
     acks: AckWriters,
     lines: Arc<LineBudget>,
     log: LogLimit,
+    /// With Merge Commit's `rowIdColumn`: the ids written into records.
+    row_ids: Option<Arc<RowIds>>,
 }
 
 impl Ingest {
-    pub fn new(sink: &SinkSpec, metrics: Arc<SinkMetrics>, acks: AckWriters) -> Self {
+    pub fn new(
+        sink: &SinkSpec,
+        metrics: Arc<SinkMetrics>,
+        acks: AckWriters,
+        row_ids: Option<Arc<RowIds>>,
+    ) -> Self {
         Self {
             format: sink.format,
             max_record: usize::try_from(sink.max_record_bytes()).unwrap_or(usize::MAX),
@@ -99,6 +107,7 @@ impl Ingest {
             metrics,
             acks,
             log: LogLimit::default(),
+            row_ids,
         }
     }
 
@@ -278,7 +287,8 @@ impl Reader {
         let arrived = Instant::now();
         let before = self.line_no;
         let ack = self.acks.as_ref().map(|(a, _)| a.clone());
-        let mut chunker = Chunker::new(self.ingest.format, ack.clone(), arrived, self.buf.len());
+        let mut chunker = Chunker::new(self.ingest.format, ack.clone(), arrived, self.buf.len())
+            .with_row_ids(self.ingest.row_ids.clone());
         let (ingest, hold) = (&self.ingest, &self.hold);
         let (line_no, evicted_line) = (&mut self.line_no, &mut self.evicted_line);
         let mut each = |line: Line<'_>| {

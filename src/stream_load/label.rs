@@ -39,6 +39,11 @@ impl LabelGen {
         }
     }
 
+    /// What every label of this start of this sink begins with: prefix, sink, start id.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub fn next_label(&mut self) -> String {
         let label = format!("{}_{}", self.base, self.next_seq);
         self.next_seq = self.next_seq.wrapping_add(1);
