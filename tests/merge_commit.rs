@@ -247,16 +247,7 @@ async fn load_through_a_lost_answer(mc: &str, prefix: &str) -> Vec<String> {
     .await;
     let acc = loader.stop_expecting(0).await;
     assert_eq!(acc["committed"].as_u64(), Some(100), "{acc}");
-    // The first window closes (committing the first copy) once someone asks.
-    let (status, _) = ask_any_label_state(&sr).await;
-    assert_eq!(status, 200);
     sr.rows("shop.orders")
-}
-
-/// Asks the FE for a label's state, which closes any window whose time is up.
-async fn ask_any_label_state(sr: &starsink::dev_endpoint::DevEndpoint) -> (u16, String) {
-    let port: u16 = sr.fe_url().rsplit(':').next().unwrap().parse().unwrap();
-    http_get(port, "/api/shop/get_load_state?label=none").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

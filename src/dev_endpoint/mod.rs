@@ -268,8 +268,10 @@ impl DevEndpoint {
         self.shared.state()
     }
 
-    /// Rows committed to `db.table`, in commit order.
+    /// Rows committed to `db.table`, in commit order (Merge Commit windows whose time
+    /// is up count as committed, as they would be in StarRocks).
     pub fn rows(&self, table: &str) -> Vec<String> {
+        self.shared.close_due_windows();
         self.state().rows.get(table).cloned().unwrap_or_default()
     }
 
