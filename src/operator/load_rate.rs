@@ -41,6 +41,9 @@ pub struct SinkLoad {
     pub pods: i32,
     /// How often each of those loaders loads.
     pub interval: Duration,
+    /// With Merge Commit, the window: StarRocks makes one transaction of all the
+    /// sink's loads in it, whatever the number of pods.
+    pub window: Option<Duration>,
 }
 
 impl SinkLoad {
@@ -65,16 +68,29 @@ impl SinkLoad {
             },
             pods,
             interval: spec.flush.interval.0,
+            window: spec.starrocks.merge_commit.map(|mc| mc.interval.0),
         })
     }
 
-    /// Loads per second.
+    /// Loads (transactions) per second: each pod every `interval`, or with Merge Commit
+    /// one per window while any pod loads.
     pub fn rate(&self) -> f64 {
-        let secs = self.interval.as_secs_f64();
-        if secs > 0.0 {
-            f64::from(self.pods.max(0)) / secs
+        let (every, loads) = match self.window {
+            Some(window) => (window.as_secs_f64(), f64::from(u8::from(self.pods > 0))),
+            None => (self.interval.as_secs_f64(), f64::from(self.pods.max(0))),
+        };
+        if every > 0.0 {
+            loads / every
         } else {
             0.0
+        }
+    }
+
+    /// How the sink's pods load: `every 5s`, or `merged every 5s`.
+    fn how(&self) -> String {
+        match self.window {
+            Some(w) => format!("merged every {}", secs(w)),
+            None => format!("every {}", secs(self.interval)),
         }
     }
 }
@@ -98,23 +114,11 @@ pub fn check_rate(sink: &SinkLoad, all: &[SinkLoad], max_rate: f64) -> RateCheck
     let rate: f64 = on_table.iter().map(|s| s.rate()).sum();
     let pods: i32 = on_table.iter().map(|s| s.pods.max(0)).sum();
     let who = if on_table.len() == 1 {
-        format!(
-            "{pods} pod(s) load {} every {}",
-            sink.table,
-            secs(sink.interval)
-        )
+        format!("{pods} pod(s) load {} {}", sink.table, sink.how())
     } else {
         let parts: Vec<String> = on_table
             .iter()
-            .map(|s| {
-                format!(
-                    "{}/{}: {} every {}",
-                    s.namespace,
-                    s.sink,
-                    s.pods,
-                    secs(s.interval)
-                )
-            })
+            .map(|s| format!("{}/{}: {} {}", s.namespace, s.sink, s.pods, s.how()))
             .collect();
         format!(
             "{pods} pod(s) of {} sinks ({}) load {}",
@@ -140,7 +144,7 @@ pub fn check_rate(sink: &SinkLoad, all: &[SinkLoad], max_rate: f64) -> RateCheck
     RateCheck {
         ok: false,
         message: format!(
-            "{figures}; set flush.interval to at least {needed}s{each}, or run fewer pods with a sink on this table (a load more often than that piles up versions until StarRocks refuses loads with \"too many versions\")"
+            "{figures}; set starrocks.mergeCommit (StarRocks 3.4+: one transaction per window, whatever the number of pods), or flush.interval to at least {needed}s{each} (loading more often piles up versions until StarRocks refuses loads with \"too many versions\")"
         ),
     }
 }
@@ -185,6 +189,7 @@ mod tests {
             },
             pods,
             interval: Duration::from_secs(every),
+            window: None,
         }
     }
 
@@ -204,8 +209,13 @@ mod tests {
         let s = load("shop", "orders", "orders", 52, 5);
         let c = check_rate(&s, &[], 0.2);
         assert!(!c.ok);
-        let expected = "52 pod(s) load shop.orders every 5s: 10.40 loads/s; StarRocks advises at most 0.2 per table; set flush.interval to at least 260s";
+        let expected = "52 pod(s) load shop.orders every 5s: 10.40 loads/s; StarRocks advises at most 0.2 per table; set starrocks.mergeCommit";
         assert!(c.message.starts_with(expected), "{}", c.message);
+        assert!(
+            c.message.contains("or flush.interval to at least 260s"),
+            "{}",
+            c.message
+        );
     }
 
     #[test]
@@ -235,6 +245,22 @@ mod tests {
         let fresh = load("shop", "orders", "orders", 0, 5);
         let c = check_rate(&fresh, &[stale], 0.2);
         assert!(c.ok, "{c:?}");
+    }
+
+    #[test]
+    fn a_merge_commit_sink_is_one_transaction_per_window_whatever_its_pods() {
+        let mut merged = load("shop", "orders", "orders", 1000, 1);
+        merged.window = Some(Duration::from_secs(5));
+        let c = check_rate(&merged, &[], 0.2);
+        assert!(c.ok, "{c:?}");
+        assert!(
+            c.message
+                .starts_with("1000 pod(s) load shop.orders merged every 5s: 0.20 loads/s"),
+            "{}",
+            c.message
+        );
+        merged.pods = 0;
+        assert_eq!(merged.rate(), 0.0, "no pod, no load");
     }
 
     #[test]
