@@ -82,7 +82,20 @@ async fn a_loader_pointed_at_the_dev_endpoint_loads_and_each_load_is_printed() {
     assert_exactly_once(&ids, 25);
     let (_, summary) = http_get(fe, "/dev/summary").await;
     let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
-    assert_eq!(summary["tables"]["shop.orders"], 25, "{summary}");
+    let orders = &summary["tables"]["shop.orders"];
+    assert_eq!(
+        (orders["rows"].as_u64(), orders["duplicates"].as_u64()),
+        (Some(25), Some(0)),
+        "{summary}"
+    );
+    // Three loads of 10, 10 and 5 rows: three transactions, three versions so far.
+    assert_eq!(summary["transactions"], 3, "{summary}");
+    assert!(
+        orders["versionsPeak"]
+            .as_u64()
+            .is_some_and(|v| (1..=3).contains(&v)),
+        "{summary}"
+    );
 
     kill(
         Pid::from_raw(endpoint.id().unwrap() as i32),

@@ -12,11 +12,6 @@ use crate::stream_load::label;
 
 const MAX_BODY: usize = 1 << 30;
 
-/// StarRocks' answer when a tablet has more than `tablet_max_versions` versions, as
-/// `DeltaWriter::_init` writes it (be/src/storage/delta_writer.cpp; the text is also in
-/// docs/en/best_practices/primarykey_table.md; `shared/design/fleet.md` §4).
-const TOO_MANY_VERSIONS: &str = "Failed to load data into tablet 10087, because of too many versions, current/limit: 1001/1000. You can reduce the loading job concurrency, or increase loading data batch size. If you are using INSERT INTO, please use batch insert.";
-
 /// Serves one keep-alive BE connection (the loader keeps one per sink): each request is
 /// routed, may be answered before its body (auth, an early-success fault, a bad label;
 /// that ends the connection, its body unread), has its body read after `100 Continue`,
@@ -176,14 +171,24 @@ async fn run_load(shared: &Shared, t: &Target, body: &[u8]) -> LoadAnswer {
         return answer;
     }
     let faults = shared.faults();
-    if shared.roll(faults.slow) {
-        // A slow load is a running transaction: its label reads PREPARE, and a second
-        // request with it is told `Label Already Exists` / `RUNNING`.
-        let prepare = LabelState::Prepare;
-        shared.state().labels.insert(t.label.clone(), prepare);
-        tokio::time::sleep(faults.slow_by).await;
+    let limits = &shared.config.limits;
+    if let Some(why) = shared.state().ledger.refusal(limits, &t.table) {
+        return answer("Fail", &why, 0);
     }
-    load(shared, &t.label, &t.table, t.json, body, &faults)
+    if !shared.roll(faults.slow) {
+        return load(shared, &t.label, &t.table, t.json, body, &faults);
+    }
+    // A slow load is a running transaction: its label reads PREPARE, and a second
+    // request with it is told `Label Already Exists` / `RUNNING`.
+    {
+        let mut st = shared.state();
+        st.labels.insert(t.label.clone(), LabelState::Prepare);
+        st.ledger.running += 1;
+    }
+    tokio::time::sleep(faults.slow_by).await;
+    let answer = load(shared, &t.label, &t.table, t.json, body, &faults);
+    shared.state().ledger.running -= 1;
+    answer
 }
 
 /// Records the load and answers it; false when the connection is to end (a dropped
@@ -282,8 +287,10 @@ fn load(
         return LoadAnswer::Http503;
     }
     let abort = |answer: LoadAnswer| {
-        let aborted = LabelState::Aborted;
-        shared.state().labels.insert(label.to_owned(), aborted);
+        let limits = &shared.config.limits;
+        shared
+            .state()
+            .finish_label(limits, label, LabelState::Aborted);
         answer
     };
     if body.is_empty() {
@@ -298,7 +305,8 @@ fn load(
         ));
     }
     if shared.roll(faults.backpressure) {
-        return abort(answer("Fail", TOO_MANY_VERSIONS, 0));
+        let why = super::limits::too_many_versions(1001, 1000);
+        return abort(answer("Fail", &why, 0));
     }
     let mut rows = match parse_rows(json, body, shared.config.keep_rows) {
         Ok(rows) => rows,
@@ -349,7 +357,9 @@ fn commit(shared: &Shared, label: &str, table: &str, rows: Rows, bytes: usize, l
     } else {
         LabelState::Visible
     };
-    st.labels.insert(label.to_owned(), state);
+    let limits = &shared.config.limits;
+    st.finish_label(limits, label, state);
+    st.ledger.committed(limits, table, rows.len());
     st.committed_rows += rows.len() as u64;
     st.committed_bytes += bytes as u64;
     if let Rows::Kept(rows) = rows {

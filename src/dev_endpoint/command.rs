@@ -60,6 +60,19 @@ pub struct DevEndpointArgs {
     /// answers `Success` counting those.
     #[arg(long, default_value_t = 0.0, value_parser = probability)]
     pub short_body: f64,
+    /// StarRocks' `tablet_max_versions`: loads to a table with this many versions not
+    /// yet compacted are refused with "too many versions".
+    #[arg(long, default_value_t = 1000)]
+    pub max_versions: u32,
+    /// Versions compaction merges away per second, per table.
+    #[arg(long, default_value_t = 50.0)]
+    pub compaction_rate: f64,
+    /// StarRocks' `max_running_txn_num_per_db`.
+    #[arg(long, default_value_t = 1000)]
+    pub max_running_txns: u32,
+    /// StarRocks' `label_keep_max_num`: finished labels remembered (default: all).
+    #[arg(long)]
+    pub label_keep_max_num: Option<usize>,
     /// Seed of the fault draws, to repeat a run.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -93,6 +106,12 @@ pub async fn run(args: DevEndpointArgs) -> i32 {
         },
         keep_rows: true,
         seed: args.seed,
+        limits: super::ServerLimits {
+            max_versions: args.max_versions,
+            compaction_per_sec: args.compaction_rate,
+            max_running_txns: args.max_running_txns,
+            label_keep_max_num: args.label_keep_max_num,
+        },
     };
     let endpoint =
         match DevEndpoint::start_on(config, args.fe_addr, args.be_addr, args.advertise_be).await {

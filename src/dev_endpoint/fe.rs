@@ -121,6 +121,38 @@ async fn count_stray_body(mut conn: Conn<TcpStream>, shared: &Shared) {
     }
 }
 
+/// What `/dev/summary` says: rows, loads and transactions, and per table its rows (and
+/// how many are a repeat of another), its versions now and at most, and the loads the
+/// limits refused.
+fn summary(st: &super::State) -> serde_json::Value {
+    let tables: serde_json::Map<String, serde_json::Value> = st
+        .rows
+        .iter()
+        .map(|(t, rows)| {
+            let distinct: std::collections::HashSet<&String> = rows.iter().collect();
+            let versions = st.ledger.versions.get(t);
+            let v = serde_json::json!({
+                "rows": rows.len(),
+                "duplicates": rows.len() - distinct.len(),
+                "versionsNow": versions.map_or(0.0, |v| v.now.ceil()),
+                "versionsPeak": versions.map_or(0, |v| v.peak),
+            });
+            (t.clone(), v)
+        })
+        .collect();
+    serde_json::json!({
+        "committedRows": st.committed_rows,
+        "loads": st.loads.len(),
+        "transactions": st.ledger.commits.len(),
+        "runningTransactions": st.ledger.running,
+        "refused": {
+            "tooManyVersions": st.ledger.refused_versions,
+            "runningTransactions": st.ledger.refused_running,
+        },
+        "tables": tables,
+    })
+}
+
 /// The endpoint's own read API (not StarRocks'; no auth): `/dev/summary` (rows per
 /// table), `/dev/loads` (every load with its outcome), `/dev/rows?table=db.table` (the
 /// committed rows of a table, one per line, in commit order).
@@ -138,18 +170,7 @@ fn inspect(shared: &Shared, what: &str, table: Option<&str>) -> Vec<u8> {
     };
     let st = shared.state();
     match (what, table) {
-        ("summary", _) => {
-            let tables: serde_json::Map<String, serde_json::Value> = st
-                .rows
-                .iter()
-                .map(|(t, rows)| (t.clone(), rows.len().into()))
-                .collect();
-            json(serde_json::json!({
-                "committedRows": st.committed_rows,
-                "loads": st.loads.len(),
-                "tables": tables,
-            }))
-        }
+        ("summary", _) => json(summary(&st)),
         ("loads", _) => json(serde_json::Value::Array(
             st.loads
                 .iter()

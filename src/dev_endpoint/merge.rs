@@ -112,7 +112,10 @@ pub(super) async fn load(
     shared.close_due_windows();
     let parsed = super::be::parse_rows(json, body, shared.config.keep_rows);
     let faults = shared.faults();
-    let (txn, closes) = shared.join_window(params, table, body.len(), parsed);
+    let (txn, closes) = match shared.join_window(params, table, body.len(), parsed) {
+        Ok(joined) => joined,
+        Err(why) => return MergeReply::Answer(answer(0, "", "Fail", &why, request_label, 0)),
+    };
     let record = |status: &str| LoadRecord {
         label: request_label.to_owned(),
         table: table.to_owned(),
@@ -171,15 +174,16 @@ fn answer(
 
 impl Shared {
     /// Adds a request's rows to the open window of its kind, opening one if there is
-    /// none; a request whose data cannot load poisons the window. Returns the window's
-    /// transaction id and when it closes.
+    /// none (unless the limits refuse a new transaction: then why); a request whose data
+    /// cannot load poisons the window. Returns the window's transaction id and when it
+    /// closes.
     fn join_window(
         &self,
         params: &MergeParams,
         table: &str,
         bytes: usize,
         parsed: Result<super::be::Rows, String>,
-    ) -> (u64, Instant) {
+    ) -> Result<(u64, Instant), String> {
         let now = Instant::now();
         let mut st = self.state();
         let open = st
@@ -189,6 +193,10 @@ impl Shared {
         let i = match open {
             Some(i) => i,
             None => {
+                if let Some(why) = st.ledger.refusal(&self.config.limits, table) {
+                    return Err(why);
+                }
+                st.ledger.running += 1;
                 let label = format!("merge_commit_{}", st.windows.len() + 1);
                 st.labels.insert(label.clone(), LabelState::Prepare);
                 st.windows.push(MergeWindow {
@@ -218,7 +226,7 @@ impl Shared {
         if self.roll(self.faults().refuse) {
             w.poisoned = Some("too many filtered rows".into());
         }
-        (i as u64 + 1, w.closes)
+        Ok((i as u64 + 1, w.closes))
     }
 
     fn window_label(&self, txn: u64) -> String {
@@ -271,8 +279,11 @@ impl Shared {
                 w.row_count,
                 w.bytes,
             );
-            st.labels.insert(label.clone(), outcome);
+            let limits = &self.config.limits;
+            st.finish_label(limits, &label, outcome);
+            st.ledger.running = st.ledger.running.saturating_sub(1);
             if outcome != LabelState::Aborted {
+                st.ledger.committed(limits, &table, count);
                 st.committed_rows += count as u64;
                 st.committed_bytes += bytes as u64;
                 st.rows.entry(table.clone()).or_default().extend(rows);

@@ -9,9 +9,12 @@
 mod be;
 pub mod command;
 mod fe;
+pub mod limits;
 mod merge;
 
 use std::collections::HashMap;
+
+pub use limits::ServerLimits;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -55,6 +58,8 @@ pub struct EndpointConfig {
     /// Keep every row (tests) or only count bytes and rows (benchmarks).
     pub keep_rows: bool,
     pub seed: u64,
+    /// StarRocks' version, transaction and label limits (see [`limits`]).
+    pub limits: ServerLimits,
 }
 
 impl Default for EndpointConfig {
@@ -65,6 +70,7 @@ impl Default for EndpointConfig {
             faults: Faults::default(),
             keep_rows: true,
             seed: 1,
+            limits: ServerLimits::default(),
         }
     }
 }
@@ -119,6 +125,19 @@ pub struct State {
     pub largest_body: usize,
     /// Merge Commit windows, in the order they opened (window n is `merge_commit_n`).
     pub windows: Vec<merge::MergeWindow>,
+    /// Versions, running transactions, finished labels and commits, under the limits.
+    pub ledger: limits::Ledger,
+}
+
+impl State {
+    /// `label` ended: recorded as `state`, and the labels past `label_keep_max_num`
+    /// forgotten.
+    pub(crate) fn finish_label(&mut self, limits: &ServerLimits, label: &str, state: LabelState) {
+        self.labels.insert(label.to_owned(), state);
+        for gone in self.ledger.finished(limits, label) {
+            self.labels.remove(&gone);
+        }
+    }
 }
 
 pub(crate) struct Shared {
