@@ -288,14 +288,16 @@ async fn spawn_loader(dir: &Path, pod: usize, fe: &str, mode: Mode) -> Child {
 }
 
 /// Writes `rate` rows a second, in tenths, until `until`; each row has its pod, its id
-/// and when it was written (Unix ms). Returns how many it wrote.
+/// and when it was written (Unix ms). A write the loader holds back (backpressure) is
+/// given up at `until`. Returns how many whole rows reached the socket.
 async fn produce(socket: PathBuf, pod: u64, rate: u64, until: Instant) -> u64 {
     let mut conn = UnixStream::connect(&socket)
         .await
         .expect("connect a producer");
     let per_tick = rate.div_ceil(10).max(1);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut id = 0;
+    let (mut id, mut whole) = (0, 0);
+    let deadline = tokio::time::Instant::from_std(until);
     while Instant::now() < until {
         tick.tick().await;
         let t = SystemTime::now()
@@ -307,9 +309,20 @@ async fn produce(socket: PathBuf, pod: u64, rate: u64, until: Instant) -> u64 {
             lines.push_str(&format!("{{\"pod\":{pod},\"id\":{id},\"t\":{t}}}\n"));
             id += 1;
         }
-        conn.write_all(lines.as_bytes()).await.expect("write rows");
+        let bytes = lines.as_bytes();
+        let mut sent = 0;
+        while sent < bytes.len() {
+            match tokio::time::timeout_at(deadline, conn.write(&bytes[sent..])).await {
+                Ok(Ok(n)) if n > 0 => sent += n,
+                _ => break,
+            }
+        }
+        whole += bytes[..sent].iter().filter(|b| **b == b'\n').count() as u64;
+        if sent < bytes.len() {
+            break;
+        }
     }
-    id
+    whole
 }
 
 fn signal(child: &Child, sig: nix::sys::signal::Signal) {
