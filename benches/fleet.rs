@@ -107,6 +107,8 @@ struct Figures {
     rss_total_mib: f64,
     rss_per_loader_mib: f64,
     cpu_secs: f64,
+    /// Loaders that did not exit 0 (records lost at the shutdown deadline).
+    loaders_losing: usize,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -125,11 +127,11 @@ async fn main() {
         all.push(run(mode, &a).await);
     }
     println!();
-    println!("| run | loads/s | txns/s | peak versions | refused | rows written | loaded | duplicated | missing | freshness p50 | p99 | RSS total | per loader | loader CPU-s |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| run | loads/s | txns/s | peak versions | refused | rows written | loaded | duplicated | missing | loaders losing rows | freshness p50 | p99 | RSS total | per loader | loader CPU-s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for f in &all {
         println!(
-            "| {} | {:.1} | {:.2} | {} | {} | {} | {} | {} | {} | {:.1}s | {:.1}s | {:.0} MiB | {:.1} MiB | {:.1} |",
+            "| {} | {:.1} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {:.1}s | {:.1}s | {:.0} MiB | {:.1} MiB | {:.1} |",
             f.mode.name(),
             f.loads_per_sec,
             f.txns_per_sec,
@@ -139,6 +141,7 @@ async fn main() {
             f.loaded,
             f.duplicated,
             f.missing,
+            f.loaders_losing,
             f.fresh_p50.as_secs_f64(),
             f.fresh_p99.as_secs_f64(),
             f.rss_total_mib,
@@ -183,11 +186,15 @@ async fn run(mode: Mode, a: &Args) -> Figures {
     for l in &loaders {
         signal(l, nix::sys::signal::Signal::SIGTERM);
     }
+    let mut lost = 0;
     for mut l in loaders {
-        let _ = l.wait().await;
+        // Exit 1: records not committed by the shutdown deadline were lost.
+        lost += usize::from(l.wait().await.map_or(true, |s| s.code() != Some(0)));
     }
     let secs = started.elapsed().as_secs_f64();
-    figures(mode, &sr, written, secs, cpu_secs, peak_kib, a.loaders)
+    let mut f = figures(mode, &sr, written, secs, cpu_secs, peak_kib, a.loaders);
+    f.loaders_losing = lost;
+    f
 }
 
 fn figures(
@@ -253,6 +260,7 @@ fn figures(
         rss_total_mib: peak_kib as f64 / 1024.0,
         rss_per_loader_mib: peak_kib as f64 / 1024.0 / n.max(1) as f64,
         cpu_secs,
+        loaders_losing: 0,
     }
 }
 

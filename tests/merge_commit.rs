@@ -123,6 +123,30 @@ async fn sync_a_window_committed_but_not_yet_visible_is_asked_for_never_sent_aga
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_a_window_seen_committed_but_not_yet_visible_counts_as_loaded() {
+    let sr = endpoint(Faults {
+        publish_timeout: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| merged(dir, "late", &fe, "{interval: 300ms}", "")).await;
+    write_lines(
+        &loader.socket("orders"),
+        &(0..60).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    let port = loader.metrics_port();
+    wait_until("the commit counted", WAIT, || async {
+        metric_at(port, r#"starsink_records_loaded_total{sink="orders"}"#).await == 60.0
+    })
+    .await;
+    let acc = loader.stop_expecting(0).await;
+    assert_eq!(acc["committed"].as_u64(), Some(60), "{acc}");
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborted_window_is_sent_again_in_the_next_one() {
     let sr = endpoint(Faults {
         fail: 1.0,
