@@ -81,6 +81,14 @@ impl Mode {
         }
     }
 
+    fn key(self) -> &'static str {
+        match self {
+            Mode::Plain => "plain",
+            Mode::Backpressure => "backpressure",
+            Mode::MergeCommit => "merge",
+        }
+    }
+
     fn sink_extra(self) -> &'static str {
         match self {
             Mode::Plain => "    flush:\n      interval: 5s\n      maxInterval: 5s\n",
@@ -123,8 +131,12 @@ async fn main() {
         a.loaders, a.rate, a.secs
     );
     let mut all = Vec::new();
+    // `--only plain|backpressure|merge` runs one of the three.
+    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
     for mode in [Mode::Plain, Mode::Backpressure, Mode::MergeCommit] {
-        all.push(run(mode, &a).await);
+        if only.as_deref().is_none_or(|o| o == mode.key()) {
+            all.push(run(mode, &a).await);
+        }
     }
     println!();
     println!("| run | loads/s | txns/s | peak versions | refused | rows written | loaded | duplicated | missing | loaders losing rows | freshness p50 | p99 | RSS total | per loader | loader CPU-s |");
@@ -280,10 +292,10 @@ async fn spawn_loader(dir: &Path, pod: usize, fe: &str, mode: Mode) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_starsink"))
         .args(["loader", "--config"])
         .arg(&config)
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", if std::env::var_os("FLEET_LOG_DIR").is_some() { "info" } else { "warn" })
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log_file(pod))
         .kill_on_drop(true)
         .spawn()
         .expect("spawn starsink loader");
@@ -331,6 +343,15 @@ async fn produce(socket: PathBuf, pod: u64, rate: u64, until: Instant) -> u64 {
         }
     }
     whole
+}
+
+/// Where loader `pod` logs: `$FLEET_LOG_DIR/pod-N.log` when that is set, else nowhere.
+fn log_file(pod: usize) -> Stdio {
+    match std::env::var_os("FLEET_LOG_DIR") {
+        Some(dir) => std::fs::File::create(Path::new(&dir).join(format!("pod-{pod}.log")))
+            .map_or_else(|_| Stdio::null(), Stdio::from),
+        None => Stdio::null(),
+    }
 }
 
 fn signal(child: &Child, sig: nix::sys::signal::Signal) {

@@ -483,7 +483,11 @@ impl SinkTask {
                     None => {}
                 }
             }
-            Event::FlushDue => self.seal_filling(FlushTrigger::Interval),
+            Event::FlushDue => {
+                if !self.top_up() {
+                    self.seal_filling(FlushTrigger::Interval);
+                }
+            }
             Event::Backpressure => {
                 self.pressure_seen.borrow_and_update();
                 self.interval.widen();
@@ -496,6 +500,26 @@ impl SinkTask {
             Event::Chunk(None) => self.input_open = false,
         }
         true
+    }
+
+    /// Before a due batch is sealed, it takes the chunks already waiting in the channel,
+    /// as far as it has room; true if that filled it (and sealed it). Without this, a
+    /// batch that could not be sealed while the one before it waited to be sent would go
+    /// with only what it held then: at shutdown, or behind a slow load, a handful of rows
+    /// per load while the channel holds many.
+    fn top_up(&mut self) -> bool {
+        while self.readable() {
+            let Ok(chunk) = self.rx.try_recv() else {
+                return false;
+            };
+            let base = self.spool_append(&chunk);
+            self.filling.leftover = Some((chunk, 0, base));
+            if let Some(trigger) = self.filling.take_leftover() {
+                self.seal_filling(trigger);
+                return true;
+            }
+        }
+        false
     }
 
     /// Puts the interval in effect into the flush policy (the filling batch's deadline
