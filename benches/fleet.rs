@@ -292,7 +292,14 @@ async fn spawn_loader(dir: &Path, pod: usize, fe: &str, mode: Mode) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_starsink"))
         .args(["loader", "--config"])
         .arg(&config)
-        .env("RUST_LOG", if std::env::var_os("FLEET_LOG_DIR").is_some() { "info" } else { "warn" })
+        .env(
+            "RUST_LOG",
+            if std::env::var_os("FLEET_LOG_DIR").is_some() {
+                "info"
+            } else {
+                "warn"
+            },
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file(pod))

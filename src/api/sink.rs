@@ -298,8 +298,8 @@ pub struct FlushSpec {
     pub max_rows: u64,
     /// The longest the interval grows to while StarRocks pushes back (too many versions,
     /// transactions or requests): each such answer doubles the interval in effect, and
-    /// each load that meets none takes a fifth off, down to `interval` again. Default:
-    /// 60s, or `interval` if that is longer.
+    /// every 3 loads in a row that meet none take a fifth off, down to `interval` again.
+    /// Default: 60s, or `interval` if that is longer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_interval: Option<HumanDuration>,
 }

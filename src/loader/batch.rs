@@ -111,15 +111,22 @@ impl FlushPolicy {
 }
 
 /// The flush interval in effect. Each backpressure answer from StarRocks doubles it, up to
-/// `most`; each load that meets none takes a fifth off, down to the configured `base`. A
-/// fleet that loads a table too often so slows itself down before StarRocks refuses it,
-/// and batches grow instead (`shared/design/fleet.md` §7.3).
+/// `most`; every [`CLEAN_LOADS`] loads in a row that meet none take a fifth off, down to
+/// the configured `base`. A fleet that loads a table too often so slows itself down
+/// before StarRocks refuses it, and batches grow instead; it comes back only after a
+/// clean period, so that it does not return in one step to the rate that hurt
+/// (`shared/design/fleet.md` §7.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AdaptiveInterval {
     base: Duration,
     most: Duration,
     now: Duration,
+    /// Loads in a row that met no backpressure since the interval last changed.
+    clean: u32,
 }
+
+/// Loads in a row without backpressure before the interval narrows a step.
+pub const CLEAN_LOADS: u32 = 3;
 
 impl AdaptiveInterval {
     pub fn new(base: Duration, most: Duration) -> Self {
@@ -127,6 +134,7 @@ impl AdaptiveInterval {
             base,
             most: most.max(base),
             now: base,
+            clean: 0,
         }
     }
 
@@ -137,11 +145,16 @@ impl AdaptiveInterval {
     /// After a backpressure answer.
     pub fn widen(&mut self) {
         self.now = self.now.saturating_mul(2).min(self.most);
+        self.clean = 0;
     }
 
     /// After a load that met no backpressure.
     pub fn narrow(&mut self) {
-        self.now = (self.now * 4 / 5).max(self.base);
+        self.clean += 1;
+        if self.clean >= CLEAN_LOADS {
+            self.now = (self.now * 4 / 5).max(self.base);
+            self.clean = 0;
+        }
     }
 }
 
@@ -430,18 +443,29 @@ mod tests {
         }
         assert_eq!(i.now(), s(60), "never past the most");
         i.narrow();
+        i.narrow();
+        assert_eq!(i.now(), s(60), "two clean loads are not yet a clean period");
+        i.narrow();
         assert_eq!(i.now(), s(48));
-        let mut steps = 1;
+        i.narrow();
+        i.widen();
+        i.narrow();
+        i.narrow();
+        assert_eq!(i.now(), s(60), "backpressure starts the clean period over");
+        let mut loads = 0;
         while i.now() > s(5) {
             i.narrow();
-            steps += 1;
+            loads += 1;
         }
+        let expected = (s(5), 12 * CLEAN_LOADS - 2);
         assert_eq!(
-            (i.now(), steps),
-            (s(5), 12),
+            (i.now(), loads),
+            expected,
             "back to the configured interval, in steps"
         );
-        i.narrow();
+        for _ in 0..CLEAN_LOADS {
+            i.narrow();
+        }
         assert_eq!(i.now(), s(5), "never below it");
         // A most below the base is the base: the interval never shrinks under pressure.
         let mut fixed = AdaptiveInterval::new(s(90), s(60));
