@@ -528,6 +528,13 @@ fn check_merge_commit(sink: &SinkSpec, bad: &mut impl FnMut(&str, String)) {
             "Merge Commit does not support skip_header; remove it or mergeCommit".into(),
         );
     }
+    if let Some(column) = mc.row_id_column.as_ref().filter(|c| !is_identifier(c)) {
+        bad(
+            "starrocks.mergeCommit.rowIdColumn",
+            format!("`{column}` is not a column name; use 1-64 letters, digits and _, starting with a letter or _"),
+        );
+        return;
+    }
     let (Some(column), Some(columns)) = (&mc.row_id_column, &sr.columns) else {
         return;
     };

@@ -168,6 +168,7 @@ fn inspect(shared: &Shared, what: &str, table: Option<&str>) -> Vec<u8> {
             format!("{v}\n").as_bytes(),
         )
     };
+    shared.close_due_windows();
     let st = shared.state();
     match (what, table) {
         ("summary", _) => json(summary(&st)),

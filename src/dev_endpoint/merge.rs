@@ -264,6 +264,10 @@ impl Shared {
             let late = self.roll(faults.publish_timeout);
             let mut st = self.state();
             let w = &mut st.windows[i];
+            // Another caller may have closed it since the list was made.
+            if w.outcome.is_some() {
+                continue;
+            }
             let outcome = if w.poisoned.is_some() || aborted {
                 LabelState::Aborted
             } else if late {

@@ -26,11 +26,11 @@ impl RowIds {
     /// `column` (an identifier) of JSON records, or as the last value of CSV rows.
     pub fn new(base: &str, column: &str, format: Format, separator: &str) -> Self {
         let lead = match format {
-            Format::Json => format!("\"{column}\":\"{base}_r"),
-            Format::Csv => format!("{separator}{base}_r"),
+            Format::Json => format!("\"{column}\":\"{base}_r").into_bytes(),
+            Format::Csv => [separator_bytes(separator), format!("{base}_r").into_bytes()].concat(),
         };
         Self {
-            lead: lead.into_bytes(),
+            lead,
             format,
             next: AtomicU64::new(0),
         }
@@ -71,6 +71,21 @@ impl RowIds {
     }
 }
 
+/// The bytes a `column_separator` stands for: StarRocks reads `\xHH...` as hex bytes
+/// (e.g. `\x01`), anything else as itself.
+fn separator_bytes(separator: &str) -> Vec<u8> {
+    let hex = separator
+        .strip_prefix("\\x")
+        .filter(|h| !h.is_empty() && h.len() % 2 == 0)
+        .and_then(|h| {
+            (0..h.len())
+                .step_by(2)
+                .map(|i| h.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+                .collect::<Option<Vec<u8>>>()
+        });
+    hex.unwrap_or_else(|| separator.as_bytes().to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +113,10 @@ mod tests {
         let mut out = Vec::new();
         csv.append(&mut out, b"1|a");
         assert_eq!(out, b"1|a|p_s_1_r0");
+        // A hex separator is the byte it names, as StarRocks reads it.
+        let hex = RowIds::new("p_s_1", "rid", Format::Csv, "\\x01");
+        let mut out = Vec::new();
+        hex.append(&mut out, b"1\x01a");
+        assert_eq!(out, b"1\x01a\x01p_s_1_r0");
     }
 }

@@ -34,6 +34,9 @@ pub const CRD_NAME: &str = "starrockssinks.starsink.io";
 /// Labels of the ConfigMaps the controller owns.
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by=starsink";
 
+/// How often a settled sink is reconciled again anyway (see `reconcile_sink`).
+const RECHECK: Duration = Duration::from_secs(300);
+
 /// Backoff after a failed reconcile, or while a sink waits for its Secret.
 const MIN_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -253,7 +256,10 @@ async fn reconcile_sink(stored: &StoredSink, ctx: &Context) -> Result<Action, Re
     Ok(match decision.next {
         Next::AwaitChange => {
             ctx.settled(stored);
-            Action::await_change()
+            // Looked at again now and then even without a change of its own: its
+            // LoadRateOK depends on the other sinks of its table, whose changes reach it
+            // through a second watch that may see them before the controller's store.
+            Action::requeue(RECHECK)
         }
         Next::Backoff => Action::requeue(ctx.backoff(stored)),
     })

@@ -123,8 +123,10 @@ enum Window {
 }
 
 /// Delivers `body` under Merge Commit until its window's transaction commits, or until
-/// [`MAX_FAILED_WINDOWS`] windows failed for their data (then it is refused, to be
-/// dead-lettered). Transient failures and backpressure are retried as in
+/// [`MAX_FAILED_WINDOWS`] windows failed for their data, as StarRocks' answer said (then
+/// it is refused, to be dead-lettered, marked as maybe committed if an earlier copy may
+/// have been). A window seen ABORTED through `get_load_state`, which gives no reason, is
+/// sent again without counting. Transient failures and backpressure are retried as in
 /// [`crate::stream_load::deliver`]; an unknown outcome is sent again.
 pub async fn deliver_merged(
     client: &mut StreamLoadClient,
@@ -137,6 +139,9 @@ pub async fn deliver_merged(
     let mut backoff = Backoff::new(retry);
     let mut pressure = Backoff::for_pressure(retry);
     let mut failed = 0;
+    // An earlier request may have committed its copy (an answer lost, a window forgotten):
+    // a batch dead-lettered then is marked so.
+    let mut maybe_committed = false;
     loop {
         let answer = match client.put(label, body).await {
             Ok(a) => classify_merge(a.status, &a.body, a.body_sent, mc.asynchronous),
@@ -158,11 +163,16 @@ pub async fn deliver_merged(
                         report(&Attempt::Committed);
                         return Delivered::Committed { filtered_rows: 0 };
                     }
-                    Window::Aborted => Some((
-                        format!("the window's transaction {txn_label} was aborted"),
-                        None,
-                    )),
+                    Window::Aborted => {
+                        // get_load_state does not say why: the data, or the cluster (a
+                        // timeout, a restart, backpressure). Sent again without counting
+                        // toward dead-lettering, which only known data failures do.
+                        let why = format!("the window's transaction {txn_label} was aborted");
+                        report(&Attempt::WindowFailed(why));
+                        None
+                    }
                     Window::Lost => {
+                        maybe_committed = true;
                         report(&Attempt::Uncertain(format!("the window's transaction {txn_label} is unknown to StarRocks; sending the batch again")));
                         None
                     }
@@ -182,7 +192,11 @@ pub async fn deliver_merged(
                 }
                 // StarRocks ignores the label: an unknown outcome cannot be looked up,
                 // only sent again (at-least-once).
-                Then::Resolve | Then::Retry => None,
+                Then::Resolve => {
+                    maybe_committed = true;
+                    None
+                }
+                Then::Retry => None,
             },
         };
         if let Some((reason, error_url)) = window_failed {
@@ -192,7 +206,7 @@ pub async fn deliver_merged(
                 return Delivered::Refused {
                     reason: format!("the merged window failed {failed} times, the last: {reason} (a window holds other loaders' rows too: the bad rows may be theirs)"),
                     error_url,
-                    uncertain: false,
+                    uncertain: maybe_committed,
                     miscounted: false,
                 };
             }

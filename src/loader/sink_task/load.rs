@@ -107,6 +107,8 @@ impl SinkTask {
             format: self.format,
             pressure: self.pressure.clone(),
         };
+        // Counted before the load can meet any backpressure.
+        let pressure_before = *self.pressure_seen.borrow();
         InFlight {
             handle: tokio::spawn(job.run()),
             trigger,
@@ -116,7 +118,7 @@ impl SinkTask {
             seqs,
             oldest,
             acks,
-            pressure_before: *self.pressure_seen.borrow(),
+            pressure_before,
         }
     }
 }
