@@ -169,9 +169,8 @@ async fn throughput(format: Format, bytes: u64, spool: bool) -> Figures {
     .expect("start endpoint");
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("bench.sock");
-    let metrics = free_port();
     let mut config = format!(
-        "labelPrefix: bench\nmetricsAddr: 127.0.0.1:{metrics}\nsinks:\n  - name: bench\n    socket: {}\n    format: {}\n    starrocks:\n      feEndpoints: [\"{}\"]\n      database: bench\n      table: events\n    flush:\n      interval: 250ms\n      maxBytes: {MAX_BYTES_MIB}MiB\n      maxRows: 10000000\n",
+        "labelPrefix: bench\nmetricsAddr: 127.0.0.1:0\nsinks:\n  - name: bench\n    socket: {}\n    format: {}\n    starrocks:\n      feEndpoints: [\"{}\"]\n      database: bench\n      table: events\n    flush:\n      interval: 250ms\n      maxBytes: {MAX_BYTES_MIB}MiB\n      maxRows: 10000000\n",
         socket.display(),
         format.name(),
         sr.fe_url()
@@ -183,6 +182,7 @@ async fn throughput(format: Format, bytes: u64, spool: bool) -> Figures {
         ));
     }
     let mut loader = spawn_loader(dir.path(), &config, &socket).await;
+    let metrics = metrics_port(dir.path()).await;
     let pid = loader.id().expect("loader pid");
     // Idle: after start-up, before any record.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -330,10 +330,10 @@ async fn dead_endpoint(outage: Duration, spool_mib: Option<u64>) -> Outage {
     };
     if spool_mib.is_some() {
         sr.set_faults(Default::default());
-        let port = free_port();
-        let config = format!("metricsAddr: 127.0.0.1:{port}\n{config}");
+        let config = format!("metricsAddr: 127.0.0.1:0\n{config}");
         let started = Instant::now();
         let mut again = spawn_loader_logging(dir.path(), &config, &socket, "error").await;
+        let port = metrics_port(dir.path()).await;
         let pid = again.id().expect("loader pid");
         let replayed = loop {
             let n = metric(port, "starsink_records_replayed_total", "down").await;
@@ -405,13 +405,16 @@ async fn spawn_loader(dir: &Path, config: &str, socket: &Path) -> Child {
 async fn spawn_loader_logging(dir: &Path, config: &str, socket: &Path, level: &str) -> Child {
     let path: PathBuf = dir.join("loader.yaml");
     std::fs::write(&path, config).expect("write config");
+    // The log goes to `loader.log` in `dir`, as JSON: `metrics_port` reads the port the
+    // loader took from it (the loader module logs at info; the rest at `level`).
+    let log = std::fs::File::create(dir.join("loader.log")).expect("create the loader log");
     let child = Command::new(env!("CARGO_BIN_EXE_starsink"))
-        .args(["loader", "--config"])
+        .args(["--log-format", "json", "loader", "--config"])
         .arg(&path)
-        .env("RUST_LOG", level)
+        .env("RUST_LOG", format!("{level},starsink::loader=info"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .kill_on_drop(true)
         .spawn()
         .expect("spawn starsink loader");
@@ -456,9 +459,26 @@ async fn metric(port: u16, name: &str, sink: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+/// The port the loader started last in `dir` serves its metrics on (`metricsAddr` port
+/// 0: any free one, which it logs), once it has logged it.
+async fn metrics_port(dir: &Path) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logged = std::fs::read_to_string(dir.join("loader.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["message"] == "serving metrics")
+            .and_then(|l| l["addr"].as_str()?.rsplit_once(':')?.1.parse().ok());
+        if let Some(port) = logged {
+            return port;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the loader never logged its metrics port"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// A `/proc/<pid>/status` field in KiB.
