@@ -143,75 +143,114 @@ pub async fn deliver_merged(
     // a batch dead-lettered then is marked so.
     let mut maybe_committed = false;
     loop {
-        let answer = match client.put(label, body).await {
-            Ok(a) => classify_merge(a.status, &a.body, a.body_sent, mc.asynchronous),
-            Err(TransportError::NotSent(e)) => MergeAnswer::Other(Verdict::Transient { reason: e }),
-            Err(TransportError::Misconfigured(e)) => {
-                MergeAnswer::Other(Verdict::Misconfigured { reason: e })
+        let answer = send(client, label, body, mc.asynchronous).await;
+        let wait = match follow(client, answer, mc, report, &mut maybe_committed).await {
+            Step::Done(delivered) => return delivered,
+            Step::Again => backoff.wait(),
+            Step::SlowDown => pressure.wait(),
+            Step::WindowFailed(reason, error_url) => {
+                failed += 1;
+                report(&Attempt::WindowFailed(reason.clone()));
+                if failed >= MAX_FAILED_WINDOWS {
+                    return Delivered::Refused {
+                        reason: format!("the merged window failed {failed} times, the last: {reason} (a window holds other loaders' rows too: the bad rows may be theirs)"),
+                        error_url,
+                        uncertain: maybe_committed,
+                        miscounted: false,
+                    };
+                }
+                backoff.wait()
             }
-            Err(TransportError::Unknown(e)) => MergeAnswer::Other(Verdict::Uncertain { reason: e }),
         };
-        let window_failed = match answer {
-            MergeAnswer::Committed => {
-                report(&Attempt::Committed);
-                return Delivered::Committed { filtered_rows: 0 };
-            }
-            MergeAnswer::InWindow { txn_label, wait } => {
-                report(&Attempt::InWindow(txn_label.clone()));
-                match await_window(client, &txn_label, wait, mc, report).await {
-                    Window::Committed => {
-                        report(&Attempt::Committed);
-                        return Delivered::Committed { filtered_rows: 0 };
-                    }
-                    Window::Aborted => {
-                        // get_load_state does not say why: the data, or the cluster (a
-                        // timeout, a restart, backpressure). Sent again without counting
-                        // toward dead-lettering, which only known data failures do.
-                        let why = format!("the window's transaction {txn_label} was aborted");
-                        report(&Attempt::WindowFailed(why));
-                        None
-                    }
-                    Window::Lost => {
-                        maybe_committed = true;
-                        report(&Attempt::Uncertain(format!("the window's transaction {txn_label} is unknown to StarRocks; sending the batch again")));
-                        None
-                    }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Sends the batch once and classifies the answer; a transport failure by whether the
+/// body may have been received.
+async fn send(
+    client: &mut StreamLoadClient,
+    label: &str,
+    body: &Bytes,
+    asynchronous: bool,
+) -> MergeAnswer {
+    match client.put(label, body).await {
+        Ok(a) => classify_merge(a.status, &a.body, a.body_sent, asynchronous),
+        Err(TransportError::NotSent(e)) => MergeAnswer::Other(Verdict::Transient { reason: e }),
+        Err(TransportError::Misconfigured(e)) => {
+            MergeAnswer::Other(Verdict::Misconfigured { reason: e })
+        }
+        Err(TransportError::Unknown(e)) => MergeAnswer::Other(Verdict::Uncertain { reason: e }),
+    }
+}
+
+/// What follows one answer.
+enum Step {
+    Done(Delivered),
+    /// Send again after the usual backoff.
+    Again,
+    /// StarRocks pushes back: send again, to the next FE, after the longer backoff.
+    SlowDown,
+    /// The window failed for its data, as StarRocks said: counts toward dead-lettering.
+    WindowFailed(String, Option<String>),
+}
+
+/// Follows an answer: a window is waited for; the plain classes go as in
+/// [`crate::stream_load::deliver`]. Sets `maybe_committed` when an earlier copy may have
+/// landed (its outcome unknown, or its window forgotten).
+async fn follow(
+    client: &mut StreamLoadClient,
+    answer: MergeAnswer,
+    mc: &MergeCommitSpec,
+    report: &mut impl FnMut(&Attempt),
+    maybe_committed: &mut bool,
+) -> Step {
+    match answer {
+        MergeAnswer::Committed => {
+            report(&Attempt::Committed);
+            Step::Done(Delivered::Committed { filtered_rows: 0 })
+        }
+        MergeAnswer::InWindow { txn_label, wait } => {
+            report(&Attempt::InWindow(txn_label.clone()));
+            match await_window(client, &txn_label, wait, mc, report).await {
+                Window::Committed => {
+                    report(&Attempt::Committed);
+                    Step::Done(Delivered::Committed { filtered_rows: 0 })
                 }
-            }
-            MergeAnswer::WindowFailed { reason, error_url } => Some((reason, error_url)),
-            MergeAnswer::Other(verdict) => match settle(verdict, report) {
-                Then::Done(delivered) => return delivered,
-                Then::SlowDown => {
-                    client.rotate_fe();
-                    tokio::time::sleep(pressure.wait()).await;
-                    continue;
+                Window::Aborted => {
+                    // get_load_state does not say why: the data, or the cluster (a
+                    // timeout, a restart, backpressure). Sent again without counting
+                    // toward dead-lettering, which only known data failures do.
+                    let why = format!("the window's transaction {txn_label} was aborted");
+                    report(&Attempt::WindowFailed(why));
+                    Step::Again
                 }
-                Then::OtherFe => {
-                    client.rotate_fe();
-                    None
+                Window::Lost => {
+                    *maybe_committed = true;
+                    report(&Attempt::Uncertain(format!("the window's transaction {txn_label} is unknown to StarRocks; sending the batch again")));
+                    Step::Again
                 }
-                // StarRocks ignores the label: an unknown outcome cannot be looked up,
-                // only sent again (at-least-once).
-                Then::Resolve => {
-                    maybe_committed = true;
-                    None
-                }
-                Then::Retry => None,
-            },
-        };
-        if let Some((reason, error_url)) = window_failed {
-            failed += 1;
-            report(&Attempt::WindowFailed(reason.clone()));
-            if failed >= MAX_FAILED_WINDOWS {
-                return Delivered::Refused {
-                    reason: format!("the merged window failed {failed} times, the last: {reason} (a window holds other loaders' rows too: the bad rows may be theirs)"),
-                    error_url,
-                    uncertain: maybe_committed,
-                    miscounted: false,
-                };
             }
         }
-        tokio::time::sleep(backoff.wait()).await;
+        MergeAnswer::WindowFailed { reason, error_url } => Step::WindowFailed(reason, error_url),
+        MergeAnswer::Other(verdict) => match settle(verdict, report) {
+            Then::Done(delivered) => Step::Done(delivered),
+            Then::SlowDown => {
+                client.rotate_fe();
+                Step::SlowDown
+            }
+            Then::OtherFe => {
+                client.rotate_fe();
+                Step::Again
+            }
+            // StarRocks ignores the label: an unknown outcome cannot be looked up, only
+            // sent again (at-least-once).
+            Then::Resolve => {
+                *maybe_committed = true;
+                Step::Again
+            }
+            Then::Retry => Step::Again,
+        },
     }
 }
 
