@@ -558,7 +558,8 @@ fn check_merge_commit(sink: &SinkSpec, bad: &mut impl FnMut(&str, String)) {
 
 /// How records wait and are sent: flush limits, the spool, acks and retries.
 ///
-/// Longer than a screen on purpose, like the two above: a flat list of independent checks.
+/// Longer than a screen on purpose, like `check_intake` and `check_starrocks`: a flat list
+/// of independent checks.
 fn check_batching(sink: &SinkSpec, bad: &mut impl FnMut(&str, String)) {
     let max_bytes = sink.flush.max_bytes.0;
     let f = &sink.flush;
