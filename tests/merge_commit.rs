@@ -27,6 +27,15 @@ fn merged(dir: &std::path::Path, prefix: &str, fe: &str, mc: &str, extra: &str) 
     )
 }
 
+/// Waits until the loader on `port` counts `rows` rows committed.
+async fn wait_loaded(port: u16, rows: u64) {
+    let what = format!("{rows} rows counted as committed");
+    wait_until(&what, WAIT, || async {
+        metric_at(port, r#"starsink_records_loaded_total{sink="orders"}"#).await == rows as f64
+    })
+    .await;
+}
+
 /// The endpoint's records of windows: (committed, aborted).
 fn windows(sr: &starsink::dev_endpoint::DevEndpoint) -> (usize, usize) {
     let st = sr.state();
@@ -111,10 +120,7 @@ async fn sync_a_window_committed_but_not_yet_visible_is_asked_for_never_sent_aga
     let port = loader.metrics_port();
     // The "not published before timeout" Fail sent the loader to the window's state,
     // which said COMMITTED: done, nothing sent twice.
-    wait_until("the commit counted", WAIT, || async {
-        metric_at(port, r#"starsink_records_loaded_total{sink="orders"}"#).await == 100.0
-    })
-    .await;
+    wait_loaded(port, 100).await;
     let in_window = r#"starsink_loads_total{sink="orders",outcome="in_window"}"#;
     assert!(metric_at(port, in_window).await >= 1.0);
     let acc = loader.stop_expecting(0).await;
@@ -137,10 +143,7 @@ async fn async_a_window_seen_committed_but_not_yet_visible_counts_as_loaded() {
     )
     .await;
     let port = loader.metrics_port();
-    wait_until("the commit counted", WAIT, || async {
-        metric_at(port, r#"starsink_records_loaded_total{sink="orders"}"#).await == 60.0
-    })
-    .await;
+    wait_loaded(port, 60).await;
     let acc = loader.stop_expecting(0).await;
     assert_eq!(acc["committed"].as_u64(), Some(60), "{acc}");
     assert_exactly_once(&ids(&sr.rows("shop.orders")), 60);
@@ -265,10 +268,7 @@ async fn load_through_a_lost_answer(mc: &str, prefix: &str) -> Vec<String> {
     .await;
     sr.set_faults(Faults::default());
     let port = loader.metrics_port();
-    wait_until("every row committed", WAIT, || async {
-        metric_at(port, r#"starsink_records_loaded_total{sink="orders"}"#).await == 100.0
-    })
-    .await;
+    wait_loaded(port, 100).await;
     let acc = loader.stop_expecting(0).await;
     assert_eq!(acc["committed"].as_u64(), Some(100), "{acc}");
     sr.rows("shop.orders")
@@ -314,10 +314,7 @@ async fn row_ids_are_never_reused_by_a_restarted_loader_without_a_spool() {
         let lines: Vec<String> = (round * 50..round * 50 + 50).map(row).collect();
         write_lines(&loader.socket("orders"), &lines).await;
         let port = loader.metrics_port();
-        wait_until("the rows committed", WAIT, || async {
-            metric_at(port, r#"starsink_records_loaded_total{sink="orders"}"#).await == 50.0
-        })
-        .await;
+        wait_loaded(port, 50).await;
         loader.stop_expecting(0).await;
     }
     let groups = by_row_id(&sr.rows("shop.orders"));
