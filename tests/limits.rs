@@ -74,12 +74,7 @@ async fn loader_with_fd_limit(
 
 /// The metrics port a JSON log file names, once it does.
 fn metrics_port_in(log: &std::path::Path) -> Option<u16> {
-    std::fs::read_to_string(log)
-        .ok()?
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|l| l["message"] == "serving metrics")
-        .and_then(|l| l["addr"].as_str()?.rsplit_once(':')?.1.parse().ok())
+    metrics_port_logged(&std::fs::read_to_string(log).ok()?)
 }
 
 /// Opens `n` producer connections and writes one row on each, keeping them open.

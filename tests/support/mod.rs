@@ -203,10 +203,7 @@ impl Loader {
     /// The port of the loader's metrics server (started with `metricsAddr:
     /// 127.0.0.1:0`, so that no test races another for a port), from its log.
     pub fn metrics_port(&self) -> u16 {
-        self.log_json()
-            .iter()
-            .find(|l| l["message"] == "serving metrics")
-            .and_then(|l| l["addr"].as_str()?.rsplit_once(':')?.1.parse().ok())
+        metrics_port_logged(&self.log_text())
             .unwrap_or_else(|| panic!("no metrics address in the log:\n{}", self.log_text()))
     }
 
@@ -471,6 +468,15 @@ where
 /// The value of the metric `name{labels}` a loader serves on `port` now.
 pub async fn metric_at(port: u16, name_and_labels: &str) -> f64 {
     metric(&http_get(port, "/metrics").await.1, name_and_labels)
+}
+
+/// The metrics port a loader's JSON log names (`metricsAddr` port 0: it logs the one it
+/// took), once it does.
+pub fn metrics_port_logged(log: &str) -> Option<u16> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "serving metrics")
+        .and_then(|l| l["addr"].as_str()?.rsplit_once(':')?.1.parse().ok())
 }
 
 /// Waits (10s at most) until a socket at `path` accepts connections.
