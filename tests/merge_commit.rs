@@ -101,6 +101,52 @@ async fn two_loaders_of_one_sink_share_windows_and_a_batch_is_acked_once_its_win
     assert_eq!(unique.len(), 400, "no row twice");
 }
 
+/// Requests the endpoint answered with a window.
+fn requests_in_window(sr: &starsink::dev_endpoint::DevEndpoint) -> usize {
+    let st = sr.state();
+    st.loads.iter().filter(|l| l.status == "in window").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sealed_while_the_one_before_waits_for_its_window_is_sent_into_that_window() {
+    let sr = endpoint(Faults::default()).await;
+    let fe = sr.fe_url();
+    let acks = "    acks: committed\n";
+    let mut loader = Loader::start(|dir| merged(dir, "pipe", &fe, "{interval: 3s}", acks)).await;
+    let (read, mut write) = connect(&loader.socket("orders")).await.into_split();
+    let reader = read_acks(read);
+    for i in 0..3 {
+        // One row per batch (flush interval 100ms); the next is written once this
+        // one's request is in the window, which stays open for 3s.
+        let line = row(i) + "\n";
+        tokio::io::AsyncWriteExt::write_all(&mut write, line.as_bytes())
+            .await
+            .unwrap();
+        let what = format!("{} requests in a window", i + 1);
+        wait_until(&what, WAIT, || async {
+            requests_in_window(&sr) > i as usize
+        })
+        .await;
+    }
+    tokio::io::AsyncWriteExt::shutdown(&mut write)
+        .await
+        .unwrap();
+    let acks = tokio::time::timeout(WAIT, reader).await.unwrap().unwrap();
+    let (oks, errs) = parse_acks(&acks);
+    assert!(errs.is_empty(), "{acks:?}");
+    assert!(
+        oks.windows(2).all(|w| w[0] < w[1]) && oks.last() == Some(&3),
+        "acks in seal order, whichever load saw the commit first: {acks:?}"
+    );
+    // Each batch went while the one before waited for the window: one transaction,
+    // where one load at a time would have taken three windows.
+    assert_eq!(requests_in_window(&sr), 3);
+    assert_eq!(windows(&sr), (1, 0), "{}", loader.log_text());
+    let acc = loader.stop_expecting(0).await;
+    assert_eq!(acc["committed"].as_u64(), Some(3), "{acc}");
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_a_window_committed_but_not_yet_visible_is_asked_for_never_sent_again() {
     let sr = endpoint(Faults {

@@ -148,6 +148,19 @@ impl AdaptiveInterval {
         self.clean = 0;
     }
 
+    /// The interval the next batches wait, for a `draw` in `[0, 1)`: `now`, less up to a
+    /// quarter once backpressure has widened it. Loaders that started together widen
+    /// together; without the spread they would go on flushing in step, in bursts the
+    /// table cannot take (`shared/design/fleet.md` §7.2, §7.3: jitter the interval).
+    pub fn spread(&self, draw: f64) -> Duration {
+        if self.now > self.base {
+            let cut = self.now.mul_f64(draw.clamp(0.0, 1.0) / 4.0);
+            (self.now - cut).max(self.base)
+        } else {
+            self.now
+        }
+    }
+
     /// After a load that met no backpressure.
     pub fn narrow(&mut self) {
         self.clean += 1;
@@ -433,6 +446,25 @@ mod tests {
     }
 
     #[test]
+    fn a_widened_interval_is_spread_by_up_to_a_quarter_never_below_the_configured_one() {
+        let s = Duration::from_secs;
+        let mut i = AdaptiveInterval::new(s(5), s(60));
+        assert_eq!((i.spread(0.0), i.spread(0.99)), (s(5), s(5)));
+        i.widen();
+        i.widen();
+        assert_eq!(i.spread(0.0), s(20));
+        assert_eq!(i.spread(0.5), Duration::from_millis(17_500));
+        assert_eq!(i.spread(1.0), s(15));
+        let mut one_step = AdaptiveInterval::new(s(5), s(6));
+        one_step.widen();
+        assert_eq!(
+            one_step.spread(1.0),
+            s(5),
+            "never below the configured interval"
+        );
+    }
+
+    #[test]
     fn backpressure_doubles_the_interval_to_its_most_and_health_brings_it_back_in_steps() {
         let s = Duration::from_secs;
         let mut i = AdaptiveInterval::new(s(5), s(60));
@@ -466,6 +498,11 @@ mod tests {
         for _ in 0..CLEAN_LOADS {
             i.narrow();
         }
+        assert_eq!(
+            i.spread(0.99),
+            s(5),
+            "the configured interval is kept exactly"
+        );
         assert_eq!(i.now(), s(5), "never below it");
         // A most below the base is the base: the interval never shrinks under pressure.
         let mut fixed = AdaptiveInterval::new(s(90), s(60));

@@ -222,6 +222,32 @@ impl StreamLoadClient {
         })
     }
 
+    /// A second client of the same sink, without this one's pooled connection: for a
+    /// load that runs beside another (Merge Commit async pipelines its windows).
+    pub fn detached(&self) -> Self {
+        Self {
+            endpoints: self.endpoints.clone(),
+            current: self.current,
+            database: self.database.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            load_path: self.load_path.clone(),
+            headers: self.headers.clone(),
+            request_timeout: self.request_timeout,
+            rewrite_loopback: self.rewrite_loopback,
+            rows_as_sent: self.rows_as_sent,
+            merge_commit: self.merge_commit.clone(),
+            pooled: None,
+        }
+    }
+
+    /// Whether loads may run side by side: in Merge Commit async, a batch waiting for its
+    /// window's transaction holds no connection, and the next batch should not wait a
+    /// second window behind it.
+    pub fn pipelines(&self) -> bool {
+        self.merge_commit.as_ref().is_some_and(|mc| mc.asynchronous)
+    }
+
     /// The sink's Merge Commit settings, if it uses Merge Commit.
     pub fn merge_commit(&self) -> Option<&MergeCommitSpec> {
         self.merge_commit.as_deref()

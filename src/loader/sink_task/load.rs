@@ -12,9 +12,17 @@ pub(super) struct InFlight {
     pub(super) bytes: u64,
     pub(super) seqs: Option<Range<u64>>,
     pub(super) oldest: Instant,
-    pub(super) acks: Vec<AckPart>,
     /// Backpressure answers counted before this load began.
     pub(super) pressure_before: u64,
+    /// Its rows are in a Merge Commit window and it only asks for the window's
+    /// transaction: another load may send meanwhile.
+    pub(super) in_window: Arc<AtomicBool>,
+}
+
+impl InFlight {
+    pub(super) fn parked(&self) -> bool {
+        self.in_window.load(Relaxed)
+    }
 }
 
 pub(super) fn log_attempt(sink: &str, label: &str, attempt: &Attempt) {
@@ -63,11 +71,14 @@ impl SinkTask {
             }
         };
         self.record_verdict(&finished.label, outcome);
+        let dead_lettered = outcome == Disposition::DeadLettered;
+        self.settle_acks(&finished.label, dead_lettered);
         if outcome == Disposition::Committed
             && *self.pressure_seen.borrow() == finished.pressure_before
         {
+            let before = self.interval.now();
             self.interval.narrow();
-            self.interval_changed();
+            self.interval_changed(before);
         }
         match finished.trigger {
             FlushTrigger::Size | FlushTrigger::Rows => {
@@ -77,18 +88,14 @@ impl SinkTask {
             }
             FlushTrigger::Interval | FlushTrigger::Shutdown => self.filling.batch.release_spare(),
         }
-        let dead_lettered = matches!(verdict, LoadEnd::DeadLettered);
-        if self.ack_queue.is_empty() {
-            self.ack_verdict(finished.acks, dead_lettered);
-        } else {
-            self.ack_queue
-                .push_back((finished.label, finished.acks, Some(dead_lettered)));
-        }
     }
 
-    /// Starts loading `next` on a task of its own, lending it the client.
+    /// Starts loading `next` on a task of its own, lending it the client. Its lines
+    /// join the queue of verdicts in seal order.
     pub(super) fn start_load(&mut self, client: StreamLoadClient, mut next: Labelled) -> InFlight {
         let acks = std::mem::take(&mut next.acks);
+        self.ack_queue.push_back((next.label.clone(), acks, None));
+        let in_window = Arc::new(AtomicBool::new(false));
         let (label, seqs, oldest) = (next.label.clone(), next.seqs.clone(), next.oldest);
         let (trigger, rows, bytes) = (
             next.batch.trigger,
@@ -106,6 +113,8 @@ impl SinkTask {
             dead_letter_dir: self.dead_letter_dir.clone(),
             format: self.format,
             pressure: self.pressure.clone(),
+            in_window: in_window.clone(),
+            parked: self.parked.clone(),
         };
         // Counted before the load can meet any backpressure.
         let pressure_before = *self.pressure_seen.borrow();
@@ -117,8 +126,8 @@ impl SinkTask {
             bytes,
             seqs,
             oldest,
-            acks,
             pressure_before,
+            in_window,
         }
     }
 }
@@ -138,6 +147,10 @@ struct LoadJob {
     format: Format,
     /// Where backpressure answers are counted, waking the sink task.
     pressure: Arc<watch::Sender<u64>>,
+    /// Set while the batch's rows wait in a Merge Commit window...
+    in_window: Arc<AtomicBool>,
+    /// ...where entering one is counted, waking the sink task to send the next batch.
+    parked: Arc<watch::Sender<u64>>,
 }
 
 impl LoadJob {
@@ -192,6 +205,7 @@ impl LoadJob {
     async fn deliver(&mut self, started: std::time::Instant) -> Delivered {
         let (sink, label, rows) = (&self.sink, &self.label, self.batch.rows);
         let (metrics, retry, pressure) = (&self.metrics, self.retry, &self.pressure);
+        let (in_window, parked) = (&self.in_window, &self.parked);
         let mut warn_after = retry.warn_after.0;
         deliver_from(
             &mut self.client,
@@ -205,6 +219,15 @@ impl LoadJob {
                 if let Attempt::Backpressure(_, p) = a {
                     metrics.pushed_back(*p);
                     pressure.send_modify(|n| *n += 1);
+                }
+                match a {
+                    Attempt::InWindow(_) => {
+                        in_window.store(true, Relaxed);
+                        parked.send_modify(|n| *n += 1);
+                    }
+                    // Polling the window goes on; anything else sends again.
+                    Attempt::Pending | Attempt::StateUnavailable(_) => {}
+                    _ => in_window.store(false, Relaxed),
                 }
                 log_attempt(sink, label, a);
                 let waited = started.elapsed();

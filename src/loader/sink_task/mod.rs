@@ -1,6 +1,7 @@
 //! The sink task: sole owner of its sink's batches. It fills one batch from the channel
-//! while at most one other is being loaded, seals on size, rows, the oldest record's
-//! deadline or shutdown, and stops reading (backpressure) when a sealed batch must wait.
+//! while at most one other is being loaded (in Merge Commit async, a few more whose rows
+//! wait for their windows), seals on size, rows, the oldest record's deadline or
+//! shutdown, and stops reading (backpressure) when a sealed batch must wait.
 
 mod filling;
 mod load;
@@ -10,7 +11,7 @@ mod spool_io;
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,20 +123,18 @@ pub struct Stopping {
     pub deadline: CancellationToken,
 }
 
-/// The sink's one Stream Load client: idle, or lent to the load in flight.
-enum Load {
-    Idle(StreamLoadClient),
-    Busy(InFlight),
-    /// No client: a method is moving it from one state to the other, or the task is
-    /// ending (the deadline passed, or the load task failed).
-    Moving,
-}
+/// Loads that may wait for their windows side by side (Merge Commit async), at most...
+const MAX_WINDOWS_AWAITED: usize = 4;
 
 /// What the sink task woke up for.
 enum Event {
     /// The shutdown deadline: give up what is not committed.
     Deadline,
-    Loaded(Result<(StreamLoadClient, LoadEnd, Bytes), tokio::task::JoinError>),
+    /// The load at this index in `loads` ended.
+    Loaded(
+        usize,
+        Result<(StreamLoadClient, LoadEnd, Bytes), tokio::task::JoinError>,
+    ),
     DeadLetterWritten(Result<(Refused, std::io::Result<PathBuf>), tokio::task::JoinError>),
     /// SIGTERM.
     Stop,
@@ -147,6 +146,8 @@ enum Event {
     FlushDue,
     /// The load in flight met backpressure: load less often.
     Backpressure,
+    /// A load's rows are in a Merge Commit window: the next batch may go.
+    Parked,
     /// A chunk from a producer, or `None`: every connection is gone.
     Chunk(Option<Chunk>),
 }
@@ -166,7 +167,18 @@ pub struct SinkTask {
     rx: mpsc::Receiver<Chunk>,
     filling: Filling,
     queue: Queue,
-    load: Load,
+    /// The client no load holds (the one whose connection is pooled), if any.
+    client: Option<StreamLoadClient>,
+    /// What a further client is made from, when loads run side by side.
+    client_template: StreamLoadClient,
+    /// Whether loads may run side by side ([`StreamLoadClient::pipelines`]).
+    pipelines: bool,
+    /// Loads under way, in seal order: one, or with `pipelines` up to
+    /// [`MAX_WINDOWS_AWAITED`], all but the newest waiting for their windows.
+    loads: Vec<InFlight>,
+    /// Loads that entered a window so far: they count them, the task wakes on each.
+    parked: Arc<watch::Sender<u64>>,
+    parked_seen: watch::Receiver<u64>,
     /// Producers' chunks may still come (the channel is open).
     input_open: bool,
     /// SIGTERM was seen.
@@ -199,8 +211,9 @@ pub struct SinkTask {
     /// The dead-letter write under way, if any.
     dead_letter_writing: Option<JoinHandle<(Refused, std::io::Result<PathBuf>)>>,
     /// Verdicts reach producers in seal order, because `ok N` covers every line up to N:
-    /// while a refused batch waits for its file, the lines of batches that commit after
-    /// it wait here with it. (label, lines, verdict: dead-lettered or not, once known.)
+    /// a load's lines wait here from its start until its verdict and those of the loads
+    /// before it are known (a refused batch's once its file is written).
+    /// (label, lines, verdict: dead-lettered or not, once known.)
     ack_queue: VecDeque<(String, Vec<AckPart>, Option<bool>)>,
     /// A batch could not be read back from the spool: the backlog is tried again at
     /// this retry (producers are not held back for it).
@@ -218,6 +231,7 @@ impl SinkTask {
         metrics: Arc<SinkMetrics>,
     ) -> Self {
         let (pressure, pressure_seen) = watch::channel(0);
+        let (parked, parked_seen) = watch::channel(0);
         let interval = AdaptiveInterval::new(sink.flush.interval.0, sink.flush.most_interval());
         let interval_ms = interval.now().as_millis() as u64;
         metrics.flush_interval_ms.store(interval_ms, Relaxed);
@@ -239,7 +253,12 @@ impl SinkTask {
                 leftover: None,
             },
             queue: Queue::default(),
-            load: Load::Idle(client),
+            client_template: client.detached(),
+            pipelines: client.pipelines(),
+            client: Some(client),
+            loads: Vec::new(),
+            parked: Arc::new(parked),
+            parked_seen,
             input_open: true,
             stopping: false,
             unsynced_bytes: 0,
@@ -276,7 +295,7 @@ impl SinkTask {
     /// filling, never a third.
     fn enqueue(&mut self, mut next: Labelled) {
         let on_disk = self.spool.is_some() && next.seqs.is_some();
-        let loading = matches!(self.load, Load::Busy(_));
+        let loading = !self.may_load(next.batch.body.len());
         if self.queue.is_empty() && !(loading && on_disk) {
             self.queue.waiting = Some(next);
             return;
@@ -351,23 +370,45 @@ impl SinkTask {
     /// Nothing is left to do once producers are gone: no batch is loading or queued, and
     /// refused batches wait in the spool (the next start writes their files), not here.
     fn all_settled(&self) -> bool {
-        matches!(self.load, Load::Idle(_))
+        self.loads.is_empty()
             && self.queue.is_empty()
             && self.refused.iter().all(|r| r.on_disk)
             && self.dead_letter_writing.is_none()
     }
 
-    /// Starts the next load when the client is idle and a batch may go.
+    /// Whether a batch of `bytes` may start loading now: when nothing loads; or, when
+    /// loads pipeline, beside loads that all wait for their windows, up to
+    /// [`MAX_WINDOWS_AWAITED`] of them holding at most `maxBytes` together (so memory
+    /// holds what it would with one load of a full batch).
+    fn may_load(&self, bytes: usize) -> bool {
+        let held: usize = self.loads.iter().map(|f| f.bytes as usize).sum();
+        self.loads.is_empty()
+            || (self.pipelines
+                && self.loads.len() < MAX_WINDOWS_AWAITED
+                && self.loads.iter().all(InFlight::parked)
+                && held + bytes <= self.policy.max_bytes)
+    }
+
+    /// Starts the next load when one may start and a batch may go. Beside other loads
+    /// only the waiting batch goes (the backlog is read back from disk one at a time).
     fn start_next_load(&mut self) {
-        if !matches!(self.load, Load::Idle(_)) {
+        let next_bytes = match &self.queue.waiting {
+            Some(w) => w.batch.body.len(),
+            None if self.loads.is_empty() => 0,
+            None => return,
+        };
+        if !self.may_load(next_bytes) {
             return;
         }
         let Some(next) = self.next_to_send() else {
             return;
         };
-        if let Load::Idle(client) = std::mem::replace(&mut self.load, Load::Moving) {
-            self.load = Load::Busy(self.start_load(client, next));
-        }
+        let client = match self.client.take() {
+            Some(client) => client,
+            None => self.client_template.detached(),
+        };
+        let load = self.start_load(client, next);
+        self.loads.push(load);
     }
 
     /// Producers are read only while what they send has somewhere to go: the batch can
@@ -412,14 +453,10 @@ impl SinkTask {
             .dead_letter_retry
             .filter(|_| self.dead_letter_writing.is_none())
             .map(|r| r.at);
-        let loading = match &mut self.load {
-            Load::Busy(f) => Some(&mut f.handle),
-            _ => None,
-        };
         tokio::select! {
             biased;
             _ = stopping.deadline.cancelled() => Event::Deadline,
-            done = join(loading) => Event::Loaded(done),
+            (i, done) = join_any(&mut self.loads) => Event::Loaded(i, done),
             written = join(self.dead_letter_writing.as_mut()) => Event::DeadLetterWritten(written),
             _ = stopping.stop.cancelled(), if !self.stopping => Event::Stop,
             _ = sleep_until(repair_at) => Event::RepairDue,
@@ -428,6 +465,7 @@ impl SinkTask {
             _ = sleep_until(self.sync_due) => Event::SyncDue,
             _ = sleep_until(flush_at) => Event::FlushDue,
             Ok(()) = self.pressure_seen.changed() => Event::Backpressure,
+            Ok(()) = self.parked_seen.changed() => Event::Parked,
             chunk = self.rx.recv(), if readable => Event::Chunk(chunk),
         }
     }
@@ -437,23 +475,24 @@ impl SinkTask {
         match event {
             Event::Deadline => {
                 // Given up: no longer counted as in flight.
-                if let Load::Busy(f) = std::mem::replace(&mut self.load, Load::Moving) {
+                for f in self.loads.drain(..) {
                     f.handle.abort();
                 }
                 return false;
             }
-            Event::Loaded(Ok((client, verdict, body))) => {
-                if let Load::Busy(finished) = std::mem::replace(&mut self.load, Load::Idle(client))
-                {
-                    self.finish_load(finished, verdict, body);
-                }
+            Event::Loaded(i, Ok((client, verdict, body))) => {
+                let finished = self.loads.remove(i);
+                self.client.get_or_insert(client);
+                self.finish_load(finished, verdict, body);
             }
             Event::DeadLetterWritten(Ok((refused, result))) => {
                 self.dead_letter_writing = None;
                 self.dead_letter_written(refused, result);
             }
-            Event::Loaded(Err(e)) => {
-                self.load = Load::Moving;
+            Event::Loaded(_, Err(e)) => {
+                for f in self.loads.drain(..) {
+                    f.handle.abort();
+                }
                 tracing::error!(sink = %self.name, error = %e, "load task failed; its records are lost");
                 return false;
             }
@@ -490,8 +529,12 @@ impl SinkTask {
             }
             Event::Backpressure => {
                 self.pressure_seen.borrow_and_update();
+                let before = self.interval.now();
                 self.interval.widen();
-                self.interval_changed();
+                self.interval_changed(before);
+            }
+            Event::Parked => {
+                self.parked_seen.borrow_and_update();
             }
             Event::Chunk(Some(chunk)) => {
                 let base = self.spool_append(&chunk);
@@ -522,32 +565,28 @@ impl SinkTask {
         false
     }
 
-    /// Puts the interval in effect into the flush policy (the filling batch's deadline
-    /// moves with it at once) and the metrics.
-    fn interval_changed(&mut self) {
+    /// Puts the interval in effect, spread at random once widened, into the flush policy
+    /// (the filling batch's deadline moves with it at once) and the metrics.
+    fn interval_changed(&mut self, before: Duration) {
         let now = self.interval.now();
-        if now != self.policy.interval {
-            tracing::info!(sink = %self.name, interval_ms = now.as_millis() as u64, "flush interval in effect changed (StarRocks' backpressure widens it, healthy loads narrow it back)");
+        if now == before {
+            return;
         }
-        self.policy.interval = now;
+        tracing::info!(sink = %self.name, interval_ms = now.as_millis() as u64, "flush interval in effect changed (StarRocks' backpressure widens it, healthy loads narrow it back)");
+        self.policy.interval = self.interval.spread(fastrand::f64());
         self.metrics
             .flush_interval_ms
             .store(now.as_millis() as u64, Relaxed);
     }
 
     /// Publishes what the sink holds: bytes in memory, the spool's size, and the age of
-    /// the oldest record not yet loaded (batches finish in order, so it is in the first
-    /// of: the refused batches, the load in flight, the waiting batch, the backlog, the
-    /// filling batch).
+    /// the oldest record not yet loaded (it is in the first of: the refused batches, the
+    /// oldest load under way, the waiting batch, the backlog, the filling batch).
     fn publish(&self) {
-        let in_flight = match &self.load {
-            Load::Busy(f) => Some(f),
-            _ => None,
-        };
         let waiting = self.queue.waiting.as_ref();
         let bytes = self.filling.batch.encoded_len() as u64
             + waiting.map_or(0, |w| w.batch.body.len() as u64)
-            + in_flight.map_or(0, |f| f.bytes)
+            + self.loads.iter().map(|f| f.bytes).sum::<u64>()
             + self
                 .refused
                 .iter()
@@ -559,7 +598,7 @@ impl SinkTask {
         }
         let oldest = [
             self.refused.front().map(|r| r.oldest),
-            in_flight.map(|f| f.oldest),
+            self.loads.iter().map(|f| f.oldest).min(),
             waiting.map(|w| w.oldest),
             self.queue.backlog.front().map(|b| b.oldest),
             self.filling.batch.oldest(),
@@ -613,6 +652,26 @@ impl SinkTask {
         };
         self.enqueue(sealed);
     }
+}
+
+/// Waits for the first of the loads to end (never resolves while there is none).
+async fn join_any(
+    loads: &mut [InFlight],
+) -> (
+    usize,
+    Result<(StreamLoadClient, LoadEnd, Bytes), tokio::task::JoinError>,
+) {
+    std::future::poll_fn(|cx| {
+        for (i, f) in loads.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(done) =
+                std::future::Future::poll(std::pin::Pin::new(&mut f.handle), cx)
+            {
+                return std::task::Poll::Ready((i, done));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Waits for a task, if there is one (never resolves otherwise).

@@ -34,11 +34,12 @@ impl SinkTask {
         }
     }
 
-    /// A refused batch's file is written: its lines get their `err`s, and the lines of the
-    /// batches that committed after it, held until now, their `ok`.
-    pub(super) fn dead_lettered_acks(&mut self, label: &str) {
+    /// A batch's verdict is known (for a refused batch: its file is written): its lines,
+    /// and those of the batches sealed after it that were held until now for it, get
+    /// their answers, in seal order.
+    pub(super) fn settle_acks(&mut self, label: &str, dead_lettered: bool) {
         if let Some(entry) = self.ack_queue.iter_mut().find(|e| e.0 == label) {
-            entry.2 = Some(true);
+            entry.2 = Some(dead_lettered);
         }
         while let Some((_, _, Some(_))) = self.ack_queue.front() {
             if let Some((_, acks, Some(dead_lettered))) = self.ack_queue.pop_front() {
@@ -51,8 +52,6 @@ impl SinkTask {
     /// spool has it (the sink goes on loading), else in memory (producers wait).
     pub(super) fn keep_refused(&mut self, finished: InFlight, refusal: Refusal, body: Bytes) {
         let on_disk = self.spool.is_some() && finished.seqs.is_some();
-        self.ack_queue
-            .push_back((finished.label.clone(), finished.acks, None));
         self.refused.push_back(Refused {
             label: finished.label,
             rows: finished.rows,
@@ -113,7 +112,7 @@ impl SinkTask {
     /// verdict is recorded, its lines answered, and the next refused batch tried.
     fn refused_settled(&mut self, label: &str) {
         self.record_verdict(label, Disposition::DeadLettered);
-        self.dead_lettered_acks(label);
+        self.settle_acks(label, true);
         self.metrics
             .dead_letters_pending
             .store(self.refused.len() as u64, Relaxed);
