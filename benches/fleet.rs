@@ -5,7 +5,8 @@
 //! Three runs of D seconds each:
 //! 1. plain labels, `flush.interval: 5s`, backpressure not allowed to widen it
 //!    (`maxInterval: 5s`): what a fleet does to a table today;
-//! 2. plain labels with backpressure (`maxInterval: 60s`): the loaders slow down;
+//! 2. plain labels with backpressure (`maxInterval: 60s`, or `--max-interval S`): the
+//!    loaders slow down;
 //! 3. Merge Commit, 5s window, async.
 //!
 //! For each: loads/s and transactions/s at the table, peak versions, refused loads, rows
@@ -15,6 +16,7 @@
 //! ```text
 //! cargo bench --bench fleet                              # 200 loaders, 50 rows/s, 60s
 //! cargo bench --bench fleet -- --loaders 1000 --secs 60
+//! cargo bench --bench fleet -- --loaders 1000 --secs 600 --only backpressure --max-interval 300
 //! ```
 
 use std::collections::HashMap;
@@ -35,6 +37,8 @@ struct Args {
     loaders: usize,
     rate: u64,
     secs: u64,
+    /// `flush.maxInterval` of the backpressure run, in seconds.
+    max_interval: u64,
     smoke: bool,
 }
 
@@ -56,6 +60,7 @@ fn args() -> Args {
             get("--loaders").unwrap_or(200) as usize
         },
         rate: get("--rate").unwrap_or(50),
+        max_interval: get("--max-interval").unwrap_or(60),
         secs: if smoke {
             2
         } else {
@@ -89,12 +94,15 @@ impl Mode {
         }
     }
 
-    fn sink_extra(self) -> &'static str {
+    fn sink_extra(self, max_interval: u64) -> String {
         match self {
-            Mode::Plain => "    flush:\n      interval: 5s\n      maxInterval: 5s\n",
-            Mode::Backpressure => "    flush:\n      interval: 5s\n      maxInterval: 60s\n",
+            Mode::Plain => "    flush:\n      interval: 5s\n      maxInterval: 5s\n".into(),
+            Mode::Backpressure => {
+                format!("    flush:\n      interval: 5s\n      maxInterval: {max_interval}s\n")
+            }
             Mode::MergeCommit => {
                 "      mergeCommit: {interval: 5s, async: true}\n    flush:\n      interval: 5s\n"
+                    .into()
             }
         }
     }
@@ -127,8 +135,8 @@ async fn main() {
         println!("smoke run (not under `cargo bench`): the figures below mean nothing");
     }
     println!(
-        "starsink fleet benchmark: {} loaders, {} rows/s each, {}s per run, compaction {COMPACTION_PER_SEC} versions/s, tablet_max_versions 1000, label_keep_max_num 1000",
-        a.loaders, a.rate, a.secs
+        "starsink fleet benchmark: {} loaders, {} rows/s each, {}s per run, compaction {COMPACTION_PER_SEC} versions/s, tablet_max_versions 1000, label_keep_max_num 1000, backpressure run's maxInterval {}s",
+        a.loaders, a.rate, a.secs, a.max_interval
     );
     let mut all = Vec::new();
     // `--only plain|backpressure|merge` runs one of the three.
@@ -180,7 +188,7 @@ async fn run(mode: Mode, a: &Args) -> Figures {
     let dir = tempfile::tempdir().expect("a temp dir");
     let mut loaders = Vec::with_capacity(a.loaders);
     for pod in 0..a.loaders {
-        loaders.push(spawn_loader(dir.path(), pod, &sr.fe_url(), mode).await);
+        loaders.push(spawn_loader(dir.path(), pod, &sr.fe_url(), mode, a).await);
     }
     let started = Instant::now();
     let until = started + Duration::from_secs(a.secs);
@@ -280,13 +288,13 @@ fn socket(dir: &Path, pod: usize) -> PathBuf {
     dir.join(format!("pod-{pod}.sock"))
 }
 
-async fn spawn_loader(dir: &Path, pod: usize, fe: &str, mode: Mode) -> Child {
+async fn spawn_loader(dir: &Path, pod: usize, fe: &str, mode: Mode, a: &Args) -> Child {
     let config = dir.join(format!("pod-{pod}.yaml"));
     let socket = socket(dir, pod);
     let yaml = format!(
         "labelPrefix: pod-{pod}\nshutdownTimeout: 60s\nsinks:\n  - name: orders\n    socket: {}\n    starrocks:\n      feEndpoints: [\"{fe}\"]\n      database: shop\n      table: orders\n{}",
         socket.display(),
-        mode.sink_extra()
+        mode.sink_extra(a.max_interval)
     );
     std::fs::write(&config, yaml).expect("write a loader config");
     let child = Command::new(env!("CARGO_BIN_EXE_starsink"))
