@@ -4,6 +4,9 @@
 //! app ──lines──▶ socket ──▶ connection task ──(bounded channel)──▶ sink task ──▶ Stream Load
 //!                 one per sink     one per connection                one per sink   one load in flight
 //! ```
+//!
+//! (In Merge Commit async, batches whose rows wait for their windows do not count as in
+//! flight: the next one is sent beside them; see `sink_task`.)
 
 pub mod ack;
 pub mod batch;
