@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use starsink::api::LoaderConfig;
+use starsink::loader::reload::ConfigSource;
 use starsink::loader::shutdown::EXIT_CONFIG;
 use starsink::LogFormat;
 
@@ -77,13 +77,13 @@ fn main() -> ExitCode {
             metrics_addr,
         } => {
             let logs = starsink::init_logging(cli.log_format);
-            let config = LoaderConfig::assemble(
-                config.as_deref(),
-                &sink_files,
+            let source = ConfigSource {
+                config,
+                sink_files,
                 shutdown_timeout,
                 metrics_addr,
-            );
-            run_loader(&runtime, logs.as_ref(), config)
+            };
+            run_loader(&runtime, logs.as_ref(), source)
         }
         Command::Demo(args) => runtime.block_on(starsink::demo::run(args)),
         Command::DevEndpoint(args) => runtime.block_on(starsink::dev_endpoint::command::run(args)),
@@ -125,16 +125,16 @@ fn main() -> ExitCode {
 fn run_loader(
     runtime: &tokio::runtime::Runtime,
     logs: Option<&starsink::log_writer::LogGuard>,
-    config: Result<LoaderConfig, starsink::api::ConfigError>,
+    source: ConfigSource,
 ) -> i32 {
-    let config = match config {
+    let config = match source.read() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{e}");
             return EXIT_CONFIG;
         }
     };
-    match runtime.block_on(starsink::loader::run(config)) {
+    match runtime.block_on(starsink::loader::run(config, source)) {
         Ok(accounting) => {
             // Room in the log queue for the line that accounts for every record.
             if let Some(logs) = logs {

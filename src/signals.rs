@@ -1,5 +1,6 @@
-//! Process signals, the same way for every role: SIGHUP is logged and ignored (its
-//! default action would kill the process), and SIGTERM or SIGINT ask it to stop.
+//! Process signals, the same way for every role: SIGTERM or SIGINT ask it to stop, and
+//! SIGHUP (whose default action would kill the process) is logged and ignored, or, in
+//! the loader, reloads its config.
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -12,12 +13,19 @@ pub struct Terminations {
 
 impl Terminations {
     pub fn install(on_hangup: &'static str) -> std::io::Result<Self> {
+        Self::install_with(move || {
+            tracing::warn!(signal = "SIGHUP", "SIGHUP ignored: {on_hangup}");
+        })
+    }
+
+    /// The same, with each SIGHUP handed to `on_hangup`.
+    pub fn install_with(mut on_hangup: impl FnMut() + Send + 'static) -> std::io::Result<Self> {
         let term = signal(SignalKind::terminate())?;
         let int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                tracing::warn!(signal = "SIGHUP", "SIGHUP ignored: {on_hangup}");
+                on_hangup();
             }
         });
         Ok(Self { term, int })

@@ -102,7 +102,8 @@ impl ConnAck {
 /// Where a sink's connections start their ack writers: the sink's ack mode, the tracker
 /// the loader waits on before it exits, and the shutdown deadline writers give up at.
 pub struct AckWriters {
-    mode: Acks,
+    /// The sink's `acks`, for connections accepted from now on.
+    mode: std::sync::Mutex<Acks>,
     tracker: TaskTracker,
     deadline: CancellationToken,
 }
@@ -110,10 +111,15 @@ pub struct AckWriters {
 impl AckWriters {
     pub fn new(mode: Acks, tracker: TaskTracker, deadline: CancellationToken) -> Self {
         Self {
-            mode,
+            mode: std::sync::Mutex::new(mode),
             tracker,
             deadline,
         }
+    }
+
+    /// Changes the mode for connections accepted from now on.
+    pub fn set_mode(&self, mode: Acks) {
+        *self.mode.lock().unwrap_or_else(|p| p.into_inner()) = mode;
     }
 
     /// Starts one connection's ack writer on `write` when the sink has acks on, and gives
@@ -126,7 +132,7 @@ impl AckWriters {
         metrics: Arc<SinkMetrics>,
         write: OwnedWriteHalf,
     ) -> Result<(Arc<ConnAck>, watch::Sender<ReadProgress>), OwnedWriteHalf> {
-        if self.mode == Acks::None {
+        if *self.mode.lock().unwrap_or_else(|p| p.into_inner()) == Acks::None {
             return Err(write);
         }
         let (ack, progress, writer) = channel(metrics, write, self.deadline.clone());

@@ -142,6 +142,24 @@ impl AdaptiveInterval {
         self.now
     }
 
+    /// The same after a config change: the configured interval if backpressure had not
+    /// widened it; a widened one stays as far as the new bounds allow, so that a fleet
+    /// held back by StarRocks is not let loose by an edit.
+    pub fn rebased(self, base: Duration, most: Duration) -> Self {
+        let most = most.max(base);
+        let now = if self.now > self.base {
+            self.now.clamp(base, most)
+        } else {
+            base
+        };
+        Self {
+            base,
+            most,
+            now,
+            clean: 0,
+        }
+    }
+
     /// After a backpressure answer.
     pub fn widen(&mut self) {
         self.now = self.now.saturating_mul(2).min(self.most);
@@ -184,6 +202,9 @@ pub struct Batch {
     spare: Option<Vec<u8>>,
     rows: u64,
     oldest: Option<Instant>,
+    /// Limits from a changed config, for the next batch: a batch keeps the limits it
+    /// began with (lower ones could find it already past them).
+    next_policy: Option<FlushPolicy>,
 }
 
 /// A batch ready to load.
@@ -203,6 +224,27 @@ impl Batch {
             spare: None,
             rows: 0,
             oldest: None,
+            next_policy: None,
+        }
+    }
+
+    /// New limits: at once if the batch is empty, else from the next batch on.
+    pub fn set_policy(&mut self, policy: FlushPolicy) {
+        if self.is_empty() {
+            self.use_policy(policy);
+        } else {
+            self.next_policy = Some(policy);
+        }
+    }
+
+    fn use_policy(&mut self, policy: FlushPolicy) {
+        self.policy = policy;
+        if self
+            .spare
+            .as_ref()
+            .is_some_and(|s| s.capacity() > policy.max_bytes)
+        {
+            self.spare = None;
         }
     }
 
@@ -311,6 +353,9 @@ impl Batch {
         body::close(self.format, &mut body);
         let rows = std::mem::take(&mut self.rows);
         self.oldest = None;
+        if let Some(policy) = self.next_policy.take() {
+            self.use_policy(policy);
+        }
         Some(Sealed {
             body: Bytes::from(body),
             rows,
@@ -443,6 +488,45 @@ mod tests {
                 "interval {interval:?}, oldest {oldest:?}, stopping {stopping}"
             );
         }
+    }
+
+    #[test]
+    fn a_config_change_sets_the_interval_unless_backpressure_holds_it_wider() {
+        let s = Duration::from_secs;
+        let calm = AdaptiveInterval::new(s(3600), s(3600)).rebased(s(1), s(60));
+        assert_eq!(calm.now(), s(1), "not widened: the new interval at once");
+        let mut held = AdaptiveInterval::new(s(5), s(60));
+        held.widen();
+        held.widen();
+        assert_eq!(held.rebased(s(2), s(60)).now(), s(20), "still held back");
+        assert_eq!(
+            held.rebased(s(2), s(10)).now(),
+            s(10),
+            "within the new most"
+        );
+        assert_eq!(
+            held.rebased(s(30), s(60)).now(),
+            s(30),
+            "never below the new base"
+        );
+    }
+
+    #[test]
+    fn a_batch_keeps_its_limits_and_the_next_takes_the_new_ones() {
+        let mut b = Batch::new(Format::Json, policy(1 << 20, 10));
+        assert!(b.push(&chunk(Format::Json, &["{}", "{}"]), 0).is_none());
+        b.set_policy(policy(1 << 20, 1));
+        assert!(
+            b.push(&chunk(Format::Json, &["{}"]), 0).is_none(),
+            "still 10 rows"
+        );
+        assert_eq!(b.rows(), 3);
+        assert!(b.seal(FlushTrigger::Interval).is_some());
+        assert_eq!(
+            b.push(&chunk(Format::Json, &["{}", "{}"]), 0),
+            Some((1, FlushTrigger::Rows)),
+            "the next batch holds 1 row"
+        );
     }
 
     #[test]

@@ -73,6 +73,26 @@ pub struct SinkMetrics {
     backpressure: [AtomicU64; Pressure::ALL.len()],
     /// The flush interval in effect (widened by backpressure), in milliseconds.
     pub flush_interval_ms: AtomicU64,
+    /// The hash of the config the sink runs (see [`config_hash`]).
+    config_hash: std::sync::Mutex<String>,
+}
+
+/// The hash of a sink's config, as `starsink_config_info` shows it: of its YAML as the
+/// controller renders it into the sink's ConfigMap, so it equals the ConfigMap's hash
+/// annotation and the resource's `status.configHash` once the sink runs that config.
+pub fn config_hash(spec: &crate::api::SinkSpec) -> String {
+    serde_yaml::to_string(spec)
+        .map(|yaml| crate::api::pod_contract::content_hash(yaml.as_bytes()))
+        .unwrap_or_default()
+}
+
+/// Config reloads, by result: the `result` of `starsink_config_reload_total`.
+#[derive(Debug, Default)]
+pub struct ReloadCounts {
+    /// A changed, valid config was applied (what needs a restart excepted).
+    pub applied: AtomicU64,
+    /// A changed config was invalid: the one in effect kept running.
+    pub rejected: AtomicU64,
 }
 
 /// Why a sink reads no producer: the `reason` of `starsink_producers_held`. Producers'
@@ -113,6 +133,12 @@ impl SinkMetrics {
             sink: sink.to_owned(),
             ..Default::default()
         }
+    }
+
+    /// Records the config the sink now runs.
+    pub fn set_config(&self, spec: &crate::api::SinkSpec) {
+        let hash = config_hash(spec);
+        *self.config_hash.lock().unwrap_or_else(|p| p.into_inner()) = hash;
     }
 
     /// Sets whether the sink holds producers back for `reason`.
@@ -378,8 +404,40 @@ const LABELLED: &[Labelled] = &[
 ];
 
 /// Renders every sink's counters in the Prometheus text format.
-pub fn render(sinks: &[Arc<SinkMetrics>]) -> String {
+pub fn render(sinks: &[Arc<SinkMetrics>], reloads: &ReloadCounts) -> String {
     let mut out = Exposition::default();
+    out.family(
+        "starsink_config_info",
+        "gauge",
+        "1 for the hash of the config each sink runs (a StarRocksSink's status.configHash).",
+    );
+    for s in sinks {
+        let hash = s
+            .config_hash
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        out.sample(
+            "starsink_config_info",
+            &[("sink", &s.sink), ("hash", &hash)],
+            1,
+        );
+    }
+    out.family(
+        "starsink_config_reload_total",
+        "counter",
+        "Config changes seen: applied, or rejected as invalid (the config in effect kept running).",
+    );
+    for (result, count) in [
+        ("applied", &reloads.applied),
+        ("rejected", &reloads.rejected),
+    ] {
+        out.sample(
+            "starsink_config_reload_total",
+            &[("result", result)],
+            count.load(Relaxed),
+        );
+    }
     for (name, kind, help, get) in SIMPLE {
         out.family(name, kind, help);
         for s in sinks {

@@ -17,12 +17,14 @@ pub mod json;
 pub mod line_budget;
 pub mod metrics;
 pub mod record;
+pub mod reload;
 pub mod row_id;
 pub mod shutdown;
 pub mod sink_task;
 pub mod socket;
 pub mod spool;
 
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,9 +33,11 @@ use tokio::sync::mpsc;
 
 use crate::api::config::parse_mode;
 use crate::api::LoaderConfig;
-use crate::stream_load::{label, LabelGen, StreamLoadClient};
+use crate::stream_load::client::SinkClient;
+use crate::stream_load::{label, LabelGen};
 use ack::AckWriters;
 use metrics::SinkMetrics;
+use reload::ConfigSource;
 use shutdown::{Accounting, Phases};
 use sink_task::{SinkTask, Stopping};
 use socket::{Ingest, SocketError};
@@ -77,8 +81,9 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "starsink".into())
 }
 
-/// Runs the loader until a signal stops it; returns what happened to every record.
-pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
+/// Runs the loader until a signal stops it; returns what happened to every record. It
+/// reads `source` again on SIGHUP and when its files change.
+pub async fn run(config: LoaderConfig, source: ConfigSource) -> Result<Accounting, LoaderError> {
     let connections = Arc::new(tokio::sync::Semaphore::new(producer_budget(&config)));
     for issue in config.ignored() {
         tracing::warn!("{issue}");
@@ -87,8 +92,18 @@ pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
     let budget = config.shutdown_timeout.0;
     // Keep a moment of the budget for the final accounting and exit.
     let deadline_after = budget.saturating_sub((budget / 20).min(Duration::from_millis(500)));
-    shutdown::watch_signals(phases.clone(), config.drain_timeout(), deadline_after)
-        .map_err(LoaderError::Signals)?;
+    let (reload_tx, reload_rx) = mpsc::channel(1);
+    shutdown::watch_signals(
+        phases.clone(),
+        config.drain_timeout(),
+        deadline_after,
+        reload_tx.clone(),
+    )
+    .map_err(LoaderError::Signals)?;
+    let files: Vec<_> = source.files().map(Path::to_owned).collect();
+    if let Err(e) = reload::watch(&files, reload_tx) {
+        tracing::warn!(error = %e, "the config files are not watched for changes; SIGHUP still reloads them");
+    }
 
     // Spools first: one that cannot be opened stops the start before any socket exists.
     let spools = config
@@ -99,19 +114,29 @@ pub async fn run(config: LoaderConfig) -> Result<Accounting, LoaderError> {
     let prefix = label_prefix(&config);
     let start_id = label::start_id();
     let ack_writers = tokio_util::task::TaskTracker::new();
-    let mut sinks = Vec::new();
+    let mut handles = Vec::new();
     let mut tasks = Vec::new();
     for (sink, spool) in config.sinks.iter().zip(spools) {
         let labels = LabelGen::new(&prefix, &sink.name, &start_id);
         let started = start_sink(sink, spool, labels, &phases, &ack_writers, &connections).await?;
         tasks.push(started.0);
-        sinks.push(started.1);
+        handles.push(started.1);
     }
-    let sinks = Arc::new(sinks);
+    let sinks: Arc<Vec<_>> = Arc::new(handles.iter().map(|h| h.metrics.clone()).collect());
+    let reloads = Arc::new(metrics::ReloadCounts::default());
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = config.metrics_addr {
-        serve_metrics(addr, sinks.clone(), ready.clone(), phases.abort.clone()).await?;
+        let exposed = (sinks.clone(), reloads.clone());
+        serve_metrics(addr, exposed, ready.clone(), phases.abort.clone()).await?;
     }
+    tokio::spawn(reload::run(
+        source,
+        config.clone(),
+        handles,
+        reload_rx,
+        reloads,
+        phases.stop.clone(),
+    ));
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let (stop, not_ready) = (phases.stop.clone(), ready.clone());
     tokio::spawn(async move {
@@ -191,7 +216,7 @@ fn open_spool(
 }
 
 /// Binds a sink's socket and starts its sink task and accept loop; returns the task
-/// and the sink's metrics.
+/// and what a reload reaches it by.
 async fn start_sink(
     sink: &crate::api::SinkSpec,
     spool: Option<(spool::store::Spool, spool::store::Replay)>,
@@ -199,8 +224,9 @@ async fn start_sink(
     phases: &Phases,
     ack_writers: &tokio_util::task::TaskTracker,
     connections: &Arc<tokio::sync::Semaphore>,
-) -> Result<(tokio::task::JoinHandle<()>, Arc<SinkMetrics>), LoaderError> {
+) -> Result<(tokio::task::JoinHandle<()>, reload::SinkHandle), LoaderError> {
     let metrics = Arc::new(SinkMetrics::new(&sink.name));
+    metrics.set_config(sink);
     if let Some((_, replay)) = &spool {
         for (_, damage) in &replay.damage {
             metrics.damaged(damage.kind());
@@ -214,7 +240,7 @@ async fn start_sink(
                 sink: sink.name.clone(),
                 source,
             })?;
-    let client = StreamLoadClient::new(sink).map_err(|message| LoaderError::Client {
+    let client = SinkClient::new(sink).map_err(|message| LoaderError::Client {
         sink: sink.name.clone(),
         message,
     })?;
@@ -223,7 +249,8 @@ async fn start_sink(
         let ids = row_id::RowIds::new(labels.base(), column, sink.format, sink.csv_separator());
         Arc::new(ids)
     });
-    let mut task = SinkTask::new(sink, labels, client, rx, metrics.clone());
+    let (config, config_rx) = tokio::sync::watch::channel(Arc::new(sink.clone()));
+    let mut task = SinkTask::new(sink, labels, client, rx, metrics.clone()).with_config(config_rx);
     if let Some((spool, replay)) = spool {
         task = task.with_spool(spool, replay);
     }
@@ -232,11 +259,11 @@ async fn start_sink(
         deadline: phases.deadline.clone(),
     }));
     let acks = AckWriters::new(sink.acks, ack_writers.clone(), phases.deadline.clone());
-    let ingest = Ingest::new(sink, metrics.clone(), acks, row_ids);
+    let ingest = Arc::new(Ingest::new(sink, metrics.clone(), acks, row_ids));
     tokio::spawn(socket::accept_loop(
         listener,
         sink.socket.clone(),
-        Arc::new(ingest),
+        ingest.clone(),
         tx,
         socket::Admission {
             sink: Arc::new(tokio::sync::Semaphore::new(sink.max_connections)),
@@ -246,13 +273,20 @@ async fn start_sink(
         phases.drain.clone(),
     ));
     tracing::info!(sink = %sink.name, socket = %sink.socket.display(), max_connections = sink.max_connections, format = sink.format.as_str(), table = %format!("{}.{}", sink.starrocks.database, sink.starrocks.table), "listening");
-    Ok((handle, metrics))
+    Ok((
+        handle,
+        reload::SinkHandle {
+            config,
+            ingest,
+            metrics,
+        },
+    ))
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr`.
 async fn serve_metrics(
     addr: std::net::SocketAddr,
-    sinks: Arc<Vec<Arc<SinkMetrics>>>,
+    (sinks, reloads): (Arc<Vec<Arc<SinkMetrics>>>, Arc<metrics::ReloadCounts>),
     ready: Arc<AtomicBool>,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<(), LoaderError> {
@@ -265,7 +299,7 @@ async fn serve_metrics(
     }
     tokio::spawn(crate::telemetry::serve(
         listener,
-        Arc::new(move || metrics::render(&sinks)),
+        Arc::new(move || metrics::render(&sinks, &reloads)),
         ready,
         stop,
     ));

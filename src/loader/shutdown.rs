@@ -23,16 +23,18 @@ pub struct Phases {
     pub abort: CancellationToken,
 }
 
-/// Installs the signal handlers and drives the phases from them.
+/// Installs the signal handlers and drives the phases from them; each SIGHUP goes to
+/// `reloads` (one waiting is enough).
 pub fn watch_signals(
     phases: Phases,
     drain_after: Duration,
     deadline_after: Duration,
+    reloads: tokio::sync::mpsc::Sender<crate::loader::reload::Trigger>,
 ) -> std::io::Result<()> {
-    // Until the config can be reloaded live, SIGHUP is only logged.
-    let mut signals = crate::signals::Terminations::install(
-        "the config is read only at start; send SIGTERM to stop",
-    )?;
+    let mut signals = crate::signals::Terminations::install_with(move || {
+        tracing::info!(signal = "SIGHUP", "reading the config again");
+        let _ = reloads.try_send(crate::loader::reload::Trigger::Signal);
+    })?;
     tokio::spawn(async move {
         let name = signals.next().await;
         tracing::info!(

@@ -84,7 +84,8 @@ pub async fn bind(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
 /// rejections; it holds nothing of any one connection.
 pub struct Ingest {
     format: Format,
-    max_record: usize,
+    /// `maxRecordBytes`, for connections opened from now on.
+    max_record: std::sync::atomic::AtomicUsize,
     metrics: Arc<SinkMetrics>,
     acks: AckWriters,
     lines: Arc<LineBudget>,
@@ -102,13 +103,21 @@ impl Ingest {
     ) -> Self {
         Self {
             format: sink.format,
-            max_record: usize::try_from(sink.max_record_bytes()).unwrap_or(usize::MAX),
+            max_record: record_limit(sink).into(),
             lines: LineBudget::new(sink.unfinished_budget(), metrics.unfinished_bytes.clone()),
             metrics,
             acks,
             log: LogLimit::default(),
             row_ids,
         }
+    }
+
+    /// Takes a changed config: `maxRecordBytes` and `acks` apply to the connections
+    /// opened from now on (an open connection keeps the ones it was accepted with).
+    pub fn reconfigure(&self, sink: &SinkSpec) {
+        self.max_record
+            .store(record_limit(sink), std::sync::atomic::Ordering::Relaxed);
+        self.acks.set_mode(sink.acks);
     }
 
     /// Counts a line that was not accepted and logs it, at most 10 lines a second.
@@ -239,6 +248,8 @@ struct Reader {
     /// The line being skipped was dropped for the sink's bound, not for its own length.
     evicted_line: bool,
     acks: Option<(Arc<ConnAck>, watch::Sender<ReadProgress>)>,
+    /// The `maxRecordBytes` this connection was accepted with.
+    max_record: usize,
 }
 
 impl Reader {
@@ -247,8 +258,10 @@ impl Reader {
         read: OwnedReadHalf,
         acks: Option<(Arc<ConnAck>, watch::Sender<ReadProgress>)>,
     ) -> Self {
+        let max_record = ingest.max_record.load(std::sync::atomic::Ordering::Relaxed);
         Self {
-            framer: LineFramer::new(ingest.max_record),
+            max_record,
+            framer: LineFramer::new(max_record),
             buf: BytesMut::with_capacity(READ_SIZE),
             line_no: 0,
             last_record: 0,
@@ -289,7 +302,7 @@ impl Reader {
         let ack = self.acks.as_ref().map(|(a, _)| a.clone());
         let mut chunker = Chunker::new(self.ingest.format, ack.clone(), arrived, self.buf.len())
             .with_row_ids(self.ingest.row_ids.clone());
-        let (ingest, hold) = (&self.ingest, &self.hold);
+        let (ingest, hold, max_record) = (&self.ingest, &self.hold, self.max_record);
         let (line_no, evicted_line) = (&mut self.line_no, &mut self.evicted_line);
         let mut each = |line: Line<'_>| {
             *line_no += 1;
@@ -301,7 +314,7 @@ impl Reader {
                     "{n} bytes, dropped unfinished to keep the sink's unfinished lines within maxUnfinishedBytes {}",
                     hold.limit()
                 ),
-                Line::TooLong(n) => format!("{n} bytes is over maxRecordBytes {}", ingest.max_record),
+                Line::TooLong(n) => format!("{n} bytes is over maxRecordBytes {max_record}"),
                 Line::Record(r) => preview(r),
             };
             ingest.reject(reason, *line_no, &detail);
@@ -397,6 +410,11 @@ impl Reader {
             }
         }
     }
+}
+
+/// A sink's `maxRecordBytes` as a length.
+fn record_limit(sink: &SinkSpec) -> usize {
+    usize::try_from(sink.max_record_bytes()).unwrap_or(usize::MAX)
 }
 
 fn preview(line: &[u8]) -> String {

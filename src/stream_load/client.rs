@@ -150,30 +150,20 @@ pub struct Answer {
     pub body_sent: bool,
 }
 
-/// One sink's Stream Load client. Owned by one task at a time (the load in flight), so
-/// the pooled BE connection needs no lock.
-pub struct StreamLoadClient {
+/// How a sink reaches StarRocks: its FEs and credentials. Every request reads the
+/// latest, so a changed config reaches loads already under way (a fixed password ends a
+/// load that kept failing for the old one).
+#[derive(Debug)]
+pub struct Connection {
     endpoints: Vec<Endpoint>,
-    current: usize,
-    database: String,
     user: String,
     password: PasswordSource,
-    load_path: String,
-    headers: String,
     request_timeout: Duration,
     rewrite_loopback: bool,
-    /// Whether StarRocks' row count of a load is the number of records sent: not when
-    /// a property changes what a row is (`json_root` can expand one record into many,
-    /// `skip_header` drops lines).
-    rows_as_sent: bool,
-    /// Merge Commit, when the sink uses it: deliveries then go by [`crate::stream_load::merge`].
-    merge_commit: Option<Box<MergeCommitSpec>>,
-    pooled: Option<(Endpoint, Conn<TcpStream>)>,
 }
 
-impl StreamLoadClient {
-    /// Builds the client for a validated sink.
-    pub fn new(sink: &SinkSpec) -> Result<Self, String> {
+impl Connection {
+    fn of(sink: &SinkSpec) -> Result<Self, String> {
         let sr = &sink.starrocks;
         let endpoints = sr
             .fe_endpoints
@@ -186,6 +176,44 @@ impl StreamLoadClient {
             (_, _, Some(v)) => PasswordSource::Env(v.clone()),
             _ => PasswordSource::None,
         };
+        Ok(Self {
+            endpoints,
+            user: sr.user.clone(),
+            password,
+            request_timeout: sr.request_timeout.0,
+            rewrite_loopback: sr.rewrite_loopback_redirect,
+        })
+    }
+
+    fn authorization(&self) -> Result<String, String> {
+        let password = self.password.read()?;
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", self.user, password));
+        Ok(format!("Basic {token}"))
+    }
+}
+
+/// Where a batch goes and how StarRocks reads its body: the table, the headers, Merge
+/// Commit. Fixed when the batch is sealed, so that a config change sends new batches
+/// elsewhere while sealed ones go where their records were accepted for.
+#[derive(Debug)]
+pub struct Target {
+    database: String,
+    /// `db.table`, for logs.
+    table: String,
+    load_path: String,
+    headers: String,
+    /// Whether StarRocks' row count of a load is the number of records sent: not when
+    /// a property changes what a row is (`json_root` can expand one record into many,
+    /// `skip_header` drops lines).
+    rows_as_sent: bool,
+    /// Merge Commit, when the sink uses it: deliveries then go by [`crate::stream_load::merge`].
+    merge_commit: Option<MergeCommitSpec>,
+}
+
+impl Target {
+    pub fn of(sink: &SinkSpec) -> Self {
+        let sr = &sink.starrocks;
         let mut headers = body::headers(sink.format, sink.csv_separator());
         if let Some(cols) = &sr.columns {
             headers.push_str(&format!("columns: {cols}\r\n"));
@@ -203,42 +231,22 @@ impl StreamLoadClient {
                 mc.asynchronous
             ));
         }
-        Ok(Self {
-            endpoints,
-            current: 0,
+        Self {
             database: sr.database.clone(),
-            user: sr.user.clone(),
-            password,
+            table: format!("{}.{}", sr.database, sr.table),
             load_path: format!("/api/{}/{}/_stream_load", sr.database, sr.table),
             headers,
-            request_timeout: sr.request_timeout.0,
-            rewrite_loopback: sr.rewrite_loopback_redirect,
             rows_as_sent: !sr
                 .properties
                 .keys()
                 .any(|k| ["json_root", "skip_header"].contains(&k.to_ascii_lowercase().as_str())),
-            merge_commit: sr.merge_commit.clone().map(Box::new),
-            pooled: None,
-        })
+            merge_commit: sr.merge_commit.clone(),
+        }
     }
 
-    /// A second client of the same sink, without this one's pooled connection: for a
-    /// load that runs beside another (Merge Commit async pipelines its windows).
-    pub fn detached(&self) -> Self {
-        Self {
-            endpoints: self.endpoints.clone(),
-            current: self.current,
-            database: self.database.clone(),
-            user: self.user.clone(),
-            password: self.password.clone(),
-            load_path: self.load_path.clone(),
-            headers: self.headers.clone(),
-            request_timeout: self.request_timeout,
-            rewrite_loopback: self.rewrite_loopback,
-            rows_as_sent: self.rows_as_sent,
-            merge_commit: self.merge_commit.clone(),
-            pooled: None,
-        }
+    /// `db.table`.
+    pub fn table(&self) -> &str {
+        &self.table
     }
 
     /// Whether loads may run side by side: in Merge Commit async, a batch waiting for its
@@ -247,35 +255,111 @@ impl StreamLoadClient {
     pub fn pipelines(&self) -> bool {
         self.merge_commit.as_ref().is_some_and(|mc| mc.asynchronous)
     }
+}
+
+/// A sink's client settings as they change: the connection every client of the sink
+/// reads at each request, and the target new batches are sealed for.
+pub struct SinkClient {
+    connection: tokio::sync::watch::Sender<std::sync::Arc<Connection>>,
+    target: std::sync::Arc<Target>,
+}
+
+impl SinkClient {
+    /// The settings of a validated sink.
+    pub fn new(sink: &SinkSpec) -> Result<Self, String> {
+        let (connection, _) =
+            tokio::sync::watch::channel(std::sync::Arc::new(Connection::of(sink)?));
+        Ok(Self {
+            connection,
+            target: std::sync::Arc::new(Target::of(sink)),
+        })
+    }
+
+    /// Takes a sink's changed config: the connection at once, for every client; the
+    /// target for batches sealed from now on.
+    pub fn reconfigure(&mut self, sink: &SinkSpec) -> Result<(), String> {
+        self.connection
+            .send_replace(std::sync::Arc::new(Connection::of(sink)?));
+        self.target = std::sync::Arc::new(Target::of(sink));
+        Ok(())
+    }
+
+    /// The target batches sealed now go to.
+    pub fn target(&self) -> &std::sync::Arc<Target> {
+        &self.target
+    }
+
+    /// A client for `target`, with no pooled connection yet.
+    pub fn client(&self, target: &std::sync::Arc<Target>) -> StreamLoadClient {
+        StreamLoadClient {
+            connection: self.connection.subscribe(),
+            target: target.clone(),
+            current: 0,
+            pooled: None,
+        }
+    }
+}
+
+/// One sink's Stream Load client for one target. Owned by one task at a time (a load),
+/// so the pooled BE connection needs no lock.
+pub struct StreamLoadClient {
+    connection: tokio::sync::watch::Receiver<std::sync::Arc<Connection>>,
+    target: std::sync::Arc<Target>,
+    current: usize,
+    pooled: Option<(Endpoint, Conn<TcpStream>)>,
+}
+
+impl StreamLoadClient {
+    /// Builds the client for a validated sink, whose settings never change.
+    pub fn new(sink: &SinkSpec) -> Result<Self, String> {
+        let settings = SinkClient::new(sink)?;
+        Ok(settings.client(&settings.target().clone()))
+    }
+
+    /// The target this client loads into.
+    pub fn target(&self) -> &std::sync::Arc<Target> {
+        &self.target
+    }
+
+    /// Points this client at another target (its pooled BE connection stays).
+    pub fn retarget(&mut self, target: &std::sync::Arc<Target>) {
+        self.target = target.clone();
+    }
 
     /// The sink's Merge Commit settings, if it uses Merge Commit.
     pub fn merge_commit(&self) -> Option<&MergeCommitSpec> {
-        self.merge_commit.as_deref()
+        self.target.merge_commit.as_ref()
     }
 
     /// The row count StarRocks should report for a load of `records`, when it can be
     /// known (see `rows_as_sent`).
     pub fn expected_rows(&self, records: u64) -> Option<u64> {
-        self.rows_as_sent.then_some(records)
+        self.target.rows_as_sent.then_some(records)
     }
 
-    fn authorization(&self) -> Result<String, String> {
-        let password = self.password.read()?;
-        let token =
-            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", self.user, password));
-        Ok(format!("Basic {token}"))
+    /// The connection settings in effect now. A change drops the pooled connection,
+    /// which may lead to a BE of FEs no longer configured.
+    fn connection(&mut self) -> std::sync::Arc<Connection> {
+        if self.connection.has_changed().unwrap_or(false) {
+            self.pooled = None;
+        }
+        self.connection.borrow_and_update().clone()
     }
 
     /// Connects to the first reachable FE, starting with the one that answered last.
-    async fn connect_fe(&mut self) -> Result<(Endpoint, Conn<TcpStream>), String> {
+    async fn connect_fe(
+        &mut self,
+        conn: &Connection,
+    ) -> Result<(Endpoint, Conn<TcpStream>), String> {
         let mut errors = Vec::new();
-        for i in 0..self.endpoints.len() {
-            let idx = (self.current + i) % self.endpoints.len();
-            let ep = self.endpoints[idx].clone();
+        let n = conn.endpoints.len();
+        for i in 0..n {
+            let idx = (self.current + i) % n;
+            let ep = conn.endpoints[idx].clone();
             match connect(&ep).await {
-                Ok(conn) => {
+                Ok(c) => {
                     self.current = idx;
-                    return Ok((ep, conn));
+                    return Ok((ep, c));
                 }
                 Err(e) => errors.push(format!("{}: {e}", ep.authority())),
             }
@@ -285,22 +369,20 @@ impl StreamLoadClient {
 
     /// Moves on to the next FE for the following request (after a 5xx, say).
     pub fn rotate_fe(&mut self) {
-        self.current = (self.current + 1) % self.endpoints.len().max(1);
+        let n = self.connection.borrow().endpoints.len().max(1);
+        self.current = (self.current + 1) % n;
     }
 
     /// Sends one batch under `label`. The body crosses the network at most once per call.
     pub async fn put(&mut self, label: &str, body: &Bytes) -> Result<Answer, TransportError> {
         let mut body_sent = false;
-        match timeout(
-            self.request_timeout,
-            self.put_inner(label, body, &mut body_sent),
-        )
-        .await
-        {
+        let settings = self.connection();
+        let wait = settings.request_timeout;
+        match timeout(wait, self.put_inner(&settings, label, body, &mut body_sent)).await {
             Ok(r) => r,
             Err(_) => {
                 self.pooled = None;
-                let msg = format!("no answer within requestTimeout {:?}", self.request_timeout);
+                let msg = format!("no answer within requestTimeout {wait:?}");
                 Err(if body_sent {
                     TransportError::Unknown(msg)
                 } else {
@@ -312,23 +394,28 @@ impl StreamLoadClient {
 
     async fn put_inner(
         &mut self,
+        settings: &Connection,
         label: &str,
         body: &Bytes,
         body_sent: &mut bool,
     ) -> Result<Answer, TransportError> {
-        let auth = self
+        let auth = settings
             .authorization()
             .map_err(TransportError::Misconfigured)?;
-        let (mut ep, mut conn) = self.connect_fe().await.map_err(TransportError::NotSent)?;
+        let (mut ep, mut conn) = self
+            .connect_fe(settings)
+            .await
+            .map_err(TransportError::NotSent)?;
         let fe = ep.clone();
-        let mut path = self.load_path.clone();
+        let target = self.target.clone();
+        let mut path = target.load_path.clone();
         let mut hops = 0;
         loop {
             let head = format!(
                 "PUT {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nExpect: 100-continue\r\nContent-Length: {}\r\nlabel: {label}\r\n{}\r\n",
                 ep.authority(),
                 body.len(),
-                self.headers,
+                target.headers,
             );
             let result = exchange(&mut conn, head.as_bytes(), body, body_sent).await;
             let (status, headers, answer) = match result {
@@ -352,7 +439,7 @@ impl StreamLoadClient {
                 }
                 let (mut next, next_path) =
                     parse_location(&location, &ep).map_err(TransportError::NotSent)?;
-                if self.rewrite_loopback && next.is_loopback() && !fe.is_loopback() {
+                if settings.rewrite_loopback && next.is_loopback() && !fe.is_loopback() {
                     next.host = fe.host.clone();
                 }
                 conn = match self.pooled.take() {
@@ -378,19 +465,23 @@ impl StreamLoadClient {
 
     /// Asks an FE for a label's state (`GET /api/{db}/get_load_state?label=L`).
     pub async fn load_state(&mut self, label: &str) -> Result<LoadState, String> {
-        match timeout(self.request_timeout, self.load_state_inner(label)).await {
+        let settings = self.connection();
+        let wait = settings.request_timeout;
+        match timeout(wait, self.load_state_inner(&settings, label)).await {
             Ok(r) => r,
-            Err(_) => Err(format!(
-                "get_load_state: no answer within {:?}",
-                self.request_timeout
-            )),
+            Err(_) => Err(format!("get_load_state: no answer within {wait:?}")),
         }
     }
 
-    async fn load_state_inner(&mut self, label: &str) -> Result<LoadState, String> {
-        let auth = self.authorization()?;
-        let (mut ep, mut conn) = self.connect_fe().await?;
-        let mut path = format!("/api/{}/get_load_state?label={label}", self.database);
+    async fn load_state_inner(
+        &mut self,
+        settings: &Connection,
+        label: &str,
+    ) -> Result<LoadState, String> {
+        let auth = settings.authorization()?;
+        let (mut ep, mut conn) = self.connect_fe(settings).await?;
+        let database = &self.target.database;
+        let mut path = format!("/api/{database}/get_load_state?label={label}");
         for _ in 0..=MAX_REDIRECTS {
             let head = format!(
                 "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n",

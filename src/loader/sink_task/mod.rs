@@ -29,6 +29,7 @@ use crate::loader::dead_letter::{self, Refusal};
 use crate::loader::metrics::{Held, SinkMetrics};
 use crate::loader::spool::segment::Disposition;
 use crate::loader::spool::store::{PendingBatch, Replay, Spool};
+use crate::stream_load::client::{SinkClient, Target};
 use crate::stream_load::{
     body, deliver_from, Attempt, Delivered, LabelGen, Start, StreamLoadClient,
 };
@@ -41,6 +42,8 @@ use spool_io::REPAIR_MAX;
 struct Labelled {
     label: String,
     batch: Sealed,
+    /// Where it goes: the table and headers in effect when it was sealed.
+    target: Arc<Target>,
     /// Replayed from the spool: resolve the label before any send.
     start: Start,
     /// Its records' spool sequence numbers (with a spool).
@@ -148,6 +151,8 @@ enum Event {
     Backpressure,
     /// A load's rows are in a Merge Commit window: the next batch may go.
     Parked,
+    /// The sink's config changed (validated, and with what needs a restart kept).
+    Reconfigured(Arc<SinkSpec>),
     /// A chunk from a producer, or `None`: every connection is gone.
     Chunk(Option<Chunk>),
 }
@@ -167,18 +172,18 @@ pub struct SinkTask {
     rx: mpsc::Receiver<Chunk>,
     filling: Filling,
     queue: Queue,
+    /// The sink's connection and the target of new batches.
+    clients: SinkClient,
     /// The client no load holds (the one whose connection is pooled), if any.
-    client: Option<StreamLoadClient>,
-    /// What a further client is made from, when loads run side by side.
-    client_template: StreamLoadClient,
-    /// Whether loads may run side by side ([`StreamLoadClient::pipelines`]).
-    pipelines: bool,
+    idle: Option<StreamLoadClient>,
     /// Loads under way, in seal order: one, or with `pipelines` up to
     /// [`MAX_WINDOWS_AWAITED`], all but the newest waiting for their windows.
     loads: Vec<InFlight>,
     /// Loads that entered a window so far: they count them, the task wakes on each.
     parked: Arc<watch::Sender<u64>>,
     parked_seen: watch::Receiver<u64>,
+    /// The sink's config as reloads change it.
+    config: Option<watch::Receiver<Arc<SinkSpec>>>,
     /// Producers' chunks may still come (the channel is open).
     input_open: bool,
     /// SIGTERM was seen.
@@ -226,7 +231,7 @@ impl SinkTask {
     pub fn new(
         sink: &SinkSpec,
         labels: LabelGen,
-        client: StreamLoadClient,
+        clients: SinkClient,
         rx: mpsc::Receiver<Chunk>,
         metrics: Arc<SinkMetrics>,
     ) -> Self {
@@ -253,12 +258,12 @@ impl SinkTask {
                 leftover: None,
             },
             queue: Queue::default(),
-            client_template: client.detached(),
-            pipelines: client.pipelines(),
-            client: Some(client),
+            clients,
+            idle: None,
             loads: Vec::new(),
             parked: Arc::new(parked),
             parked_seen,
+            config: None,
             input_open: true,
             stopping: false,
             unsynced_bytes: 0,
@@ -280,6 +285,12 @@ impl SinkTask {
             backlog_retry: None,
             backlog_backoff: Duration::ZERO,
         }
+    }
+
+    /// Gives the task the changes of its config (see [`SinkTask::reconfigure`]).
+    pub fn with_config(mut self, config: watch::Receiver<Arc<SinkSpec>>) -> Self {
+        self.config = Some(config);
+        self
     }
 
     /// Gives the task its opened spool and what it held at start.
@@ -383,7 +394,7 @@ impl SinkTask {
     fn may_load(&self, bytes: usize) -> bool {
         let held: usize = self.loads.iter().map(|f| f.bytes as usize).sum();
         self.loads.is_empty()
-            || (self.pipelines
+            || (self.clients.target().pipelines()
                 && self.loads.len() < MAX_WINDOWS_AWAITED
                 && self.loads.iter().all(InFlight::parked)
                 && held + bytes <= self.policy.max_bytes)
@@ -403,9 +414,12 @@ impl SinkTask {
         let Some(next) = self.next_to_send() else {
             return;
         };
-        let client = match self.client.take() {
-            Some(client) => client,
-            None => self.client_template.detached(),
+        let client = match self.idle.take() {
+            Some(mut client) => {
+                client.retarget(&next.target);
+                client
+            }
+            None => self.clients.client(&next.target),
         };
         let load = self.start_load(client, next);
         self.loads.push(load);
@@ -466,6 +480,7 @@ impl SinkTask {
             _ = sleep_until(flush_at) => Event::FlushDue,
             Ok(()) = self.pressure_seen.changed() => Event::Backpressure,
             Ok(()) = self.parked_seen.changed() => Event::Parked,
+            Some(spec) = changed(self.config.as_mut()) => Event::Reconfigured(spec),
             chunk = self.rx.recv(), if readable => Event::Chunk(chunk),
         }
     }
@@ -482,7 +497,7 @@ impl SinkTask {
             }
             Event::Loaded(i, Ok((client, verdict, body))) => {
                 let finished = self.loads.remove(i);
-                self.client.get_or_insert(client);
+                self.idle.get_or_insert(client);
                 self.finish_load(finished, verdict, body);
             }
             Event::DeadLetterWritten(Ok((refused, result))) => {
@@ -536,6 +551,7 @@ impl SinkTask {
             Event::Parked => {
                 self.parked_seen.borrow_and_update();
             }
+            Event::Reconfigured(spec) => self.reconfigure(&spec),
             Event::Chunk(Some(chunk)) => {
                 let base = self.spool_append(&chunk);
                 self.filling.leftover = Some((chunk, 0, base));
@@ -563,6 +579,33 @@ impl SinkTask {
             }
         }
         false
+    }
+
+    /// Takes a changed config at the batch boundary: what is sealed keeps its label and
+    /// target; the filling batch keeps its records and size limits, but its deadline
+    /// follows the new interval at once; batches sealed from now go to the new target
+    /// with the new limits; every load, those under way too, uses the new connection
+    /// (FEs, credentials) from its next request, and loads started from now the new
+    /// retry settings.
+    fn reconfigure(&mut self, spec: &SinkSpec) {
+        if let Err(e) = self.clients.reconfigure(spec) {
+            // Validation builds the same client first: this is not expected.
+            tracing::error!(sink = %self.name, error = %e, "the changed config cannot be used; keeping the one in effect");
+            return;
+        }
+        self.retry = spec.retry;
+        self.acks = spec.acks;
+        let policy = FlushPolicy::of(spec);
+        self.filling.batch.set_policy(policy);
+        self.policy.max_bytes = policy.max_bytes;
+        self.policy.max_rows = policy.max_rows;
+        let before = self.interval.now();
+        self.interval = self
+            .interval
+            .rebased(spec.flush.interval.0, spec.flush.most_interval());
+        self.policy.interval = self.interval.spread(fastrand::f64());
+        self.interval_changed(before);
+        tracing::info!(sink = %self.name, table = self.clients.target().table(), interval_ms = self.policy.interval.as_millis() as u64, "config reloaded: new batches follow it");
     }
 
     /// Puts the interval in effect, spread at random once widened, into the flush policy
@@ -643,6 +686,7 @@ impl SinkTask {
         let sealed = Labelled {
             label,
             batch,
+            target: self.clients.target().clone(),
             start: Start::Send,
             seqs,
             on_disk: false,
@@ -651,6 +695,18 @@ impl SinkTask {
             acks,
         };
         self.enqueue(sealed);
+    }
+}
+
+/// The next value of a watched config (never resolves without one, or once its sender
+/// is gone).
+async fn changed<T: Clone>(rx: Option<&mut watch::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().clone()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -710,14 +766,16 @@ mod tests {
         let mut task = SinkTask::new(
             &sink,
             LabelGen::new("p", "orders", "a"),
-            StreamLoadClient::new(&sink).unwrap(),
+            SinkClient::new(&sink).unwrap(),
             rx,
             metrics.clone(),
         );
         let client = StreamLoadClient::new(&sink).unwrap();
+        let target = client.target().clone();
         let load = task.start_load(
             client,
             Labelled {
+                target,
                 label: "p_orders_a_0".into(),
                 batch: Sealed {
                     body: Bytes::from_static(br#"[{"id":1},{"id":2}]"#),

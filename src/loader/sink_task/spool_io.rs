@@ -136,6 +136,7 @@ impl SinkTask {
     /// label is resolved before any send.
     pub(super) fn replayed_batch(&self, pending: PendingBatch) -> Labelled {
         Labelled {
+            target: self.clients.target().clone(),
             label: pending.label,
             batch: Sealed {
                 body: Bytes::new(),
