@@ -474,6 +474,11 @@ mod tests {
         );
         let hash = &cm.metadata.annotations.as_ref().unwrap()[HASH_ANNOTATION];
         assert_eq!(hash, &content_hash(yaml.as_bytes()));
+        assert_eq!(
+            hash,
+            &crate::loader::metrics::config_hash(&rendered),
+            "a loader running this ConfigMap shows its hash in starsink_config_info"
+        );
         let status = s.status.clone().unwrap();
         assert_eq!(status.config_hash.as_ref(), Some(hash));
         assert_eq!(status.observed_generation, Some(1));
