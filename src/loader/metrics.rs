@@ -135,6 +135,14 @@ impl SinkMetrics {
         }
     }
 
+    /// The sink was removed by a reload: it runs no config any more (its counters stay).
+    pub fn set_removed(&self) {
+        self.config_hash
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// Records the config the sink now runs.
     pub fn set_config(&self, spec: &crate::api::SinkSpec) {
         let hash = config_hash(spec);
@@ -417,11 +425,13 @@ pub fn render(sinks: &[Arc<SinkMetrics>], reloads: &ReloadCounts) -> String {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        out.sample(
-            "starsink_config_info",
-            &[("sink", &s.sink), ("hash", &hash)],
-            1,
-        );
+        if !hash.is_empty() {
+            out.sample(
+                "starsink_config_info",
+                &[("sink", &s.sink), ("hash", &hash)],
+                1,
+            );
+        }
     }
     out.family(
         "starsink_config_reload_total",

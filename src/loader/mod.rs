@@ -21,6 +21,7 @@ pub mod reload;
 pub mod row_id;
 pub mod shutdown;
 pub mod sink_task;
+pub mod sinks;
 pub mod socket;
 pub mod spool;
 
@@ -31,20 +32,15 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::api::config::parse_mode;
 use crate::api::LoaderConfig;
-use crate::stream_load::client::SinkClient;
-use crate::stream_load::{label, LabelGen};
-use ack::AckWriters;
-use metrics::SinkMetrics;
 use reload::ConfigSource;
 use shutdown::{Accounting, Phases};
-use sink_task::{SinkTask, Stopping};
-use socket::{Ingest, SocketError};
+use sinks::Sinks;
+use socket::SocketError;
 
 /// Chunks (each at most one socket read of records) queued per sink before connections
 /// stop being read.
-const CHANNEL_CHUNKS: usize = 16;
+pub(crate) const CHANNEL_CHUNKS: usize = 16;
 
 /// How long, once every sink is done, the loader waits for the last acks to be written.
 const ACK_GRACE: Duration = Duration::from_secs(2);
@@ -112,51 +108,52 @@ pub async fn run(config: LoaderConfig, source: ConfigSource) -> Result<Accountin
         .map(open_spool)
         .collect::<Result<Vec<_>, _>>()?;
     let prefix = label_prefix(&config);
-    let start_id = label::start_id();
-    let ack_writers = tokio_util::task::TaskTracker::new();
+    let timing = (config.drain_timeout(), deadline_after);
+    let sinks = Arc::new(Sinks::new(
+        prefix.clone(),
+        phases.clone(),
+        timing,
+        connections,
+    ));
     let mut handles = Vec::new();
-    let mut tasks = Vec::new();
     for (sink, spool) in config.sinks.iter().zip(spools) {
-        let labels = LabelGen::new(&prefix, &sink.name, &start_id);
-        let started = start_sink(sink, spool, labels, &phases, &ack_writers, &connections).await?;
-        tasks.push(started.0);
-        handles.push(started.1);
+        handles.push(sinks.start(sink, spool).await?);
     }
-    let sinks: Arc<Vec<_>> = Arc::new(handles.iter().map(|h| h.metrics.clone()).collect());
     let reloads = Arc::new(metrics::ReloadCounts::default());
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = config.metrics_addr {
-        let exposed = (sinks.clone(), reloads.clone());
+        let exposed = (sinks.registry().clone(), reloads.clone());
         serve_metrics(addr, exposed, ready.clone(), phases.abort.clone()).await?;
     }
-    tokio::spawn(reload::run(
+    let count = handles.len();
+    let running = config.clone();
+    let stop = phases.stop.clone();
+    let reloading = reload::run(
         source,
-        config.clone(),
+        running,
+        sinks.clone(),
         handles,
         reload_rx,
         reloads,
-        phases.stop.clone(),
-    ));
+        stop,
+    );
+    tokio::spawn(reloading);
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let (stop, not_ready) = (phases.stop.clone(), ready.clone());
     tokio::spawn(async move {
         stop.cancelled().await;
         not_ready.store(false, std::sync::atomic::Ordering::Relaxed);
     });
-    tracing::info!(sinks = sinks.len(), label_prefix = %prefix, "loader ready");
+    tracing::info!(sinks = count, label_prefix = %prefix, "loader ready");
 
-    let all_done = async {
-        for t in tasks {
-            let _ = t.await;
-        }
-    };
     tokio::select! {
-        _ = all_done => {}
+        _ = sinks.wait() => {}
         _ = phases.abort.cancelled() => {}
     }
     // Producers waiting for their last `ok` get it: each writer ends once its lines are
     // settled, its producer is gone, or the deadline passes.
     // A producer that does not read its acks gets a short grace, not the whole budget.
+    let ack_writers = sinks.ack_writers();
     ack_writers.close();
     tokio::select! {
         _ = ack_writers.wait() => {}
@@ -165,7 +162,12 @@ pub async fn run(config: LoaderConfig, source: ConfigSource) -> Result<Accountin
         _ = phases.abort.cancelled() => {}
     }
     ready.store(false, std::sync::atomic::Ordering::Relaxed);
-    Ok(Accounting::of(&sinks))
+    let all = sinks
+        .registry()
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Ok(Accounting::of(&all))
 }
 
 /// Producer connections the loader serves at once, across its sinks: its descriptor
@@ -188,7 +190,7 @@ fn producer_budget(config: &LoaderConfig) -> usize {
 }
 
 /// Opens a sink's spool, if it has one, and says what it found.
-fn open_spool(
+pub(crate) fn open_spool(
     sink: &crate::api::SinkSpec,
 ) -> Result<Option<(spool::store::Spool, spool::store::Replay)>, LoaderError> {
     let Some(dir) = &sink.spool_dir else {
@@ -215,78 +217,10 @@ fn open_spool(
     Ok(Some((spool, replay)))
 }
 
-/// Binds a sink's socket and starts its sink task and accept loop; returns the task
-/// and what a reload reaches it by.
-async fn start_sink(
-    sink: &crate::api::SinkSpec,
-    spool: Option<(spool::store::Spool, spool::store::Replay)>,
-    labels: LabelGen,
-    phases: &Phases,
-    ack_writers: &tokio_util::task::TaskTracker,
-    connections: &Arc<tokio::sync::Semaphore>,
-) -> Result<(tokio::task::JoinHandle<()>, reload::SinkHandle), LoaderError> {
-    let metrics = Arc::new(SinkMetrics::new(&sink.name));
-    metrics.set_config(sink);
-    if let Some((_, replay)) = &spool {
-        for (_, damage) in &replay.damage {
-            metrics.damaged(damage.kind());
-        }
-    }
-    let mode = parse_mode(&sink.socket_mode).unwrap_or(0o660);
-    let listener =
-        socket::bind(&sink.socket, mode)
-            .await
-            .map_err(|source| LoaderError::Socket {
-                sink: sink.name.clone(),
-                source,
-            })?;
-    let client = SinkClient::new(sink).map_err(|message| LoaderError::Client {
-        sink: sink.name.clone(),
-        message,
-    })?;
-    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-    let row_ids = sink.row_id_column().map(|column| {
-        let ids = row_id::RowIds::new(labels.base(), column, sink.format, sink.csv_separator());
-        Arc::new(ids)
-    });
-    let (config, config_rx) = tokio::sync::watch::channel(Arc::new(sink.clone()));
-    let mut task = SinkTask::new(sink, labels, client, rx, metrics.clone()).with_config(config_rx);
-    if let Some((spool, replay)) = spool {
-        task = task.with_spool(spool, replay);
-    }
-    let handle = tokio::spawn(task.run(Stopping {
-        stop: phases.stop.clone(),
-        deadline: phases.deadline.clone(),
-    }));
-    let acks = AckWriters::new(sink.acks, ack_writers.clone(), phases.deadline.clone());
-    let ingest = Arc::new(Ingest::new(sink, metrics.clone(), acks, row_ids));
-    tokio::spawn(socket::accept_loop(
-        listener,
-        sink.socket.clone(),
-        ingest.clone(),
-        tx,
-        socket::Admission {
-            sink: Arc::new(tokio::sync::Semaphore::new(sink.max_connections)),
-            loader: connections.clone(),
-        },
-        phases.stop.clone(),
-        phases.drain.clone(),
-    ));
-    tracing::info!(sink = %sink.name, socket = %sink.socket.display(), max_connections = sink.max_connections, format = sink.format.as_str(), table = %format!("{}.{}", sink.starrocks.database, sink.starrocks.table), "listening");
-    Ok((
-        handle,
-        reload::SinkHandle {
-            config,
-            ingest,
-            metrics,
-        },
-    ))
-}
-
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr`.
 async fn serve_metrics(
     addr: std::net::SocketAddr,
-    (sinks, reloads): (Arc<Vec<Arc<SinkMetrics>>>, Arc<metrics::ReloadCounts>),
+    (sinks, reloads): (sinks::Registry, Arc<metrics::ReloadCounts>),
     ready: Arc<AtomicBool>,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<(), LoaderError> {
@@ -299,7 +233,10 @@ async fn serve_metrics(
     }
     tokio::spawn(crate::telemetry::serve(
         listener,
-        Arc::new(move || metrics::render(&sinks, &reloads)),
+        Arc::new(move || {
+            let all = sinks.read().unwrap_or_else(|p| p.into_inner()).clone();
+            metrics::render(&all, &reloads)
+        }),
         ready,
         stop,
     ));

@@ -23,6 +23,19 @@ pub struct Phases {
     pub abort: CancellationToken,
 }
 
+impl Phases {
+    /// The phases of one part (a sink, one of its sockets): they begin with these, or
+    /// earlier, alone.
+    pub fn child(&self) -> Self {
+        Self {
+            stop: self.stop.child_token(),
+            drain: self.drain.child_token(),
+            deadline: self.deadline.child_token(),
+            abort: self.abort.clone(),
+        }
+    }
+}
+
 /// Installs the signal handlers and drives the phases from them; each SIGHUP goes to
 /// `reloads` (one waiting is enough).
 pub fn watch_signals(

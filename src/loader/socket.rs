@@ -138,6 +138,7 @@ impl Ingest {
 /// How many producer connections may be open: per sink (`maxConnections`) and across
 /// the loader ([`crate::accept::connection_budget`]). A connection holds one permit of
 /// each while it lasts; without both, the next one waits in the socket's backlog.
+#[derive(Clone)]
 pub struct Admission {
     pub sink: Arc<Semaphore>,
     pub loader: Arc<Semaphore>,

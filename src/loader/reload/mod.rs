@@ -18,7 +18,8 @@ use crate::api::config::{ConfigError, LoaderConfig};
 use crate::api::units::HumanDuration;
 use crate::api::SinkSpec;
 use crate::loader::metrics::{ReloadCounts, SinkMetrics};
-use crate::loader::socket::Ingest;
+use crate::loader::shutdown::Phases;
+use crate::loader::sinks::{Listening, Sinks};
 
 pub use triggers::{watch, Trigger};
 
@@ -55,16 +56,19 @@ impl ConfigSource {
 pub struct SinkHandle {
     /// The config its sink task runs.
     pub config: watch::Sender<Arc<SinkSpec>>,
-    /// Its sockets' side: the record limit and acks of new connections.
-    pub ingest: Arc<Ingest>,
+    /// Its socket side: the record limit and acks of new connections, the listener.
+    pub listening: Listening,
     pub metrics: Arc<SinkMetrics>,
+    /// Its own stop, drain and deadline (a shutdown's, or its removal's).
+    pub phases: Phases,
 }
 
 /// Reads the config again on each trigger until `stop`, and applies what changed.
 pub async fn run(
     source: ConfigSource,
     mut running: LoaderConfig,
-    sinks: Vec<SinkHandle>,
+    sinks: Arc<Sinks>,
+    mut handles: Vec<SinkHandle>,
     mut triggers: mpsc::Receiver<Trigger>,
     counts: Arc<ReloadCounts>,
     stop: CancellationToken,
@@ -106,33 +110,93 @@ pub async fn run(
         seen = new.clone();
         let plan = plan(&running, &new);
         counts.applied.fetch_add(1, Relaxed);
-        apply(&mut running, plan, &sinks, trigger);
+        let mut sinks = Running {
+            config: &mut running,
+            sinks: &sinks,
+            handles: &mut handles,
+        };
+        if !sinks.apply(plan, trigger).await {
+            // Tried again on the next trigger, even with the same files.
+            seen = sinks.config.clone();
+        }
     }
 }
 
-/// Applies a plan: each changed sink gets its new config; what needs a restart is
-/// logged as such. `running` becomes the config now in effect.
-fn apply(running: &mut LoaderConfig, plan: Plan, sinks: &[SinkHandle], trigger: Trigger) {
-    for key in &plan.need_restart {
-        tracing::warn!(setting = %key, "changed, but takes effect only after a restart (roll the pods); the rest of the config is applied");
+/// The loader's sinks as a reload changes them.
+struct Running<'a> {
+    /// The config in effect.
+    config: &'a mut LoaderConfig,
+    sinks: &'a Sinks,
+    handles: &'a mut Vec<SinkHandle>,
+}
+
+impl Running<'_> {
+    /// Applies a plan: removed sinks stop, changed ones take their new config (a moved
+    /// socket is bound first), added ones start; what needs a restart is logged as such.
+    /// False if some of it failed (a socket or spool that cannot be had yet).
+    async fn apply(&mut self, plan: Plan, trigger: Trigger) -> bool {
+        for key in &plan.need_restart {
+            tracing::warn!(setting = %key, "changed, but takes effect only after a restart (roll the pods); the rest of the config is applied");
+        }
+        for name in &plan.removed {
+            if let Some(i) = self.handles.iter().position(|h| &h.metrics.sink == name) {
+                self.sinks.remove(self.handles.remove(i));
+                self.config.sinks.retain(|s| &s.name != name);
+                tracing::info!(sink = %name, trigger = trigger.as_str(), "sink removed: it takes no new connection and stops as a shutdown would stop it");
+            }
+        }
+        let mut done = true;
+        for spec in plan.changed {
+            done &= self.change(spec, trigger).await;
+        }
+        for spec in plan.added {
+            match self.sinks.add(&spec).await {
+                Ok(handle) => {
+                    tracing::info!(sink = %spec.name, trigger = trigger.as_str(), hash = %crate::loader::metrics::config_hash(&spec), "sink added");
+                    self.handles.push(handle);
+                    self.config.sinks.push(spec);
+                }
+                Err(e) => {
+                    done = false;
+                    tracing::error!(sink = %spec.name, error = %e, "the added sink cannot start; it is tried again at the next change or SIGHUP");
+                }
+            }
+        }
+        done
     }
-    for sink in &plan.added {
-        tracing::warn!(sink = %sink, "sink added: it starts only after a restart");
-    }
-    for sink in &plan.removed {
-        tracing::warn!(sink = %sink, "sink removed: it keeps running until a restart");
-    }
-    for spec in plan.changed {
-        let Some(handle) = sinks.iter().find(|h| h.metrics.sink == spec.name) else {
-            continue;
+
+    /// One sink's new config. False if its socket could not move (it stays).
+    async fn change(&mut self, mut spec: SinkSpec, trigger: Trigger) -> bool {
+        let Some(handle) = self
+            .handles
+            .iter_mut()
+            .find(|h| h.metrics.sink == spec.name)
+        else {
+            return true;
         };
-        handle.ingest.reconfigure(&spec);
+        let Some(slot) = self.config.sinks.iter_mut().find(|s| s.name == spec.name) else {
+            return true;
+        };
+        let mut done = true;
+        if spec.socket != slot.socket {
+            match self.sinks.move_socket(handle, &spec).await {
+                Ok(()) => {
+                    tracing::info!(sink = %spec.name, from = %slot.socket.display(), to = %spec.socket.display(), "socket moved: the old one takes no new connection and its open ones are read until the drain ends")
+                }
+                Err(e) => {
+                    done = false;
+                    tracing::error!(sink = %spec.name, error = %e, "the socket cannot move; it stays where it is (tried again at the next change or SIGHUP)");
+                    spec.socket = slot.socket.clone();
+                    spec.socket_mode = slot.socket_mode.clone();
+                }
+            }
+        }
+        handle.listening.ingest().reconfigure(&spec);
         handle.metrics.set_config(&spec);
         tracing::info!(sink = %spec.name, trigger = trigger.as_str(), hash = %crate::loader::metrics::config_hash(&spec), "config change applied");
-        if let Some(slot) = running.sinks.iter_mut().find(|s| s.name == spec.name) {
-            *slot = spec.clone();
-        }
+        *slot = spec.clone();
         handle.config.send_replace(Arc::new(spec));
+        done
     }
 }
 
@@ -143,7 +207,7 @@ pub struct Plan {
     /// setting that needs a restart kept as it runs now.
     pub changed: Vec<SinkSpec>,
     /// Sinks in the new config only, and in the running one only.
-    pub added: Vec<String>,
+    pub added: Vec<SinkSpec>,
     pub removed: Vec<String>,
     /// The keys of changed settings that wait for a restart (`sinks[orders].spoolDir`).
     pub need_restart: Vec<String>,
@@ -168,7 +232,7 @@ pub fn plan(running: &LoaderConfig, new: &LoaderConfig) -> Plan {
         .collect();
     for sink in &new.sinks {
         match running.sinks.iter().find(|s| s.name == sink.name) {
-            None => out.added.push(sink.name.clone()),
+            None => out.added.push(sink.clone()),
             Some(old) if old == sink => {}
             Some(old) => {
                 let (runs, keys) = live_part(old, sink);
@@ -197,13 +261,13 @@ fn live_part(old: &SinkSpec, new: &SinkSpec) -> (SinkSpec, Vec<&'static str>) {
     let SinkSpec {
         name: _,
         // Live: flush, retry, the StarRocks target and connection, acks and the
-        // record limit (for connections opened from now on).
+        // record limit (for connections opened from now on), the socket (it moves).
         max_record_bytes: _,
+        socket: _,
         starrocks: _,
         flush: _,
         retry: _,
         acks: _,
-        socket,
         socket_mode,
         max_connections,
         max_unfinished_bytes,
@@ -222,12 +286,13 @@ fn live_part(old: &SinkSpec, new: &SinkSpec) -> (SinkSpec, Vec<&'static str>) {
             keys.push(key);
         }
     };
-    keep(*socket != old.socket, "socket", &mut |r| {
-        r.socket = old.socket.clone()
-    });
-    keep(*socket_mode != old.socket_mode, "socketMode", &mut |r| {
-        r.socket_mode = old.socket_mode.clone()
-    });
+    // A mode is set as a socket is bound: with a move, it comes along.
+    let same_socket = new.socket == old.socket;
+    keep(
+        same_socket && *socket_mode != old.socket_mode,
+        "socketMode",
+        &mut |r| r.socket_mode = old.socket_mode.clone(),
+    );
     keep(
         *max_connections != old.max_connections,
         "maxConnections",

@@ -27,7 +27,11 @@ fn the_same_config_changes_nothing() {
 #[test]
 fn what_can_change_live_is_applied_whole() {
     type Change = fn(&mut SinkSpec);
-    let live: [(&str, Change); 10] = [
+    let live: [(&str, Change); 11] = [
+        ("socket, with its mode", |s| {
+            s.socket = "/run/starsink/other.sock".into();
+            s.socket_mode = "0666".into();
+        }),
         ("flush.interval", |s| s.flush.interval = secs(30)),
         ("flush.maxBytes", |s| s.flush.max_bytes = ByteSize::mib(1)),
         ("feEndpoints", |s| {
@@ -63,8 +67,7 @@ fn what_can_change_live_is_applied_whole() {
 #[test]
 fn what_needs_a_restart_is_named_and_kept_while_the_rest_applies() {
     type Change = fn(&mut SinkSpec);
-    let restart: [(&str, Change); 11] = [
-        ("socket", |s| s.socket = "/run/starsink/other.sock".into()),
+    let restart: [(&str, Change); 10] = [
         ("socketMode", |s| s.socket_mode = "0666".into()),
         ("maxConnections", |s| s.max_connections = 7),
         ("maxUnfinishedBytes", |s| {
@@ -105,7 +108,7 @@ fn added_and_removed_sinks_and_loader_settings_are_told_apart() {
     new.label_prefix = Some("other".into());
     new.metrics_addr = Some("127.0.0.1:9000".parse().unwrap());
     let p = plan(&config(), &new);
-    assert_eq!(p.added, vec!["payments".to_owned()]);
+    assert_eq!(p.added, new.sinks);
     assert_eq!(p.removed, vec!["orders".to_owned()]);
     assert_eq!(p.need_restart, vec!["labelPrefix", "metricsAddr"]);
     assert!(p.changed.is_empty());
