@@ -204,3 +204,119 @@ async fn a_new_table_takes_new_batches_while_a_sealed_one_goes_where_its_rows_we
     assert_eq!(ids(&sr.rows("shop.orders_v2")), vec![2]);
     loader.stop_expecting(0).await;
 }
+
+/// A config of the named sinks, each on its socket in `dir` into `shop.<name>`; with
+/// `spooled`, each with a spool in `dir` and `acks: committed`.
+fn sinks_config(dir: &Path, fe: &str, sinks: &[(&str, &str)]) -> String {
+    sinks_config_with(dir, fe, sinks, false)
+}
+
+fn sinks_config_with(dir: &Path, fe: &str, sinks: &[(&str, &str)], spooled: bool) -> String {
+    let mut yaml = "labelPrefix: reload\nmetricsAddr: 127.0.0.1:0\ndrainTimeout: 10s\nshutdownTimeout: 30s\nsinks:\n".to_owned();
+    for (name, socket) in sinks {
+        let mut extra = "    flush:\n      interval: 100ms\n".to_owned();
+        if spooled {
+            let spool = dir.join(format!("spool-{name}"));
+            extra += &format!("    spoolDir: {}\n    acks: committed\n", spool.display());
+        }
+        yaml += &sink_yaml(name, &dir.join(socket), fe, &extra);
+    }
+    yaml
+}
+
+fn rows(from: u64, n: u64) -> String {
+    (from..from + n).map(|i| row(i) + "\n").collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_added_and_a_sink_removed_while_producers_write_lose_and_repeat_nothing() {
+    add_and_remove_while_writing(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_with_spools_and_committed_acks() {
+    add_and_remove_while_writing(true).await;
+}
+
+async fn add_and_remove_while_writing(spooled: bool) {
+    let sr = endpoint(Faults::default()).await;
+    let fe = sr.fe_url();
+    let before = [("orders", "orders.sock"), ("payments", "payments.sock")];
+    let mut loader = Loader::start(|dir| sinks_config_with(dir, &fe, &before, spooled)).await;
+    let mut orders = connect(&loader.socket("orders")).await;
+    let mut payments = connect(&loader.socket("payments")).await;
+    orders.write_all(rows(0, 500).as_bytes()).await.unwrap();
+    payments.write_all(rows(0, 500).as_bytes()).await.unwrap();
+    let dir = loader.dir.path().to_owned();
+    let after = [("orders", "orders.sock"), ("refunds", "refunds.sock")];
+    let changed = sinks_config_with(&dir, &fe, &after, spooled);
+    std::fs::write(dir.join("loader.yaml"), changed).unwrap();
+    loader
+        .wait_log_where(
+            "payments removed",
+            |l| l["sink"] == "payments" && l["trigger"].is_string() && l["hash"].is_null(),
+            WAIT,
+        )
+        .await;
+    loader
+        .wait_log_where(
+            "refunds added",
+            |l| l["sink"] == "refunds" && l["trigger"].is_string() && l["hash"].is_string(),
+            WAIT,
+        )
+        .await;
+    // A removed sink's open connection is still read until its drain ends; its socket
+    // takes no new one.
+    payments.write_all(rows(500, 500).as_bytes()).await.unwrap();
+    drop(payments);
+    assert!(
+        tokio::net::UnixStream::connect(dir.join("payments.sock"))
+            .await
+            .is_err(),
+        "the removed sink's socket is gone"
+    );
+    orders.write_all(rows(500, 500).as_bytes()).await.unwrap();
+    drop(orders);
+    write_lines(
+        &loader.socket("refunds"),
+        &(0..300).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(sr.wait_for_rows(2300, WAIT).await, "{}", loader.log_text());
+    let acc = loader.stop_expecting(0).await;
+    assert_eq!(acc["committed"].as_u64(), Some(2300), "{acc}");
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 1000);
+    assert_exactly_once(&ids(&sr.rows("shop.payments")), 1000);
+    assert_exactly_once(&ids(&sr.rows("shop.refunds")), 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_socket_is_bound_before_the_old_one_stops_and_its_open_connections_drain() {
+    let sr = endpoint(Faults::default()).await;
+    let fe = sr.fe_url();
+    let mut loader =
+        Loader::start(|dir| sinks_config(dir, &fe, &[("orders", "orders.sock")])).await;
+    let mut old = connect(&loader.socket("orders")).await;
+    old.write_all(rows(0, 100).as_bytes()).await.unwrap();
+    let dir = loader.dir.path().to_owned();
+    let moved = sinks_config(&dir, &fe, &[("orders", "orders-v2.sock")]);
+    std::fs::write(dir.join("loader.yaml"), moved).unwrap();
+    wait_applied(&mut loader, "file change").await;
+    write_lines(
+        &dir.join("orders-v2.sock"),
+        &(100..200).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    old.write_all(rows(200, 100).as_bytes()).await.unwrap();
+    drop(old);
+    assert!(
+        tokio::net::UnixStream::connect(dir.join("orders.sock"))
+            .await
+            .is_err(),
+        "the old socket takes no new connection"
+    );
+    assert!(sr.wait_for_rows(300, WAIT).await, "{}", loader.log_text());
+    let acc = loader.stop_expecting(0).await;
+    assert_eq!(acc["committed"].as_u64(), Some(300), "{acc}");
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 300);
+}
