@@ -643,3 +643,68 @@ async fn sigterm_stops_the_controller_even_while_the_api_server_does_not_answer(
         .unwrap();
     assert!(status.code().is_some(), "exited by itself: {status:?}");
 }
+
+/// `pod` as the webhook admits it for `sink` (both JSON), with the default injector.
+fn injected(pod: Value, sink: &Value) -> Value {
+    use starsink::operator::inject::{inject, InjectSettings, Injection};
+    let mut typed = sink.clone();
+    typed["apiVersion"] = json!("starsink.io/v1alpha1");
+    typed["kind"] = json!("StarRocksSink");
+    let sinks = [serde_json::from_value(typed).expect("a sink")];
+    let pod = serde_json::from_value(pod).expect("a pod");
+    match inject(&pod, &sinks, &InjectSettings::default()) {
+        Injection::Injected(p) => {
+            let mut v = serde_json::to_value(&*p).unwrap();
+            v["status"] = json!({"phase": "Running"});
+            v
+        }
+        other => panic!("not injected: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_whose_loader_predates_a_sidecar_change_are_counted_until_they_are_replaced() {
+    let api = FakeApi::new();
+    api.put("core/secrets", secret());
+    let before = sink("orders");
+    api.put(SINKS, before.clone());
+    api.put("core/pods", injected(pod("a-1"), &before));
+    api.put("core/pods", injected(pod("a-2"), &before));
+    let (_, stop, controller) = start_controller(&api);
+    let outdated = |a: &FakeApi, n: i64, flag: &str| {
+        a.get(SINKS, "shop", "orders")
+            .is_some_and(|s| s["status"]["outdatedPods"] == n)
+            && condition_of(a, "orders", "PodsUpToDate").is_some_and(|c| c.0 == flag)
+    };
+    api.wait_for("2 pods, none outdated", WAIT, |a| {
+        outdated(a, 0, "True")
+            && a.get(SINKS, "shop", "orders").unwrap()["status"]["attachedPods"] == 2
+    })
+    .await;
+
+    // The sink's sidecar gets more memory: the running loaders do not have it.
+    let mut after = before.clone();
+    after["spec"]["sidecar"] = json!({"resources": {"limits": {"memory": "1Gi"}}});
+    api.put(SINKS, after.clone());
+    api.wait_for("both pods outdated", WAIT, |a| outdated(a, 2, "False"))
+        .await;
+    let (_, reason, message) = condition_of(&api, "orders", "PodsUpToDate").unwrap();
+    assert_eq!(reason, "Outdated");
+    assert!(
+        message.contains("pod/a-1 (1)") && message.contains("kubectl delete pod/a-2 -n shop"),
+        "{message}"
+    );
+
+    // Replaced by pods injected now: back to 0.
+    api.delete("core/pods", "shop", "a-1");
+    api.delete("core/pods", "shop", "a-2");
+    api.put("core/pods", injected(pod("b-1"), &after));
+    api.wait_for("the new pod current", WAIT, |a| outdated(a, 0, "True"))
+        .await;
+    assert!(api.refused().is_empty(), "{:?}", api.refused());
+    stop.cancel();
+    tokio::time::timeout(WAIT, controller)
+        .await
+        .unwrap()
+        .unwrap();
+}

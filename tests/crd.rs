@@ -97,7 +97,10 @@ fn the_crd_is_a_valid_apiextensions_v1_object() {
         .flatten()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(columns, ["Ready", "Database", "Table", "Pods", "Age"]);
+    assert_eq!(
+        columns,
+        ["Ready", "Database", "Table", "Pods", "Outdated", "Age"]
+    );
 }
 
 /// Walks a schema node, collecting the places that break Kubernetes' structural-schema

@@ -19,6 +19,9 @@ pub const INJECT_LABEL: &str = "starsink.io/inject";
 pub const SINKS_ANNOTATION: &str = "starsink.io/sinks";
 /// Set on an injected pod, listing the sinks its loader serves.
 pub const INJECTED_ANNOTATION: &str = "starsink.io/injected";
+/// Set on an injected pod: the hash of what injection added (the loader container, its
+/// volumes, the grace period), to tell later whether injection would add the same now.
+pub const INJECTED_HASH_ANNOTATION: &str = "starsink.io/injected-hash";
 /// `skip`: start the pod without sinks that do not exist, instead of denying it.
 pub const ON_MISSING_ANNOTATION: &str = "starsink.io/on-missing-sink";
 /// Names a volume of the pod's own to spool on instead of an `emptyDir`.

@@ -47,6 +47,11 @@ use super::units::{ByteSize, HumanDuration, DURATION_PATTERN};
     ),
     printcolumn(name = "Table", type_ = "string", json_path = ".spec.starrocks.table"),
     printcolumn(name = "Pods", type_ = "integer", json_path = ".status.attachedPods"),
+    printcolumn(
+        name = "Outdated",
+        type_ = "integer",
+        json_path = ".status.outdatedPods"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63")
         .message("metadata.name: a sink name is part of socket paths and load labels; use 1-63 characters of a-z, 0-9 and -, starting and ending with a letter or digit")
@@ -288,6 +293,11 @@ pub struct StarRocksSinkStatus {
     /// Running pods whose loader serves this sink.
     #[serde(default)]
     pub attached_pods: i32,
+    /// Of those, pods whose loader is not what injection would attach now (the sink's
+    /// `sidecar` or `spool`, or the injector's image or resources, changed since they
+    /// started): they need a restart, which starsink never does by itself.
+    #[serde(default)]
+    pub outdated_pods: i32,
     /// Hash of the rendered loader config (the ConfigMap's `starsink.io/config-hash`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,

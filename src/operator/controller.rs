@@ -18,13 +18,15 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
+use super::inject::InjectSettings;
 use super::load_rate::{
     check_rate, rates_by_namespace, RateCheck, SinkLoad, DEFAULT_MAX_TABLE_LOAD_RATE,
 };
-use super::reconcile::{attached_pods, decide, decide_unreadable, EventSpec, Next};
+use super::reconcile::{attached_pods, decide, decide_unreadable, outdated_pods, EventSpec, Next};
 use super::{kube_err, KubeCallError};
 use crate::api::pod_contract::{requested_sinks, HASH_ANNOTATION, INJECT_LABEL};
 use crate::api::resource::StoredSink;
+use crate::api::StarRocksSink;
 use crate::telemetry::Histogram;
 
 /// The field manager of everything the controller applies.
@@ -134,6 +136,8 @@ pub struct Context {
     sinks: Mutex<Option<Store<StoredSink>>>,
     /// The most loads/s a table may get before its sinks are `LoadRateOK=False`.
     max_table_load_rate: f64,
+    /// What the webhook injects: attached pods whose loader differs are outdated.
+    inject: InjectSettings,
 }
 
 impl Context {
@@ -148,6 +152,18 @@ impl Context {
         metrics: Arc<ControllerMetrics>,
         rate: f64,
     ) -> Arc<Self> {
+        Self::with_settings(client, reporter, metrics, rate, InjectSettings::default())
+    }
+
+    /// The same context, with the webhook's injection settings (its image, resources and
+    /// Kubernetes version), against which attached pods are checked for being current.
+    pub fn with_settings(
+        client: Client,
+        reporter: Reporter,
+        metrics: Arc<ControllerMetrics>,
+        rate: f64,
+        inject: InjectSettings,
+    ) -> Arc<Self> {
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -155,11 +171,28 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             sinks: Mutex::new(None),
             max_table_load_rate: rate,
+            inject,
         })
     }
 
     fn sink_store(&self) -> Option<Store<StoredSink>> {
         self.sinks.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The readable sinks of `sink`'s namespace, `sink` as it is now among them: what
+    /// injection looks pods' sinks up in.
+    fn namespace_sinks(&self, sink: &StarRocksSink) -> Vec<StarRocksSink> {
+        let ns = sink.namespace();
+        let mut sinks: Vec<StarRocksSink> = self
+            .sink_store()
+            .map(|store| store.state())
+            .unwrap_or_default()
+            .iter()
+            .filter(|s| s.namespace() == ns && s.name_any() != sink.name_any())
+            .filter_map(|s| s.decode().ok())
+            .collect();
+        sinks.push(sink.clone());
+        sinks
     }
 
     /// The check of `stored`'s table load rate, `attached` pods being its own fresh
@@ -234,13 +267,10 @@ async fn reconcile_sink(stored: &StoredSink, ctx: &Context) -> Result<Action, Re
                 .await
                 .map_err(kube_err(format!("reading Secret {ns}/{secret_name}")))?;
             let rate = ctx.load_rate(stored, attached_pods(&pods, &name));
-            decide(
-                &sink,
-                secret.as_ref(),
-                &pods,
-                rate.as_ref(),
-                Timestamp::now(),
-            )
+            let here = ctx.namespace_sinks(&sink);
+            let outdated = outdated_pods(&pods, &name, &here, &ctx.inject);
+            let checks = (rate.as_ref(), outdated.as_slice());
+            decide(&sink, secret.as_ref(), &pods, checks, Timestamp::now())
         }
         Err(e) => decide_unreadable(stored, &e, &pods, Timestamp::now()),
     };

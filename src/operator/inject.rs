@@ -13,10 +13,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::api::pod_contract::{
-    config_map_name, config_volume, credentials_dir, credentials_volume, requested_sinks,
-    sink_config_dir, socket_env_name, socket_path, CONFIG_KEY, INJECTED_ANNOTATION, LOADER,
-    LOADER_UID, METRICS_PORT_NAME, ON_MISSING_ANNOTATION, POD_NAME_ENV, SINKS_ANNOTATION,
-    SOCKETS_VOLUME, SOCKET_DIR, SPOOL_DIR, SPOOL_VOLUME, SPOOL_VOLUME_ANNOTATION,
+    config_map_name, config_volume, content_hash, credentials_dir, credentials_volume,
+    requested_sinks, sink_config_dir, socket_env_name, socket_path, CONFIG_KEY,
+    INJECTED_ANNOTATION, INJECTED_HASH_ANNOTATION, LOADER, LOADER_UID, METRICS_PORT_NAME,
+    ON_MISSING_ANNOTATION, POD_NAME_ENV, SINKS_ANNOTATION, SOCKETS_VOLUME, SOCKET_DIR, SPOOL_DIR,
+    SPOOL_VOLUME, SPOOL_VOLUME_ANNOTATION,
 };
 use crate::api::resource::SpecError;
 use crate::api::StarRocksSink;
@@ -363,6 +364,99 @@ fn apply(pod: &Pod, plan: &Plan<'_>, settings: &InjectSettings) -> Pod {
     add_volumes(spec, plan);
     mount_sockets(spec, &names);
     attach_loader(spec, plan, settings, shutdown_secs);
+    let hash = injected_hash(spec, &names);
+    out.annotations_mut()
+        .insert(INJECTED_HASH_ANNOTATION.into(), hash);
+    out
+}
+
+/// The names of the volumes injection adds for `sinks` (the spool's only when it adds
+/// that volume).
+fn injected_volume_names(sinks: &[String]) -> Vec<String> {
+    let per_sink = sinks
+        .iter()
+        .flat_map(|n| [config_volume(n), credentials_volume(n)]);
+    [SOCKETS_VOLUME.to_owned(), SPOOL_VOLUME.to_owned()]
+        .into_iter()
+        .chain(per_sink)
+        .collect()
+}
+
+/// The hash of what injection added to `spec` for `sinks`: the loader container, the
+/// volumes it added, and the grace period.
+fn injected_hash(spec: &PodSpec, sinks: &[String]) -> String {
+    let names = injected_volume_names(sinks);
+    let loader = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .find(|c| c.name == LOADER);
+    let volumes: Vec<&Volume> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| names.contains(&v.name))
+        .collect();
+    let parts = serde_json::json!({
+        "loader": loader,
+        "volumes": volumes,
+        "grace": spec.termination_grace_period_seconds,
+    });
+    content_hash(parts.to_string().as_bytes())
+}
+
+/// Whether `pod`, injected earlier, runs a loader other than injection would attach
+/// now (the sinks' `sidecar`, `spool` or grace settings, or the injector's image or
+/// resources changed since): what injection would add to the pod without its loader is
+/// hashed and compared with the hash recorded at admission. A pod injected before the
+/// hash was recorded counts as outdated. The API server's defaults on the running pod
+/// do not count: both hashes are of injection's own output.
+pub fn outdated(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> bool {
+    let annotations = pod.annotations();
+    if !annotations.contains_key(INJECTED_ANNOTATION) {
+        return false;
+    }
+    let Some(recorded) = annotations.get(INJECTED_HASH_ANNOTATION) else {
+        return true;
+    };
+    match inject(&without_loader(pod), sinks, settings) {
+        Injection::Injected(now) => {
+            now.annotations().get(INJECTED_HASH_ANNOTATION) != Some(recorded)
+        }
+        // A sink gone or unreadable: the pod is not told to restart into a denial.
+        Injection::Unchanged(_) | Injection::Denied(_) => false,
+    }
+}
+
+/// `pod` as it was before injection, as far as injection's checks can tell: without
+/// the loader, the volumes, mounts and variables injection adds, and its annotations.
+fn without_loader(pod: &Pod) -> Pod {
+    let mut out = pod.clone();
+    let sinks = requested_sinks(pod);
+    let volumes = injected_volume_names(&sinks);
+    let envs: Vec<String> = sinks.iter().map(|n| socket_env_name(n)).collect();
+    for key in [INJECTED_ANNOTATION, INJECTED_HASH_ANNOTATION] {
+        out.annotations_mut().remove(key);
+    }
+    let Some(spec) = out.spec.as_mut() else {
+        return out;
+    };
+    if let Some(init) = spec.init_containers.as_mut() {
+        init.retain(|c| c.name != LOADER);
+    }
+    spec.containers.retain(|c| c.name != LOADER);
+    if let Some(v) = spec.volumes.as_mut() {
+        v.retain(|v| !volumes.contains(&v.name));
+    }
+    for c in &mut spec.containers {
+        if let Some(m) = c.volume_mounts.as_mut() {
+            m.retain(|m| m.name != SOCKETS_VOLUME);
+        }
+        if let Some(e) = c.env.as_mut() {
+            e.retain(|e| !envs.contains(&e.name));
+        }
+    }
     out
 }
 
@@ -635,6 +729,109 @@ mod tests {
             Err(Injection::Denied(why)) => why,
             other => panic!("expected a denial, got {other:?}"),
         }
+    }
+
+    /// `pod` injected with `sinks` and `settings`, as the API server then stores it:
+    /// with defaults added to what the webhook returned.
+    fn admitted(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> Pod {
+        let Injection::Injected(pod) = inject(pod, sinks, settings) else {
+            panic!("injected")
+        };
+        let mut value = serde_json::to_value(&*pod).unwrap();
+        for list in ["initContainers", "containers"] {
+            for c in value["spec"][list].as_array_mut().into_iter().flatten() {
+                c["imagePullPolicy"] = json!("IfNotPresent");
+                c["terminationMessagePath"] = json!("/dev/termination-log");
+            }
+        }
+        for v in value["spec"]["volumes"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            if v.get("configMap").is_some() {
+                v["configMap"]["defaultMode"] = json!(420);
+            }
+        }
+        value["spec"]["dnsPolicy"] = json!("ClusterFirst");
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn a_pod_is_outdated_when_injection_would_attach_another_loader_now() {
+        let settings = InjectSettings::default();
+        let sinks = [mk_sink(
+            "orders",
+            "shop",
+            json!({"spool": {"maxBytes": "1Gi"}}),
+        )];
+        let running = admitted(&mk_pod(json!({})), &sinks, &settings);
+        assert!(
+            !outdated(&running, &sinks, &settings),
+            "nothing changed: the API server's defaults do not count"
+        );
+        let changes: [(&str, Vec<StarRocksSink>, InjectSettings); 5] = [
+            (
+                "the sink's sidecar resources",
+                vec![mk_sink(
+                    "orders",
+                    "shop",
+                    json!({"spool": {"maxBytes": "1Gi"}, "sidecar": {"resources": {"limits": {"memory": "1Gi"}}}}),
+                )],
+                settings.clone(),
+            ),
+            (
+                "the sink's sidecar image",
+                vec![mk_sink(
+                    "orders",
+                    "shop",
+                    json!({"spool": {"maxBytes": "1Gi"}, "sidecar": {"image": "mirror/starsink:1"}}),
+                )],
+                settings.clone(),
+            ),
+            (
+                "the spool's size",
+                vec![mk_sink(
+                    "orders",
+                    "shop",
+                    json!({"spool": {"maxBytes": "2Gi"}}),
+                )],
+                settings.clone(),
+            ),
+            (
+                "the grace period the sink needs",
+                vec![mk_sink(
+                    "orders",
+                    "shop",
+                    json!({"spool": {"maxBytes": "1Gi"}, "sidecar": {"minGracePeriod": "120s"}}),
+                )],
+                settings.clone(),
+            ),
+            (
+                "the injector's image",
+                sinks.to_vec(),
+                InjectSettings {
+                    image: "ghcr.io/starsink/starsink:next".into(),
+                    ..settings.clone()
+                },
+            ),
+        ];
+        for (what, sinks_now, settings_now) in changes {
+            assert!(outdated(&running, &sinks_now, &settings_now), "{what}");
+        }
+        // What the ConfigMap carries reaches the loader without a restart.
+        let flush = [mk_sink(
+            "orders",
+            "shop",
+            json!({"spool": {"maxBytes": "1Gi"}, "flush": {"interval": "30s"}, "starrocks": {"table": "t2"}}),
+        )];
+        assert!(!outdated(&running, &flush, &settings));
+        // Injected by a release that recorded no hash: counted as outdated; never
+        // injected: not.
+        let mut older = running.clone();
+        older.annotations_mut().remove(INJECTED_HASH_ANNOTATION);
+        assert!(outdated(&older, &sinks, &settings));
+        assert!(!outdated(&mk_pod(json!({})), &sinks, &settings));
     }
 
     #[test]

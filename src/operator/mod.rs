@@ -179,7 +179,7 @@ async fn serve(
         stop.clone(),
     ));
     let owner = owner_reference(&client, &args).await;
-    start_webhook(
+    let settings = start_webhook(
         &client,
         &args,
         owner.clone(),
@@ -192,7 +192,7 @@ async fn serve(
         .identity
         .clone()
         .unwrap_or_else(crate::loader::hostname);
-    let ctx = Context::with_max_table_load_rate(
+    let ctx = Context::with_settings(
         client.clone(),
         Reporter {
             controller: "starsink-controller".into(),
@@ -200,6 +200,7 @@ async fn serve(
         },
         metrics,
         args.max_table_load_rate,
+        settings,
     );
     started.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(identity = %identity, "controller started");
@@ -264,7 +265,7 @@ async fn lead(
 
 /// Starts the admission webhook on this replica: its own sink cache (a reflector, so no
 /// API call per review), the cluster version, TLS (managed or from `--cert-dir`), and
-/// the HTTPS server, all stopped by `stop`.
+/// the HTTPS server, all stopped by `stop`. Returns its injection settings.
 async fn start_webhook(
     client: &Client,
     args: &ControllerArgs,
@@ -272,7 +273,7 @@ async fn start_webhook(
     metrics: Arc<webhook::WebhookMetrics>,
     readiness: Arc<Readiness>,
     stop: CancellationToken,
-) -> Result<(), OperatorError> {
+) -> Result<inject::InjectSettings, OperatorError> {
     let sinks = watch_sinks(client, readiness, stop.clone());
     let settings = inject_settings(client, args).await?;
     let resolver = start_tls(client, args, owner, &stop).await?;
@@ -286,7 +287,7 @@ async fn start_webhook(
         })?;
     let hook = Arc::new(webhook::Webhook {
         sinks: Arc::new(sinks),
-        settings,
+        settings: settings.clone(),
         metrics,
     });
     tokio::spawn(webhook::serve(
@@ -295,7 +296,7 @@ async fn start_webhook(
         hook,
         stop,
     ));
-    Ok(())
+    Ok(settings)
 }
 
 /// The webhook's sink cache, kept by a reflector until `stop`. `readiness` follows the

@@ -80,12 +80,14 @@ pub struct Decision {
 
 /// Decides what a sink needs. `pods` are the pods of the sink's namespace; those that
 /// opted in, list this sink and run count as attached. `rate` is the check of its
-/// table's load rate ([`super::load_rate::check_rate`]), reported as `LoadRateOK`.
+/// table's load rate ([`super::load_rate::check_rate`]), reported as `LoadRateOK`;
+/// `outdated` the attached pods whose loader injection would attach otherwise now
+/// ([`outdated_pods`]), reported as `outdatedPods` and `PodsUpToDate`.
 pub fn decide(
     sink: &StarRocksSink,
     secret: Option<&Secret>,
     pods: &[Pod],
-    rate: Option<&RateCheck>,
+    (rate, outdated): (Option<&RateCheck>, &[&Pod]),
     now: Timestamp,
 ) -> Decision {
     let name = sink.name_any();
@@ -98,13 +100,125 @@ pub fn decide(
         checked,
         now,
     );
+    let generation = sink.meta().generation;
+    let mut status = decision.status.take().unwrap_or_else(|| old.clone());
     if let Some(rate) = rate {
-        let status = decision.status.take().unwrap_or_else(|| old.clone());
-        let (status, event) = with_load_rate(status, rate, sink.meta().generation, now);
-        decision.status = (status != old).then_some(status);
+        let (with_rate, event) = with_load_rate(status, rate, generation, now);
+        status = with_rate;
         decision.rate_event = event;
     }
+    let namespace = sink.namespace().unwrap_or_default();
+    let status = with_outdated(status, outdated, &namespace, generation, now);
+    decision.status = (status != old).then_some(status);
     decision
+}
+
+/// The condition type that says whether every attached pod runs the loader injection
+/// would attach now.
+pub const PODS_UP_TO_DATE: &str = "PodsUpToDate";
+
+/// Attached pods (see [`attached_pods`]) whose loader injection would attach otherwise
+/// now ([`super::inject::outdated`]); `sinks` are the sinks of their namespace.
+pub fn outdated_pods<'a>(
+    pods: &'a [Pod],
+    sink: &str,
+    sinks: &[StarRocksSink],
+    settings: &super::inject::InjectSettings,
+) -> Vec<&'a Pod> {
+    pods.iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter(|p| requested_sinks(p).iter().any(|s| s == sink))
+        .filter(|p| super::inject::outdated(p, sinks, settings))
+        .collect()
+}
+
+/// The status with `outdatedPods` and the `PodsUpToDate` condition from `outdated`,
+/// whose message names their workloads and how to restart them.
+fn with_outdated(
+    mut status: StarRocksSinkStatus,
+    outdated: &[&Pod],
+    namespace: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> StarRocksSinkStatus {
+    status.outdated_pods = i32::try_from(outdated.len()).unwrap_or(i32::MAX);
+    let (flag, reason, message) = if outdated.is_empty() {
+        (
+            "True",
+            "UpToDate",
+            "every attached pod runs the loader injection attaches now".to_owned(),
+        )
+    } else {
+        ("False", "Outdated", outdated_message(outdated, namespace))
+    };
+    let old = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == PODS_UP_TO_DATE);
+    let condition = Condition {
+        type_: PODS_UP_TO_DATE.into(),
+        status: flag.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: match old {
+            Some(c) if c.status == flag => c.last_transition_time.clone(),
+            _ => Time(now),
+        },
+    };
+    status.conditions.retain(|c| c.type_ != PODS_UP_TO_DATE);
+    status.conditions.push(condition);
+    status
+}
+
+/// Which pods are behind, by workload, and the command that restarts each.
+fn outdated_message(outdated: &[&Pod], namespace: &str) -> String {
+    let mut by_workload: BTreeMap<String, usize> = BTreeMap::new();
+    for pod in outdated {
+        *by_workload.entry(workload(pod)).or_default() += 1;
+    }
+    let listed: Vec<String> = by_workload
+        .iter()
+        .map(|(w, n)| format!("{w} ({n})"))
+        .collect();
+    let fixes: Vec<String> = by_workload
+        .keys()
+        .map(|w| match w.split_once('/') {
+            Some(("deployment" | "statefulset" | "daemonset", _)) => {
+                format!("kubectl rollout restart {w} -n {namespace}")
+            }
+            _ => format!("kubectl delete {w} -n {namespace} (its owner, if any, makes a new one)"),
+        })
+        .collect();
+    format!(
+        "{} pod(s) run a loader injected before the sink's sidecar, spool or grace settings, or the injector's image or resources, changed: {}; starsink restarts no pod by itself: {}",
+        outdated.len(),
+        listed.join(", "),
+        fixes.join("; ")
+    )
+}
+
+/// The workload that owns a pod, as `kind/name`: a Deployment through its ReplicaSet
+/// (whose name is the Deployment's and the pod's `pod-template-hash`), else the
+/// controlling owner, else the pod itself.
+fn workload(pod: &Pod) -> String {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    match owner {
+        Some(o) if o.kind == "ReplicaSet" => {
+            let hash = pod.labels().get("pod-template-hash");
+            match hash.and_then(|h| o.name.strip_suffix(&format!("-{h}"))) {
+                Some(deployment) => format!("deployment/{deployment}"),
+                None => format!("replicaset/{}", o.name),
+            }
+        }
+        Some(o) => format!("{}/{}", o.kind.to_ascii_lowercase(), o.name),
+        None => format!("pod/{}", pod.name_any()),
+    }
 }
 
 /// The status with its `LoadRateOK` condition set from `rate`, and the Event to publish
@@ -216,6 +330,7 @@ fn conclude(
         observed_generation: generation,
         conditions,
         attached_pods: attached,
+        outdated_pods: old.outdated_pods,
         config_hash,
     };
     let event =
@@ -422,9 +537,71 @@ mod tests {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()
     }
 
+    /// A pod owned by `kind/owner` (controller), with `pod-template-hash` when given.
+    fn owned(name: &str, kind: &str, owner: &str, hash: Option<&str>) -> Pod {
+        let mut p = pod(name, "orders", "Running", true);
+        p.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: kind.into(),
+                name: owner.into(),
+                uid: "u".into(),
+                controller: Some(true),
+                ..Default::default()
+            },
+        ]);
+        if let Some(h) = hash {
+            p.labels_mut().insert("pod-template-hash".into(), h.into());
+        }
+        p
+    }
+
+    #[test]
+    fn outdated_pods_are_counted_by_workload_with_the_command_that_restarts_each() {
+        let pods = [
+            owned("api-1", "ReplicaSet", "orders-api-5d8f7", Some("5d8f7")),
+            owned("api-2", "ReplicaSet", "orders-api-5d8f7", Some("5d8f7")),
+            owned("ledger-0", "StatefulSet", "ledger", None),
+            owned("import-x", "Job", "import", None),
+            pod("bare", "orders", "Running", true),
+        ];
+        let outdated: Vec<&Pod> = pods.iter().collect();
+        let status = with_outdated(
+            StarRocksSinkStatus::default(),
+            &outdated,
+            "shop",
+            Some(3),
+            t(0),
+        );
+        assert_eq!(status.outdated_pods, 5);
+        let c = &status.conditions[0];
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+            (PODS_UP_TO_DATE, "False", "Outdated")
+        );
+        for part in [
+            "5 pod(s)",
+            "deployment/orders-api (2)",
+            "statefulset/ledger (1)",
+            "kubectl rollout restart deployment/orders-api -n shop",
+            "kubectl rollout restart statefulset/ledger -n shop",
+            "kubectl delete job/import -n shop",
+            "kubectl delete pod/bare -n shop",
+        ] {
+            assert!(c.message.contains(part), "{part} in {}", c.message);
+        }
+        // Replaced: back to 0 and True, with a new transition time.
+        let status = with_outdated(status, &[], "shop", Some(3), t(60));
+        assert_eq!(status.outdated_pods, 0);
+        let c = &status.conditions[0];
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "UpToDate"));
+        assert_eq!(c.last_transition_time, Time(t(60)));
+        assert_eq!(status.conditions.len(), 1);
+    }
+
     /// Runs `decide` and stores the status it wrote, as the API server would.
     fn step(s: &mut StarRocksSink, secret: Option<&Secret>, pods: &[Pod], now: i64) -> Decision {
-        let d = decide(s, secret, pods, None, t(now));
+        let d = decide(s, secret, pods, (None, &[]), t(now));
         if let Some(status) = &d.status {
             s.status = Some(status.clone());
         }
