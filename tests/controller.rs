@@ -45,6 +45,15 @@ fn start_controller(
     (metrics, stop, controller)
 }
 
+/// Stops a controller from [`start_controller`]; it must end promptly.
+async fn stop_controller(stop: CancellationToken, controller: tokio::task::JoinHandle<()>) {
+    stop.cancel();
+    tokio::time::timeout(WAIT, controller)
+        .await
+        .expect("the controller stops on its shutdown signal")
+        .unwrap();
+}
+
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
@@ -216,11 +225,7 @@ async fn the_controller_renders_config_reports_status_and_follows_changes() {
     assert!(ok >= 7, "{ok} successful reconciles counted:\n{text}");
     assert!(text.contains("starsink_controller_reconcile_duration_seconds_count"));
 
-    stop.cancel();
-    tokio::time::timeout(WAIT, controller)
-        .await
-        .expect("the controller stops on its shutdown signal")
-        .unwrap();
+    stop_controller(stop, controller).await;
 }
 
 fn named_sink(name: &str, spec_patch: Value) -> Value {
@@ -321,11 +326,7 @@ async fn one_unreadable_sink_is_reported_on_itself_and_every_other_sink_reconcil
         condition(a, "broken").is_some_and(|c| c.0 == "True")
     })
     .await;
-    stop.cancel();
-    tokio::time::timeout(WAIT, controller)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_controller(stop, controller).await;
 }
 
 /// A sink's condition of `type_` as (status, reason, message), if any.
@@ -423,11 +424,7 @@ async fn two_sinks_on_one_table_share_its_load_rate_and_both_say_when_it_is_too_
     })
     .await;
     assert!(api.refused().is_empty(), "{:?}", api.refused());
-    stop.cancel();
-    tokio::time::timeout(WAIT, controller)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_controller(stop, controller).await;
 }
 
 #[tokio::test]
@@ -702,9 +699,5 @@ async fn pods_whose_loader_predates_a_sidecar_change_are_counted_until_they_are_
     api.wait_for("the new pod current", WAIT, |a| outdated(a, 0, "True"))
         .await;
     assert!(api.refused().is_empty(), "{:?}", api.refused());
-    stop.cancel();
-    tokio::time::timeout(WAIT, controller)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_controller(stop, controller).await;
 }

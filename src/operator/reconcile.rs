@@ -151,12 +151,28 @@ fn with_outdated(
     } else {
         ("False", "Outdated", outdated_message(outdated, namespace))
     };
-    let old = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == PODS_UP_TO_DATE);
+    set_condition(
+        &mut status,
+        PODS_UP_TO_DATE,
+        (flag, reason, message),
+        generation,
+        now,
+    );
+    status
+}
+
+/// Sets condition `type_` to `(status, reason, message)`; its transition time moves only
+/// when its status does.
+fn set_condition(
+    status: &mut StarRocksSinkStatus,
+    type_: &str,
+    (flag, reason, message): (&str, &str, String),
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let old = status.conditions.iter().find(|c| c.type_ == type_);
     let condition = Condition {
-        type_: PODS_UP_TO_DATE.into(),
+        type_: type_.into(),
         status: flag.into(),
         reason: reason.into(),
         message,
@@ -166,9 +182,8 @@ fn with_outdated(
             _ => Time(now),
         },
     };
-    status.conditions.retain(|c| c.type_ != PODS_UP_TO_DATE);
+    status.conditions.retain(|c| c.type_ != type_);
     status.conditions.push(condition);
-    status
 }
 
 /// Which pods are behind, by workload, and the command that restarts each.
@@ -239,19 +254,8 @@ fn with_load_rate(
         Some(c) => c.status != flag,
         None => !rate.ok,
     };
-    let condition = Condition {
-        type_: LOAD_RATE_OK.into(),
-        status: flag.into(),
-        reason: reason.into(),
-        message: rate.message.clone(),
-        observed_generation: generation,
-        last_transition_time: match old {
-            Some(c) if c.status == flag => c.last_transition_time.clone(),
-            _ => Time(now),
-        },
-    };
-    status.conditions.retain(|c| c.type_ != LOAD_RATE_OK);
-    status.conditions.push(condition);
+    let said = (flag, reason, rate.message.clone());
+    set_condition(&mut status, LOAD_RATE_OK, said, generation, now);
     let event = flipped.then(|| EventSpec {
         warning: !rate.ok,
         reason,
