@@ -205,6 +205,29 @@ async fn a_new_table_takes_new_batches_while_a_sealed_one_goes_where_its_rows_we
     loader.stop_expecting(0).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_in_the_filling_batch_when_the_table_changes_go_to_the_table_they_were_accepted_for(
+) {
+    let sr = endpoint(Faults::default()).await;
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| config(dir, &fe, "orders", "1h")).await;
+    // Row 1 waits in the filling batch (an hour's interval) on an open connection.
+    let mut conn = one_row_then_silence(&loader, 1).await;
+    let dir = loader.dir.path().to_owned();
+    let moved = config(&dir, &fe, "orders_v2", "100ms");
+    std::fs::write(dir.join("loader.yaml"), moved).unwrap();
+    wait_applied(&mut loader, "file change").await;
+    conn.write_all((row(2) + "\n").as_bytes()).await.unwrap();
+    assert!(sr.wait_for_rows(2, WAIT).await, "{}", loader.log_text());
+    assert_eq!(ids(&sr.rows("shop.orders")), vec![1]);
+    assert_eq!(ids(&sr.rows("shop.orders_v2")), vec![2]);
+    let port = loader.metrics_port();
+    let reload = r#"starsink_flushes_total{sink="orders",trigger="reload"}"#;
+    assert_eq!(metric_at(port, reload).await, 1.0);
+    drop(conn);
+    loader.stop_expecting(0).await;
+}
+
 /// A config of the named sinks, each on its socket in `dir` into `shop.<name>`; with
 /// `spooled`, each with a spool in `dir` and `acks: committed`.
 fn sinks_config(dir: &Path, fe: &str, sinks: &[(&str, &str)]) -> String {

@@ -55,14 +55,17 @@ pub enum FlushTrigger {
     Rows,
     Interval,
     Shutdown,
+    /// The sink's target changed: what it holds goes where it was accepted for.
+    Reload,
 }
 
 impl FlushTrigger {
-    pub const ALL: [FlushTrigger; 4] = [
+    pub const ALL: [FlushTrigger; 5] = [
         FlushTrigger::Size,
         FlushTrigger::Rows,
         FlushTrigger::Interval,
         FlushTrigger::Shutdown,
+        FlushTrigger::Reload,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +74,7 @@ impl FlushTrigger {
             FlushTrigger::Rows => "rows",
             FlushTrigger::Interval => "interval",
             FlushTrigger::Shutdown => "shutdown",
+            FlushTrigger::Reload => "reload",
         }
     }
 }

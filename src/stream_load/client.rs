@@ -196,7 +196,7 @@ impl Connection {
 /// Where a batch goes and how StarRocks reads its body: the table, the headers, Merge
 /// Commit. Fixed when the batch is sealed, so that a config change sends new batches
 /// elsewhere while sealed ones go where their records were accepted for.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Target {
     database: String,
     /// `db.table`, for logs.

@@ -86,7 +86,9 @@ impl SinkTask {
                     self.filling.batch.recycle(body.into());
                 }
             }
-            FlushTrigger::Interval | FlushTrigger::Shutdown => self.filling.batch.release_spare(),
+            FlushTrigger::Interval | FlushTrigger::Shutdown | FlushTrigger::Reload => {
+                self.filling.batch.release_spare()
+            }
         }
     }
 

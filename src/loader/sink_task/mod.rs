@@ -184,6 +184,9 @@ pub struct SinkTask {
     parked_seen: watch::Receiver<u64>,
     /// The sink's config as reloads change it.
     config: Option<watch::Receiver<Arc<SinkSpec>>>,
+    /// A changed config waiting for the filling batch to be sealed under the old one
+    /// (its target changed, and no batch can be sealed yet): nothing is read meanwhile.
+    reconfiguring: Option<Arc<SinkSpec>>,
     /// Producers' chunks may still come (the channel is open).
     input_open: bool,
     /// SIGTERM was seen.
@@ -264,6 +267,7 @@ impl SinkTask {
             parked: Arc::new(parked),
             parked_seen,
             config: None,
+            reconfiguring: None,
             input_open: true,
             stopping: false,
             unsynced_bytes: 0,
@@ -347,6 +351,9 @@ impl SinkTask {
         }
         loop {
             self.start_next_load();
+            if let Some(spec) = self.reconfiguring.take() {
+                self.reconfigure(spec);
+            }
             if self.can_seal() {
                 if self.filling.leftover.is_some() {
                     if let Some(trigger) = self.filling.take_leftover() {
@@ -451,7 +458,10 @@ impl SinkTask {
         for (reason, on) in held {
             self.metrics.set_held(reason, on);
         }
-        self.input_open && self.filling.leftover.is_none() && held.iter().all(|(_, on)| !on)
+        self.input_open
+            && self.filling.leftover.is_none()
+            && self.reconfiguring.is_none()
+            && held.iter().all(|(_, on)| !on)
     }
 
     /// Waits for the next event that matters now; each arm's guard says when it does.
@@ -551,7 +561,7 @@ impl SinkTask {
             Event::Parked => {
                 self.parked_seen.borrow_and_update();
             }
-            Event::Reconfigured(spec) => self.reconfigure(&spec),
+            Event::Reconfigured(spec) => self.reconfigure(spec),
             Event::Chunk(Some(chunk)) => {
                 let base = self.spool_append(&chunk);
                 self.filling.leftover = Some((chunk, 0, base));
@@ -582,20 +592,29 @@ impl SinkTask {
     }
 
     /// Takes a changed config at the batch boundary: what is sealed keeps its label and
-    /// target; the filling batch keeps its records and size limits, but its deadline
-    /// follows the new interval at once; batches sealed from now go to the new target
+    /// target; the filling batch is sealed first if the target changed, else it keeps
+    /// its records and size limits, and its deadline follows the new interval at once; batches sealed from now go to the new target
     /// with the new limits; every load, those under way too, uses the new connection
     /// (FEs, credentials) from its next request, and loads started from now the new
     /// retry settings.
-    fn reconfigure(&mut self, spec: &SinkSpec) {
-        if let Err(e) = self.clients.reconfigure(spec) {
+    fn reconfigure(&mut self, spec: Arc<SinkSpec>) {
+        // Records already taken go where they were accepted for: with a new target, the
+        // filling batch is sealed first, under the old one.
+        if !self.filling.batch.is_empty() && **self.clients.target() != Target::of(&spec) {
+            if !self.can_seal() {
+                self.reconfiguring = Some(spec);
+                return;
+            }
+            self.seal_filling(FlushTrigger::Reload);
+        }
+        if let Err(e) = self.clients.reconfigure(&spec) {
             // Validation builds the same client first: this is not expected.
             tracing::error!(sink = %self.name, error = %e, "the changed config cannot be used; keeping the one in effect");
             return;
         }
         self.retry = spec.retry;
         self.acks = spec.acks;
-        let policy = FlushPolicy::of(spec);
+        let policy = FlushPolicy::of(&spec);
         self.filling.batch.set_policy(policy);
         self.policy.max_bytes = policy.max_bytes;
         self.policy.max_rows = policy.max_rows;
