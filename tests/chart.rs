@@ -183,8 +183,9 @@ fn the_defaults_render_a_hardened_highly_available_controller_and_a_narrow_webho
     assert_eq!(hook["clientConfig"]["service"]["path"], "/mutate");
 
     assert_eq!(
-        find(&docs, "PodDisruptionBudget")["spec"]["minAvailable"],
-        1
+        find(&docs, "PodDisruptionBudget")["spec"]["maxUnavailable"],
+        1,
+        "a budget that lets one replica go at a time never blocks a drain"
     );
     // Write access to Secrets and the webhook configuration is limited to the one object.
     let role = find(&docs, "Role");
@@ -209,6 +210,18 @@ fn the_defaults_render_a_hardened_highly_available_controller_and_a_narrow_webho
         webhook_rule["resourceNames"],
         serde_json::json!(["starsink"])
     );
+}
+
+#[test]
+fn one_replica_gets_no_disruption_budget_that_would_block_every_drain() {
+    let (ok, out, err) = run(Command::new(tool("helm"))
+        .args(["template", "starsink"])
+        .arg(repo("charts/starsink"))
+        .args(["--set", "replicaCount=1"]));
+    assert!(ok, "{err}");
+    let docs = documents(&out);
+    assert!(docs.iter().all(|d| d["kind"] != "PodDisruptionBudget"));
+    assert!(docs.iter().any(|d| d["kind"] == "Deployment"));
 }
 
 #[test]
