@@ -688,7 +688,7 @@ async fn pods_whose_loader_predates_a_sidecar_change_are_counted_until_they_are_
     let (_, reason, message) = condition_of(&api, "orders", "PodsUpToDate").unwrap();
     assert_eq!(reason, "Outdated");
     assert!(
-        message.contains("pod/a-1 (1)") && message.contains("kubectl delete pod/a-2 -n shop"),
+        message.contains("pod/a-1 (1)") && message.contains("kubectl delete pod a-1 a-2 -n shop"),
         "{message}"
     );
 

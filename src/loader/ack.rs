@@ -55,6 +55,8 @@ pub struct ReadProgress {
 
 /// The sink task's and the reader's handle on one connection's acks.
 pub struct ConnAck {
+    /// The sink's `acks` when the connection was accepted: it keeps them for its life.
+    mode: Acks,
     settled: watch::Sender<u64>,
     errs: mpsc::Sender<ErrRun>,
     metrics: Arc<SinkMetrics>,
@@ -69,6 +71,11 @@ impl std::fmt::Debug for ConnAck {
 }
 
 impl ConnAck {
+    /// What this connection's `ok` means.
+    pub fn mode(&self) -> Acks {
+        self.mode
+    }
+
     /// Lines up to `line` are settled (a smaller value than before changes nothing).
     pub fn settle_through(&self, line: u64) {
         self.settled.send_if_modified(|v| {
@@ -132,10 +139,11 @@ impl AckWriters {
         metrics: Arc<SinkMetrics>,
         write: OwnedWriteHalf,
     ) -> Result<(Arc<ConnAck>, watch::Sender<ReadProgress>), OwnedWriteHalf> {
-        if *self.mode.lock().unwrap_or_else(|p| p.into_inner()) == Acks::None {
+        let mode = *self.mode.lock().unwrap_or_else(|p| p.into_inner());
+        if mode == Acks::None {
             return Err(write);
         }
-        let (ack, progress, writer) = channel(metrics, write, self.deadline.clone());
+        let (ack, progress, writer) = channel(metrics, write, self.deadline.clone(), mode);
         self.tracker.spawn(writer);
         Ok((ack, progress))
     }
@@ -147,6 +155,7 @@ pub fn channel(
     metrics: Arc<SinkMetrics>,
     write: OwnedWriteHalf,
     deadline: CancellationToken,
+    mode: Acks,
 ) -> (
     Arc<ConnAck>,
     watch::Sender<ReadProgress>,
@@ -156,6 +165,7 @@ pub fn channel(
     let (errs, errs_rx) = mpsc::channel(ERR_QUEUE);
     let (progress, progress_rx) = watch::channel(ReadProgress::default());
     let ack = Arc::new(ConnAck {
+        mode,
         settled,
         errs,
         metrics,

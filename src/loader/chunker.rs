@@ -174,7 +174,12 @@ mod tests {
         let (_, ours) = tokio::net::UnixStream::pair().unwrap();
         let (_, write) = ours.into_split();
         let metrics = Arc::new(crate::loader::metrics::SinkMetrics::new("t"));
-        let (ack, _, _) = crate::loader::ack::channel(metrics, write, Default::default());
+        let (ack, _, _) = crate::loader::ack::channel(
+            metrics,
+            write,
+            Default::default(),
+            crate::api::Acks::Committed,
+        );
         let mut c = Chunker::new(Format::Csv, Some(ack), Instant::now(), 64);
         lines(
             &mut c,

@@ -30,7 +30,6 @@ pub type Registry = Arc<RwLock<Vec<Arc<SinkMetrics>>>>;
 /// What starting and stopping a sink takes.
 pub struct Sinks {
     prefix: String,
-    start_id: String,
     phases: Phases,
     drain_after: Duration,
     deadline_after: Duration,
@@ -59,7 +58,6 @@ impl Sinks {
     ) -> Self {
         Self {
             prefix,
-            start_id: crate::stream_load::label::start_id(),
             phases,
             drain_after,
             deadline_after,
@@ -90,13 +88,24 @@ impl Sinks {
         self.start(sink, spool).await
     }
 
-    /// Binds the sink's socket and starts its sink task and accept loop.
+    /// Binds the sink's socket and starts its sink task and accept loop. Its labels and
+    /// row ids get a start id of their own, so a sink removed and added again in one
+    /// process never reuses one; it counts on in the metrics of its earlier instance.
     pub async fn start(
         &self,
         sink: &SinkSpec,
         spool: Option<(Spool, Replay)>,
     ) -> Result<SinkHandle, LoaderError> {
-        let metrics = Arc::new(SinkMetrics::new(&sink.name));
+        let earlier = self
+            .registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|m| m.sink == sink.name)
+            .cloned();
+        let metrics = earlier
+            .clone()
+            .unwrap_or_else(|| Arc::new(SinkMetrics::new(&sink.name)));
         metrics.set_config(sink);
         if let Some((_, replay)) = &spool {
             for (_, damage) in &replay.damage {
@@ -110,7 +119,8 @@ impl Sinks {
         })?;
         let phases = self.phases.child();
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-        let labels = LabelGen::new(&self.prefix, &sink.name, &self.start_id);
+        let start_id = crate::stream_load::label::start_id();
+        let labels = LabelGen::new(&self.prefix, &sink.name, &start_id);
         let row_ids = sink.row_id_column().map(|column| {
             let ids = row_id::RowIds::new(labels.base(), column, sink.format, sink.csv_separator());
             Arc::new(ids)
@@ -136,10 +146,12 @@ impl Sinks {
             phases: phases.child(),
         };
         listening.serve(listener, sink, tx);
-        self.registry
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(metrics.clone());
+        if earlier.is_none() {
+            self.registry
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(metrics.clone());
+        }
         tracing::info!(sink = %sink.name, socket = %sink.socket.display(), max_connections = sink.max_connections, format = sink.format.as_str(), table = %format!("{}.{}", sink.starrocks.database, sink.starrocks.table), "listening");
         Ok(SinkHandle {
             config,

@@ -164,6 +164,7 @@ pub async fn accept_loop(
     stop: CancellationToken,
     drain: CancellationToken,
 ) {
+    let bound = std::fs::symlink_metadata(&path).ok().map(|m| file_id(&m));
     let mut backoff = AcceptBackoff::new(format!("sink {}", ingest.metrics.sink));
     let serve = |stream, permits| {
         let (ingest, tx, drain) = (ingest.clone(), tx.clone(), drain.clone());
@@ -202,9 +203,20 @@ pub async fn accept_loop(
         }
     }
     drop(listener);
-    if let Err(e) = std::fs::remove_file(&path) {
-        tracing::debug!(socket = %path.display(), error = %e, "could not remove socket file");
+    // Only the file this listener was bound to: a sink added or moved since may have
+    // bound a new one at the same path.
+    let now = std::fs::symlink_metadata(&path).ok().map(|m| file_id(&m));
+    if now.is_some() && now == bound {
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::debug!(socket = %path.display(), error = %e, "could not remove socket file");
+        }
     }
+}
+
+/// A file's identity: its device and inode.
+fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
 }
 
 /// Reads one producer's lines until it closes, or until the shutdown drain ends. With

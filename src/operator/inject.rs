@@ -364,7 +364,7 @@ fn apply(pod: &Pod, plan: &Plan<'_>, settings: &InjectSettings) -> Pod {
     add_volumes(spec, plan);
     mount_sockets(spec, &names);
     attach_loader(spec, plan, settings, shutdown_secs);
-    let hash = injected_hash(spec, &names);
+    let hash = injected_hash(spec, &names, grace);
     out.annotations_mut()
         .insert(INJECTED_HASH_ANNOTATION.into(), hash);
     out
@@ -383,8 +383,8 @@ fn injected_volume_names(sinks: &[String]) -> Vec<String> {
 }
 
 /// The hash of what injection added to `spec` for `sinks`: the loader container, the
-/// volumes it added, and the grace period.
-fn injected_hash(spec: &PodSpec, sinks: &[String]) -> String {
+/// volumes it added, and the grace period it decided on.
+fn injected_hash(spec: &PodSpec, sinks: &[String], grace: i64) -> String {
     let names = injected_volume_names(sinks);
     let loader = spec
         .init_containers
@@ -401,7 +401,7 @@ fn injected_hash(spec: &PodSpec, sinks: &[String]) -> String {
     let parts = serde_json::json!({
         "loader": loader,
         "volumes": volumes,
-        "grace": spec.termination_grace_period_seconds,
+        "grace": grace,
     });
     content_hash(parts.to_string().as_bytes())
 }
@@ -409,12 +409,23 @@ fn injected_hash(spec: &PodSpec, sinks: &[String]) -> String {
 /// Whether `pod`, injected earlier, runs a loader other than injection would attach
 /// now (the sinks' `sidecar`, `spool` or grace settings, or the injector's image or
 /// resources changed since): what injection would add to the pod without its loader is
-/// hashed and compared with the hash recorded at admission. A pod injected before the
-/// hash was recorded counts as outdated. The API server's defaults on the running pod
-/// do not count: both hashes are of injection's own output.
+/// hashed and compared with the hash recorded at admission. A pod that asks for a loader
+/// and has none (admitted while the webhook was down, say), or was injected before the
+/// hash was recorded, counts as outdated. The API server's defaults on the running pod
+/// do not count: both hashes are of injection's own output. A pod whose injected sinks
+/// are not all in `sinks` (not cached yet, or unreadable) is not judged.
 pub fn outdated(pod: &Pod, sinks: &[StarRocksSink], settings: &InjectSettings) -> bool {
     let annotations = pod.annotations();
-    if !annotations.contains_key(INJECTED_ANNOTATION) {
+    let Some(injected) = annotations.get(INJECTED_ANNOTATION) else {
+        return !requested_sinks(pod).is_empty();
+    };
+    let ns = pod.namespace();
+    let known = |name: &str| {
+        sinks
+            .iter()
+            .any(|s| s.name_any() == name && s.namespace() == ns)
+    };
+    if !injected.split(',').filter(|n| !n.is_empty()).all(known) {
         return false;
     }
     let Some(recorded) = annotations.get(INJECTED_HASH_ANNOTATION) else {
@@ -826,12 +837,23 @@ mod tests {
             json!({"spool": {"maxBytes": "1Gi"}, "flush": {"interval": "30s"}, "starrocks": {"table": "t2"}}),
         )];
         assert!(!outdated(&running, &flush, &settings));
-        // Injected by a release that recorded no hash: counted as outdated; never
-        // injected: not.
+        // Injected by a release that recorded no hash, or asking for a loader and
+        // admitted without one: outdated. A sink of the pod not known: not judged.
         let mut older = running.clone();
         older.annotations_mut().remove(INJECTED_HASH_ANNOTATION);
         assert!(outdated(&older, &sinks, &settings));
-        assert!(!outdated(&mk_pod(json!({})), &sinks, &settings));
+        assert!(outdated(&mk_pod(json!({})), &sinks, &settings));
+        assert!(!outdated(&running, &[], &settings));
+        // `starsink inject` output, applied as it is (no grace period set), then stored
+        // with the API server's default of 30s: the same.
+        let Injection::Injected(printed) = inject(&mk_pod(json!({})), &sinks, &settings) else {
+            panic!("injected")
+        };
+        let mut stored = (*printed).clone();
+        if let Some(spec) = stored.spec.as_mut() {
+            spec.termination_grace_period_seconds.get_or_insert(30);
+        }
+        assert!(!outdated(&stored, &sinks, &settings));
     }
 
     #[test]

@@ -196,15 +196,29 @@ fn outdated_message(outdated: &[&Pod], namespace: &str) -> String {
         .iter()
         .map(|(w, n)| format!("{w} ({n})"))
         .collect();
-    let fixes: Vec<String> = by_workload
+    let restartable = |w: &str| {
+        matches!(
+            w.split_once('/'),
+            Some(("deployment" | "statefulset" | "daemonset", _))
+        )
+    };
+    let mut fixes: Vec<String> = by_workload
         .keys()
-        .map(|w| match w.split_once('/') {
-            Some(("deployment" | "statefulset" | "daemonset", _)) => {
-                format!("kubectl rollout restart {w} -n {namespace}")
-            }
-            _ => format!("kubectl delete {w} -n {namespace} (its owner, if any, makes a new one)"),
-        })
+        .filter(|w| restartable(w))
+        .map(|w| format!("kubectl rollout restart {w} -n {namespace}"))
         .collect();
+    // Anything else is replaced pod by pod (deleting a Job would end the job).
+    let pods: Vec<String> = outdated
+        .iter()
+        .filter(|p| !restartable(&workload(p)))
+        .map(|p| p.name_any())
+        .collect();
+    if !pods.is_empty() {
+        fixes.push(format!(
+            "kubectl delete pod {} -n {namespace} (a Job or ReplicaSet makes new ones; a bare pod must be created again)",
+            pods.join(" ")
+        ));
+    }
     format!(
         "{} pod(s) run a loader injected before the sink's sidecar, spool or grace settings, or the injector's image or resources, changed: {}; starsink restarts no pod by itself: {}",
         outdated.len(),
@@ -589,8 +603,7 @@ mod tests {
             "statefulset/ledger (1)",
             "kubectl rollout restart deployment/orders-api -n shop",
             "kubectl rollout restart statefulset/ledger -n shop",
-            "kubectl delete job/import -n shop",
-            "kubectl delete pod/bare -n shop",
+            "kubectl delete pod import-x bare -n shop",
         ] {
             assert!(c.message.contains(part), "{part} in {}", c.message);
         }

@@ -236,9 +236,22 @@ pub fn plan(running: &LoaderConfig, new: &LoaderConfig) -> Plan {
             Some(old) if old == sink => {}
             Some(old) => {
                 let (runs, keys) = live_part(old, sink);
-                let prefix = format!("sinks[{}].", sink.name);
+                let prefix = format!("sinks[{}]", sink.name);
+                // What runs must be valid too: a live setting may need one that waits
+                // for the restart (`acks: spooled` with a new `spoolDir`). Then the
+                // whole change of the sink waits.
+                let problems = crate::api::validate_sink(&runs, &prefix);
+                if !problems.is_empty() && !keys.is_empty() {
+                    let why: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                    out.need_restart.push(format!(
+                        "{prefix} (all of its change: without {} it would run with {})",
+                        keys.join(", "),
+                        why.join("; ")
+                    ));
+                    continue;
+                }
                 out.need_restart
-                    .extend(keys.iter().map(|k| format!("{prefix}{k}")));
+                    .extend(keys.iter().map(|k| format!("{prefix}.{k}")));
                 if &runs != old {
                     out.changed.push(runs);
                 }

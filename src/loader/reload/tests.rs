@@ -102,6 +102,24 @@ fn what_needs_a_restart_is_named_and_kept_while_the_rest_applies() {
 }
 
 #[test]
+fn a_live_setting_that_needs_one_waiting_for_a_restart_waits_with_it() {
+    let mut old = config();
+    old.sinks[0].spool_dir = None;
+    let new = with(|s| {
+        s.acks = Acks::Spooled;
+        s.starrocks.table = "orders_v2".into();
+    });
+    let p = plan(&old, &new);
+    assert!(p.changed.is_empty(), "{p:?}");
+    assert_eq!(p.need_restart.len(), 1);
+    let why = &p.need_restart[0];
+    assert!(
+        why.starts_with("sinks[orders] (all of its change") && why.contains("spoolDir"),
+        "{why}"
+    );
+}
+
+#[test]
 fn added_and_removed_sinks_and_loader_settings_are_told_apart() {
     let mut new = config();
     new.sinks[0].name = "payments".into();

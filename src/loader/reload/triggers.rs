@@ -11,8 +11,10 @@ use inotify::{Inotify, WatchMask};
 use tokio::sync::mpsc;
 
 /// Events in a watched directory are taken as one change once none has come for this
-/// long: an editor's several writes, or the kubelet's several renames.
+/// long: an editor's several writes, or the kubelet's several renames...
 const SETTLE: Duration = Duration::from_millis(200);
+/// ...or once they have gone on for this long.
+const SETTLE_AT_MOST: Duration = Duration::from_secs(2);
 
 /// Why the config is read again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,9 +34,11 @@ impl Trigger {
 
 /// Watches the directories of `files` (a watch on a file itself would miss a symlink
 /// swapped in its directory) and sends [`Trigger::Files`] on `tx` once a change in them
-/// has settled. Only entries named like one of the files, or the kubelet's own `..`
-/// entries, count. Without inotify (its limits reached, say) the files are not watched
-/// and the error says so; SIGHUP still reloads.
+/// has settled, and once at the start (a change between the first read and the watch
+/// would be missed otherwise). Only entries named like one of the files, or the
+/// kubelet's own `..` entries, count; so does a queue overflow, which may have lost one.
+/// Without inotify (its limits reached, say) the files are not watched and the error
+/// says so; SIGHUP still reloads.
 pub fn watch(files: &[PathBuf], tx: mpsc::Sender<Trigger>) -> std::io::Result<()> {
     let inotify = Inotify::init()?;
     let mask = WatchMask::CREATE
@@ -56,21 +60,36 @@ pub fn watch(files: &[PathBuf], tx: mpsc::Sender<Trigger>) -> std::io::Result<()
         }
     }
     let mut events = inotify.into_event_stream([0u8; 4096])?;
+    let _ = tx.try_send(Trigger::Files);
     tokio::spawn(async move {
-        let counts = |name: Option<&std::ffi::OsStr>| {
-            name.is_some_and(|n| {
-                names.iter().any(|w| w == n) || n.as_encoded_bytes().starts_with(b"..")
-            })
+        let counts = |event: &inotify::Event<OsString>| {
+            event.mask.contains(inotify::EventMask::Q_OVERFLOW)
+                || event.name.as_deref().is_some_and(|n| {
+                    names.iter().any(|w| w == n) || n.as_encoded_bytes().starts_with(b"..")
+                })
         };
-        while let Some(event) = events.next().await {
-            let Ok(event) = event else { break };
-            if !counts(event.name.as_deref()) {
+        loop {
+            let event = match events.next().await {
+                Some(Ok(event)) => event,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "watching the config files failed; they are no longer watched (SIGHUP still reloads)");
+                    return;
+                }
+                None => return,
+            };
+            if !counts(&event) {
                 continue;
             }
-            // Settle: wait until the directory has been quiet for a moment.
-            while let Ok(Some(_)) = tokio::time::timeout(SETTLE, events.next()).await {}
+            // Settle: until the directory has been quiet for a moment, or for long
+            // enough (another file there may be written all the time).
+            let until = tokio::time::Instant::now() + SETTLE_AT_MOST;
+            while let Ok(Some(Ok(_))) = tokio::time::timeout(SETTLE, events.next()).await {
+                if tokio::time::Instant::now() >= until {
+                    break;
+                }
+            }
             if tx.try_send(Trigger::Files).is_err() && tx.is_closed() {
-                break;
+                return;
             }
         }
     });

@@ -184,8 +184,9 @@ pub struct SinkTask {
     parked_seen: watch::Receiver<u64>,
     /// The sink's config as reloads change it.
     config: Option<watch::Receiver<Arc<SinkSpec>>>,
-    /// A changed config waiting for the filling batch to be sealed under the old one
-    /// (its target changed, and no batch can be sealed yet): nothing is read meanwhile.
+    /// The newest changed config, not yet applied: it waits while the filling batch
+    /// must first be sealed under the old target and cannot be yet. Nothing is read
+    /// meanwhile.
     reconfiguring: Option<Arc<SinkSpec>>,
     /// Producers' chunks may still come (the channel is open).
     input_open: bool,
@@ -202,7 +203,6 @@ pub struct SinkTask {
     spool: Option<Spool>,
     spool_sync: SpoolSync,
     replay: Option<Replay>,
-    acks: Acks,
     /// With `acks: spooled`: connections' lines written to the spool and not yet synced.
     unsynced_acks: Vec<(Arc<ConnAck>, u64)>,
     /// A spool write, sync, read or removal failed: no producer is read, and no batch
@@ -277,7 +277,6 @@ impl SinkTask {
             spool: None,
             spool_sync: sink.spool_sync,
             replay: None,
-            acks: sink.acks,
             unsynced_acks: Vec::new(),
             spool_trouble: None,
             unspooled_rows: 0,
@@ -353,6 +352,10 @@ impl SinkTask {
             self.start_next_load();
             if let Some(spec) = self.reconfiguring.take() {
                 self.reconfigure(spec);
+                if self.reconfiguring.is_none() {
+                    // Applied: a batch it sealed may go now.
+                    continue;
+                }
             }
             if self.can_seal() {
                 if self.filling.leftover.is_some() {
@@ -561,7 +564,9 @@ impl SinkTask {
             Event::Parked => {
                 self.parked_seen.borrow_and_update();
             }
-            Event::Reconfigured(spec) => self.reconfigure(spec),
+            // Applied at the top of the next turn; a newer config replaces one not yet
+            // applied.
+            Event::Reconfigured(spec) => self.reconfiguring = Some(spec),
             Event::Chunk(Some(chunk)) => {
                 let base = self.spool_append(&chunk);
                 self.filling.leftover = Some((chunk, 0, base));
@@ -599,13 +604,20 @@ impl SinkTask {
     /// retry settings.
     fn reconfigure(&mut self, spec: Arc<SinkSpec>) {
         // Records already taken go where they were accepted for: with a new target, the
-        // filling batch is sealed first, under the old one.
-        if !self.filling.batch.is_empty() && **self.clients.target() != Target::of(&spec) {
-            if !self.can_seal() {
+        // filling batch is sealed first, under the old one, and the rest of a chunk it
+        // had no room for goes in after it.
+        if **self.clients.target() != Target::of(&spec) {
+            if self.filling.leftover.is_some() {
                 self.reconfiguring = Some(spec);
                 return;
             }
-            self.seal_filling(FlushTrigger::Reload);
+            if !self.filling.batch.is_empty() {
+                if !self.can_seal() {
+                    self.reconfiguring = Some(spec);
+                    return;
+                }
+                self.seal_filling(FlushTrigger::Reload);
+            }
         }
         if let Err(e) = self.clients.reconfigure(&spec) {
             // Validation builds the same client first: this is not expected.
@@ -613,7 +625,6 @@ impl SinkTask {
             return;
         }
         self.retry = spec.retry;
-        self.acks = spec.acks;
         let policy = FlushPolicy::of(&spec);
         self.filling.batch.set_policy(policy);
         self.policy.max_bytes = policy.max_bytes;

@@ -27,7 +27,7 @@ impl SinkTask {
     /// settled; with `acks: committed`, lines of a dead-lettered batch get an `err` first.
     pub(super) fn ack_verdict(&self, parts: Vec<AckPart>, dead_lettered: bool) {
         for part in parts {
-            if dead_lettered && self.acks == Acks::Committed {
+            if dead_lettered && part.conn.mode() == Acks::Committed {
                 part.conn.report(part.first, part.count, "dead_lettered");
             }
             part.conn.settle_through(part.first + part.count - 1);

@@ -106,7 +106,7 @@ impl SinkTask {
             // The page cache has it: it survives the process, which is all `never` promises.
             SpoolSync::Never => Ok(true),
         });
-        if let (Acks::Spooled, Some(conn)) = (self.acks, &chunk.ack) {
+        if let Some(conn) = chunk.ack.as_ref().filter(|c| c.mode() == Acks::Spooled) {
             let through = chunk.first_line + chunk.rows() as u64 - 1;
             self.unsynced_acks.push((conn.clone(), through));
         }
