@@ -94,6 +94,7 @@ impl LoaderConfig {
                 sinks: Vec::new(),
             },
         };
+        let first_from_files = out.sinks.len();
         for file in sink_files {
             let sink: SinkSpec =
                 serde_yaml::from_str(&read(file)?).map_err(|e| ConfigError::Parse {
@@ -108,14 +109,38 @@ impl LoaderConfig {
         if metrics_addr.is_some() {
             out.metrics_addr = metrics_addr;
         }
-        let issues = out.problems();
+        let issues: Vec<(Option<usize>, ConfigIssue)> = out
+            .problems()
+            .into_iter()
+            .map(|i| in_sink_file(i, first_from_files, sink_files))
+            .collect();
         if issues.is_empty() {
             return Ok(out);
         }
-        let path = config
-            .map(Path::to_owned)
-            .or_else(|| sink_files.first().cloned())
-            .unwrap_or_default();
+        // The file named is the one every problem is in, when there is one.
+        let file_of = |f: &Option<usize>| match f {
+            Some(n) => sink_files.get(*n).cloned(),
+            None => config.map(Path::to_owned),
+        };
+        let one_file = issues.iter().all(|(f, _)| *f == issues[0].0);
+        let path = if one_file {
+            file_of(&issues[0].0)
+        } else {
+            None
+        }
+        .or_else(|| config.map(Path::to_owned))
+        .or_else(|| sink_files.first().cloned())
+        .unwrap_or_default();
+        let issues = issues
+            .into_iter()
+            .map(|(f, mut issue)| {
+                if let (Some(_), false) = (f, one_file) {
+                    let file = file_of(&f).unwrap_or_default();
+                    issue.key = format!("{}: {}", file.display(), issue.key);
+                }
+                issue
+            })
+            .collect();
         Err(ConfigError::Invalid { path, issues })
     }
 
@@ -271,6 +296,32 @@ fn list(issues: &[ConfigIssue]) -> String {
         .map(|i| format!("  - {i}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// An issue of the assembled config, said where the user wrote it: one about sink
+/// `sinks[n]` that came from sink file `n - first` gets that file's index and its key
+/// within the file (`starrocks.table`, not `sinks[1].starrocks.table`).
+fn in_sink_file(
+    issue: ConfigIssue,
+    first: usize,
+    files: &[PathBuf],
+) -> (Option<usize>, ConfigIssue) {
+    let parsed = issue
+        .key
+        .strip_prefix("sinks[")
+        .and_then(|rest| rest.split_once(']'))
+        .and_then(|(n, tail)| Some((n.parse::<usize>().ok()?, tail)));
+    match parsed {
+        Some((n, tail)) if n >= first && n - first < files.len() => {
+            let key = match tail.trim_start_matches('.') {
+                "" => "(the sink)".to_owned(),
+                k => k.to_owned(),
+            };
+            let issue = ConfigIssue::new(key, issue.message);
+            (Some(n - first), issue)
+        }
+        _ => (None, issue),
+    }
 }
 
 /// Headers the loader sets itself; a `properties` entry may not override them.
@@ -705,6 +756,45 @@ sinks:
             Ok(_) => String::new(),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn a_problem_in_a_sink_file_names_that_file_and_its_own_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = |name: &str, table: &str| {
+            format!("name: {name}\nsocket: /tmp/{name}.sock\nstarrocks:\n  feEndpoints: [\"http://fe:8030\"]\n  database: shop\n  table: \"{table}\"\n")
+        };
+        let good = dir.path().join("orders-sink.yaml");
+        let bad = dir.path().join("bad-sink.yaml");
+        std::fs::write(&good, sink("orders", "orders")).unwrap();
+        std::fs::write(&bad, sink("payments", "")).unwrap();
+        let files = [good.clone(), bad.clone()];
+        let Err(ConfigError::Invalid { path, issues }) =
+            LoaderConfig::assemble(None, &files, None, None)
+        else {
+            panic!("an empty table is refused")
+        };
+        assert_eq!(path, bad);
+        assert!(
+            issues.iter().all(|i| i.key.starts_with("starrocks.table")),
+            "{issues:?}"
+        );
+        // Problems in two files: each names its file.
+        std::fs::write(&good, sink("orders", "")).unwrap();
+        let Err(ConfigError::Invalid { issues, .. }) =
+            LoaderConfig::assemble(None, &files, None, None)
+        else {
+            panic!("refused")
+        };
+        let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+        assert!(
+            keys.iter()
+                .any(|k| k.starts_with(&format!("{}: starrocks.table", good.display())))
+                && keys
+                    .iter()
+                    .any(|k| k.starts_with(&format!("{}: starrocks.table", bad.display()))),
+            "{keys:?}"
+        );
     }
 
     #[test]
