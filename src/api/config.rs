@@ -241,11 +241,27 @@ impl LoaderConfig {
     }
 }
 
+/// A path as the file system will resolve it, for telling whether two spellings name
+/// one file (`run/../run/orders.sock` and `./run/orders.sock`): made absolute, its
+/// directory resolved (symlinks included) when it exists, and `.` and `..` taken out
+/// by their meaning where it does not.
 fn normalize(p: &Path) -> PathBuf {
+    let absolute = match std::env::current_dir() {
+        Ok(cwd) if p.is_relative() => cwd.join(p),
+        _ => p.to_owned(),
+    };
+    if let (Some(dir), Some(name)) = (absolute.parent(), absolute.file_name()) {
+        if let Ok(dir) = std::fs::canonicalize(dir) {
+            return dir.join(name);
+        }
+    }
     let mut out = PathBuf::new();
-    for c in p.components() {
+    for c in absolute.components() {
         match c {
             std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
             other => out.push(other),
         }
     }
@@ -756,6 +772,34 @@ sinks:
             Ok(_) => String::new(),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn one_socket_spelled_two_ways_is_one_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        let yaml = |a: &Path, b: &Path| {
+            format!("sinks:\n  - name: orders\n    socket: {}\n    starrocks: {{feEndpoints: [\"http://fe:8030\"], database: shop, table: orders}}\n  - name: payments\n    socket: {}\n    starrocks: {{feEndpoints: [\"http://fe:8030\"], database: shop, table: payments}}\n", a.display(), b.display())
+        };
+        let plain = run.join("orders.sock");
+        for other in [
+            run.join("..").join("run").join("orders.sock"),
+            run.join(".").join("orders.sock"),
+            dir.path()
+                .join("missing")
+                .join("..")
+                .join("run")
+                .join("orders.sock"),
+        ] {
+            let problems = problems_of(&yaml(&plain, &other));
+            assert!(
+                problems.contains("sinks[1].socket")
+                    && problems.contains("give each sink its own socket"),
+                "{other:?}: {problems}"
+            );
+        }
+        assert_eq!(problems_of(&yaml(&plain, &run.join("payments.sock"))), "");
     }
 
     #[test]
