@@ -23,9 +23,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// The sidecar: reads records from Unix sockets and loads them with Stream Load.
+    /// Reads its config again when the files change, and on SIGHUP.
+    #[command(group(
+        clap::ArgGroup::new("source")
+            .required(true)
+            .multiple(true)
+            .args(["config", "sink_files"])
+    ))]
     Loader {
         /// The loader's YAML configuration.
-        #[arg(long, short, required_unless_present = "sink_files")]
+        #[arg(long, short)]
         config: Option<PathBuf>,
         /// One sink's settings (the `sink.yaml` the controller renders); repeatable. Added
         /// to the config file's sinks.

@@ -524,3 +524,17 @@ async fn sink_files_as_the_injector_passes_them_run_one_loader_for_several_sinks
         (100..120).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn starsink_loader_without_a_config_shows_both_ways_to_give_one() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_starsink"))
+        .arg("loader")
+        .output()
+        .expect("run starsink loader");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--config <CONFIG>") && err.contains("--sink-file <SINK_FILES>"),
+        "{err}"
+    );
+}

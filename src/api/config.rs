@@ -53,7 +53,7 @@ impl LoaderConfig {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let config: LoaderConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: located(&e, text),
         })?;
         let issues = config.problems();
         if issues.is_empty() {
@@ -82,10 +82,13 @@ impl LoaderConfig {
             })
         };
         let mut out = match config {
-            Some(path) => serde_yaml::from_str(&read(path)?).map_err(|e| ConfigError::Parse {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?,
+            Some(path) => {
+                let text = read(path)?;
+                serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: located(&e, &text),
+                })?
+            }
             None => LoaderConfig {
                 label_prefix: None,
                 shutdown_timeout: defaults::shutdown_timeout(),
@@ -96,11 +99,11 @@ impl LoaderConfig {
         };
         let first_from_files = out.sinks.len();
         for file in sink_files {
-            let sink: SinkSpec =
-                serde_yaml::from_str(&read(file)?).map_err(|e| ConfigError::Parse {
-                    path: file.clone(),
-                    message: e.to_string(),
-                })?;
+            let text = read(file)?;
+            let sink: SinkSpec = serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: file.clone(),
+                message: located(&e, &text),
+            })?;
             out.sinks.push(sink);
         }
         if let Some(t) = shutdown_timeout {
@@ -312,6 +315,29 @@ fn list(issues: &[ConfigIssue]) -> String {
         .map(|i| format!("  - {i}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A YAML error's message, with the line and column of the key it names when the
+/// parser gives none (it gives none for an unknown key at the top of a file).
+fn located(e: &serde_yaml::Error, text: &str) -> String {
+    let message = e.to_string();
+    if e.location().is_some() {
+        return message;
+    }
+    let key = message
+        .split_once("unknown field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(key, _)| key);
+    let at = key.and_then(|key| {
+        text.lines().position(|l| {
+            l.strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with(':'))
+        })
+    });
+    match at {
+        Some(line) => format!("{message} at line {} column 1", line + 1),
+        None => message,
+    }
 }
 
 /// An issue of the assembled config, said where the user wrote it: one about sink
@@ -772,6 +798,16 @@ sinks:
             Ok(_) => String::new(),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn a_misspelt_top_level_key_is_named_with_its_line_and_column() {
+        let text = "labelPrefix: x\n# comment\nsinkz:\n  - name: orders\n";
+        let problems = problems_of(text);
+        assert!(
+            problems.contains("unknown field `sinkz`") && problems.contains("at line 3 column 1"),
+            "{problems}"
+        );
     }
 
     #[test]
