@@ -78,12 +78,14 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<i32, String> {
     println!("== the loader is killed (SIGKILL) while StarRocks is still down");
     signal(&loader, "-KILL");
     let status = loader.wait().await.map_err(|e| e.to_string())?;
+    let acked = 2 * args.producers * args.records;
+    let loaded = endpoint.committed_rows();
     println!(
-        "== loader exit: {status}; StarRocks has {} rows so far",
-        endpoint.committed_rows()
+        "== loader exit: {status}; {acked} records acked, {loaded} of them in StarRocks: with `acks: spooled`, `ok` means on disk in the spool; the other {} wait there for StarRocks",
+        acked.saturating_sub(loaded)
     );
 
-    println!("\n== 3. StarRocks is back; a new loader replays the spool, then gets SIGTERM");
+    println!("\n== 3. StarRocks is back; a new loader replays the spool (its log says what it found), then gets SIGTERM");
     endpoint.set_faults(Faults::default());
     let written = 2 * args.producers * args.records;
     let mut loader = start_loader(&config, &socket).await?;
@@ -120,10 +122,11 @@ fn summary(endpoint: &DevEndpoint, written: u64, status: std::process::ExitStatu
     println!("\n== summary");
     println!("records written and acked: {written}");
     println!("rows in StarRocks:         {loaded} ({duplicates} duplicates, {missing} missing)");
+    let refused = st.loads.iter().filter(|l| l.status != "Success").count();
     println!(
-        "loads:                     {} committed, {} attempts refused while StarRocks was down",
+        "loads:                     {} committed, {refused} {} refused while StarRocks was down",
         st.loads.iter().filter(|l| l.status == "Success").count(),
-        st.loads.iter().filter(|l| l.status != "Success").count()
+        if refused == 1 { "attempt" } else { "attempts" }
     );
     println!("last loader exit code:     {}", status.code().unwrap_or(-1));
     if duplicates == 0 && missing == 0 && status.success() {
@@ -140,7 +143,12 @@ async fn start_loader(config: &Path, socket: &Path) -> Result<Child, String> {
     let child = tokio::process::Command::new(exe)
         .args(["loader", "--config"])
         .arg(config)
-        .env("RUST_LOG", "warn")
+        // Warnings, and what a start finds in the spool and the final accounting line
+        // (not each flush).
+        .env(
+            "RUST_LOG",
+            "warn,starsink::loader=info,starsink::loader::sinks=warn,starsink::loader::sink_task=warn",
+        )
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()

@@ -28,4 +28,15 @@ async fn the_demo_loads_every_record_once_through_a_crash_and_a_replay() {
         stdout.contains("every record loaded exactly once"),
         "{stdout}"
     );
+    // What it claims to show, it shows: the replay the second loader found in the spool
+    // (its log, on stderr), and what an `ok` meant while StarRocks was down.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("spool replay: loading what the last run left"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("`ok` means on disk in the spool"),
+        "{stdout}"
+    );
 }
