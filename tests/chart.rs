@@ -1,7 +1,7 @@
-//! The Helm chart and the Dockerfile, checked with the real tools that
-//! scripts/install-tools puts in `.tools/`: helm (lint, template), kubernetes-validate
-//! (strict, every built-in kind) and hadolint; and every rendered object against the API
-//! server's own object validation (`kube_rules`).
+//! The Helm chart, the Dockerfile and the GitHub workflows, checked with the real tools
+//! that scripts/install-tools puts in `.tools/`: helm (lint, template),
+//! kubernetes-validate (strict, every built-in kind), hadolint and actionlint; and every
+//! rendered object against the API server's own object validation (`kube_rules`).
 
 mod kube_rules;
 
@@ -256,6 +256,28 @@ fn the_chart_versions_follow_the_crate() {
             .unwrap();
     assert_eq!(chart["appVersion"], env!("CARGO_PKG_VERSION"));
     assert!(chart["kubeVersion"].as_str().unwrap().ends_with("-0"));
+}
+
+#[test]
+fn the_workflows_pass_actionlint_and_release_what_the_readme_says() {
+    let workflows: Vec<PathBuf> = std::fs::read_dir(repo(".github/workflows"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(workflows.len() >= 2, "ci and release: {workflows:?}");
+    let (ok, out, err) = run(Command::new(tool("actionlint")).args(&workflows));
+    assert!(ok, "actionlint:\n{out}{err}");
+    let release = std::fs::read_to_string(repo(".github/workflows/release.yml")).unwrap();
+    for part in [
+        "linux/amd64,linux/arm64",
+        "helm push",
+        "crds/starrocks-sink.yaml",
+        "Secrets:",
+    ] {
+        assert!(release.contains(part), "release.yml lacks {part}");
+    }
+    let ci = std::fs::read_to_string(repo(".github/workflows/ci.yml")).unwrap();
+    assert!(ci.contains("run: .ci/run"), "CI runs the test command");
 }
 
 #[test]
