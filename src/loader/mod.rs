@@ -7,6 +7,10 @@
 //!
 //! (In Merge Commit async, batches whose rows wait for their windows do not count as in
 //! flight: the next one is sent beside them; see `sink_task`.)
+//!
+//! The running sinks are one set (`sinks`): started at start, and added, removed or moved
+//! to another socket by `reload`, which reads the config again when its files change or
+//! on SIGHUP and hands each sink task its new config (applied at a batch boundary).
 
 pub mod ack;
 pub mod batch;
