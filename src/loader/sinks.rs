@@ -131,10 +131,24 @@ impl Sinks {
         if let Some((spool, replay)) = spool {
             task = task.with_spool(spool, replay);
         }
-        self.tasks.spawn(task.run(Stopping {
+        let stopping = Stopping {
             stop: phases.stop.clone(),
             deadline: phases.deadline.clone(),
-        }));
+        };
+        let (stopped, name) = (phases.stop.clone(), sink.name.clone());
+        self.tasks.spawn(async move {
+            task.run(stopping).await;
+            if !stopped.is_cancelled() {
+                // Only a failed load or dead-letter task ends a sink task that was not
+                // stopped: the loader stops as on SIGTERM (and exits non-zero, saying
+                // what was lost), so that it is restarted rather than left half dead.
+                tracing::error!(sink = %name, "the sink stopped working; stopping the loader");
+                // SAFETY: kill(2) on this process with a signal it handles.
+                unsafe {
+                    libc::kill(libc::getpid(), libc::SIGTERM);
+                }
+            }
+        });
         let acks = AckWriters::new(sink.acks, self.ack_writers.clone(), phases.deadline.clone());
         let listening = Listening {
             ingest: Arc::new(Ingest::new(sink, metrics.clone(), acks, row_ids)),
