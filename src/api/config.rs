@@ -215,6 +215,7 @@ impl LoaderConfig {
             let key = format!("sinks[{i}]");
             issues.extend(validate_sink(sink, &key));
             issues.extend(check_password_source(sink, &key));
+            issues.extend(check_tls_files(sink, &key));
             let mut shared = |field: &str, value: String, first: usize, fix: &str| {
                 issues.push(ConfigIssue::new(
                     format!("{key}.{field}"),
@@ -248,6 +249,21 @@ impl LoaderConfig {
 /// one file (`run/../run/orders.sock` and `./run/orders.sock`): made absolute, its
 /// directory resolved (symlinks included) when it exists, and `.` and `..` taken out
 /// by their meaning where it does not.
+/// The TLS files a sink reads (the CA file, or the system bundle for an `https://` FE):
+/// readable, and holding certificates.
+fn check_tls_files(sink: &SinkSpec, key: &str) -> Option<ConfigIssue> {
+    let sr = &sink.starrocks;
+    let https = sr.fe_endpoints.iter().any(|e| e.starts_with("https://"));
+    let spec = match &sr.tls {
+        Some(spec) => spec.clone(),
+        None if https => crate::api::sink::TlsSpec::default(),
+        None => return None,
+    };
+    crate::stream_load::transport::TlsClient::new(&spec)
+        .err()
+        .map(|e| ConfigIssue::new(format!("{key}.starrocks.tls"), e))
+}
+
 fn normalize(p: &Path) -> PathBuf {
     let absolute = match std::env::current_dir() {
         Ok(cwd) if p.is_relative() => cwd.join(p),

@@ -210,7 +210,8 @@ impl Format {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StarRocksSpec {
-    /// FE HTTP endpoints, `http://host:port`; the loader fails over between them.
+    /// FE HTTP endpoints, `http://host:port` or `https://host:port`; the loader fails
+    /// over between them.
     #[schemars(length(min = 1), inner(regex(pattern = r"^https?://[^/?#@\s]+/?$")))]
     pub fe_endpoints: Vec<String>,
     /// The database: 1-64 letters, digits and `_`, starting with a letter or `_`.
@@ -255,6 +256,30 @@ pub struct StarRocksSpec {
     /// table. Unset: one labelled transaction per batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merge_commit: Option<MergeCommitSpec>,
+    /// TLS for `https://` FE endpoints and for BE redirects to `https://`. Not in a
+    /// `StarRocksSink` yet (its files are paths in the loader's container).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(skip)]
+    pub tls: Option<TlsSpec>,
+}
+
+/// How the loader checks the FEs' and BEs' certificates.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsSpec {
+    /// PEM file of the CA certificates to trust. Default: the system's bundle,
+    /// `/etc/ssl/certs/ca-certificates.crt` (the image has it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The name the certificates must be issued for, when it is not the host in the
+    /// URL (an FE reached by its IP address, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Follow a redirect from `https://` to plain `http://` (a BE without TLS behind an
+    /// FE with it). Off: such a load fails, since the BE hop would carry the credentials
+    /// and the rows in clear.
+    #[serde(default)]
+    pub allow_http_redirect: bool,
 }
 
 /// Merge Commit settings, sent as Stream Load headers. StarRocks merges only requests

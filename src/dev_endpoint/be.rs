@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use tokio::net::TcpStream;
+use super::Io;
 
 use super::merge::{self, MergeParams, MergeReply};
 use super::{load_answer, LabelState, LoadRecord, Shared};
@@ -16,7 +16,7 @@ const MAX_BODY: usize = 1 << 30;
 /// routed, may be answered before its body (auth, an early-success fault, a bad label;
 /// that ends the connection, its body unread), has its body read after `100 Continue`,
 /// and is loaded and answered.
-pub(super) async fn connection(stream: TcpStream, shared: &Shared) {
+pub(super) async fn connection<S: Io>(stream: S, shared: &Shared) {
     let mut conn = Conn::new(stream);
     while let Ok(Some(req)) = conn.read_request_head().await {
         let Some(target) = Target::of(&req) else {
@@ -141,7 +141,7 @@ fn early_answer(shared: &Shared, req: &RequestHead, t: &Target) -> Option<Vec<u8
 
 /// Reads the body, after `100 Continue` when the client asked for it; `None` when the
 /// connection is to end (no length: 411; or it failed).
-async fn read_body(conn: &mut Conn<TcpStream>, req: &RequestHead) -> Option<bytes::Bytes> {
+async fn read_body<S: Io>(conn: &mut Conn<S>, req: &RequestHead) -> Option<bytes::Bytes> {
     let expects = req
         .headers
         .get("expect")
@@ -193,8 +193,8 @@ async fn run_load(shared: &Shared, t: &Target, body: &[u8]) -> LoadAnswer {
 
 /// Records the load and answers it; false when the connection is to end (a dropped
 /// answer, or a failed write).
-async fn reply(
-    conn: &mut Conn<TcpStream>,
+async fn reply<S: Io>(
+    conn: &mut Conn<S>,
     shared: &Shared,
     t: &Target,
     body_bytes: usize,

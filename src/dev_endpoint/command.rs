@@ -90,6 +90,7 @@ fn probability(s: &str) -> Result<f64, String> {
 /// Runs the endpoint until SIGTERM or SIGINT; returns the exit code (2: cannot listen).
 pub async fn run(args: DevEndpointArgs) -> i32 {
     let config = EndpointConfig {
+        tls: None,
         user: args.user.clone(),
         password: args.password.clone(),
         faults: Faults {

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use super::Io;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 use super::{LabelState, Shared};
 use crate::http1::{response, Conn, RequestHead};
@@ -19,7 +19,7 @@ const JSON_CLOSE: [(&str, &str); 2] = [
 
 /// Serves one FE request: the endpoint's own `/dev/` API, a Stream Load PUT (redirected
 /// to the BE, headers only), or `get_load_state`; then counts any body wrongly sent here.
-pub(super) async fn connection(stream: TcpStream, shared: &Shared) {
+pub(super) async fn connection<S: Io>(stream: S, shared: &Shared) {
     let mut conn = Conn::new(stream);
     let Ok(Some(req)) = conn.read_request_head().await else {
         return;
@@ -73,8 +73,9 @@ fn redirect(shared: &Shared, req: &RequestHead, db: &str, table: &str) -> Vec<u8
         .split_once('?')
         .map(|(_, q)| format!("?{q}"))
         .unwrap_or_default();
+    let scheme = if shared.be_tls() { "https" } else { "http" };
     let location = format!(
-        "http://{}/api/{db}/{table}/_stream_load{query}",
+        "{scheme}://{}/api/{db}/{table}/_stream_load{query}",
         shared.be_location(req.headers.get("host"))
     );
     let headers = [("Location", location.as_str()), ("Connection", "close")];
@@ -103,7 +104,7 @@ fn load_state(shared: &Shared, db: &str, label: &str) -> Vec<u8> {
 
 /// The FE closes every connection after answering. Before it does, counts any body bytes
 /// the client sent here: with `Expect: 100-continue` a correct client sends none.
-async fn count_stray_body(mut conn: Conn<TcpStream>, shared: &Shared) {
+async fn count_stray_body<S: Io>(mut conn: Conn<S>, shared: &Shared) {
     let _ = conn.flush().await;
     let mut stray = conn.buffered() as u64;
     let _ = tokio::time::timeout(BODY_WATCH, async {

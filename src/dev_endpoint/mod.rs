@@ -52,6 +52,8 @@ pub struct Faults {
 /// How the endpoint is set up.
 #[derive(Clone, Debug)]
 pub struct EndpointConfig {
+    /// Serve the FE and/or the BE over TLS with this certificate (tests make one).
+    pub tls: Option<EndpointTls>,
     pub user: String,
     pub password: String,
     pub faults: Faults,
@@ -62,9 +64,31 @@ pub struct EndpointConfig {
     pub limits: ServerLimits,
 }
 
+/// TLS for the dev endpoint: a serving certificate, and which listeners use it.
+#[derive(Clone)]
+pub struct EndpointTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub fe: bool,
+    pub be: bool,
+}
+
+impl std::fmt::Debug for EndpointTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointTls")
+            .field("fe", &self.fe)
+            .field("be", &self.be)
+            .finish()
+    }
+}
+
+/// What a connection of the FE or the BE runs over: TCP, or TLS on it.
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 impl Default for EndpointConfig {
     fn default() -> Self {
         Self {
+            tls: None,
             user: "root".into(),
             password: String::new(),
             faults: Faults::default(),
@@ -155,6 +179,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Whether the BE serves TLS (the FE's redirects then say `https://`).
+    pub fn be_tls(&self) -> bool {
+        self.config.tls.as_ref().is_some_and(|t| t.be)
+    }
+
     pub fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -274,7 +303,9 @@ impl DevEndpoint {
 
     /// The FE URL to put in `feEndpoints`.
     pub fn fe_url(&self) -> String {
-        format!("http://{}", self.fe_addr)
+        let fe_tls = self.shared.config.tls.as_ref().is_some_and(|t| t.fe);
+        let scheme = if fe_tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.fe_addr)
     }
 
     /// Changes the faults for the requests that follow.
@@ -340,11 +371,21 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationTok
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let stop = stop.clone();
+        let tls = shared.config.tls.as_ref().filter(|t| match role {
+            Role::Fe => t.fe,
+            Role::Be => t.be,
+        });
+        let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
         tokio::spawn(async move {
             let work = async {
-                match role {
-                    Role::Fe => fe::connection(stream, &shared).await,
-                    Role::Be => be::connection(stream, &shared).await,
+                match acceptor {
+                    Some(acceptor) => {
+                        // A client that does not trust the certificate ends here.
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            role_connection(role, stream, &shared).await;
+                        }
+                    }
+                    None => role_connection(role, stream, &shared).await,
                 }
             };
             tokio::select! {
@@ -352,6 +393,13 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationTok
                 _ = work => {}
             }
         });
+    }
+}
+
+async fn role_connection<S: Io>(role: Role, stream: S, shared: &Shared) {
+    match role {
+        Role::Fe => fe::connection(stream, shared).await,
+        Role::Be => be::connection(stream, shared).await,
     }
 }
 

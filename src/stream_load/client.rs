@@ -9,10 +9,12 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use crate::api::sink::TlsSpec;
 use crate::api::{MergeCommitSpec, SinkSpec};
 use crate::http1::{Conn, Http1Error};
 use crate::stream_load::body;
 use crate::stream_load::response::{parse_load_state, LoadState};
+use crate::stream_load::transport::{Stream, TlsClient};
 
 /// Redirects followed per request: a follower FE may send us to the leader FE, which
 /// sends us to a BE (stream-load.md, "Request").
@@ -22,25 +24,27 @@ const CONTINUE_WAIT: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_ANSWER: usize = 1 << 20;
 
-/// An HTTP endpoint, `host:port`.
+/// An HTTP endpoint, `host:port`, over TLS or not.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
+    /// `https://`.
+    pub tls: bool,
 }
 
 impl Endpoint {
-    /// Parses `http://host[:port][/]` as written in `feEndpoints`.
+    /// Parses `http://host[:port][/]` or `https://...` as written in `feEndpoints`
+    /// (default port 8030, or 443 with https).
     pub fn parse(url: &str) -> Result<Self, String> {
-        if url.starts_with("https://") {
-            return Err(format!(
-                "`{url}`: https is not supported yet; use the FE's http port, e.g. http://starrocks-fe:8030"
-            ));
-        }
-        let Some(rest) = url.strip_prefix("http://") else {
-            return Err(format!(
-                "`{url}` is not an http URL; write it like http://starrocks-fe:8030"
-            ));
+        let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => {
+                return Err(format!(
+                    "`{url}` is not an http(s) URL; write it like http://starrocks-fe:8030"
+                ))
+            }
         };
         let authority = rest.trim_end_matches('/');
         if let Some((_, host)) = authority.rsplit_once('@') {
@@ -54,10 +58,11 @@ impl Endpoint {
                 "`{url}` has a path; give only scheme, host and port, e.g. http://starrocks-fe:8030"
             ));
         }
-        Self::from_authority(authority, 8030).map_err(|e| format!("`{url}`: {e}"))
+        let default_port = if tls { 443 } else { 8030 };
+        Self::from_authority(authority, default_port, tls).map_err(|e| format!("`{url}`: {e}"))
     }
 
-    fn from_authority(authority: &str, default_port: u16) -> Result<Self, String> {
+    fn from_authority(authority: &str, default_port: u16, tls: bool) -> Result<Self, String> {
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, rest) = v6.split_once(']').ok_or("unclosed [ in host")?;
             let port = rest.strip_prefix(':');
@@ -75,7 +80,7 @@ impl Endpoint {
             Some(p) => p.parse().map_err(|_| format!("bad port `{p}`"))?,
             None => default_port,
         };
-        Ok(Self { host, port })
+        Ok(Self { host, port, tls })
     }
 
     fn authority(&self) -> String {
@@ -92,14 +97,22 @@ fn parse_location(location: &str, base: &Endpoint) -> Result<(Endpoint, String),
     if location.starts_with('/') {
         return Ok((base.clone(), location.to_owned()));
     }
-    let rest = location
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("redirect to unsupported location {location:?}"))?;
+    let (rest, tls) = match (
+        location.strip_prefix("http://"),
+        location.strip_prefix("https://"),
+    ) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => return Err(format!("redirect to unsupported location {location:?}")),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, "/"),
     };
-    Ok((Endpoint::from_authority(authority, 80)?, path.to_owned()))
+    Ok((
+        Endpoint::from_authority(authority, if tls { 443 } else { 80 }, tls)?,
+        path.to_owned(),
+    ))
 }
 
 /// Where the password comes from. A file is read again for each request, so a rotated
@@ -156,6 +169,8 @@ pub struct Answer {
 #[derive(Debug)]
 pub struct Connection {
     endpoints: Vec<Endpoint>,
+    /// For `https://` FEs and BEs: built when an FE is `https://` or `starrocks.tls` is set.
+    tls: Option<TlsClient>,
     user: String,
     password: PasswordSource,
     request_timeout: Duration,
@@ -176,8 +191,14 @@ impl Connection {
             (_, _, Some(v)) => PasswordSource::Env(v.clone()),
             _ => PasswordSource::None,
         };
+        let tls = match (&sr.tls, endpoints.iter().any(|e| e.tls)) {
+            (Some(spec), _) => Some(TlsClient::new(spec)?),
+            (None, true) => Some(TlsClient::new(&TlsSpec::default())?),
+            (None, false) => None,
+        };
         Ok(Self {
             endpoints,
+            tls,
             user: sr.user.clone(),
             password,
             request_timeout: sr.request_timeout.0,
@@ -306,7 +327,7 @@ pub struct StreamLoadClient {
     connection: tokio::sync::watch::Receiver<std::sync::Arc<Connection>>,
     target: std::sync::Arc<Target>,
     current: usize,
-    pooled: Option<(Endpoint, Conn<TcpStream>)>,
+    pooled: Option<(Endpoint, Conn<Stream>)>,
 }
 
 impl StreamLoadClient {
@@ -347,16 +368,13 @@ impl StreamLoadClient {
     }
 
     /// Connects to the first reachable FE, starting with the one that answered last.
-    async fn connect_fe(
-        &mut self,
-        conn: &Connection,
-    ) -> Result<(Endpoint, Conn<TcpStream>), String> {
+    async fn connect_fe(&mut self, conn: &Connection) -> Result<(Endpoint, Conn<Stream>), String> {
         let mut errors = Vec::new();
         let n = conn.endpoints.len();
         for i in 0..n {
             let idx = (self.current + i) % n;
             let ep = conn.endpoints[idx].clone();
-            match connect(&ep).await {
+            match connect(&ep, conn.tls.as_ref()).await {
                 Ok(c) => {
                     self.current = idx;
                     return Ok((ep, c));
@@ -439,12 +457,13 @@ impl StreamLoadClient {
                 }
                 let (mut next, next_path) =
                     parse_location(&location, &ep).map_err(TransportError::NotSent)?;
+                check_redirect(settings, &ep, &next).map_err(TransportError::Misconfigured)?;
                 if settings.rewrite_loopback && next.is_loopback() && !fe.is_loopback() {
                     next.host = fe.host.clone();
                 }
                 conn = match self.pooled.take() {
                     Some((pooled_ep, pooled)) if pooled_ep == next => pooled,
-                    _ => connect(&next).await.map_err(|e| {
+                    _ => connect(&next, settings.tls.as_ref()).await.map_err(|e| {
                         TransportError::NotSent(format!("{}: {e}", next.authority()))
                     })?,
                 };
@@ -494,7 +513,8 @@ impl StreamLoadClient {
             if matches!(resp.status, 301 | 302 | 303 | 307 | 308) {
                 let location = resp.headers.get("location").unwrap_or_default();
                 let (next, next_path) = parse_location(location, &ep)?;
-                conn = connect(&next).await.map_err(|e| e.to_string())?;
+                check_redirect(settings, &ep, &next)?;
+                conn = connect(&next, settings.tls.as_ref()).await?;
                 ep = next;
                 path = next_path;
                 continue;
@@ -511,22 +531,47 @@ impl StreamLoadClient {
     }
 }
 
-async fn connect(ep: &Endpoint) -> Result<Conn<TcpStream>, String> {
+/// Refuses a redirect from `https://` to plain `http://` unless the sink allows it: the
+/// next hop would carry the credentials and the rows in clear.
+fn check_redirect(settings: &Connection, from: &Endpoint, to: &Endpoint) -> Result<(), String> {
+    let allowed = settings.tls.as_ref().is_some_and(|t| t.allow_http_redirect);
+    if from.tls && !to.tls && !allowed {
+        return Err(format!(
+            "{} redirected to http://{}, which is not TLS: the credentials and rows would cross the network in clear; give the BE TLS, or set starrocks.tls.allowHttpRedirect: true",
+            from.authority(),
+            to.authority()
+        ));
+    }
+    Ok(())
+}
+
+async fn connect(ep: &Endpoint, tls: Option<&TlsClient>) -> Result<Conn<Stream>, String> {
     let host = ep.host.trim_start_matches('[').trim_end_matches(']');
-    match timeout(CONNECT_TIMEOUT, TcpStream::connect((host, ep.port))).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(Conn::new(s))
-        }
-        Ok(Err(e)) => Err(format!("connect failed: {e}")),
-        Err(_) => Err(format!("connect timed out after {CONNECT_TIMEOUT:?}")),
+    let tcp = match timeout(CONNECT_TIMEOUT, TcpStream::connect((host, ep.port))).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("connect failed: {e}")),
+        Err(_) => return Err(format!("connect timed out after {CONNECT_TIMEOUT:?}")),
+    };
+    let _ = tcp.set_nodelay(true);
+    if !ep.tls {
+        return Ok(Conn::new(Stream::Plain(tcp)));
+    }
+    let Some(tls) = tls else {
+        return Err(format!(
+            "{} is https://, and the sink has no TLS settings; set starrocks.tls",
+            ep.authority()
+        ));
+    };
+    match timeout(CONNECT_TIMEOUT, tls.connect(host, tcp)).await {
+        Ok(r) => r.map(Conn::new),
+        Err(_) => Err(format!("TLS handshake timed out after {CONNECT_TIMEOUT:?}")),
     }
 }
 
 /// Sends a head with `Expect: 100-continue`; sends the body only after `100 Continue`
 /// (or after [`CONTINUE_WAIT`] of silence), never after a final answer such as a redirect.
 async fn exchange(
-    conn: &mut Conn<TcpStream>,
+    conn: &mut Conn<Stream>,
     head: &[u8],
     body: &Bytes,
     body_sent: &mut bool,
@@ -576,14 +621,15 @@ mod tests {
             Endpoint::parse("http://fe:8030/").unwrap(),
             Endpoint {
                 host: "fe".into(),
-                port: 8030
+                port: 8030,
+                tls: false,
             }
         );
         assert_eq!(Endpoint::parse("http://fe").unwrap().port, 8030);
         assert_eq!(Endpoint::parse("http://[::1]:9").unwrap().host, "[::1]");
-        assert!(Endpoint::parse("https://fe:8030")
-            .unwrap_err()
-            .contains("https"));
+        let secure = Endpoint::parse("https://fe").unwrap();
+        assert_eq!((secure.port, secure.tls), (443, true));
+        assert!(Endpoint::parse("ftp://fe").is_err());
         assert!(Endpoint::parse("fe:8030").is_err());
         assert!(Endpoint::parse("http://fe:80/api").is_err());
         assert!(Endpoint::parse("http://fe:http").is_err());
@@ -599,6 +645,7 @@ mod tests {
         let fe = Endpoint {
             host: "fe".into(),
             port: 8030,
+            tls: false,
         };
         let (ep, path) =
             parse_location("http://10.0.0.5:8040/api/db/t/_stream_load?x=1", &fe).unwrap();
@@ -607,6 +654,8 @@ mod tests {
             ("10.0.0.5", 8040, "/api/db/t/_stream_load?x=1")
         );
         let (ep, path) = parse_location("/other", &fe).unwrap();
-        assert_eq!((ep, path.as_str()), (fe, "/other"));
+        assert_eq!((ep, path.as_str()), (fe.clone(), "/other"));
+        let (ep, _) = parse_location("https://be:8443/api", &fe).unwrap();
+        assert_eq!((ep.port, ep.tls), (8443, true));
     }
 }

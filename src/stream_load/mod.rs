@@ -7,6 +7,7 @@ pub mod delivery;
 pub mod label;
 pub mod merge;
 pub mod response;
+pub mod transport;
 
 pub use client::StreamLoadClient;
 pub use delivery::{deliver, deliver_from, Attempt, Delivered, Start};
