@@ -164,3 +164,58 @@ async fn a_ca_file_that_cannot_be_read_stops_the_start_with_its_path() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_that_changes_is_read_again_without_a_config_change() {
+    let m = material();
+    let sr = tls_endpoint(&m, true).await;
+    let fe = sr.fe_url();
+    let old = material();
+    let mut loader = loader_trusting(&fe, "ca.pem", &old.ca_bundle).await;
+    write_lines(
+        &loader.socket("orders"),
+        &(0..10).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    let refused = |l: &serde_json::Value| {
+        l["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("TLS handshake failed"))
+    };
+    loader
+        .wait_log_where("the old CA refused", refused, WAIT)
+        .await;
+    // The Secret is rotated: the file now holds the CA that signed the servers.
+    let dir = loader.dir.path().to_owned();
+    std::fs::write(dir.join("ca.pem"), &m.ca_bundle).unwrap();
+    assert!(sr.wait_for_rows(10, WAIT).await, "{}", loader.log_text());
+    loader.stop_expecting(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_skip_verify_takes_any_certificate_and_says_so() {
+    let m = material();
+    let sr = tls_endpoint(&m, true).await;
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| config(dir, &fe, "{insecureSkipVerify: true}")).await;
+    loader
+        .wait_log_where(
+            "a warning that nothing is checked",
+            |l| {
+                l["level"] == "WARN"
+                    && l["sink"] == "orders"
+                    && l["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("insecureSkipVerify"))
+            },
+            WAIT,
+        )
+        .await;
+    write_lines(
+        &loader.socket("orders"),
+        &(0..10).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(sr.wait_for_rows(10, WAIT).await, "{}", loader.log_text());
+    loader.stop_expecting(0).await;
+}

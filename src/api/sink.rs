@@ -275,6 +275,10 @@ pub struct TlsSpec {
     /// URL (an FE reached by its IP address, say).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
+    /// Check no certificate at all: anyone on the path can then read the credentials and
+    /// the rows. Logged as a warning at start and at each config change. Off by default.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
     /// Follow a redirect from `https://` to plain `http://` (a BE without TLS behind an
     /// FE with it). Off: such a load fails, since the BE hop would carry the credentials
     /// and the rows in clear.

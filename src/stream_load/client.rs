@@ -191,6 +191,9 @@ impl Connection {
             (_, _, Some(v)) => PasswordSource::Env(v.clone()),
             _ => PasswordSource::None,
         };
+        if sr.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+            tracing::warn!(sink = %sink.name, "starrocks.tls.insecureSkipVerify is on: no StarRocks certificate is checked, so anyone on the network path can read the credentials and the rows; set caFile instead");
+        }
         let tls = match (&sr.tls, endpoints.iter().any(|e| e.tls)) {
             (Some(spec), _) => Some(TlsClient::new(spec)?),
             (None, true) => Some(TlsClient::new(&TlsSpec::default())?),

@@ -27,7 +27,11 @@ pub enum Stream {
 
 /// How the loader makes TLS connections: what it trusts and which name it checks.
 pub struct TlsClient {
-    connector: TlsConnector,
+    /// The connector, and the CA file's modification time it was built from: a CA file
+    /// that changes (a rotated Secret) is read again at the next connection.
+    current: std::sync::Mutex<(Option<std::time::SystemTime>, TlsConnector)>,
+    /// Certificates are not checked at all (`insecureSkipVerify`).
+    insecure: bool,
     /// The name certificates are checked against, instead of the URL's host.
     server_name: Option<ServerName<'static>>,
     /// Where the trusted CAs came from, for error messages.
@@ -53,13 +57,12 @@ impl TlsClient {
             .ca_file
             .clone()
             .unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
-        let roots = read_roots(&trusted)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let insecure = spec.insecure_skip_verify;
+        let (modified, connector) = if insecure {
+            (None, connector(None)?)
+        } else {
+            (modified(&trusted), connector(Some(read_roots(&trusted)?))?)
+        };
         let server_name = match &spec.server_name {
             Some(name) => Some(ServerName::try_from(name.clone()).map_err(|_| {
                 format!("starrocks.tls.serverName `{name}` is not a DNS name or IP address")
@@ -67,7 +70,8 @@ impl TlsClient {
             None => None,
         };
         Ok(Self {
-            connector: TlsConnector::from(Arc::new(config)),
+            current: std::sync::Mutex::new((modified, connector)),
+            insecure,
             server_name,
             trusted,
             allow_http_redirect: spec.allow_http_redirect,
@@ -81,7 +85,7 @@ impl TlsClient {
             None => ServerName::try_from(host.to_owned())
                 .map_err(|_| format!("`{host}` is not a name a certificate can be checked against; set starrocks.tls.serverName"))?,
         };
-        self.connector
+        self.connector()
             .connect(name, tcp)
             .await
             .map(|s| Stream::Tls(Box::new(s)))
@@ -91,6 +95,98 @@ impl TlsClient {
                     self.trusted.display()
                 )
             })
+    }
+}
+
+impl TlsClient {
+    /// The connector for the next connection: built again if the CA file changed since
+    /// (kept as it is, with a warning, if the new file cannot be used).
+    fn connector(&self) -> TlsConnector {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let now = modified(&self.trusted);
+        if !self.insecure && now != current.0 {
+            match read_roots(&self.trusted).and_then(|roots| connector(Some(roots))) {
+                Ok(c) => {
+                    tracing::info!(ca_file = %self.trusted.display(), "CA file changed; trusting what it holds now");
+                    *current = (now, c);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the CA file changed and cannot be used; trusting what it held before");
+                    current.0 = now;
+                }
+            }
+        }
+        current.1.clone()
+    }
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// A connector trusting `roots`, or with `None` one that checks nothing.
+fn connector(roots: Option<rustls::RootCertStore>) -> Result<TlsConnector, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?;
+    let config = match roots {
+        Some(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            .with_no_client_auth(),
+    };
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// `insecureSkipVerify`: any certificate, for any name, is taken. The handshake's
+/// signatures are still checked (the peer holds the key of the certificate it shows).
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
