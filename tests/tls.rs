@@ -31,18 +31,64 @@ fn material() -> TlsMaterial {
 
 /// The dev endpoint with TLS on the FE, and on the BE when `be_tls`.
 async fn tls_endpoint(m: &TlsMaterial, be_tls: bool) -> DevEndpoint {
+    tls_endpoint_asking(m, be_tls, None).await
+}
+
+/// A CA for client certificates, and a client certificate and key (PEM) it signed.
+fn client_ca_and_cert() -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf = CertificateParams::new(vec!["loader".to_owned()]).unwrap();
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    (ca_pem, cert.pem(), key.serialize_pem())
+}
+
+/// [`tls_endpoint`], asking clients for a certificate from `client_ca` when given.
+async fn tls_endpoint_asking(
+    m: &TlsMaterial,
+    be_tls: bool,
+    client_ca: Option<&str>,
+) -> DevEndpoint {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(m.cert.as_bytes())
         .collect::<Result<_, _>>()
         .expect("cert PEM");
     let key = PrivateKeyDer::from_pem_slice(m.key.as_bytes()).expect("key PEM");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .expect("a serving certificate");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder
+        .with_single_cert(certs, key)
+        .expect("a serving certificate");
     DevEndpoint::start(EndpointConfig {
         tls: Some(EndpointTls {
             config: Arc::new(config),
@@ -214,6 +260,46 @@ async fn insecure_skip_verify_takes_any_certificate_and_says_so() {
     write_lines(
         &loader.socket("orders"),
         &(0..10).map(row).collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(sr.wait_for_rows(10, WAIT).await, "{}", loader.log_text());
+    loader.stop_expecting(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_presented_to_a_starrocks_that_asks_for_one() {
+    let m = material();
+    let (client_ca, cert, key) = client_ca_and_cert();
+    let sr = tls_endpoint_asking(&m, true, Some(&client_ca)).await;
+    let fe = sr.fe_url();
+    // Without one, StarRocks' side ends the connection with the TLS alert that says so.
+    let mut bare = loader_trusting(&fe, "ca.pem", &m.ca_bundle).await;
+    write_lines(&bare.socket("orders"), &[row(0)]).await;
+    let refused = |l: &serde_json::Value| {
+        l["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("CertificateRequired"))
+    };
+    bare.wait_log_where("a load refused without a client certificate", refused, WAIT)
+        .await;
+    bare.stop_expecting(1).await;
+    assert_eq!(sr.committed_rows(), 0);
+    let mut loader = Loader::start(|dir| {
+        std::fs::write(dir.join("ca.pem"), &m.ca_bundle).unwrap();
+        std::fs::write(dir.join("client.pem"), &cert).unwrap();
+        std::fs::write(dir.join("client.key"), &key).unwrap();
+        let tls = format!(
+            "{{caFile: {}, certFile: {}, keyFile: {}}}",
+            dir.join("ca.pem").display(),
+            dir.join("client.pem").display(),
+            dir.join("client.key").display()
+        );
+        config(dir, &fe, &tls)
+    })
+    .await;
+    write_lines(
+        &loader.socket("orders"),
+        &(1..11).map(row).collect::<Vec<_>>(),
     )
     .await;
     assert!(sr.wait_for_rows(10, WAIT).await, "{}", loader.log_text());

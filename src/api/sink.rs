@@ -275,6 +275,13 @@ pub struct TlsSpec {
     /// URL (an FE reached by its IP address, say).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
+    /// A client certificate (PEM, the chain) to present, for StarRocks or a proxy that
+    /// asks for one; with `keyFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM); with `certFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
     /// Check no certificate at all: anyone on the path can then read the credentials and
     /// the rows. Logged as a warning at start and at each config change. Off by default.
     #[serde(default)]

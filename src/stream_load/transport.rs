@@ -32,6 +32,8 @@ pub struct TlsClient {
     current: std::sync::Mutex<(Option<std::time::SystemTime>, TlsConnector)>,
     /// Certificates are not checked at all (`insecureSkipVerify`).
     insecure: bool,
+    /// The client certificate chain and key presented, if any.
+    client: Option<ClientCert>,
     /// The name certificates are checked against, instead of the URL's host.
     server_name: Option<ServerName<'static>>,
     /// Where the trusted CAs came from, for error messages.
@@ -58,10 +60,20 @@ impl TlsClient {
             .clone()
             .unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
         let insecure = spec.insecure_skip_verify;
+        let client = match (&spec.cert_file, &spec.key_file) {
+            (Some(cert), Some(key)) => Some(ClientCert::read(cert, key)?),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "starrocks.tls.certFile and keyFile go together: set both, or neither".into(),
+                )
+            }
+        };
         let (modified, connector) = if insecure {
-            (None, connector(None)?)
+            (None, connector(None, client.as_ref())?)
         } else {
-            (modified(&trusted), connector(Some(read_roots(&trusted)?))?)
+            let roots = read_roots(&trusted)?;
+            (modified(&trusted), connector(Some(roots), client.as_ref())?)
         };
         let server_name = match &spec.server_name {
             Some(name) => Some(ServerName::try_from(name.clone()).map_err(|_| {
@@ -72,6 +84,7 @@ impl TlsClient {
         Ok(Self {
             current: std::sync::Mutex::new((modified, connector)),
             insecure,
+            client,
             server_name,
             trusted,
             allow_http_redirect: spec.allow_http_redirect,
@@ -105,7 +118,8 @@ impl TlsClient {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let now = modified(&self.trusted);
         if !self.insecure && now != current.0 {
-            match read_roots(&self.trusted).and_then(|roots| connector(Some(roots))) {
+            let client = self.client.as_ref();
+            match read_roots(&self.trusted).and_then(|roots| connector(Some(roots), client)) {
                 Ok(c) => {
                     tracing::info!(ca_file = %self.trusted.display(), "CA file changed; trusting what it holds now");
                     *current = (now, c);
@@ -124,20 +138,67 @@ fn modified(path: &Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// A connector trusting `roots`, or with `None` one that checks nothing.
-fn connector(roots: Option<rustls::RootCertStore>) -> Result<TlsConnector, String> {
+/// A connector trusting `roots`, or with `None` one that checks nothing; presenting
+/// `client` when given.
+fn connector(
+    roots: Option<rustls::RootCertStore>,
+    client: Option<&ClientCert>,
+) -> Result<TlsConnector, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?;
-    let config = match roots {
-        Some(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
+    let builder = match roots {
+        Some(roots) => builder.with_root_certificates(roots),
         None => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
-            .with_no_client_auth(),
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider))),
+    };
+    let config = match client {
+        Some(c) => builder
+            .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
+            .map_err(|e| {
+                format!(
+                    "the client certificate {} cannot be used: {e}",
+                    c.path.display()
+                )
+            })?,
+        None => builder.with_no_client_auth(),
     };
     Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// A client certificate chain and its key, read from PEM files.
+struct ClientCert {
+    chain: Vec<CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    path: PathBuf,
+}
+
+impl ClientCert {
+    fn read(cert: &Path, key: &Path) -> Result<Self, String> {
+        let pem = std::fs::read(cert)
+            .map_err(|e| format!("cannot read the client certificate {}: {e}", cert.display()))?;
+        let chain = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("the client certificate {} is not PEM: {e}", cert.display()))?;
+        if chain.is_empty() {
+            return Err(format!("{} holds no certificate", cert.display()));
+        }
+        let key_pem = std::fs::read(key)
+            .map_err(|e| format!("cannot read the client key {}: {e}", key.display()))?;
+        let key_der = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+            format!(
+                "the client key {} is not a PEM private key: {e}",
+                key.display()
+            )
+        })?;
+        Ok(Self {
+            chain,
+            key: key_der,
+            path: cert.to_owned(),
+        })
+    }
 }
 
 /// `insecureSkipVerify`: any certificate, for any name, is taken. The handshake's
