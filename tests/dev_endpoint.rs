@@ -14,20 +14,37 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_loader_pointed_at_the_dev_endpoint_loads_and_each_load_is_printed() {
-    let mut endpoint = tokio::process::Command::new(env!("CARGO_BIN_EXE_starsink"))
-        .arg("dev-endpoint")
-        .args(["--fe-addr=0.0.0.0:0", "--be-addr=0.0.0.0:0"])
-        .args(["--user", "loader"])
-        .env("STARSINK_DEV_PASSWORD", "s3cret")
+/// `starsink dev-endpoint ARGS`, its output piped.
+fn dev_endpoint(args: &[&str]) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_starsink"));
+    c.arg("dev-endpoint")
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn starsink dev-endpoint");
-    let mut out = BufReader::new(endpoint.stdout.take().unwrap()).lines();
+        .kill_on_drop(true);
+    c
+}
+
+/// Starts the endpoint; its process and the lines it prints.
+fn spawn(
+    mut command: tokio::process::Command,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) {
+    let mut child = command.spawn().expect("spawn starsink dev-endpoint");
+    let out = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_pointed_at_the_dev_endpoint_loads_and_each_load_is_printed() {
+    let mut command = dev_endpoint(&["--fe-addr=0.0.0.0:0", "--be-addr=0.0.0.0:0"]);
+    command
+        .args(["--user", "loader"])
+        .env("STARSINK_DEV_PASSWORD", "s3cret");
+    let (mut endpoint, mut out) = spawn(command);
     let mut next_line = async || {
         tokio::time::timeout(WAIT, out.next_line())
             .await
@@ -107,4 +124,72 @@ async fn a_loader_pointed_at_the_dev_endpoint_loads_and_each_load_is_printed() {
         .expect("the endpoint stops on SIGTERM")
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_certificate_the_dev_endpoint_serves_tls_and_a_loader_trusting_its_ca_loads() {
+    use starsink::operator::certs::{renew, Renewal, Validity};
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let names = ["127.0.0.1".to_owned()];
+    let m = renew(None, Renewal::NewCa, &names, now, Validity::default()).unwrap();
+    let (cert, key, ca) = (
+        dir.path().join("tls.crt"),
+        dir.path().join("tls.key"),
+        dir.path().join("ca.crt"),
+    );
+    std::fs::write(&cert, &m.cert).unwrap();
+    std::fs::write(&key, &m.key).unwrap();
+    std::fs::write(&ca, &m.ca_bundle).unwrap();
+    let mut command = dev_endpoint(&["--fe-addr=127.0.0.1:0", "--be-addr=127.0.0.1:0"]);
+    command
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key);
+    let (mut endpoint, mut out) = spawn(command);
+    let first = tokio::time::timeout(WAIT, out.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let fe = first
+        .split_once("FE ")
+        .and_then(|(_, rest)| rest.split(' ').next())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(fe.starts_with("https://127.0.0.1:"), "{first}");
+    let mut loader = Loader::start(|d| {
+        format!(
+            "sinks:\n  - name: orders\n    socket: {}\n    starrocks:\n      feEndpoints: [\"{fe}\"]\n      database: shop\n      table: orders\n      tls: {{caFile: {}}}\n    flush:\n      maxRows: 5\n",
+            d.join("orders.sock").display(),
+            ca.display()
+        )
+    })
+    .await;
+    let lines: Vec<String> = (0..5).map(|i| format!("{{\"id\":{i}}}")).collect();
+    write_lines(&loader.socket("orders"), &lines).await;
+    loop {
+        let line = tokio::time::timeout(WAIT, out.next_line())
+            .await
+            .expect("a load printed in time")
+            .unwrap()
+            .unwrap();
+        if line.starts_with("load ") {
+            assert!(
+                line.contains("rows=5") && line.contains("outcome=Success"),
+                "{line}"
+            );
+            break;
+        }
+    }
+    loader.stop_expecting(0).await;
+    let _ = kill(
+        Pid::from_raw(endpoint.id().unwrap() as i32),
+        Signal::SIGTERM,
+    );
+    let _ = endpoint.wait().await;
 }

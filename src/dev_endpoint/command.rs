@@ -76,6 +76,46 @@ pub struct DevEndpointArgs {
     /// Seed of the fault draws, to repeat a run.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Serve TLS with this certificate (PEM, the chain), with `--tls-key`.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The key of `--tls-cert` (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Which listeners serve TLS: `both`, `fe` (the BE plain: a redirect from https to
+    /// http, which a loader refuses unless allowed), or `be`.
+    #[arg(long, default_value = "both", value_parser = ["both", "fe", "be"])]
+    pub tls_on: String,
+}
+
+/// The TLS settings `--tls-cert`, `--tls-key` and `--tls-on` ask for.
+fn tls(args: &DevEndpointArgs) -> Result<Option<super::EndpointTls>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let certs = CertificateDer::pem_slice_iter(&read(cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&read(key)?)
+        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+    Ok(Some(super::EndpointTls {
+        config: std::sync::Arc::new(config),
+        fe: args.tls_on != "be",
+        be: args.tls_on != "fe",
+    }))
 }
 
 fn probability(s: &str) -> Result<f64, String> {
@@ -89,8 +129,15 @@ fn probability(s: &str) -> Result<f64, String> {
 
 /// Runs the endpoint until SIGTERM or SIGINT; returns the exit code (2: cannot listen).
 pub async fn run(args: DevEndpointArgs) -> i32 {
+    let tls = match tls(&args) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
     let config = EndpointConfig {
-        tls: None,
+        tls,
         user: args.user.clone(),
         password: args.password.clone(),
         faults: Faults {
