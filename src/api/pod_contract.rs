@@ -63,6 +63,24 @@ pub fn credentials_volume(sink: &str) -> String {
     fit(format!("starsink-credentials-{sink}"), DNS_LABEL_MAX)
 }
 
+/// The volume that mounts the CA certificates a sink trusts into the loader.
+pub fn tls_volume(sink: &str) -> String {
+    fit(format!("starsink-tls-{sink}"), DNS_LABEL_MAX)
+}
+
+/// Where a sink's CA certificates are mounted in the loader.
+pub const TLS_DIR: &str = "/etc/starsink/tls";
+
+/// Where a sink's CA certificates are mounted in the loader, one directory per sink.
+pub fn tls_dir(sink: &str) -> String {
+    format!("{TLS_DIR}/{sink}")
+}
+
+/// The file of a sink's CA certificates in the loader.
+pub fn tls_ca_file(sink: &str) -> String {
+    format!("{}/ca.crt", tls_dir(sink))
+}
+
 /// Where the sidecar's sockets live in a pod (an `emptyDir` shared with the apps).
 pub const SOCKET_DIR: &str = "/var/run/starsink";
 /// Where a sink's credentials Secret is mounted in the loader, one directory per sink.

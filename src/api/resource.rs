@@ -122,6 +122,53 @@ pub struct StarRocksSinkSpec {
     /// Overrides for the loader sidecar of pods that use this sink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar: Option<SidecarSpec>,
+    /// TLS to StarRocks (`https://` FE endpoints, and BE redirects to `https://`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<SinkTlsSpec>,
+}
+
+/// How the loaders of a sink check StarRocks' certificates.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkTlsSpec {
+    /// The CA certificates (PEM) to trust, from a key of a ConfigMap or a Secret in the
+    /// sink's namespace, mounted into the loader (a change reaches running loaders).
+    /// Unset: the loader image's system bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaSource>,
+    /// The name the certificates must be issued for, when it is not the host in the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Check no certificate at all (the credentials and rows can then be read on the way).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Follow a redirect from `https://` to plain `http://`.
+    #[serde(default)]
+    pub allow_http_redirect: bool,
+}
+
+/// Where a sink's CA certificates come from: one of `configMap` or `secret`, and the key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.configMap) != has(self.secret)",
+    "message": "tls.ca: name either a configMap or a secret"
+}]))]
+pub struct CaSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub config_map: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret: Option<String>,
+    /// The key holding the PEM.
+    #[serde(default = "default_ca_key")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
 }
 
 /// A `StarRocksSink` as the API server stores it, its spec not yet decoded: what the
@@ -330,6 +377,7 @@ impl StarRocksSinkSpec {
             spool,
             acks,
             sidecar: _,
+            tls,
         } = self;
         let mut starrocks = starrocks.clone();
         starrocks.user = user.to_owned();
@@ -337,6 +385,17 @@ impl StarRocksSinkSpec {
         starrocks.password_env = None;
         starrocks.password_file =
             Some(pod_contract::password_file(name, &credentials_secret_ref.password_key).into());
+        starrocks.tls = tls.as_ref().map(|t| crate::api::sink::TlsSpec {
+            ca_file: t
+                .ca
+                .as_ref()
+                .map(|_| pod_contract::tls_ca_file(name).into()),
+            server_name: t.server_name.clone(),
+            cert_file: None,
+            key_file: None,
+            insecure_skip_verify: t.insecure_skip_verify,
+            allow_http_redirect: t.allow_http_redirect,
+        });
         SinkSpec {
             name: name.to_owned(),
             socket: pod_contract::socket_path(name).into(),
@@ -507,13 +566,17 @@ mod tests {
     }
 
     /// The resource's fields the loader has no field for, and why.
-    const RESOURCE_ONLY: [(&str, &str); 3] = [
+    const RESOURCE_ONLY: [(&str, &str); 4] = [
         (
             "credentialsSecretRef",
             "becomes starrocks.user and starrocks.passwordFile",
         ),
         ("spool", "becomes spoolDir, spoolSync and spoolMaxBytes"),
         ("sidecar", "read by injection, not by the loader"),
+        (
+            "tls",
+            "becomes starrocks.tls, its CA mounted from a ConfigMap or Secret",
+        ),
     ];
     /// The loader's fields the resource has no field for, and what the projection sets.
     const LOADER_ONLY: [(&str, &str); 9] = [
@@ -584,6 +647,8 @@ mod tests {
             "credentialsSecretRef": {"name": "sr", "passwordKey": "pw"},
             "spool": {"maxBytes": "2GiB", "sync": "always"},
             "acks": "committed",
+            "tls": {"ca": {"secret": "sr-ca", "key": "root.pem"}, "serverName": "fe.internal",
+                    "allowHttpRedirect": true},
         });
         let resource: StarRocksSinkSpec = serde_json::from_value(spec.clone()).expect("a spec");
         let loader = serde_json::to_value(resource.to_sink_spec("orders", "writer")).unwrap();
@@ -608,6 +673,9 @@ mod tests {
             if key == "starrocks" {
                 theirs["user"] = json!("writer");
                 theirs["passwordFile"] = json!("/etc/starsink/credentials/orders/pw");
+                theirs["tls"] = json!({"caFile": "/etc/starsink/tls/orders/ca.crt",
+                    "serverName": "fe.internal", "insecureSkipVerify": false,
+                    "allowHttpRedirect": true});
             }
             assert_eq!(loader[key], theirs, "{key}");
         }

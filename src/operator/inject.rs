@@ -6,20 +6,20 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, Pod, PodSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, Pod, PodSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::api::pod_contract::{
     config_map_name, config_volume, content_hash, credentials_dir, credentials_volume,
-    requested_sinks, sink_config_dir, socket_env_name, socket_path, CONFIG_KEY,
-    INJECTED_ANNOTATION, INJECTED_HASH_ANNOTATION, LOADER, LOADER_UID, METRICS_PORT_NAME,
-    ON_MISSING_ANNOTATION, POD_NAME_ENV, SINKS_ANNOTATION, SOCKETS_VOLUME, SOCKET_DIR, SPOOL_DIR,
-    SPOOL_VOLUME, SPOOL_VOLUME_ANNOTATION,
+    requested_sinks, sink_config_dir, socket_env_name, socket_path, tls_dir, tls_volume,
+    CONFIG_KEY, INJECTED_ANNOTATION, INJECTED_HASH_ANNOTATION, LOADER, LOADER_UID,
+    METRICS_PORT_NAME, ON_MISSING_ANNOTATION, POD_NAME_ENV, SINKS_ANNOTATION, SOCKETS_VOLUME,
+    SOCKET_DIR, SPOOL_DIR, SPOOL_VOLUME, SPOOL_VOLUME_ANNOTATION,
 };
-use crate::api::resource::SpecError;
+use crate::api::resource::{CaSource, SpecError};
 use crate::api::StarRocksSink;
 
 /// Grace period Kubernetes gives a pod that sets none.
@@ -286,7 +286,7 @@ fn no_name_taken(
         .chain(add_spool_volume.then(|| SPOOL_VOLUME.to_owned()))
         .chain(found.iter().flat_map(|s| {
             let n = s.name_any();
-            [config_volume(&n), credentials_volume(&n)]
+            [config_volume(&n), credentials_volume(&n), tls_volume(&n)]
         }))
         .collect();
     for v in spec.volumes.iter().flatten() {
@@ -375,7 +375,7 @@ fn apply(pod: &Pod, plan: &Plan<'_>, settings: &InjectSettings) -> Pod {
 fn injected_volume_names(sinks: &[String]) -> Vec<String> {
     let per_sink = sinks
         .iter()
-        .flat_map(|n| [config_volume(n), credentials_volume(n)]);
+        .flat_map(|n| [config_volume(n), credentials_volume(n), tls_volume(n)]);
     [SOCKETS_VOLUME.to_owned(), SPOOL_VOLUME.to_owned()]
         .into_iter()
         .chain(per_sink)
@@ -512,7 +512,46 @@ fn add_volumes(spec: &mut PodSpec, plan: &Plan<'_>) {
             }),
             ..Volume::default()
         });
+        if let Some(ca) = tls_ca(s) {
+            volumes.push(ca_volume(&n, ca));
+        }
     }
+}
+
+/// The sink's CA source, when it names one.
+fn tls_ca(sink: &StarRocksSink) -> Option<&CaSource> {
+    sink.spec.tls.as_ref()?.ca.as_ref()
+}
+
+/// The volume of a sink's CA certificates: the one key of its ConfigMap or Secret, as
+/// `ca.crt` (where `starrocks.tls.caFile` points).
+fn ca_volume(sink: &str, ca: &CaSource) -> Volume {
+    let items = Some(vec![KeyToPath {
+        key: ca.key.clone(),
+        path: "ca.crt".into(),
+        ..KeyToPath::default()
+    }]);
+    let mut volume = Volume {
+        name: tls_volume(sink),
+        ..Volume::default()
+    };
+    match (&ca.config_map, &ca.secret) {
+        (Some(name), _) => {
+            volume.config_map = Some(ConfigMapVolumeSource {
+                name: name.clone(),
+                items,
+                ..ConfigMapVolumeSource::default()
+            })
+        }
+        (None, secret) => {
+            volume.secret = Some(SecretVolumeSource {
+                secret_name: secret.clone(),
+                items,
+                ..SecretVolumeSource::default()
+            })
+        }
+    }
+    volume
 }
 
 /// Every app container gets the socket directory and one `STARSINK_SOCKET_<SINK>` each.
@@ -656,6 +695,9 @@ fn loader_args_and_mounts(
         args.push(format!("{}/{CONFIG_KEY}", sink_config_dir(&n)));
         mounts.push(read_only(config_volume(&n), sink_config_dir(&n)));
         mounts.push(read_only(credentials_volume(&n), credentials_dir(&n)));
+        if tls_ca(s).is_some() {
+            mounts.push(read_only(tls_volume(&n), tls_dir(&n)));
+        }
     }
     args.extend([
         "--shutdown-timeout".into(),
