@@ -71,6 +71,16 @@ pub fn tls_volume(sink: &str) -> String {
 /// Where a sink's CA certificates are mounted in the loader.
 pub const TLS_DIR: &str = "/etc/starsink/tls";
 
+/// The volume that mounts a sink's client certificate Secret into the loader.
+pub fn tls_client_volume(sink: &str) -> String {
+    fit(format!("starsink-tls-client-{sink}"), DNS_LABEL_MAX)
+}
+
+/// Where a sink's client certificate Secret (`tls.crt`, `tls.key`) is mounted.
+pub fn tls_client_dir(sink: &str) -> String {
+    format!("/etc/starsink/tls-client/{sink}")
+}
+
 /// Where a sink's CA certificates are mounted in the loader, one directory per sink.
 pub fn tls_dir(sink: &str) -> String {
     format!("{TLS_DIR}/{sink}")

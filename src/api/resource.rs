@@ -145,6 +145,11 @@ pub struct SinkTlsSpec {
     /// Follow a redirect from `https://` to plain `http://`.
     #[serde(default)]
     pub allow_http_redirect: bool,
+    /// A `kubernetes.io/tls` Secret (keys `tls.crt`, `tls.key`) in the sink's namespace
+    /// whose certificate the loaders present, for a StarRocks or proxy that asks for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_cert_secret: Option<String>,
 }
 
 /// Where a sink's CA certificates come from: one of `configMap` or `secret`, and the key.
@@ -391,8 +396,14 @@ impl StarRocksSinkSpec {
                 .as_ref()
                 .map(|_| pod_contract::tls_ca_file(name).into()),
             server_name: t.server_name.clone(),
-            cert_file: None,
-            key_file: None,
+            cert_file: t
+                .client_cert_secret
+                .as_ref()
+                .map(|_| format!("{}/tls.crt", pod_contract::tls_client_dir(name)).into()),
+            key_file: t
+                .client_cert_secret
+                .as_ref()
+                .map(|_| format!("{}/tls.key", pod_contract::tls_client_dir(name)).into()),
             insecure_skip_verify: t.insecure_skip_verify,
             allow_http_redirect: t.allow_http_redirect,
         });
@@ -648,7 +659,7 @@ mod tests {
             "spool": {"maxBytes": "2GiB", "sync": "always"},
             "acks": "committed",
             "tls": {"ca": {"secret": "sr-ca", "key": "root.pem"}, "serverName": "fe.internal",
-                    "allowHttpRedirect": true},
+                    "allowHttpRedirect": true, "clientCertSecret": "loader-cert"},
         });
         let resource: StarRocksSinkSpec = serde_json::from_value(spec.clone()).expect("a spec");
         let loader = serde_json::to_value(resource.to_sink_spec("orders", "writer")).unwrap();
@@ -675,7 +686,9 @@ mod tests {
                 theirs["passwordFile"] = json!("/etc/starsink/credentials/orders/pw");
                 theirs["tls"] = json!({"caFile": "/etc/starsink/tls/orders/ca.crt",
                     "serverName": "fe.internal", "insecureSkipVerify": false,
-                    "allowHttpRedirect": true});
+                    "allowHttpRedirect": true,
+                    "certFile": "/etc/starsink/tls-client/orders/tls.crt",
+                    "keyFile": "/etc/starsink/tls-client/orders/tls.key"});
             }
             assert_eq!(loader[key], theirs, "{key}");
         }

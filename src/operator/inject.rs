@@ -14,10 +14,11 @@ use kube::ResourceExt;
 
 use crate::api::pod_contract::{
     config_map_name, config_volume, content_hash, credentials_dir, credentials_volume,
-    requested_sinks, sink_config_dir, socket_env_name, socket_path, tls_dir, tls_volume,
-    CONFIG_KEY, INJECTED_ANNOTATION, INJECTED_HASH_ANNOTATION, LOADER, LOADER_UID,
-    METRICS_PORT_NAME, ON_MISSING_ANNOTATION, POD_NAME_ENV, SINKS_ANNOTATION, SOCKETS_VOLUME,
-    SOCKET_DIR, SPOOL_DIR, SPOOL_VOLUME, SPOOL_VOLUME_ANNOTATION,
+    requested_sinks, sink_config_dir, socket_env_name, socket_path, tls_client_dir,
+    tls_client_volume, tls_dir, tls_volume, CONFIG_KEY, INJECTED_ANNOTATION,
+    INJECTED_HASH_ANNOTATION, LOADER, LOADER_UID, METRICS_PORT_NAME, ON_MISSING_ANNOTATION,
+    POD_NAME_ENV, SINKS_ANNOTATION, SOCKETS_VOLUME, SOCKET_DIR, SPOOL_DIR, SPOOL_VOLUME,
+    SPOOL_VOLUME_ANNOTATION,
 };
 use crate::api::resource::{CaSource, SpecError};
 use crate::api::StarRocksSink;
@@ -286,7 +287,12 @@ fn no_name_taken(
         .chain(add_spool_volume.then(|| SPOOL_VOLUME.to_owned()))
         .chain(found.iter().flat_map(|s| {
             let n = s.name_any();
-            [config_volume(&n), credentials_volume(&n), tls_volume(&n)]
+            [
+                config_volume(&n),
+                credentials_volume(&n),
+                tls_volume(&n),
+                tls_client_volume(&n),
+            ]
         }))
         .collect();
     for v in spec.volumes.iter().flatten() {
@@ -373,9 +379,14 @@ fn apply(pod: &Pod, plan: &Plan<'_>, settings: &InjectSettings) -> Pod {
 /// The names of the volumes injection adds for `sinks` (the spool's only when it adds
 /// that volume).
 fn injected_volume_names(sinks: &[String]) -> Vec<String> {
-    let per_sink = sinks
-        .iter()
-        .flat_map(|n| [config_volume(n), credentials_volume(n), tls_volume(n)]);
+    let per_sink = sinks.iter().flat_map(|n| {
+        [
+            config_volume(n),
+            credentials_volume(n),
+            tls_volume(n),
+            tls_client_volume(n),
+        ]
+    });
     [SOCKETS_VOLUME.to_owned(), SPOOL_VOLUME.to_owned()]
         .into_iter()
         .chain(per_sink)
@@ -515,7 +526,22 @@ fn add_volumes(spec: &mut PodSpec, plan: &Plan<'_>) {
         if let Some(ca) = tls_ca(s) {
             volumes.push(ca_volume(&n, ca));
         }
+        if let Some(secret) = client_cert(s) {
+            volumes.push(Volume {
+                name: tls_client_volume(&n),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.to_owned()),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+        }
     }
+}
+
+/// The sink's client certificate Secret, when it names one.
+fn client_cert(sink: &StarRocksSink) -> Option<&str> {
+    sink.spec.tls.as_ref()?.client_cert_secret.as_deref()
 }
 
 /// The sink's CA source, when it names one.
@@ -697,6 +723,9 @@ fn loader_args_and_mounts(
         mounts.push(read_only(credentials_volume(&n), credentials_dir(&n)));
         if tls_ca(s).is_some() {
             mounts.push(read_only(tls_volume(&n), tls_dir(&n)));
+        }
+        if client_cert(s).is_some() {
+            mounts.push(read_only(tls_client_volume(&n), tls_client_dir(&n)));
         }
     }
     args.extend([
