@@ -329,6 +329,18 @@ fn rules_that_span_fields_are_cel_in_the_crd_and_the_same_words_in_rust() {
         "`spooled` needs a spool to spool to",
         true,
     );
+    for both_or_neither in [
+        serde_json::json!({"ca": {"configMap": "ca", "secret": "ca"}}),
+        serde_json::json!({"ca": {"key": "ca.pem"}}),
+    ] {
+        refused(
+            "spec/tls",
+            both_or_neither,
+            "spec.tls.ca",
+            "name either a configMap or a secret",
+            true,
+        );
+    }
     refused(
         "metadata/name",
         "Orders.v2".into(),

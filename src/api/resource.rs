@@ -157,7 +157,7 @@ pub struct SinkTlsSpec {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": "has(self.configMap) != has(self.secret)",
-    "message": "tls.ca: name either a configMap or a secret"
+    "message": CA_SOURCE_RULE
 }]))]
 pub struct CaSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,6 +171,9 @@ pub struct CaSource {
     #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub key: String,
 }
+
+/// What the CRD's CEL rule on `tls.ca` and [`StarRocksSinkSpec::problems`] both say.
+const CA_SOURCE_RULE: &str = "name either a configMap or a secret, not both";
 
 fn default_ca_key() -> String {
     "ca.crt".into()
@@ -434,7 +437,7 @@ impl StarRocksSinkSpec {
     /// Everything wrong with this sink, in the loader's words, keyed by the resource's
     /// field paths (`spec.starrocks.table`, `metadata.name`).
     pub fn problems(&self, name: &str) -> Vec<ConfigIssue> {
-        validate_sink(&self.to_sink_spec(name, "user"), "spec")
+        let mut issues: Vec<ConfigIssue> = validate_sink(&self.to_sink_spec(name, "user"), "spec")
             .into_iter()
             .map(|mut issue| {
                 if let Some((_, ours)) = RESOURCE_KEYS.iter().find(|(k, _)| *k == issue.key) {
@@ -442,7 +445,15 @@ impl StarRocksSinkSpec {
                 }
                 issue
             })
-            .collect()
+            .collect();
+        // The CRD's CEL rule on `tls.ca`, for what reaches injection without the API
+        // server (`starsink inject`, a sink stored under an older CRD).
+        if let Some(ca) = self.tls.as_ref().and_then(|t| t.ca.as_ref()) {
+            if ca.config_map.is_some() == ca.secret.is_some() {
+                issues.push(ConfigIssue::new("spec.tls.ca", CA_SOURCE_RULE.to_owned()));
+            }
+        }
+        issues
     }
 }
 
