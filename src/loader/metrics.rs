@@ -50,6 +50,8 @@ pub struct SinkMetrics {
     pub spooled: AtomicU64,
     /// Bytes the spool takes on disk.
     pub spool_bytes: AtomicU64,
+    /// The spool's `spoolMaxBytes` as opened at start (0 without a spool).
+    pub spool_max_bytes: AtomicU64,
     /// Damage found in the spool, by kind ([`DAMAGE_KINDS`]).
     spool_damage: [AtomicU64; DAMAGE_KINDS.len()],
     /// `err` reports for producers dropped because their connection's queue was full.
@@ -305,6 +307,18 @@ const SIMPLE: &[Simple] = &[
         "gauge",
         "Bytes the sink's spool takes on disk (0 without a spool).",
         |s| s.spool_bytes.load(Relaxed) as f64,
+    ),
+    (
+        "starsink_spool_max_bytes",
+        "gauge",
+        "The spool's spoolMaxBytes (0 without a spool); at it, producers are held.",
+        |s| s.spool_max_bytes.load(Relaxed) as f64,
+    ),
+    (
+        "starsink_records_lost_total",
+        "counter",
+        "Accepted records lost while the loader ran: spooled batches that could not be read back. A loss at shutdown shows in the exit code and the last log line.",
+        |s| s.lost_to_damage.load(Relaxed) as f64,
     ),
     (
         "starsink_ack_errors_dropped_total",

@@ -3,6 +3,7 @@
 //! socket can move: the new one is bound before the old one stops taking connections.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -107,6 +108,8 @@ impl Sinks {
             .clone()
             .unwrap_or_else(|| Arc::new(SinkMetrics::new(&sink.name)));
         metrics.set_config(sink);
+        let spool_max = spool.as_ref().map_or(0, |_| sink.spool_max_bytes.0);
+        metrics.spool_max_bytes.store(spool_max, Ordering::Relaxed);
         if let Some((_, replay)) = &spool {
             for (_, damage) in &replay.damage {
                 metrics.damaged(damage.kind());

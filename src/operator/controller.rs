@@ -57,6 +57,9 @@ pub struct ControllerMetrics {
     ok: AtomicU64,
     error: AtomicU64,
     duration: Histogram,
+    /// 1 while this replica runs the controller (it holds the Lease, or runs without
+    /// leader election).
+    leading: AtomicU64,
     /// Loads/s each namespace's sinks put on each table, as of the last reconcile.
     table_rates: Mutex<BTreeMap<(String, String, String), f64>>,
 }
@@ -75,8 +78,15 @@ impl ControllerMetrics {
         let total = "starsink_controller_reconciles_total";
         let duration = "starsink_controller_reconcile_duration_seconds";
         let rate = "starsink_controller_table_load_rate";
+        let leader = "starsink_controller_leader";
         let mut out = crate::telemetry::Exposition::default();
-        out.family(total, "counter", "Reconciles of StarRocksSinks, by result.")
+        out.family(
+            leader,
+            "gauge",
+            "1 while this replica reconciles (it holds the Lease); the others stand by.",
+        )
+        .sample(leader, &[], self.leading.load(Relaxed))
+        .family(total, "counter", "Reconciles of StarRocksSinks, by result.")
             .sample(total, &[("result", "ok")], self.ok.load(Relaxed))
             .sample(total, &[("result", "error")], self.error.load(Relaxed))
             .family(duration, "histogram", "Time one reconcile took.")
@@ -475,6 +485,8 @@ pub async fn run_controller(
     until: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
+    let metrics = ctx.metrics.clone();
+    metrics.leading.store(1, Relaxed);
     let controller = Controller::new(
         Api::<StoredSink>::all(client.clone()),
         watcher::Config::default(),
@@ -517,6 +529,7 @@ pub async fn run_controller(
             futures::future::ready(())
         })
         .await;
+    metrics.leading.store(0, Relaxed);
 }
 
 #[cfg(test)]

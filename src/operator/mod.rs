@@ -171,10 +171,11 @@ async fn serve(
     let listener = crate::telemetry::bind(args.metrics_addr, "--metrics-addr")
         .await
         .map_err(OperatorError::Metrics)?;
-    let (render, render_webhook) = (metrics.clone(), webhook_metrics.clone());
+    let resolver = Arc::new(webhook::CertResolver::default());
+    let exposed = (metrics.clone(), webhook_metrics.clone(), resolver.clone());
     tokio::spawn(crate::telemetry::serve(
         listener,
-        Arc::new(move || render.render() + &render_webhook.render()),
+        Arc::new(move || exposed.0.render() + &exposed.1.render() + &exposed.2.render()),
         readiness.served(),
         stop.clone(),
     ));
@@ -183,7 +184,7 @@ async fn serve(
         &client,
         &args,
         owner.clone(),
-        webhook_metrics,
+        (webhook_metrics, resolver),
         readiness.clone(),
         stop.clone(),
     )
@@ -270,13 +271,13 @@ async fn start_webhook(
     client: &Client,
     args: &ControllerArgs,
     owner: Option<OwnerReference>,
-    metrics: Arc<webhook::WebhookMetrics>,
+    (metrics, resolver): (Arc<webhook::WebhookMetrics>, Arc<webhook::CertResolver>),
     readiness: Arc<Readiness>,
     stop: CancellationToken,
 ) -> Result<inject::InjectSettings, OperatorError> {
     let sinks = watch_sinks(client, readiness, stop.clone());
     let settings = inject_settings(client, args).await?;
-    let resolver = start_tls(client, args, owner, &stop).await?;
+    start_tls(client, args, owner, resolver.clone(), &stop).await?;
     let listener = tokio::net::TcpListener::bind(args.webhook_addr)
         .await
         .map_err(|e| {
@@ -383,14 +384,15 @@ async fn inject_settings(
 }
 
 /// The webhook's certificate: read from `--cert-dir` (and watched), or managed in a
-/// Secret and renewed before it expires; the first one is in place when this returns.
+/// Secret and renewed before it expires; `resolver` serves it. A managed one is in place
+/// when this returns.
 async fn start_tls(
     client: &Client,
     args: &ControllerArgs,
     owner: Option<OwnerReference>,
+    resolver: Arc<webhook::CertResolver>,
     stop: &CancellationToken,
-) -> Result<Arc<webhook::CertResolver>, OperatorError> {
-    let resolver = Arc::new(webhook::CertResolver::default());
+) -> Result<(), OperatorError> {
     if let Some(dir) = &args.cert_dir {
         let every = std::time::Duration::from_secs(10);
         tokio::spawn(tls::watch_dir(
@@ -399,7 +401,7 @@ async fn start_tls(
             every,
             stop.clone(),
         ));
-        return Ok(resolver);
+        return Ok(());
     }
     let namespace = args
         .lease_namespace
@@ -416,13 +418,8 @@ async fn start_tls(
     tls::ensure(client, &opts, &resolver)
         .await
         .map_err(|e| OperatorError::Webhook(e.to_string()))?;
-    tokio::spawn(tls::run(
-        client.clone(),
-        opts,
-        resolver.clone(),
-        stop.clone(),
-    ));
-    Ok(resolver)
+    tokio::spawn(tls::run(client.clone(), opts, resolver, stop.clone()));
+    Ok(())
 }
 
 /// An owner reference to the controller's Deployment, when `--owner-deployment` names

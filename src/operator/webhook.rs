@@ -4,7 +4,7 @@
 //! bytes out, around [`inject`]; the server is a plain hyper service on tokio-rustls.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -278,14 +278,13 @@ fn encode_failure(e: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// The serving certificate, swappable while the server runs (rotation).
-#[derive(Debug)]
-pub struct CertResolver(RwLock<Option<Arc<CertifiedKey>>>);
-
-impl Default for CertResolver {
-    fn default() -> Self {
-        Self(RwLock::new(None))
-    }
+/// The serving certificate, swappable while the server runs (rotation), and when it
+/// expires (for `starsink_webhook_certificate_expiry_timestamp_seconds`).
+#[derive(Debug, Default)]
+pub struct CertResolver {
+    current: RwLock<Option<Arc<CertifiedKey>>>,
+    /// The served certificate's notAfter in Unix seconds; 0 until one is set.
+    not_after: AtomicI64,
 }
 
 impl CertResolver {
@@ -295,19 +294,50 @@ impl CertResolver {
             CertificateDer::pem_slice_iter(cert_pem.as_bytes())
                 .collect::<Result<_, _>>()
                 .map_err(|e| format!("serving certificate: {e}"))?;
+        let leaf = certs
+            .first()
+            .ok_or("serving certificate: the PEM holds no certificate")?;
+        let not_after = x509_parser::parse_x509_certificate(leaf.as_ref())
+            .map_err(|e| format!("serving certificate: not X.509 ({e})"))?
+            .1
+            .validity()
+            .not_after
+            .timestamp();
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|e| format!("serving key: {e}"))?;
         let signing = rustls::crypto::ring::sign::any_supported_type(&key)
             .map_err(|e| format!("serving key: {e}"))?;
         let certified = Arc::new(CertifiedKey::new(certs, signing));
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(certified);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(certified);
+        self.not_after.store(not_after, Relaxed);
         Ok(())
+    }
+
+    /// `starsink_webhook_certificate_expiry_timestamp_seconds`, once a certificate is set.
+    pub fn render(&self) -> String {
+        let name = "starsink_webhook_certificate_expiry_timestamp_seconds";
+        let mut out = crate::telemetry::Exposition::default();
+        out.family(
+            name,
+            "gauge",
+            "When the webhook's serving certificate expires, in Unix seconds.",
+        );
+        match self.not_after.load(Relaxed) {
+            0 => {}
+            at => {
+                out.sample(name, &[], at);
+            }
+        }
+        out.finish()
     }
 }
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -391,4 +421,34 @@ async fn handle(webhook: &Webhook, req: Request<hyper::body::Incoming>) -> Respo
     };
     let (bytes, _) = webhook.review(&body);
     reply(StatusCode::OK, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CertResolver;
+
+    const EXPIRY: &str = "starsink_webhook_certificate_expiry_timestamp_seconds";
+
+    #[test]
+    fn the_served_certificates_expiry_is_exported_once_one_is_set() {
+        let resolver = CertResolver::default();
+        assert!(!resolver.render().contains(&format!("\n{EXPIRY}{{}} ")));
+        let mut params = rcgen::CertificateParams::new(vec!["webhook".into()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2030, 1, 2);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        resolver.set(&cert.pem(), &key.serialize_pem()).unwrap();
+        // 2030-01-02T00:00:00Z
+        assert!(resolver
+            .render()
+            .contains(&format!("\n{EXPIRY}{{}} 1893542400\n")));
+    }
+
+    #[test]
+    fn a_pem_without_a_certificate_is_refused_and_nothing_changes() {
+        let resolver = CertResolver::default();
+        let key = rcgen::KeyPair::generate().unwrap();
+        assert!(resolver.set("", &key.serialize_pem()).is_err());
+        assert!(!resolver.render().contains(&format!("\n{EXPIRY}{{}} ")));
+    }
 }
