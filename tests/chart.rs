@@ -37,7 +37,12 @@ fn run(cmd: &mut Command) -> (bool, String, String) {
 /// The value sets rendered besides the defaults.
 fn value_sets() -> Vec<Option<PathBuf>> {
     let mut sets = vec![None];
-    for name in ["cert-manager", "network-policy", "custom-resources"] {
+    for name in [
+        "cert-manager",
+        "network-policy",
+        "custom-resources",
+        "monitoring",
+    ] {
         sets.push(Some(repo(&format!("tests/fixtures/chart/{name}.yaml"))));
     }
     sets
@@ -86,7 +91,13 @@ fn helm_lint_strict_passes_for_every_value_set() {
 fn every_rendered_object_is_valid_kubernetes() {
     // Kinds whose schemas belong to other projects' CRDs; kubernetes-validate only knows
     // built-in kinds, so these are checked for their required fields below.
-    const FOREIGN: [&str; 3] = ["Certificate", "Issuer", "ServiceMonitor"];
+    const FOREIGN: [&str; 5] = [
+        "Certificate",
+        "Issuer",
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+    ];
     let dir = tempfile::tempdir().unwrap();
     for (i, values) in value_sets().iter().enumerate() {
         let rendered = helm_template(values.as_deref());
