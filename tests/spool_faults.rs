@@ -454,19 +454,7 @@ async fn a_batch_whose_spooled_bytes_changed_is_counted_as_damage_and_the_sink_g
     .await;
     let flushes = "starsink_flushes_total{sink=\"orders\",trigger=\"rows\"}";
     await_metric(port, flushes, 10.0, Duration::from_secs(10)).await;
-    // Something else writes over row 850 in the segment file.
-    let segment = std::fs::read_dir(spool.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "seg"))
-        .expect("a segment");
-    let mut bytes = std::fs::read(&segment).unwrap();
-    let at = bytes
-        .windows(9)
-        .position(|w| w == b"\"id\":850,")
-        .expect("row 850 is in the segment");
-    bytes[at + 5] = b'9';
-    std::fs::write(&segment, &bytes).unwrap();
+    damage_row_in_spool(spool.path(), 850);
 
     sr.set_faults(Faults::default());
     // The damaged batch is dropped, counted and logged; the others load once, and

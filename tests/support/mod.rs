@@ -498,3 +498,23 @@ pub fn read_acks(read: tokio::net::unix::OwnedReadHalf) -> tokio::task::JoinHand
         acks
     })
 }
+
+/// Changes a digit of the JSON row `{"id":ID,...}` (ID ≥ 100) in the spool's segment
+/// file, as something else writing into the spool would: the batch holding it can no
+/// longer be read back.
+pub fn damage_row_in_spool(spool: &Path, id: u64) {
+    let segment = std::fs::read_dir(spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let needle = format!("\"id\":{id},");
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())
+        .unwrap_or_else(|| panic!("row {id} is in the segment"));
+    let digit = at + 5;
+    bytes[digit] = if bytes[digit] == b'9' { b'8' } else { b'9' };
+    std::fs::write(&segment, &bytes).unwrap();
+}
