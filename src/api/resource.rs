@@ -277,7 +277,6 @@ fn is_duration(field: &str) -> String {
     format!("({field} != '' && {field}.matches('{DURATION_PATTERN}'))")
 }
 
-/// A Secret with the StarRocks credentials.
 /// A sink's spool in the pod. The injector gives the loader an `emptyDir` volume for it
 /// (sized to the spools' caps): it survives loader restarts and crashes, not the pod's
 /// deletion. Annotate the pod `starsink.io/spool-volume: NAME` to spool on a volume of
@@ -295,6 +294,7 @@ pub struct SpoolSpec {
     pub sync: SpoolSync,
 }
 
+/// A Secret with the StarRocks credentials.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialsSecretRef {
