@@ -7,6 +7,8 @@
 //! ```text
 //! cargo bench --bench loader               # 2 GiB per format
 //! cargo bench --bench loader -- --gib 0.5  # quicker
+//! cargo bench --bench loader -- --slow-receiver 120 --slow-only   # against a BE reading
+//!                                          # 120 MiB/s, 16 MiB batches, 1 s interval
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -69,6 +71,8 @@ struct Figures {
     format: Format,
     /// The sink's spool: none, or `spoolSync: interval`.
     spool: bool,
+    /// The endpoint's read rate in MiB/s (`None`: as fast as loopback goes).
+    receiver: Option<u64>,
     bytes: u64,
     secs: f64,
     cpu_secs: f64,
@@ -98,13 +102,26 @@ async fn main() {
         "starsink loader benchmark: {:.2} GiB of {ROW}-byte rows per format, {CONNECTIONS} connections, maxBytes {MAX_BYTES_MIB}MiB",
         bytes as f64 / (1u64 << 30) as f64
     );
+    // `--slow-receiver MIBPS`: also each format against an endpoint that reads bodies at
+    // that rate, with the batches of a busier sink (16 MiB, 1 s); `--slow-only`: only those.
+    let slow: Option<u64> = args
+        .iter()
+        .position(|a| a == "--slow-receiver")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok());
+    let slow_only = args.iter().any(|a| a == "--slow-only");
     let mut all = Vec::new();
     for format in [Format::Json, Format::Csv] {
-        for spool in [false, true] {
-            all.push(throughput(format, bytes, spool).await);
+        if !slow_only {
+            for spool in [false, true] {
+                all.push(throughput(format, bytes, spool, None).await);
+            }
+        }
+        if let Some(rate) = slow {
+            all.push(throughput(format, bytes, false, Some(rate)).await);
         }
     }
-    if args.iter().any(|a| a == "--throughput-only") {
+    if args.iter().any(|a| a == "--throughput-only") || slow_only {
         print_throughput(&all);
         return;
     }
@@ -142,12 +159,17 @@ async fn main() {
 
 fn print_throughput(all: &[Figures]) {
     println!();
-    println!("| format | spool | MiB/s | loader CPU-s/GiB | idle RSS | peak RSS | loads |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| format | spool | endpoint reads | MiB/s | loader CPU-s/GiB | idle RSS | peak RSS | loads |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for f in all {
         let gib = f.bytes as f64 / (1u64 << 30) as f64;
+        let receiver = f
+            .receiver
+            .map_or_else(|| "fast".to_owned(), |r| format!("{r} MiB/s"));
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.1} MiB | {:.1} MiB | {} |",
+            "| {} | {} | {receiver} | {:.0} | {:.2} | {:.1} MiB | {:.1} MiB | {} |",
             f.format.name(),
             if f.spool { "interval" } else { "none" },
             f.bytes as f64 / (1 << 20) as f64 / f.secs,
@@ -160,17 +182,24 @@ fn print_throughput(all: &[Figures]) {
 }
 
 /// Writes `bytes` of rows through `CONNECTIONS` connections and waits until all are loaded.
-async fn throughput(format: Format, bytes: u64, spool: bool) -> Figures {
+/// With `receiver` (MiB/s), the endpoint reads bodies at that rate and batches are those
+/// of a busier sink: 16 MiB or 1 s.
+async fn throughput(format: Format, bytes: u64, spool: bool, receiver: Option<u64>) -> Figures {
     let sr = DevEndpoint::start(EndpointConfig {
         keep_rows: false,
+        be_read_rate: receiver.map(|mib| mib << 20),
         ..EndpointConfig::default()
     })
     .await
     .expect("start endpoint");
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("bench.sock");
+    let (interval, max_mib) = match receiver {
+        None => ("250ms", MAX_BYTES_MIB),
+        Some(_) => ("1s", 16),
+    };
     let mut config = format!(
-        "labelPrefix: bench\nmetricsAddr: 127.0.0.1:0\nsinks:\n  - name: bench\n    socket: {}\n    format: {}\n    starrocks:\n      feEndpoints: [\"{}\"]\n      database: bench\n      table: events\n    flush:\n      interval: 250ms\n      maxBytes: {MAX_BYTES_MIB}MiB\n      maxRows: 10000000\n",
+        "labelPrefix: bench\nmetricsAddr: 127.0.0.1:0\nsinks:\n  - name: bench\n    socket: {}\n    format: {}\n    starrocks:\n      feEndpoints: [\"{}\"]\n      database: bench\n      table: events\n    flush:\n      interval: {interval}\n      maxBytes: {max_mib}MiB\n      maxRows: 10000000\n",
         socket.display(),
         format.name(),
         sr.fe_url()
@@ -235,6 +264,7 @@ async fn throughput(format: Format, bytes: u64, spool: bool) -> Figures {
     Figures {
         format,
         spool,
+        receiver,
         bytes,
         secs,
         cpu_secs,

@@ -52,6 +52,10 @@ pub struct DevEndpointArgs {
     pub slow: f64,
     #[arg(long, default_value = "2s")]
     pub slow_by: crate::api::HumanDuration,
+    /// Read each load's body at most this many bytes per second (e.g. `120MiB`): a BE that
+    /// drains slowly, so the loader's sends wait on TCP flow control.
+    #[arg(long)]
+    pub be_read_rate: Option<crate::api::ByteSize>,
     /// Fault (a broken BE or proxy): this fraction of loads is answered `Success` before
     /// the body is sent, and nothing is loaded.
     #[arg(long, default_value_t = 0.0, value_parser = probability)]
@@ -160,6 +164,7 @@ pub async fn run(args: DevEndpointArgs) -> i32 {
             max_running_txns: args.max_running_txns,
             label_keep_max_num: args.label_keep_max_num,
         },
+        be_read_rate: args.be_read_rate.map(|r| r.0),
     };
     let endpoint =
         match DevEndpoint::start_on(config, args.fe_addr, args.be_addr, args.advertise_be).await {

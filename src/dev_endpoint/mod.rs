@@ -11,6 +11,7 @@ pub mod command;
 mod fe;
 pub mod limits;
 mod merge;
+mod throttle;
 
 use std::collections::HashMap;
 
@@ -62,6 +63,9 @@ pub struct EndpointConfig {
     pub seed: u64,
     /// StarRocks' version, transaction and label limits (see [`limits`]).
     pub limits: ServerLimits,
+    /// Bytes per second each BE connection is read at (`None`: as fast as it comes), for
+    /// measuring a loader against a BE that drains slowly.
+    pub be_read_rate: Option<u64>,
 }
 
 /// TLS for the dev endpoint: a serving certificate, and which listeners use it.
@@ -95,6 +99,7 @@ impl Default for EndpointConfig {
             keep_rows: true,
             seed: 1,
             limits: ServerLimits::default(),
+            be_read_rate: None,
         }
     }
 }
@@ -397,9 +402,12 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationTok
 }
 
 async fn role_connection<S: Io>(role: Role, stream: S, shared: &Shared) {
-    match role {
-        Role::Fe => fe::connection(stream, shared).await,
-        Role::Be => be::connection(stream, shared).await,
+    match (role, shared.config.be_read_rate) {
+        (Role::Fe, _) => fe::connection(stream, shared).await,
+        (Role::Be, None) => be::connection(stream, shared).await,
+        (Role::Be, Some(rate)) => {
+            be::connection(throttle::Throttled::new(stream, rate), shared).await
+        }
     }
 }
 
