@@ -322,3 +322,47 @@ fn the_dockerfile_passes_hadolint_and_runs_pinned_and_unprivileged() {
     assert!(text.contains(r#"ENTRYPOINT ["/usr/local/bin/starsink"]"#));
     assert!(repo(".dockerignore").exists());
 }
+
+#[test]
+fn the_alerts_select_the_jobs_the_chart_monitors_give_by_default() {
+    // The Prometheus Operator names a PodMonitor's job `<namespace>/<name>` and a
+    // ServiceMonitor's job after the Service it scrapes (their `jobLabel` docs).
+    let docs = documents(&helm_template(Some(&repo(
+        "tests/fixtures/chart/monitoring.yaml",
+    ))));
+    let rules = serde_json::to_string(&find(&docs, "PrometheusRule")["spec"]).unwrap();
+    let pods = &find(&docs, "PodMonitor")["metadata"];
+    let loader_job = format!(
+        "{}/{}",
+        pods["namespace"].as_str().unwrap(),
+        pods["name"].as_str().unwrap()
+    );
+    let selector = &find(&docs, "ServiceMonitor")["spec"]["selector"]["matchLabels"];
+    let scraped: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Service")
+        .filter(|d| {
+            let labels = &d["metadata"]["labels"];
+            selector
+                .as_object()
+                .unwrap()
+                .iter()
+                .all(|(k, v)| &labels[k] == v)
+        })
+        .filter(|d| {
+            d["spec"]["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "metrics")
+        })
+        .collect();
+    assert_eq!(scraped.len(), 1, "the ServiceMonitor scrapes one Service");
+    let controller_job = scraped[0]["metadata"]["name"].as_str().unwrap();
+    for job in [loader_job.as_str(), controller_job] {
+        assert!(
+            rules.contains(&format!(r#"job=~\"{job}\""#)),
+            "the rules never select job {job}: {rules}"
+        );
+    }
+}

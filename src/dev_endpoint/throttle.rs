@@ -16,12 +16,14 @@ use tokio::time::{Instant, Sleep};
 /// in buffers of this order).
 const MAX_READ: usize = 64 << 10;
 
-/// `inner`, whose reads deliver at most `rate` bytes per second on average.
+/// `inner`, whose reads deliver at most `rate` bytes per second: after a read of n bytes
+/// the next waits n / rate. Time spent idle earns nothing, so a kept-alive connection is
+/// as slow for its next body as for its first.
 pub(crate) struct Throttled<S> {
     inner: S,
     rate: u64,
-    started: Instant,
-    read: u64,
+    /// When the next read may start.
+    free_at: Instant,
     wait: Option<Pin<Box<Sleep>>>,
 }
 
@@ -30,16 +32,9 @@ impl<S> Throttled<S> {
         Self {
             inner,
             rate: bytes_per_sec.max(1),
-            started: Instant::now(),
-            read: 0,
+            free_at: Instant::now(),
             wait: None,
         }
-    }
-
-    /// When `read` bytes are due at the rate.
-    fn due(&self, read: u64) -> Instant {
-        let secs = read as f64 / self.rate as f64;
-        self.started + Duration::from_secs_f64(secs)
     }
 }
 
@@ -50,23 +45,25 @@ impl<S: AsyncRead + Unpin> AsyncRead for Throttled<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        let want = buf.remaining().min(MAX_READ);
-        let due = this.due(this.read + want as u64);
-        if due > Instant::now() {
+        let now = Instant::now();
+        if this.free_at > now {
+            let free_at = this.free_at;
             let wait = this
                 .wait
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-            wait.as_mut().reset(due);
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(free_at)));
+            wait.as_mut().reset(free_at);
             if wait.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
         }
+        let want = buf.remaining().min(MAX_READ);
         let mut limited = ReadBuf::new(buf.initialize_unfilled_to(want));
         let polled = Pin::new(&mut this.inner).poll_read(cx, &mut limited);
         let n = limited.filled().len();
         if let Poll::Ready(Ok(())) = polled {
             buf.advance(n);
-            this.read += n as u64;
+            let pause = Duration::from_secs_f64(n as f64 / this.rate as f64);
+            this.free_at = this.free_at.max(Instant::now()) + pause;
         }
         polled
     }
@@ -96,19 +93,24 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test(start_paused = true)]
-    async fn reads_are_held_to_the_rate() {
-        let (mut tx, rx) = tokio::io::duplex(1 << 20);
-        tx.write_all(&vec![7u8; 512 << 10]).await.unwrap();
+    async fn reads_are_held_to_the_rate_and_idle_time_earns_nothing() {
+        let (mut tx, rx) = tokio::io::duplex(2 << 20);
         let mut slow = Throttled::new(rx, 256 << 10);
-        let started = Instant::now();
-        let mut got = vec![0u8; 512 << 10];
-        slow.read_exact(&mut got).await.unwrap();
-        assert!(got.iter().all(|&b| b == 7));
-        // 512 KiB at 256 KiB/s: two seconds of (paused, auto-advanced) time.
-        let took = started.elapsed();
-        assert!(
-            (Duration::from_millis(1900)..Duration::from_millis(2100)).contains(&took),
-            "{took:?}"
-        );
+        for round in 0..2 {
+            tx.write_all(&vec![7u8; 512 << 10]).await.unwrap();
+            let started = Instant::now();
+            let mut got = vec![0u8; 512 << 10];
+            slow.read_exact(&mut got).await.unwrap();
+            assert!(got.iter().all(|&b| b == 7));
+            // 512 KiB at 256 KiB/s in reads of 64 KiB, each followed by its quarter
+            // second: the eighth read starts 1.75s in (paused, auto-advanced time).
+            let took = started.elapsed();
+            assert!(
+                took.as_millis().abs_diff(1750) <= 50,
+                "round {round}: {took:?}"
+            );
+            // Idle time earns nothing: the next 512 KiB take as long again.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
     }
 }

@@ -425,9 +425,23 @@ const LABELLED: &[Labelled] = &[
     ),
 ];
 
+/// When this loader started, in Unix seconds: set by the first call (the loader's start).
+pub fn start_time() -> f64 {
+    static STARTED: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(|| unix_ms(std::time::SystemTime::now()) as f64 / 1000.0)
+}
+
 /// Renders every sink's counters in the Prometheus text format.
 pub fn render(sinks: &[Arc<SinkMetrics>], reloads: &ReloadCounts) -> String {
     let mut out = Exposition::default();
+    // The conventional name: alerts tell a loader that started within their window (its
+    // counters rose from 0 before the first scrape) from one Prometheus only began to see.
+    out.family(
+        "process_start_time_seconds",
+        "gauge",
+        "When the loader started, in Unix seconds.",
+    )
+    .sample("process_start_time_seconds", &[], start_time());
     out.family(
         "starsink_config_info",
         "gauge",

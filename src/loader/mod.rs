@@ -84,6 +84,7 @@ pub fn hostname() -> String {
 /// Runs the loader until a signal stops it; returns what happened to every record. It
 /// reads `source` again on SIGHUP and when its files change.
 pub async fn run(config: LoaderConfig, source: ConfigSource) -> Result<Accounting, LoaderError> {
+    metrics::start_time();
     let connections = Arc::new(tokio::sync::Semaphore::new(producer_budget(&config)));
     for issue in config.ignored() {
         tracing::warn!("{issue}");

@@ -31,3 +31,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "starsink.tlsSecret" -}}
 {{- printf "%s-webhook-tls" (include "starsink.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{/* A duration as values.schema.json allows it (digits, then ms, s, m, h or d), in seconds. */}}
+{{- define "starsink.seconds" -}}
+{{- $per := dict "ms" 0.001 "s" 1 "m" 60 "h" 3600 "d" 86400 -}}
+{{- mulf (regexFind "^[0-9]+" . | float64) (get $per (regexFind "[a-z]+$" .)) -}}
+{{- end -}}
