@@ -193,3 +193,33 @@ async fn with_a_certificate_the_dev_endpoint_serves_tls_and_a_loader_trusting_it
     );
     let _ = endpoint.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_without_a_label_gets_one_made_up_as_starrocks_does() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sr = starsink::dev_endpoint::DevEndpoint::start(Default::default())
+        .await
+        .unwrap();
+    let body = "1,a\n2,b\n";
+    let request = format!(
+        "PUT /api/shop/orders/_stream_load HTTP/1.1\r\nHost: be\r\nAuthorization: Basic cm9vdDo=\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(sr.be_addr()).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    // The BE keeps the connection for the next load: read until the answer's JSON ends.
+    let mut answer = String::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        while !answer.trim_end().ends_with('}') {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the BE closed before answering: {answer}");
+            answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no whole answer within 10s: {answer}");
+    assert!(answer.contains("\"Status\":\"Success\""), "{answer}");
+    assert!(answer.contains("\"Label\":\"generated_"), "{answer}");
+    assert_eq!(sr.rows("shop.orders").len(), 2);
+}

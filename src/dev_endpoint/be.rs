@@ -98,7 +98,17 @@ impl Target {
         };
         Some(Target {
             table: format!("{db}.{table}"),
-            label: req.headers.get("label").unwrap_or_default().to_owned(),
+            // The label is optional: StarRocks makes one up when none is given (Stream
+            // Load docs, "label": "If you do not specify a label, StarRocks automatically
+            // generates a label"); it follows the same rules, so the load cannot dedupe.
+            label: match req.headers.get("label") {
+                Some(l) if !l.is_empty() => l.to_owned(),
+                _ => format!(
+                    "generated_{:016x}{:016x}",
+                    fastrand::u64(..),
+                    fastrand::u64(..)
+                ),
+            },
             json: req
                 .headers
                 .get("format")
