@@ -121,6 +121,14 @@ async fn main() {
             all.push(throughput(format, bytes, false, Some(rate)).await);
         }
     }
+    // `--peer`: the same workload through syslog-ng, in the same run.
+    if args.iter().any(|a| a == "--peer") {
+        let mut peers = Vec::new();
+        for format in [Format::Json, Format::Csv] {
+            peers.push(peer_throughput(format, bytes).await);
+        }
+        print_peer(&all, &peers);
+    }
     if args.iter().any(|a| a == "--throughput-only") || slow_only {
         print_throughput(&all);
         return;
@@ -155,6 +163,34 @@ async fn main() {
         lateness[lateness.len() / 2].as_millis(),
         lateness[lateness.len() - 1].as_millis()
     );
+}
+
+/// The peer's figures beside the loader's (fast endpoint, no spool), with the ratios.
+fn print_peer(loader: &[Figures], peers: &[Figures]) {
+    println!();
+    println!("| format | shipper | MiB/s | CPU-s/GiB | peak RSS | loads | CPU ratio (peer / starsink) | peak RSS ratio |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let gib = |f: &Figures| f.bytes as f64 / (1u64 << 30) as f64;
+    for p in peers {
+        let Some(ours) = loader
+            .iter()
+            .find(|f| f.format.name() == p.format.name() && !f.spool && f.receiver.is_none())
+        else {
+            continue;
+        };
+        for (who, f) in [("starsink", ours), ("syslog-ng 3.38", p)] {
+            println!(
+                "| {} | {who} | {:.0} | {:.2} | {:.1} MiB | {} | {:.1} | {:.2} |",
+                f.format.name(),
+                f.bytes as f64 / (1 << 20) as f64 / f.secs,
+                f.cpu_secs / gib(f),
+                f.peak_rss_kib as f64 / 1024.0,
+                f.loads,
+                (p.cpu_secs / gib(p)) / (ours.cpu_secs / gib(ours)),
+                p.peak_rss_kib as f64 / ours.peak_rss_kib as f64,
+            );
+        }
+    }
 }
 
 fn print_throughput(all: &[Figures]) {
@@ -217,7 +253,34 @@ async fn throughput(format: Format, bytes: u64, spool: bool, receiver: Option<u6
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss_kib = proc_status(pid, "VmRSS:");
 
-    // One block of distinct rows, written over and over by every connection.
+    let rows = bytes / ROW as u64;
+    let cpu_before = proc_cpu_secs(pid);
+    let started = Instant::now();
+    write_rows(&socket, format, bytes).await;
+    while loaded(metrics).await < rows {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let cpu_secs = proc_cpu_secs(pid) - cpu_before;
+    let peak_rss_kib = proc_status(pid, "VmHWM:");
+    let loads = sr.state().loads.len();
+    stop(&mut loader).await;
+    Figures {
+        format,
+        spool,
+        receiver,
+        bytes,
+        secs,
+        cpu_secs,
+        idle_rss_kib,
+        peak_rss_kib,
+        loads,
+    }
+}
+
+/// Writes `bytes` of `format` rows to `socket` through `CONNECTIONS` connections, in
+/// `WRITE`-sized writes of one block of distinct rows written over and over.
+async fn write_rows(socket: &Path, format: Format, bytes: u64) {
     let mut block = Vec::with_capacity(16 << 20);
     let mut id = 0;
     while block.len() < 16 << 20 {
@@ -226,14 +289,11 @@ async fn throughput(format: Format, bytes: u64, spool: bool, receiver: Option<u6
     }
     let block = std::sync::Arc::new(block);
     let rows = bytes / ROW as u64;
-
-    let cpu_before = proc_cpu_secs(pid);
-    let started = Instant::now();
     let mut writers = Vec::new();
     for c in 0..CONNECTIONS as u64 {
         let share =
             bytes / ROW as u64 / CONNECTIONS as u64 + u64::from(c < rows % CONNECTIONS as u64);
-        let (block, socket) = (block.clone(), socket.clone());
+        let (block, socket) = (block.clone(), socket.to_owned());
         writers.push(tokio::spawn(async move {
             let mut conn = UnixStream::connect(&socket).await.expect("connect");
             let mut left = (share * ROW as u64) as usize;
@@ -253,18 +313,113 @@ async fn throughput(format: Format, bytes: u64, spool: bool, receiver: Option<u6
     for w in writers {
         w.await.expect("writer");
     }
-    while loaded(metrics).await < rows {
+}
+
+/// syslog-ng's configuration for the peer run: a Unix stream source into a batched HTTP
+/// PUT to the BE's Stream Load URL, with flow control (without it syslog-ng drops rows
+/// when its queue is full), batches as large as the loader's (`MAX_BYTES_MIB`, 250 ms),
+/// one worker. JSON lines go as one array (`strip_outer_array`), CSV rows as lines.
+fn peer_config(socket: &Path, be: std::net::SocketAddr, format: Format) -> String {
+    let body = match format {
+        Format::Json => {
+            r#"headers("format: json", "strip_outer_array: true") body-prefix("[") delimiter(",") body-suffix("]")"#
+        }
+        Format::Csv => r#"delimiter("\n")"#,
+    };
+    format!(
+        r#"@version: 3.35
+options {{ keep-hostname(yes); chain-hostnames(no); log-msg-size(65536); }};
+source s_app {{ unix-stream("{socket}" max-connections(16) log-iw-size(40000) flags(no-parse)); }};
+destination d_starrocks {{
+  http(url("http://{be}/api/bench/events/_stream_load") method("PUT") user("root") password("")
+       {body} body("${{MESSAGE}}")
+       batch-lines(10000000) batch-bytes({MAX_BYTES_MIB}MiB) batch-timeout(250) workers(1)
+       persist-name("bench"));
+}};
+log {{ source(s_app); destination(d_starrocks); flags(flow-control); }};
+"#,
+        socket = socket.display(),
+    )
+}
+
+/// The same workload through syslog-ng (Debian's, installed by
+/// `scripts/install-bench-tools` when missing), into the same endpoint.
+async fn peer_throughput(format: Format, bytes: u64) -> Figures {
+    if std::process::Command::new("syslog-ng")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        let installed = std::process::Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/install-bench-tools"
+        ))
+        .status()
+        .expect("run scripts/install-bench-tools");
+        assert!(installed.success(), "scripts/install-bench-tools failed");
+    }
+    let sr = DevEndpoint::start(EndpointConfig {
+        keep_rows: false,
+        ..EndpointConfig::default()
+    })
+    .await
+    .expect("start endpoint");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("peer.sock");
+    let config = dir.path().join("syslog-ng.conf");
+    std::fs::write(&config, peer_config(&socket, sr.be_addr(), format)).expect("write config");
+    let state = |name: &str| dir.path().join(name);
+    let mut peer = Command::new("syslog-ng")
+        .arg("-F")
+        .arg("--no-caps")
+        .arg("-f")
+        .arg(&config)
+        .arg("-R")
+        .arg(state("persist"))
+        .arg("-p")
+        .arg(state("pid"))
+        .arg("-c")
+        .arg(state("ctl"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(state("syslog-ng.log")).expect("create the peer log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn syslog-ng");
+    let pid = peer.id().expect("peer pid");
+    while !socket.exists() {
+        assert!(
+            peer.try_wait().expect("peer status").is_none(),
+            "syslog-ng exited: {}",
+            std::fs::read_to_string(state("syslog-ng.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss_kib = proc_status(pid, "VmRSS:");
+    let cpu_before = proc_cpu_secs(pid);
+    let started = Instant::now();
+    write_rows(&socket, format, bytes).await;
+    // Every row arrived once its bytes did: a batch is its rows without their newlines,
+    // joined by one byte each (a JSON batch adds its two brackets), so it is at most one
+    // byte shorter than what was written for it.
+    let arrived = || {
+        let state = sr.state();
+        let ok = state.loads.iter().filter(|l| l.status == "Success");
+        ok.map(|l| l.body_bytes as u64 + 1).sum::<u64>()
+    };
+    while arrived() < bytes {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let secs = started.elapsed().as_secs_f64();
     let cpu_secs = proc_cpu_secs(pid) - cpu_before;
     let peak_rss_kib = proc_status(pid, "VmHWM:");
     let loads = sr.state().loads.len();
-    stop(&mut loader).await;
+    let _ = peer.kill().await;
     Figures {
         format,
-        spool,
-        receiver,
+        spool: false,
+        receiver: None,
         bytes,
         secs,
         cpu_secs,
