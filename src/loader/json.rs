@@ -4,21 +4,144 @@
 /// Nesting deeper than this is refused (the same limit serde_json applies).
 const MAX_DEPTH: usize = 128;
 
+/// Lines up to this long may take the indexed path: one quote bitmap word per 64 bytes,
+/// on the stack.
+const INDEXED_MAX: usize = 64 * 64;
+
 /// Whether `line` is one JSON object, optionally surrounded by whitespace.
 pub fn is_object(line: &[u8]) -> bool {
+    if line.len() <= INDEXED_MAX {
+        if let Some(verdict) = indexed_is_object(line) {
+            return verdict;
+        }
+    }
+    scalar_is_object(line)
+}
+
+/// The common line (no backslash, no control byte) checked from a structural index: a
+/// bitmap of its quotes, built 64 bytes at a time without a branch per byte, so a
+/// string's end is the next set bit rather than the end of a byte loop. `None` for a line
+/// with a backslash or a control byte (tab included), which the scalar scanner checks.
+fn indexed_is_object(line: &[u8]) -> Option<bool> {
+    let mut quotes = [0u64; INDEXED_MAX / 64];
+    let mut special = false;
+    let mut high = false;
+    for (w, block) in line.chunks(64).enumerate() {
+        let masks = match <&[u8; 64]>::try_from(block) {
+            Ok(full) => block_masks(full),
+            Err(_) => {
+                // The last, partial block, padded with spaces (plain bytes).
+                let mut padded = [b' '; 64];
+                padded[..block.len()].copy_from_slice(block);
+                block_masks(&padded)
+            }
+        };
+        quotes[w] = masks.quotes;
+        special |= masks.special;
+        high |= masks.high;
+    }
+    if special {
+        return None;
+    }
+    if high && std::str::from_utf8(line).is_err() {
+        return Some(false);
+    }
+    let mut s = Scanner {
+        s: line,
+        i: 0,
+        quotes: Some(&quotes[..line.len().div_ceil(64)]),
+    };
+    Some(s.top_object())
+}
+
+/// What the indexed path needs of 64 bytes.
+#[derive(Debug, PartialEq, Eq)]
+struct BlockMasks {
+    /// Bit `i` set when byte `i` is a quote.
+    quotes: u64,
+    /// Some byte is a backslash or a control byte (< 0x20).
+    special: bool,
+    /// Some byte is not ASCII.
+    high: bool,
+}
+
+/// The block's masks, 16 bytes per SSE2 instruction (SSE2 is part of every x86-64).
+#[cfg(target_arch = "x86_64")]
+fn block_masks(block: &[u8; 64]) -> BlockMasks {
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is in the x86-64 baseline, so these intrinsics are always available;
+    // each unaligned load reads 16 bytes at offsets 0, 16, 32 and 48 of a 64-byte array.
+    unsafe {
+        let quote = _mm_set1_epi8(b'"' as i8);
+        let backslash = _mm_set1_epi8(b'\\' as i8);
+        let below_space = _mm_set1_epi8(0x1f);
+        let mut quotes = 0u64;
+        let mut special = _mm_setzero_si128();
+        let mut high = 0i32;
+        for k in 0..4 {
+            let v = _mm_loadu_si128(block.as_ptr().add(16 * k).cast::<__m128i>());
+            let q = _mm_movemask_epi8(_mm_cmpeq_epi8(v, quote)) as u16;
+            quotes |= u64::from(q) << (16 * k);
+            // A control byte is one no greater than 0x1f, unsigned: max(v, 0x1f) == 0x1f.
+            let control = _mm_cmpeq_epi8(_mm_max_epu8(v, below_space), below_space);
+            special = _mm_or_si128(special, _mm_or_si128(control, _mm_cmpeq_epi8(v, backslash)));
+            high |= _mm_movemask_epi8(v);
+        }
+        BlockMasks {
+            quotes,
+            special: _mm_movemask_epi8(special) != 0,
+            high: high != 0,
+        }
+    }
+}
+
+/// The block's masks, 8 bytes at a time in a word (SWAR).
+#[cfg(not(target_arch = "x86_64"))]
+fn block_masks(block: &[u8; 64]) -> BlockMasks {
+    swar_block_masks(block)
+}
+
+/// [`block_masks`] without SIMD instructions: each byte-equality mask is exact (no
+/// borrow between bytes), and its eight high bits are gathered into a byte by one
+/// multiplication.
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn swar_block_masks(block: &[u8; 64]) -> BlockMasks {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // High bit of each byte of `x` that is zero.
+    let zero = |x: u64| !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7);
+    let mut quotes = 0u64;
+    let mut special = 0u64;
+    let mut high = 0u64;
+    for (k, w) in block.chunks_exact(8).enumerate() {
+        let x = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        let q = zero(x ^ (ONES * u64::from(b'"')));
+        quotes |= ((q >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * k);
+        // A byte below 0x20 (ASCII only: bytes with the high bit set are not control
+        // bytes) has its three bits 5-7 clear.
+        let control = zero(x & (ONES * 0xe0));
+        special |= zero(x ^ (ONES * u64::from(b'\\'))) | control;
+        high |= x & HIGH;
+    }
+    BlockMasks {
+        quotes,
+        special: special != 0,
+        high: high != 0,
+    }
+}
+
+/// The line checked byte by byte: any line, escapes and all.
+fn scalar_is_object(line: &[u8]) -> bool {
     if std::str::from_utf8(line).is_err() {
         return false;
     }
-    let mut s = Scanner { s: line, i: 0 };
-    s.ws();
-    if s.peek() != Some(b'{') {
-        return false;
-    }
-    if !s.value(0) {
-        return false;
-    }
-    s.ws();
-    s.i == line.len()
+    let mut s = Scanner {
+        s: line,
+        i: 0,
+        quotes: None,
+    };
+    s.top_object()
 }
 
 /// The offset of the first byte in `s` that ends a run of plain string content: a quote,
@@ -53,9 +176,22 @@ fn string_special(s: &[u8]) -> Option<usize> {
 struct Scanner<'a> {
     s: &'a [u8],
     i: usize,
+    /// The indexed path's quote bitmap (bit `i % 64` of word `i / 64` is set when byte
+    /// `i` is a quote); only for lines without backslashes or control bytes.
+    quotes: Option<&'a [u64]>,
 }
 
 impl Scanner<'_> {
+    /// The whole line is one object, with whitespace around it at most.
+    fn top_object(&mut self) -> bool {
+        self.ws();
+        if self.peek() != Some(b'{') || !self.value(0) {
+            return false;
+        }
+        self.ws();
+        self.i == self.s.len()
+    }
+
     #[inline]
     fn peek(&self) -> Option<u8> {
         self.s.get(self.i).copied()
@@ -150,6 +286,16 @@ impl Scanner<'_> {
 
     fn string(&mut self) -> bool {
         self.i += 1;
+        if let Some(quotes) = self.quotes {
+            // No backslash or control byte anywhere: the string ends at the next quote.
+            return match next_bit(quotes, self.i) {
+                Some(end) => {
+                    self.i = end + 1;
+                    true
+                }
+                None => false,
+            };
+        }
         let s = self.s;
         loop {
             // Skip plain bytes quickly; stop at a quote, a backslash or a control byte.
@@ -240,6 +386,18 @@ impl Scanner<'_> {
     }
 }
 
+/// The first set bit at or after position `from` of a bitmap kept in words.
+#[inline]
+fn next_bit(words: &[u64], from: usize) -> Option<usize> {
+    let mut w = from / 64;
+    let mut bits = *words.get(w)? & (!0u64 << (from % 64));
+    while bits == 0 {
+        w += 1;
+        bits = *words.get(w)?;
+    }
+    Some(w * 64 + bits.trailing_zeros() as usize)
+}
+
 fn hex4(s: &[u8], at: usize) -> Option<u32> {
     let h = s.get(at..at + 4)?;
     let text = std::str::from_utf8(h).ok()?;
@@ -279,6 +437,66 @@ mod tests {
         serde_json::from_slice::<serde_json::Value>(line).is_ok_and(|v| v.is_object())
     }
 
+    /// Both paths, where each applies, give serde_json's verdict.
+    fn check_against_serde(line: &[u8]) {
+        let want = serde_says(line);
+        let shown = String::from_utf8_lossy(line);
+        assert_eq!(is_object(line), want, "{shown}");
+        assert_eq!(scalar_is_object(line), want, "scalar: {shown}");
+        if let Some(indexed) = indexed_is_object(line) {
+            assert_eq!(indexed, want, "indexed: {shown}");
+        }
+    }
+
+    #[test]
+    fn block_masks_find_every_quote_and_flag_escapes_controls_and_non_ascii() {
+        let naive = |b: &[u8; 64]| BlockMasks {
+            quotes: b
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| u64::from(c == b'"') << i)
+                .sum(),
+            special: b.iter().any(|&c| c == b'\\' || c < 0x20),
+            high: b.iter().any(|&c| c >= 0x80),
+        };
+        // Bytes near every boundary the masks draw: a quote beside 0x21 and 0x23, 0x1f
+        // and 0x20, 0x7f and 0x80, and bytes that differ from a quote or a backslash by
+        // one bit.
+        let bytes = [
+            b'"', b'\\', 0x00, 0x01, 0x1f, 0x20, 0x21, 0x23, 0x02, 0xa2, 0x5d, 0x7f, 0x80, 0xe0,
+            0xff, b'a', b'{',
+        ];
+        let mut rng = fastrand::Rng::with_seed(11);
+        for _ in 0..20_000 {
+            let mut b = [b'a'; 64];
+            for _ in 0..rng.usize(0..12) {
+                b[rng.usize(..64)] = bytes[rng.usize(..bytes.len())];
+            }
+            assert_eq!(block_masks(&b), naive(&b), "{b:?}");
+            assert_eq!(swar_block_masks(&b), naive(&b), "swar: {b:?}");
+        }
+    }
+
+    #[test]
+    fn next_bit_finds_the_first_set_bit_at_or_after_a_position_across_words() {
+        let words = [1u64 << 63, 0, 0b101];
+        assert_eq!(next_bit(&words, 0), Some(63));
+        assert_eq!(next_bit(&words, 63), Some(63));
+        assert_eq!(next_bit(&words, 64), Some(128));
+        assert_eq!(next_bit(&words, 129), Some(130));
+        assert_eq!(next_bit(&words, 131), None);
+        assert_eq!(next_bit(&words, 192), None);
+    }
+
+    #[test]
+    fn lines_without_escapes_take_the_indexed_path_and_others_do_not() {
+        assert_eq!(indexed_is_object(br#"{"a":"b"}"#), Some(true));
+        assert_eq!(indexed_is_object(br#"{"a":"b\"c"}"#), None);
+        assert_eq!(indexed_is_object(b"{\"a\":\t1}"), None);
+        let long = format!(r#"{{"a":"{}"}}"#, "x".repeat(INDEXED_MAX));
+        assert!(is_object(long.as_bytes()));
+    }
+
     #[test]
     fn agrees_with_serde_json_on_hand_picked_cases() {
         let cases: &[&[u8]] = &[
@@ -310,12 +528,7 @@ mod tests {
             b"{\"bad utf8\":\"\xff\"}",
         ];
         for c in cases {
-            assert_eq!(
-                is_object(c),
-                serde_says(c),
-                "{}",
-                String::from_utf8_lossy(c)
-            );
+            check_against_serde(c);
         }
     }
 
@@ -330,11 +543,16 @@ mod tests {
     #[test]
     fn agrees_with_serde_json_on_random_mutations() {
         // Differential check: mutate valid objects byte by byte and compare verdicts.
+        // Seeds without escapes take the indexed path until a mutation adds a backslash;
+        // the long ones put strings and quotes across its 64-byte words.
         let seeds: &[&[u8]] = &[
             br#"{"id":12,"name":"x\"y","tags":["a","b"],"n":-1.5e3,"ok":true,"z":null}"#,
             br#"{"a":{"b":{"c":[1,{"d":"\u0041"}]}}}"#,
+            br#"{"id":12,"user":"user-00012","event":"page_view","url":"/products/12","ts":"2026-11-24T15:30:00.123Z","pad":"xx"}"#,
+            br#"{"a":"","b":[{},[],"x",0,-0.0,1e5],"c":{"d":{"e":"f"}},"g":"0123456789012345678901234567890123456789012345678901234567890123456789"}"#,
+            "{\"caf\u{e9}\":\"\u{1F600} \u{4e2d}\u{6587}\",\"n\":1}".as_bytes(),
         ];
-        let alphabet = b"{}[]\":,\\.-+eE0123456789tfnul \tabx";
+        let alphabet = b"{}[]\":,\\.-+eE0123456789tfnul \tabx\xc3\xa9\xff";
         let mut rng = fastrand::Rng::with_seed(7);
         for _ in 0..20_000 {
             let mut s = seeds[rng.usize(..seeds.len())].to_vec();
@@ -351,12 +569,7 @@ mod tests {
                     break;
                 }
             }
-            assert_eq!(
-                is_object(&s),
-                serde_says(&s),
-                "{}",
-                String::from_utf8_lossy(&s)
-            );
+            check_against_serde(&s);
         }
     }
 }
