@@ -3,9 +3,17 @@
 //! gathered into [`Chunk`]s for the sink task. With acks on, a chunk never spans a
 //! rejected line (its records are consecutive lines of the connection), and consecutive
 //! rejects with one reason become one `err` run.
+//!
+//! A run of records that arrived exactly as the body wants them (each followed by `\n`,
+//! consecutive in the read) is not copied: its chunk is a slice of the read's own bytes,
+//! with each `\n` rewritten in place to the body's record end. Only records that must be
+//! changed (a `\r` to drop, a row id to add, the last line of a stream without `\n`)
+//! are copied.
 
+use std::ops::Range;
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use tokio::time::Instant;
 
 use crate::api::Format;
@@ -23,13 +31,29 @@ pub struct Chunker {
     /// With Merge Commit's `rowIdColumn`: where each record's id comes from.
     row_ids: Option<Arc<RowIds>>,
     arrived: Instant,
-    /// Records of the chunk being built, each followed by its body delimiter.
-    out: Vec<u8>,
-    ends: Vec<u32>,
-    first_line: u64,
-    chunks: Vec<Chunk>,
+    /// About how many bytes the read holds (sizes the first run's buffers).
+    bytes: usize,
+    /// The run of records being built, and the runs closed before it, in line order.
+    run: Option<Run>,
+    runs: Vec<Run>,
     errs: Vec<ErrRun>,
     last_record: Option<u64>,
+}
+
+/// Consecutive records of one chunk.
+enum Run {
+    /// Bytes `range` of the read, each record followed by its `\n`.
+    InPlace {
+        range: Range<usize>,
+        ends: Vec<u32>,
+        first_line: u64,
+    },
+    /// Records copied out, each followed by its body delimiter.
+    Copied {
+        out: Vec<u8>,
+        ends: Vec<u32>,
+        first_line: u64,
+    },
 }
 
 /// What one read gave: its chunks, its `err` runs (with acks on), and the line number of
@@ -49,12 +73,9 @@ impl Chunker {
             ack,
             row_ids: None,
             arrived,
-            // Records never take more room than the bytes they came in (plus a delimiter
-            // for a last line without newline), so one allocation holds them all.
-            out: Vec::with_capacity(bytes + 1),
-            ends: Vec::with_capacity(bytes / 64 + 1),
-            first_line: 0,
-            chunks: Vec::new(),
+            bytes,
+            run: None,
+            runs: Vec::new(),
             errs: Vec::new(),
             last_record: None,
         }
@@ -66,21 +87,23 @@ impl Chunker {
         self
     }
 
-    /// Line `line_no` of the connection; the reason it was rejected, if it was.
-    pub fn line(&mut self, line_no: u64, line: &Line<'_>) -> Option<RejectReason> {
+    /// Line `line_no` of the connection, with where its bytes and `\n` lie in the read
+    /// if the framer could say (see [`crate::loader::framing::LineFramer::drain`]); the
+    /// reason it was rejected, if it was.
+    pub fn line(
+        &mut self,
+        line_no: u64,
+        line: &Line<'_>,
+        span: Option<Range<usize>>,
+    ) -> Option<RejectReason> {
         let reason = match line {
             Line::TooLong(_) => RejectReason::TooLong,
             Line::Record(r) => match record::check(self.format, r) {
                 Ok(()) => {
-                    if self.ends.is_empty() {
-                        self.first_line = line_no;
+                    match span.filter(|_| self.row_ids.is_none()) {
+                        Some(span) => self.in_place(line_no, span),
+                        None => self.copied(line_no, r),
                     }
-                    match &self.row_ids {
-                        Some(ids) => ids.append(&mut self.out, r),
-                        None => self.out.extend_from_slice(r),
-                    }
-                    self.out.push(body::record_end(self.format));
-                    self.ends.push(self.out.len() as u32);
                     self.last_record = Some(line_no);
                     return None;
                 }
@@ -104,40 +127,169 @@ impl Chunker {
         Some(reason)
     }
 
-    /// Closes the chunk being built, if it has records.
-    fn cut(&mut self) {
-        if self.ends.is_empty() {
-            return;
+    fn in_place(&mut self, line_no: u64, span: Range<usize>) {
+        if let Some(Run::InPlace { range, ends, .. }) = &mut self.run {
+            if range.end == span.start {
+                range.end = span.end;
+                ends.push(end_at(range.start, span.end));
+                return;
+            }
         }
-        self.chunks.push(Chunk {
-            data: std::mem::take(&mut self.out).into(),
-            ends: std::mem::take(&mut self.ends),
-            arrived: self.arrived,
-            ack: self.ack.clone(),
-            first_line: self.first_line,
+        self.cut();
+        let mut ends = Vec::with_capacity(self.bytes / 64 + 1);
+        ends.push(end_at(span.start, span.end));
+        self.run = Some(Run::InPlace {
+            range: span,
+            ends,
+            first_line: line_no,
         });
     }
 
-    pub fn finish(mut self) -> Chunked {
+    fn copied(&mut self, line_no: u64, record: &[u8]) {
+        if !matches!(self.run, Some(Run::Copied { .. })) {
+            self.cut();
+            self.run = Some(Run::Copied {
+                // Records never take more room than the bytes they came in (plus a
+                // delimiter for a last line without newline), so one allocation holds
+                // them all.
+                out: Vec::with_capacity(self.bytes + 1),
+                ends: Vec::with_capacity(self.bytes / 64 + 1),
+                first_line: line_no,
+            });
+        }
+        if let Some(Run::Copied { out, ends, .. }) = &mut self.run {
+            match &self.row_ids {
+                Some(ids) => ids.append(out, record),
+                None => out.extend_from_slice(record),
+            }
+            out.push(body::record_end(self.format));
+            ends.push(u32::try_from(out.len()).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// Closes the run being built, if any.
+    fn cut(&mut self) {
+        if let Some(run) = self.run.take() {
+            self.runs.push(run);
+        }
+    }
+
+    /// The chunks, given `read`: the bytes the framer returned for this read (the spans
+    /// passed to [`Chunker::line`] lie in it).
+    pub fn finish(mut self, mut read: BytesMut) -> Chunked {
         self.cut();
+        let delimiter = body::record_end(self.format);
+        if delimiter != b'\n' {
+            for run in &self.runs {
+                if let Run::InPlace { range, ends, .. } = run {
+                    for &end in ends {
+                        read[range.start + end as usize - 1] = delimiter;
+                    }
+                }
+            }
+        }
+        let read = read.freeze();
+        let chunks = self
+            .runs
+            .into_iter()
+            .map(|run| {
+                let (data, ends, first_line) = match run {
+                    Run::InPlace {
+                        range,
+                        ends,
+                        first_line,
+                    } => (read.slice(range), ends, first_line),
+                    Run::Copied {
+                        out,
+                        ends,
+                        first_line,
+                    } => (out.into(), ends, first_line),
+                };
+                Chunk {
+                    data,
+                    ends,
+                    arrived: self.arrived,
+                    ack: self.ack.clone(),
+                    first_line,
+                }
+            })
+            .collect();
         Chunked {
-            chunks: self.chunks,
+            chunks,
             errs: self.errs,
             last_record: self.last_record,
         }
     }
 }
 
+/// Where a record ending at `end` of the read ends in a chunk starting at `start`.
+fn end_at(start: usize, end: usize) -> u32 {
+    u32::try_from(end - start).unwrap_or(u32::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Lines given without spans, as the last line of a stream or one with `\r` is: all
+    /// copied.
     fn lines(chunker: &mut Chunker, lines: &[Line<'_>]) -> Vec<Option<RejectReason>> {
         lines
             .iter()
             .enumerate()
-            .map(|(i, l)| chunker.line(i as u64 + 1, l))
+            .map(|(i, l)| chunker.line(i as u64 + 1, l, None))
             .collect()
+    }
+
+    /// `input` framed and chunked as one socket read is.
+    fn read(format: Format, input: &[u8]) -> (Chunked, *const u8) {
+        let mut framer = crate::loader::framing::LineFramer::new(1000);
+        let mut buf = BytesMut::from(input);
+        let mut chunker = Chunker::new(format, None, Instant::now(), input.len());
+        let mut n = 0;
+        let framed = framer.drain(&mut buf, |l, span| {
+            n += 1;
+            chunker.line(n, &l, span);
+        });
+        let at = framed.as_ptr();
+        (chunker.finish(framed), at)
+    }
+
+    #[test]
+    fn records_that_arrive_as_the_body_wants_them_are_handed_on_without_a_copy() {
+        let (csv, at) = read(Format::Csv, b"1,a\n2,b\n3,c\n");
+        assert_eq!(csv.chunks.len(), 1);
+        assert_eq!(&csv.chunks[0].data[..], b"1,a\n2,b\n3,c\n");
+        assert_eq!(csv.chunks[0].data.as_ptr(), at, "a slice of the read");
+        assert_eq!(csv.chunks[0].ends, [4, 8, 12]);
+
+        let (json, at) = read(Format::Json, b"{\"a\":1}\n{\"a\":2}\n");
+        assert_eq!(json.chunks.len(), 1);
+        assert_eq!(&json.chunks[0].data[..], br#"{"a":1},{"a":2},"#);
+        assert_eq!(json.chunks[0].data.as_ptr(), at);
+    }
+
+    #[test]
+    fn records_that_must_change_are_copied_and_every_record_keeps_its_order() {
+        let input = b"{\"a\":1}\n{\"a\":2}\r\n{\"a\":3}\n[4]\n{\"a\":5}\n{\"a\":6}\n";
+        let (out, at) = read(Format::Json, input);
+        let body: Vec<u8> = out.chunks.iter().flat_map(|c| c.data.to_vec()).collect();
+        assert_eq!(body, br#"{"a":1},{"a":2},{"a":3},{"a":5},{"a":6},"#);
+        let shape: Vec<(u64, usize, bool)> = out
+            .chunks
+            .iter()
+            .map(|c| {
+                let inside = (c.data.as_ptr() as usize).wrapping_sub(at as usize) < input.len();
+                (c.first_line, c.rows(), inside)
+            })
+            .collect();
+        // The `\r` line is copied; the rejected line breaks the slice in two.
+        assert_eq!(
+            shape,
+            [(1, 1, true), (2, 1, false), (3, 1, true), (5, 2, true)]
+        );
+        assert_eq!(out.chunks[3].ends, [8, 16]);
+        assert_eq!(out.last_record, Some(6));
     }
 
     #[test]
@@ -161,7 +313,7 @@ mod tests {
                 None
             ]
         );
-        let out = c.finish();
+        let out = c.finish(BytesMut::new());
         assert_eq!(out.chunks.len(), 1);
         assert_eq!(&out.chunks[0].data[..], br#"{"a":1},{"a":3},"#);
         assert_eq!(out.chunks[0].ends, [8, 16]);
@@ -192,7 +344,7 @@ mod tests {
                 Line::TooLong(12),
             ],
         );
-        let out = c.finish();
+        let out = c.finish(BytesMut::new());
         let firsts: Vec<(u64, usize)> = out
             .chunks
             .iter()

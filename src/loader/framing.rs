@@ -1,7 +1,9 @@
 //! Line framing, separate from I/O: bytes in, whole lines out. A partial line is simply
 //! "not yet"; a line longer than the limit is skipped without being held in memory.
 
-use bytes::{Buf, BytesMut};
+use std::ops::Range;
+
+use bytes::BytesMut;
 
 /// One framed line.
 #[derive(Debug, PartialEq, Eq)]
@@ -28,19 +30,29 @@ impl LineFramer {
         }
     }
 
-    /// Takes every complete line out of `buf`, leaving an incomplete tail. A tail already
-    /// over the limit is dropped at once, so `buf` never holds much more than `max` bytes.
-    pub fn drain(&mut self, buf: &mut BytesMut, mut each: impl FnMut(Line<'_>)) {
+    /// Takes every complete line out of `buf` and returns their bytes, split off its front
+    /// without a copy, leaving an incomplete tail. A tail already over the limit is
+    /// dropped at once, so `buf` never holds much more than `max` bytes.
+    ///
+    /// `each` gets every line with, for a record that is exactly its bytes followed by
+    /// `\n` (no `\r`), where those bytes and the `\n` lie in the returned bytes, so a
+    /// caller can hand them on as they are.
+    pub fn drain(
+        &mut self,
+        buf: &mut BytesMut,
+        mut each: impl FnMut(Line<'_>, Option<Range<usize>>),
+    ) -> BytesMut {
         let mut pos = 0;
         for nl in memchr::memchr_iter(b'\n', buf) {
             let raw = &buf[pos..nl];
             match self.discarding.take() {
-                Some(dropped) => each(Line::TooLong(dropped + raw.len())),
-                None => self.emit(raw, &mut each),
+                Some(dropped) => each(Line::TooLong(dropped + raw.len()), None),
+                None => self.emit(raw, Some(pos..nl + 1), &mut each),
             }
             pos = nl + 1;
         }
         let tail = buf.len() - pos;
+        let framed = buf.split_to(pos);
         if let Some(dropped) = self.discarding.as_mut() {
             *dropped += tail;
             buf.clear();
@@ -48,17 +60,21 @@ impl LineFramer {
             // +1: the tail may end in the `\r` of a `\r\n` that is not complete yet.
             self.discarding = Some(tail);
             buf.clear();
-        } else {
-            buf.advance(pos);
         }
+        framed
     }
 
-    /// At end of stream: the last line, without a newline, is still a record.
-    pub fn finish(&mut self, buf: &mut BytesMut, mut each: impl FnMut(Line<'_>)) {
+    /// At end of stream: the last line, without a newline, is still a record (never one
+    /// that can be handed on as it is: it has no `\n`).
+    pub fn finish(
+        &mut self,
+        buf: &mut BytesMut,
+        mut each: impl FnMut(Line<'_>, Option<Range<usize>>),
+    ) {
         if let Some(dropped) = self.discarding.take() {
-            each(Line::TooLong(dropped + buf.len()));
+            each(Line::TooLong(dropped + buf.len()), None);
         } else if !buf.is_empty() {
-            self.emit(&buf[..], &mut each);
+            self.emit(&buf[..], None, &mut each);
         }
         buf.clear();
     }
@@ -79,12 +95,21 @@ impl LineFramer {
         self.discarding.unwrap_or(0) + buf.len()
     }
 
-    fn emit(&self, raw: &[u8], each: &mut impl FnMut(Line<'_>)) {
-        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+    /// One line; `span` is where `raw` and its `\n` lie, if it had one.
+    fn emit(
+        &self,
+        raw: &[u8],
+        span: Option<Range<usize>>,
+        each: &mut impl FnMut(Line<'_>, Option<Range<usize>>),
+    ) {
+        let (line, span) = match raw.strip_suffix(b"\r") {
+            Some(line) => (line, None),
+            None => (raw, span),
+        };
         if line.len() > self.max {
-            each(Line::TooLong(line.len()));
+            each(Line::TooLong(line.len()), None);
         } else {
-            each(Line::Record(line));
+            each(Line::Record(line), span);
         }
     }
 }
@@ -98,7 +123,7 @@ mod tests {
         let mut f = LineFramer::new(max);
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
-        let mut push = |l: Line<'_>| {
+        let mut push = |l: Line<'_>, _: Option<Range<usize>>| {
             out.push(match l {
                 Line::Record(r) => String::from_utf8_lossy(r).into_owned(),
                 Line::TooLong(n) => format!("<too long: {n}>"),
@@ -106,7 +131,17 @@ mod tests {
         };
         for p in pieces {
             buf.extend_from_slice(p);
-            f.drain(&mut buf, &mut push);
+            let mut spans = Vec::new();
+            let framed = f.drain(&mut buf, |l, span| {
+                if let (Line::Record(r), Some(span)) = (&l, &span) {
+                    spans.push(([*r, b"\n"].concat(), span.clone()));
+                }
+                push(l, span)
+            });
+            // A record handed on as it is: its span holds exactly it and its `\n`.
+            for (record, span) in spans {
+                assert_eq!(&framed[span], &record[..]);
+            }
         }
         if eof {
             f.finish(&mut buf, &mut push);
@@ -212,7 +247,7 @@ mod tests {
         let mut f = LineFramer::new(100);
         let mut buf = BytesMut::from(&b"ok\npart"[..]);
         let mut out = Vec::new();
-        let mut push = |l: Line<'_>| out.push(format!("{l:?}"));
+        let mut push = |l: Line<'_>, _: Option<Range<usize>>| out.push(format!("{l:?}"));
         f.drain(&mut buf, &mut push);
         assert_eq!(f.abandon(&mut buf), 4);
         assert!(buf.is_empty());
@@ -226,6 +261,28 @@ mod tests {
                 "Record([110, 101, 120, 116])"
             ]
         );
+    }
+
+    #[test]
+    fn records_ending_in_lf_are_placed_in_the_framed_bytes_and_others_are_not() {
+        let mut f = LineFramer::new(4);
+        let mut buf = BytesMut::from(&b"ab\ncd\r\ntoolong\nef\ntail"[..]);
+        let mut said = Vec::new();
+        let framed = f.drain(&mut buf, |l, span| said.push((format!("{l:?}"), span)));
+        assert_eq!(&framed[..], b"ab\ncd\r\ntoolong\nef\n");
+        assert_eq!(&buf[..], b"tail");
+        assert_eq!(
+            said,
+            [
+                ("Record([97, 98])".to_owned(), Some(0..3)),
+                ("Record([99, 100])".to_owned(), None),
+                ("TooLong(7)".to_owned(), None),
+                ("Record([101, 102])".to_owned(), Some(15..18)),
+            ]
+        );
+        let mut last = Vec::new();
+        f.finish(&mut buf, |l, span| last.push((format!("{l:?}"), span)));
+        assert_eq!(last, [("Record([116, 97, 105, 108])".to_owned(), None)]);
     }
 
     #[test]

@@ -317,9 +317,9 @@ impl Reader {
             .with_row_ids(self.ingest.row_ids.clone());
         let (ingest, hold, max_record) = (&self.ingest, &self.hold, self.max_record);
         let (line_no, evicted_line) = (&mut self.line_no, &mut self.evicted_line);
-        let mut each = |line: Line<'_>| {
+        let mut each = |line: Line<'_>, span| {
             *line_no += 1;
-            let Some(reason) = chunker.line(*line_no, &line) else {
+            let Some(reason) = chunker.line(*line_no, &line, span) else {
                 return;
             };
             let detail = match line {
@@ -332,7 +332,7 @@ impl Reader {
             };
             ingest.reject(reason, *line_no, &detail);
         };
-        self.framer.drain(&mut self.buf, &mut each);
+        let framed = self.framer.drain(&mut self.buf, &mut each);
         if eof {
             self.framer.finish(&mut self.buf, &mut each);
         }
@@ -341,7 +341,7 @@ impl Reader {
             chunks,
             errs,
             last_record,
-        } = chunker.finish();
+        } = chunker.finish(framed);
         self.last_record = last_record.unwrap_or(self.last_record);
         if let Some(a) = &ack {
             for run in errs {
