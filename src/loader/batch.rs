@@ -343,6 +343,12 @@ impl Batch {
         }
     }
 
+    /// The spare body, emptied, for another use that would otherwise allocate a body of
+    /// its own (a batch read back from the spool): one body's memory serves both.
+    pub fn take_spare(&mut self) -> Option<Vec<u8>> {
+        self.spare.take()
+    }
+
     /// Drops the spare body, returning its memory while traffic is light.
     pub fn release_spare(&mut self) {
         self.spare = None;

@@ -217,16 +217,14 @@ impl SinkTask {
             return Ok(None);
         };
         let delimiter = body::record_end(self.format);
-        let mut body = Vec::with_capacity(self.policy.max_bytes.min(256 << 20));
+        // The body of the load that just ended, if it is spare: while loads run back to
+        // back, the filling batch and the one read back are then all the bodies held.
+        let mut body = match self.filling.batch.take_spare() {
+            Some(spare) => spare,
+            None => Vec::with_capacity(self.policy.max_bytes.min(256 << 20)),
+        };
         body.extend_from_slice(body::opening(self.format));
-        let mut rows = 0u64;
-        blocking(|| {
-            spool.read_each(seqs, |record| {
-                body.extend_from_slice(&record);
-                body.push(delimiter);
-                rows += 1;
-            })
-        })?;
+        let rows = blocking(|| spool.read_into(seqs, &mut body, delimiter))?;
         if rows == 0 {
             return Ok(None);
         }

@@ -18,6 +18,9 @@ const MAGIC: &[u8; 8] = b"STSKSPL\0";
 pub const HEADER_LEN: usize = 16;
 const MARKER: [u8; 4] = [0xF5, 0xFF, 0x53, 0x4B];
 const FRAME_HEAD: usize = 12;
+/// Where a Records frame's data starts: after the frame head, its kind, `first_seq`
+/// and `count`.
+const RECORDS_DATA_AT: usize = FRAME_HEAD + 1 + 8 + 4;
 /// Larger length fields are damage, not frames.
 const MAX_FRAME: usize = 1 << 30;
 
@@ -195,6 +198,20 @@ impl Frame {
     pub fn decode_exact(bytes: &Bytes) -> Option<Frame> {
         match frame_at(bytes, 0, &|s| bytes.slice_ref(s)) {
             Some((frame, end)) if end == bytes.len() => Some(frame),
+            _ => None,
+        }
+    }
+
+    /// The one whole, valid Records frame `bytes` holds: its first sequence number, its
+    /// record count and its data, borrowed from `bytes`.
+    pub fn records_exact(bytes: &[u8]) -> Option<(u64, u32, &[u8])> {
+        match frame_at(bytes, 0, &|_| Bytes::new()) {
+            Some((
+                Frame::Records {
+                    first_seq, count, ..
+                },
+                end,
+            )) if end == bytes.len() => Some((first_seq, count, &bytes[RECORDS_DATA_AT..])),
             _ => None,
         }
     }

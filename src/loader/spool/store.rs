@@ -762,17 +762,25 @@ impl Spool {
     /// Reads back the records `seqs` (each without `\n`), for a batch that waited on disk.
     /// Records the spool lost to damage before this run are not there: fewer come back.
     pub fn read(&mut self, seqs: Range<u64>) -> io::Result<Vec<Bytes>> {
-        let mut out = Vec::with_capacity((seqs.end - seqs.start) as usize);
-        self.read_each(seqs, |r| out.push(r))?;
-        Ok(out)
+        let mut records = Vec::new();
+        self.read_into(seqs, &mut records, b'\n')?;
+        let records = Bytes::from(records);
+        Ok(lines(&records).collect())
     }
 
-    /// [`Spool::read`], handing each record to `each` (a view of one frame read from disk,
-    /// so that a batch is held in memory once, where `each` puts it).
+    /// Appends the records `seqs` to `body`, each followed by `delimiter`, and says how
+    /// many there were: a batch that waited on disk, read back as its Stream Load body.
+    /// A frame wholly inside `seqs` (the usual case) is copied in one piece. Records the
+    /// spool lost to damage before this run are not there: fewer come back.
     ///
     /// Records already on disk are read without writing anything first, so a batch whose
     /// seal is synced can be read back (and loaded, freeing space) while writes fail.
-    pub fn read_each(&mut self, seqs: Range<u64>, mut each: impl FnMut(Bytes)) -> io::Result<()> {
+    pub fn read_into(
+        &mut self,
+        seqs: Range<u64>,
+        body: &mut Vec<u8>,
+        delimiter: u8,
+    ) -> io::Result<u64> {
         use std::os::unix::fs::FileExt;
         let from = self
             .index
@@ -788,6 +796,8 @@ impl Spool {
             self.flush()?;
         }
         let mut open: Option<(u64, File)> = None;
+        let mut frame = Vec::new();
+        let mut rows = 0u64;
         for (_, at) in self.index.range(from..seqs.end) {
             let file = match &open {
                 Some((id, f)) if *id == at.segment => f,
@@ -796,13 +806,9 @@ impl Spool {
                     &open.insert((at.segment, f)).1
                 }
             };
-            let mut bytes = vec![0; at.len];
-            file.read_exact_at(&mut bytes, at.offset)?;
-            let bytes = Bytes::from(bytes);
-            let Some(Frame::Records {
-                first_seq, data, ..
-            }) = Frame::decode_exact(&bytes)
-            else {
+            frame.resize(at.len, 0);
+            file.read_exact_at(&mut frame, at.offset)?;
+            let Some((first_seq, count, data)) = Frame::records_exact(&frame) else {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(
@@ -812,13 +818,29 @@ impl Spool {
                     ),
                 ));
             };
-            for (seq, line) in (first_seq..).zip(lines(&data)) {
-                if seqs.contains(&seq) {
-                    each(line);
+            let start = body.len();
+            if seqs.start <= first_seq && first_seq + u64::from(count) <= seqs.end {
+                body.extend_from_slice(data);
+                rows += u64::from(count);
+            } else {
+                let records = data.split_inclusive(|&b| b == b'\n');
+                for (seq, record) in (first_seq..).zip(records) {
+                    if seqs.contains(&seq) {
+                        body.extend_from_slice(record);
+                        rows += 1;
+                    }
+                }
+            }
+            // Records are lines: every `\n` read back ends one.
+            if delimiter != b'\n' {
+                for b in &mut body[start..] {
+                    if *b == b'\n' {
+                        *b = delimiter;
+                    }
                 }
             }
         }
-        Ok(())
+        Ok(rows)
     }
 
     /// Segment files currently on disk.
@@ -1344,6 +1366,32 @@ mod tests {
         assert_eq!(replay.sealed[0].seqs, 4..17);
         assert_eq!(spool.read(4..17).unwrap(), recs(4..17));
         assert_eq!(spool.read(17..30).unwrap(), recs(17..30));
+    }
+
+    #[test]
+    fn a_batch_is_read_back_as_a_body_with_the_body_delimiter_from_whole_and_cut_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open_with(dir.path(), 100, u64::MAX).unwrap();
+        for i in 0..10 {
+            spool.append(&recs(i * 3..i * 3 + 3)).unwrap();
+        }
+        let joined = |range: Range<u64>, delimiter: &str| {
+            recs(range)
+                .iter()
+                .map(|r| format!("{}{delimiter}", String::from_utf8_lossy(r)))
+                .collect::<String>()
+        };
+        // 4..17 starts and ends inside a frame; 3..18 is whole frames only.
+        for range in [4..17, 3..18, 0..30] {
+            let mut body = b"[".to_vec();
+            let rows = spool.read_into(range.clone(), &mut body, b',').unwrap();
+            assert_eq!(rows, range.end - range.start);
+            let want = format!("[{}", joined(range.clone(), ","));
+            assert_eq!(String::from_utf8_lossy(&body), want);
+            let mut csv = Vec::new();
+            spool.read_into(range.clone(), &mut csv, b'\n').unwrap();
+            assert_eq!(String::from_utf8_lossy(&csv), joined(range, "\n"));
+        }
     }
 
     #[test]
