@@ -69,14 +69,20 @@ impl Format {
 
 struct Figures {
     format: Format,
-    /// The sink's spool: none, or `spoolSync: interval`.
-    spool: bool,
+    /// The sink's spool: none, or one with this `spoolSync`.
+    spool: Option<&'static str>,
     /// The endpoint's read rate in MiB/s (`None`: as fast as loopback goes).
     receiver: Option<u64>,
     bytes: u64,
     secs: f64,
     cpu_secs: f64,
     idle_rss_kib: u64,
+    /// Context switches a second of all its threads while idle (no connection, no record).
+    idle_wakeups: f64,
+    /// From exec to its socket taking a connection.
+    ready: Duration,
+    /// `maxBytes` of its sink, in MiB (peak RSS is held to 2 x this + 16 MiB).
+    max_mib: u64,
     peak_rss_kib: u64,
     loads: usize,
 }
@@ -104,33 +110,57 @@ async fn main() {
     );
     // `--slow-receiver MIBPS`: also each format against an endpoint that reads bodies at
     // that rate, with the batches of a busier sink (16 MiB, 1 s); `--slow-only`: only those.
+    // Under `cargo bench` the slow runs are on by default at 120 MiB/s; `0` turns them off.
     let slow: Option<u64> = args
         .iter()
         .position(|a| a == "--slow-receiver")
         .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok());
+        .and_then(|v| v.parse().ok())
+        .or((!smoke).then_some(120))
+        .filter(|&r| r > 0);
     let slow_only = args.iter().any(|a| a == "--slow-only");
+    // `--format json|csv`: that format only; `--no-spool`: no spool runs (for profiling).
+    // A spool is measured with `spoolSync: interval` (the default) and `never` (what the
+    // syncs cost).
+    let only: Option<&str> = args
+        .iter()
+        .position(|a| a == "--format")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str);
+    let formats: Vec<Format> = [Format::Json, Format::Csv]
+        .into_iter()
+        .filter(|f| only.is_none_or(|o| o == f.name()))
+        .collect();
+    let spools: &[Option<&str>] = if args.iter().any(|a| a == "--no-spool") {
+        &[None]
+    } else {
+        &[None, Some("interval"), Some("never")]
+    };
     let mut all = Vec::new();
-    for format in [Format::Json, Format::Csv] {
+    for &format in &formats {
         if !slow_only {
-            for spool in [false, true] {
+            for &spool in spools {
                 all.push(throughput(format, bytes, spool, None).await);
             }
         }
         if let Some(rate) = slow {
-            all.push(throughput(format, bytes, false, Some(rate)).await);
+            all.push(throughput(format, bytes, None, Some(rate)).await);
         }
     }
-    // `--peer`: the same workload through syslog-ng, in the same run.
-    if args.iter().any(|a| a == "--peer") {
+    // The same workload through syslog-ng, in the same run: under `cargo bench` unless
+    // `--no-peer`; in a smoke run only with `--peer`.
+    let peer =
+        args.iter().any(|a| a == "--peer") || (!smoke && !args.iter().any(|a| a == "--no-peer"));
+    if peer {
         let mut peers = Vec::new();
-        for format in [Format::Json, Format::Csv] {
+        for &format in &formats {
             peers.push(peer_throughput(format, bytes).await);
         }
         print_peer(&all, &peers);
     }
     if args.iter().any(|a| a == "--throughput-only") || slow_only {
         print_throughput(&all);
+        print_targets(&all, None);
         return;
     }
     let lateness = timer_lateness().await;
@@ -163,6 +193,75 @@ async fn main() {
         lateness[lateness.len() / 2].as_millis(),
         lateness[lateness.len() - 1].as_millis()
     );
+    print_targets(&all, Some(&lateness));
+}
+
+/// Issue 17's targets for the loader, each with what this run measured.
+fn print_targets(all: &[Figures], lateness: Option<&[Duration]>) {
+    println!();
+    println!("| target | measured | met |");
+    println!("|---|---|---|");
+    let row = |target: String, measured: String, met: bool| {
+        println!(
+            "| {target} | {measured} | {} |",
+            if met { "yes" } else { "**no**" }
+        )
+    };
+    let per_gib = |f: &Figures| f.cpu_secs / (f.bytes as f64 / (1u64 << 30) as f64);
+    let find = |format: Format, spool: Option<&str>, slow: bool| {
+        all.iter()
+            .find(|f| f.format == format && f.spool == spool && f.receiver.is_some() == slow)
+    };
+    for (format, limit) in [(Format::Json, 0.5), (Format::Csv, 0.25)] {
+        for (slow, endpoint) in [(false, "fast endpoint"), (true, "slow BE")] {
+            if let Some(f) = find(format, None, slow) {
+                let cost = per_gib(f);
+                let target = format!("{} CPU-s/GiB <= {limit}, {endpoint}", format.name());
+                row(target, format!("{cost:.2}"), cost <= limit);
+            }
+        }
+        if let (Some(plain), Some(spooled)) = (
+            find(format, None, false),
+            find(format, Some("interval"), false),
+        ) {
+            let extra = per_gib(spooled) - per_gib(plain);
+            let target = format!("{} spool's extra CPU-s/GiB <= +0.3", format.name());
+            row(target, format!("{extra:+.2}"), extra <= 0.3);
+        }
+    }
+    let worst = |key: &dyn Fn(&Figures) -> f64| all.iter().map(key).fold(0.0, f64::max);
+    let wakeups = worst(&|f| f.idle_wakeups);
+    row(
+        "idle wakeups/s = 0".into(),
+        format!("{wakeups:.1} (most of any run)"),
+        wakeups == 0.0,
+    );
+    let ready = worst(&|f| f.ready.as_secs_f64() * 1000.0);
+    row(
+        "socket ready <= 20 ms after exec".into(),
+        format!("{ready:.1} ms (slowest start)"),
+        ready <= 20.0,
+    );
+    let idle = worst(&|f| f.idle_rss_kib as f64 / 1024.0);
+    row(
+        "idle RSS <= 8 MiB".into(),
+        format!("{idle:.1} MiB (most of any run)"),
+        idle <= 8.0,
+    );
+    // Each run against its own bound: 2 x its maxBytes + 16 MiB.
+    let over = worst(&|f| f.peak_rss_kib as f64 / 1024.0 / (2.0 * f.max_mib as f64 + 16.0));
+    row(
+        "peak RSS <= 2 x maxBytes + 16 MiB".into(),
+        format!("{:.0}% of the bound (closest run)", over * 100.0),
+        over <= 1.0,
+    );
+    if let Some(late) = lateness.and_then(|l| l.last()) {
+        row(
+            "timer lateness <= 100 ms".into(),
+            format!("{} ms (max)", late.as_millis()),
+            late.as_millis() <= 100,
+        );
+    }
 }
 
 /// The peer's figures beside the loader's (fast endpoint, no spool), with the ratios.
@@ -172,10 +271,9 @@ fn print_peer(loader: &[Figures], peers: &[Figures]) {
     println!("|---|---|---|---|---|---|---|---|");
     let gib = |f: &Figures| f.bytes as f64 / (1u64 << 30) as f64;
     for p in peers {
-        let Some(ours) = loader
-            .iter()
-            .find(|f| f.format.name() == p.format.name() && !f.spool && f.receiver.is_none())
-        else {
+        let Some(ours) = loader.iter().find(|f| {
+            f.format.name() == p.format.name() && f.spool.is_none() && f.receiver.is_none()
+        }) else {
             continue;
         };
         for (who, f) in [("starsink", ours), ("syslog-ng 3.38", p)] {
@@ -196,21 +294,23 @@ fn print_peer(loader: &[Figures], peers: &[Figures]) {
 fn print_throughput(all: &[Figures]) {
     println!();
     println!(
-        "| format | spool | endpoint reads | MiB/s | loader CPU-s/GiB | idle RSS | peak RSS | loads |"
+        "| format | spool | endpoint reads | MiB/s | loader CPU-s/GiB | idle RSS | idle wakeups/s | socket ready | peak RSS | loads |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for f in all {
         let gib = f.bytes as f64 / (1u64 << 30) as f64;
         let receiver = f
             .receiver
             .map_or_else(|| "fast".to_owned(), |r| format!("{r} MiB/s"));
         println!(
-            "| {} | {} | {receiver} | {:.0} | {:.2} | {:.1} MiB | {:.1} MiB | {} |",
+            "| {} | {} | {receiver} | {:.0} | {:.2} | {:.1} MiB | {:.1} | {:.1} ms | {:.1} MiB | {} |",
             f.format.name(),
-            if f.spool { "interval" } else { "none" },
+            f.spool.unwrap_or("none"),
             f.bytes as f64 / (1 << 20) as f64 / f.secs,
             f.cpu_secs / gib,
             f.idle_rss_kib as f64 / 1024.0,
+            f.idle_wakeups,
+            f.ready.as_secs_f64() * 1000.0,
             f.peak_rss_kib as f64 / 1024.0,
             f.loads
         );
@@ -220,7 +320,12 @@ fn print_throughput(all: &[Figures]) {
 /// Writes `bytes` of rows through `CONNECTIONS` connections and waits until all are loaded.
 /// With `receiver` (MiB/s), the endpoint reads bodies at that rate and batches are those
 /// of a busier sink: 16 MiB or 1 s.
-async fn throughput(format: Format, bytes: u64, spool: bool, receiver: Option<u64>) -> Figures {
+async fn throughput(
+    format: Format,
+    bytes: u64,
+    spool: Option<&'static str>,
+    receiver: Option<u64>,
+) -> Figures {
     let sr = DevEndpoint::start(EndpointConfig {
         keep_rows: false,
         be_read_rate: receiver.map(|mib| mib << 20),
@@ -240,17 +345,18 @@ async fn throughput(format: Format, bytes: u64, spool: bool, receiver: Option<u6
         format.name(),
         sr.fe_url()
     );
-    if spool {
+    if let Some(sync) = spool {
         config.push_str(&format!(
-            "    spoolDir: {}\n    spoolSync: interval\n",
+            "    spoolDir: {}\n    spoolSync: {sync}\n",
             dir.path().join("spool").display()
         ));
     }
-    let mut loader = spawn_loader(dir.path(), &config, &socket).await;
+    let (mut loader, ready) = spawn_loader_timed(dir.path(), &config, &socket, "warn").await;
     let metrics = metrics_port(dir.path()).await;
     let pid = loader.id().expect("loader pid");
     // Idle: after start-up, before any record.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_wakeups = wakeups_per_sec(pid, IDLE_WINDOW).await;
     let idle_rss_kib = proc_status(pid, "VmRSS:");
 
     let rows = bytes / ROW as u64;
@@ -273,6 +379,9 @@ async fn throughput(format: Format, bytes: u64, spool: bool, receiver: Option<u6
         secs,
         cpu_secs,
         idle_rss_kib,
+        idle_wakeups,
+        ready,
+        max_mib,
         peak_rss_kib,
         loads,
     }
@@ -387,6 +496,7 @@ async fn peer_throughput(format: Format, bytes: u64) -> Figures {
         .spawn()
         .expect("spawn syslog-ng");
     let pid = peer.id().expect("peer pid");
+    let spawned = Instant::now();
     while !socket.exists() {
         assert!(
             peer.try_wait().expect("peer status").is_none(),
@@ -395,7 +505,9 @@ async fn peer_throughput(format: Format, bytes: u64) -> Figures {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let ready = spawned.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_wakeups = wakeups_per_sec(pid, IDLE_WINDOW).await;
     let idle_rss_kib = proc_status(pid, "VmRSS:");
     let cpu_before = proc_cpu_secs(pid);
     let started = Instant::now();
@@ -418,12 +530,15 @@ async fn peer_throughput(format: Format, bytes: u64) -> Figures {
     let _ = peer.kill().await;
     Figures {
         format,
-        spool: false,
+        spool: None,
         receiver: None,
         bytes,
         secs,
         cpu_secs,
         idle_rss_kib,
+        idle_wakeups,
+        ready,
+        max_mib: 0,
         peak_rss_kib,
         loads,
     }
@@ -458,7 +573,9 @@ async fn dead_endpoint(outage: Duration, spool_mib: Option<u64>) -> Outage {
         ));
     }
     // Every retry would log a warning; only errors matter here.
-    let mut loader = spawn_loader_logging(dir.path(), &config, &socket, "error").await;
+    let mut loader = spawn_loader_timed(dir.path(), &config, &socket, "error")
+        .await
+        .0;
     let pid = loader.id().expect("loader pid");
     let mut block = Vec::with_capacity(1 << 20);
     let mut id = 0;
@@ -517,7 +634,9 @@ async fn dead_endpoint(outage: Duration, spool_mib: Option<u64>) -> Outage {
         sr.set_faults(Default::default());
         let config = format!("metricsAddr: 127.0.0.1:0\n{config}");
         let started = Instant::now();
-        let mut again = spawn_loader_logging(dir.path(), &config, &socket, "error").await;
+        let mut again = spawn_loader_timed(dir.path(), &config, &socket, "error")
+            .await
+            .0;
         let port = metrics_port(dir.path()).await;
         let pid = again.id().expect("loader pid");
         let replayed = loop {
@@ -584,10 +703,17 @@ async fn timer_lateness() -> Vec<Duration> {
 }
 
 async fn spawn_loader(dir: &Path, config: &str, socket: &Path) -> Child {
-    spawn_loader_logging(dir, config, socket, "warn").await
+    spawn_loader_timed(dir, config, socket, "warn").await.0
 }
 
-async fn spawn_loader_logging(dir: &Path, config: &str, socket: &Path, level: &str) -> Child {
+/// The loader, and how long after exec its socket took a first connection (tried every
+/// millisecond).
+async fn spawn_loader_timed(
+    dir: &Path,
+    config: &str,
+    socket: &Path,
+    level: &str,
+) -> (Child, Duration) {
     let path: PathBuf = dir.join("loader.yaml");
     std::fs::write(&path, config).expect("write config");
     // The log goes to `loader.log` in `dir`, as JSON: `metrics_port` reads the port the
@@ -603,12 +729,41 @@ async fn spawn_loader_logging(dir: &Path, config: &str, socket: &Path, level: &s
         .kill_on_drop(true)
         .spawn()
         .expect("spawn starsink loader");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let spawned = Instant::now();
     while UnixStream::connect(socket).await.is_err() {
-        assert!(Instant::now() < deadline, "the loader never listened");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            spawned.elapsed() < Duration::from_secs(10),
+            "the loader never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    child
+    (child, spawned.elapsed())
+}
+
+/// How long an idle process is watched for wakeups.
+const IDLE_WINDOW: Duration = Duration::from_secs(2);
+
+/// Context switches a second, voluntary or not, of every thread of `pid` over `window`:
+/// each is a thread waking up.
+async fn wakeups_per_sec(pid: u32, window: Duration) -> f64 {
+    let before = context_switches(pid);
+    tokio::time::sleep(window).await;
+    (context_switches(pid) - before) as f64 / window.as_secs_f64()
+}
+
+/// Context switches so far of every thread of `pid`.
+fn context_switches(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("read the task list");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 async fn stop(loader: &mut Child) {
