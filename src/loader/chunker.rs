@@ -31,7 +31,9 @@ pub struct Chunker {
     /// With Merge Commit's `rowIdColumn`: where each record's id comes from.
     row_ids: Option<Arc<RowIds>>,
     arrived: Instant,
-    /// About how many bytes the read holds (sizes the first run's buffers).
+    /// About how many bytes the read holds: the first run's buffers are sized for all of
+    /// them; later runs (after a reject or a change of kind) grow as they need, so a read
+    /// cut into many runs never reserves its size many times over.
     bytes: usize,
     /// The run of records being built, and the runs closed before it, in line order.
     run: Option<Run>,
@@ -136,7 +138,7 @@ impl Chunker {
             }
         }
         self.cut();
-        let mut ends = Vec::with_capacity(self.bytes / 64 + 1);
+        let mut ends = Vec::with_capacity(self.first_run_bytes() / 64 + 1);
         ends.push(end_at(span.start, span.end));
         self.run = Some(Run::InPlace {
             range: span,
@@ -148,12 +150,13 @@ impl Chunker {
     fn copied(&mut self, line_no: u64, record: &[u8]) {
         if !matches!(self.run, Some(Run::Copied { .. })) {
             self.cut();
+            // Records never take more room than the bytes they came in (plus a delimiter
+            // for a last line without newline), so for the first run one allocation holds
+            // them all.
+            let bytes = self.first_run_bytes();
             self.run = Some(Run::Copied {
-                // Records never take more room than the bytes they came in (plus a
-                // delimiter for a last line without newline), so one allocation holds
-                // them all.
-                out: Vec::with_capacity(self.bytes + 1),
-                ends: Vec::with_capacity(self.bytes / 64 + 1),
+                out: Vec::with_capacity(bytes.max(record.len()) + 1),
+                ends: Vec::with_capacity(bytes / 64 + 1),
                 first_line: line_no,
             });
         }
@@ -164,6 +167,16 @@ impl Chunker {
             }
             out.push(body::record_end(self.format));
             ends.push(u32::try_from(out.len()).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// What to size a new run's buffers for: the read's bytes for its first run, nothing
+    /// for later ones.
+    fn first_run_bytes(&self) -> usize {
+        if self.runs.is_empty() {
+            self.bytes
+        } else {
+            0
         }
     }
 
@@ -267,6 +280,44 @@ mod tests {
         assert_eq!(json.chunks.len(), 1);
         assert_eq!(&json.chunks[0].data[..], br#"{"a":1},{"a":2},"#);
         assert_eq!(json.chunks[0].data.as_ptr(), at);
+    }
+
+    #[tokio::test]
+    async fn a_read_cut_into_many_runs_reserves_its_size_once() {
+        // A CR line, then a rejected one, over and over, with acks: hundreds of runs.
+        let input = b"{\"a\":1}\r\nx\r\n".repeat(500);
+        let (ours, _) = tokio::net::UnixStream::pair().unwrap();
+        let (_, write) = ours.into_split();
+        let metrics = Arc::new(crate::loader::metrics::SinkMetrics::new("t"));
+        let (ack, _, _) = crate::loader::ack::channel(
+            metrics,
+            write,
+            Default::default(),
+            crate::api::Acks::Committed,
+        );
+        let mut c = Chunker::new(Format::Json, Some(ack), Instant::now(), input.len());
+        let mut framer = crate::loader::framing::LineFramer::new(1000);
+        let mut buf = BytesMut::from(&input[..]);
+        let mut n = 0;
+        framer.drain(&mut buf, |l, span| {
+            n += 1;
+            c.line(n, &l, span);
+        });
+        c.cut();
+        assert_eq!(c.runs.len(), 500);
+        let reserved: usize = c
+            .runs
+            .iter()
+            .map(|r| match r {
+                Run::Copied { out, ends, .. } => out.capacity() + 4 * ends.capacity(),
+                Run::InPlace { ends, .. } => 4 * ends.capacity(),
+            })
+            .sum();
+        assert!(
+            reserved < 3 * input.len(),
+            "{reserved} bytes reserved for a read of {}",
+            input.len()
+        );
     }
 
     #[test]
