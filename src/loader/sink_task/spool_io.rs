@@ -219,10 +219,10 @@ impl SinkTask {
         let delimiter = body::record_end(self.format);
         // The body of the load that just ended, if it is spare: while loads run back to
         // back, the filling batch and the one read back are then all the bodies held.
-        let mut body = match self.filling.batch.take_spare() {
-            Some(spare) => spare,
-            None => Vec::with_capacity(self.policy.max_bytes.min(256 << 20)),
-        };
+        let mut body = self.filling.batch.take_spare().unwrap_or_default();
+        // Room for a whole batch at once (a spare may be smaller): growing by doubling
+        // could pass `maxBytes`.
+        body.reserve_exact(self.policy.max_bytes.min(256 << 20));
         body.extend_from_slice(body::opening(self.format));
         let rows = blocking(|| spool.read_into(seqs, &mut body, delimiter))?;
         if rows == 0 {
