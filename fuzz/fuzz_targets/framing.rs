@@ -10,7 +10,7 @@ fn frame(max: usize, pieces: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
     let mut f = LineFramer::new(max);
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
-    let mut push = |l: Line<'_>| {
+    let mut push = |l: Line<'_>, _: Option<std::ops::Range<usize>>| {
         out.push(match l {
             Line::Record(r) => Some(r.to_vec()),
             Line::TooLong(_) => None,
