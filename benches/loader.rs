@@ -153,8 +153,18 @@ async fn main() {
         args.iter().any(|a| a == "--peer") || (!smoke && !args.iter().any(|a| a == "--no-peer"));
     if peer {
         let mut peers = Vec::new();
+        // It is slow (a few MiB/s), so it gets at most `--peer-gib` (0.25 by default):
+        // CPU per GiB is compared, not totals.
+        let peer_gib: f64 = args
+            .iter()
+            .position(|a| a == "--peer-gib")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.25);
+        let peer_bytes =
+            bytes.min((peer_gib * (1u64 << 30) as f64) as u64 / ROW as u64 * ROW as u64);
         for &format in &formats {
-            peers.push(peer_throughput(format, bytes).await);
+            peers.push(peer_throughput(format, peer_bytes).await);
         }
         print_peer(&all, &peers);
     }
