@@ -90,12 +90,7 @@ struct Figures {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let gib: f64 = args
-        .iter()
-        .position(|a| a == "--gib")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2.0);
+    let gib: f64 = value_of(&args, "--gib").unwrap_or(2.0);
     // `cargo bench` passes `--bench`; `cargo test --all-targets` does not, and then a
     // small run only checks that the harness works.
     let smoke = !args.iter().any(|a| a == "--bench");
@@ -111,11 +106,7 @@ async fn main() {
     // `--slow-receiver MIBPS`: also each format against an endpoint that reads bodies at
     // that rate, with the batches of a busier sink (16 MiB, 1 s); `--slow-only`: only those.
     // Under `cargo bench` the slow runs are on by default at 120 MiB/s; `0` turns them off.
-    let slow: Option<u64> = args
-        .iter()
-        .position(|a| a == "--slow-receiver")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
+    let slow: Option<u64> = value_of(&args, "--slow-receiver")
         .or((!smoke).then_some(120))
         .filter(|&r| r > 0);
     let slow_only = args.iter().any(|a| a == "--slow-only");
@@ -155,12 +146,7 @@ async fn main() {
         let mut peers = Vec::new();
         // It is slow (a few MiB/s), so it gets at most `--peer-gib` (0.25 by default):
         // CPU per GiB is compared, not totals.
-        let peer_gib: f64 = args
-            .iter()
-            .position(|a| a == "--peer-gib")
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.25);
+        let peer_gib: f64 = value_of(&args, "--peer-gib").unwrap_or(0.25);
         let peer_bytes =
             bytes.min((peer_gib * (1u64 << 30) as f64) as u64 / ROW as u64 * ROW as u64);
         for &format in &formats {
@@ -272,6 +258,12 @@ fn print_targets(all: &[Figures], lateness: Option<&[Duration]>) {
             late.as_millis() <= 100,
         );
     }
+}
+
+/// The value after flag `name`, if it is there and parses.
+fn value_of<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
+    let at = args.iter().position(|a| a == name)?;
+    args.get(at + 1)?.parse().ok()
 }
 
 /// The peer's figures beside the loader's (fast endpoint, no spool), with the ratios.

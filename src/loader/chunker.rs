@@ -282,11 +282,10 @@ mod tests {
         assert_eq!(json.chunks[0].data.as_ptr(), at);
     }
 
-    #[tokio::test]
-    async fn a_read_cut_into_many_runs_reserves_its_size_once() {
-        // A CR line, then a rejected one, over and over, with acks: hundreds of runs.
-        let input = b"{\"a\":1}\r\nx\r\n".repeat(500);
-        let (ours, _) = tokio::net::UnixStream::pair().unwrap();
+    /// A connection's ack state, for chunks of a producer that wants acks (needs a
+    /// runtime for its socket).
+    fn acked() -> Arc<ConnAck> {
+        let (_, ours) = tokio::net::UnixStream::pair().unwrap();
         let (_, write) = ours.into_split();
         let metrics = Arc::new(crate::loader::metrics::SinkMetrics::new("t"));
         let (ack, _, _) = crate::loader::ack::channel(
@@ -295,6 +294,14 @@ mod tests {
             Default::default(),
             crate::api::Acks::Committed,
         );
+        ack
+    }
+
+    #[tokio::test]
+    async fn a_read_cut_into_many_runs_reserves_its_size_once() {
+        // A CR line, then a rejected one, over and over, with acks: hundreds of runs.
+        let input = b"{\"a\":1}\r\nx\r\n".repeat(500);
+        let ack = acked();
         let mut c = Chunker::new(Format::Json, Some(ack), Instant::now(), input.len());
         let mut framer = crate::loader::framing::LineFramer::new(1000);
         let mut buf = BytesMut::from(&input[..]);
@@ -374,15 +381,7 @@ mod tests {
 
     #[tokio::test]
     async fn with_acks_chunks_are_cut_at_rejects_and_rejects_merge_into_runs() {
-        let (_, ours) = tokio::net::UnixStream::pair().unwrap();
-        let (_, write) = ours.into_split();
-        let metrics = Arc::new(crate::loader::metrics::SinkMetrics::new("t"));
-        let (ack, _, _) = crate::loader::ack::channel(
-            metrics,
-            write,
-            Default::default(),
-            crate::api::Acks::Committed,
-        );
+        let ack = acked();
         let mut c = Chunker::new(Format::Csv, Some(ack), Instant::now(), 64);
         lines(
             &mut c,
