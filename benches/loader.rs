@@ -74,17 +74,40 @@ struct Figures {
     /// The endpoint's read rate in MiB/s (`None`: as fast as loopback goes).
     receiver: Option<u64>,
     bytes: u64,
-    secs: f64,
-    cpu_secs: f64,
-    idle_rss_kib: u64,
-    /// Context switches a second of all its threads while idle (no connection, no record).
-    idle_wakeups: f64,
     /// From exec to its socket taking a connection.
     ready: Duration,
     /// `maxBytes` of its sink, in MiB (peak RSS is held to 2 x this + 16 MiB).
     max_mib: u64,
-    peak_rss_kib: u64,
     loads: usize,
+    m: Measured,
+}
+
+/// What one process cost: idle after start-up, then over one workload.
+struct Measured {
+    idle_rss_kib: u64,
+    /// Context switches a second of all its threads while idle (no connection, no record).
+    idle_wakeups: f64,
+    secs: f64,
+    cpu_secs: f64,
+    peak_rss_kib: u64,
+}
+
+/// Measures `pid` idle once start-up has settled, then while `work` runs (it returns once
+/// everything the workload wrote has arrived).
+async fn measure(pid: u32, work: impl std::future::Future<Output = ()>) -> Measured {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_wakeups = wakeups_per_sec(pid, IDLE_WINDOW).await;
+    let idle_rss_kib = proc_status(pid, "VmRSS:");
+    let cpu_before = proc_cpu_secs(pid);
+    let started = Instant::now();
+    work.await;
+    Measured {
+        idle_rss_kib,
+        idle_wakeups,
+        secs: started.elapsed().as_secs_f64(),
+        cpu_secs: proc_cpu_secs(pid) - cpu_before,
+        peak_rss_kib: proc_status(pid, "VmHWM:"),
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -203,7 +226,7 @@ fn print_targets(all: &[Figures], lateness: Option<&[Duration]>) {
             if met { "yes" } else { "**no**" }
         )
     };
-    let per_gib = |f: &Figures| f.cpu_secs / (f.bytes as f64 / (1u64 << 30) as f64);
+    let per_gib = |f: &Figures| f.m.cpu_secs / (f.bytes as f64 / (1u64 << 30) as f64);
     let find = |format: Format, spool: Option<&str>, slow: bool| {
         all.iter()
             .find(|f| f.format == format && f.spool == spool && f.receiver.is_some() == slow)
@@ -226,7 +249,7 @@ fn print_targets(all: &[Figures], lateness: Option<&[Duration]>) {
         }
     }
     let worst = |key: &dyn Fn(&Figures) -> f64| all.iter().map(key).fold(0.0, f64::max);
-    let wakeups = worst(&|f| f.idle_wakeups);
+    let wakeups = worst(&|f| f.m.idle_wakeups);
     row(
         "idle wakeups/s = 0".into(),
         format!("{wakeups:.1} (most of any run)"),
@@ -238,14 +261,14 @@ fn print_targets(all: &[Figures], lateness: Option<&[Duration]>) {
         format!("{ready:.1} ms (slowest start)"),
         ready <= 20.0,
     );
-    let idle = worst(&|f| f.idle_rss_kib as f64 / 1024.0);
+    let idle = worst(&|f| f.m.idle_rss_kib as f64 / 1024.0);
     row(
         "idle RSS <= 8 MiB".into(),
         format!("{idle:.1} MiB (most of any run)"),
         idle <= 8.0,
     );
     // Each run against its own bound: 2 x its maxBytes + 16 MiB.
-    let over = worst(&|f| f.peak_rss_kib as f64 / 1024.0 / (2.0 * f.max_mib as f64 + 16.0));
+    let over = worst(&|f| f.m.peak_rss_kib as f64 / 1024.0 / (2.0 * f.max_mib as f64 + 16.0));
     row(
         "peak RSS <= 2 x maxBytes + 16 MiB".into(),
         format!("{:.0}% of the bound (closest run)", over * 100.0),
@@ -282,12 +305,12 @@ fn print_peer(loader: &[Figures], peers: &[Figures]) {
             println!(
                 "| {} | {who} | {:.0} | {:.2} | {:.1} MiB | {} | {:.1} | {:.2} |",
                 f.format.name(),
-                f.bytes as f64 / (1 << 20) as f64 / f.secs,
-                f.cpu_secs / gib(f),
-                f.peak_rss_kib as f64 / 1024.0,
+                f.bytes as f64 / (1 << 20) as f64 / f.m.secs,
+                f.m.cpu_secs / gib(f),
+                f.m.peak_rss_kib as f64 / 1024.0,
                 f.loads,
-                (p.cpu_secs / gib(p)) / (ours.cpu_secs / gib(ours)),
-                p.peak_rss_kib as f64 / ours.peak_rss_kib as f64,
+                (p.m.cpu_secs / gib(p)) / (ours.m.cpu_secs / gib(ours)),
+                p.m.peak_rss_kib as f64 / ours.m.peak_rss_kib as f64,
             );
         }
     }
@@ -308,12 +331,12 @@ fn print_throughput(all: &[Figures]) {
             "| {} | {} | {receiver} | {:.0} | {:.2} | {:.1} MiB | {:.1} | {:.1} ms | {:.1} MiB | {} |",
             f.format.name(),
             f.spool.unwrap_or("none"),
-            f.bytes as f64 / (1 << 20) as f64 / f.secs,
-            f.cpu_secs / gib,
-            f.idle_rss_kib as f64 / 1024.0,
-            f.idle_wakeups,
+            f.bytes as f64 / (1 << 20) as f64 / f.m.secs,
+            f.m.cpu_secs / gib,
+            f.m.idle_rss_kib as f64 / 1024.0,
+            f.m.idle_wakeups,
             f.ready.as_secs_f64() * 1000.0,
-            f.peak_rss_kib as f64 / 1024.0,
+            f.m.peak_rss_kib as f64 / 1024.0,
             f.loads
         );
     }
@@ -356,21 +379,14 @@ async fn throughput(
     let (mut loader, ready) = spawn_loader_timed(dir.path(), &config, &socket, "warn").await;
     let metrics = metrics_port(dir.path()).await;
     let pid = loader.id().expect("loader pid");
-    // Idle: after start-up, before any record.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle_wakeups = wakeups_per_sec(pid, IDLE_WINDOW).await;
-    let idle_rss_kib = proc_status(pid, "VmRSS:");
-
     let rows = bytes / ROW as u64;
-    let cpu_before = proc_cpu_secs(pid);
-    let started = Instant::now();
-    write_rows(&socket, format, bytes).await;
-    while loaded(metrics).await < rows {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let cpu_secs = proc_cpu_secs(pid) - cpu_before;
-    let peak_rss_kib = proc_status(pid, "VmHWM:");
+    let m = measure(pid, async {
+        write_rows(&socket, format, bytes).await;
+        while loaded(metrics).await < rows {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     let loads = sr.state().loads.len();
     stop(&mut loader).await;
     Figures {
@@ -378,14 +394,10 @@ async fn throughput(
         spool,
         receiver,
         bytes,
-        secs,
-        cpu_secs,
-        idle_rss_kib,
-        idle_wakeups,
         ready,
         max_mib,
-        peak_rss_kib,
         loads,
+        m,
     }
 }
 
@@ -508,12 +520,6 @@ async fn peer_throughput(format: Format, bytes: u64) -> Figures {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let ready = spawned.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle_wakeups = wakeups_per_sec(pid, IDLE_WINDOW).await;
-    let idle_rss_kib = proc_status(pid, "VmRSS:");
-    let cpu_before = proc_cpu_secs(pid);
-    let started = Instant::now();
-    write_rows(&socket, format, bytes).await;
     // Every row arrived once its bytes did: a batch is its rows without their newlines,
     // joined by one byte each (a JSON batch adds its two brackets), so it is at most one
     // byte shorter than what was written for it.
@@ -522,12 +528,13 @@ async fn peer_throughput(format: Format, bytes: u64) -> Figures {
         let ok = state.loads.iter().filter(|l| l.status == "Success");
         ok.map(|l| l.body_bytes as u64 + 1).sum::<u64>()
     };
-    while arrived() < bytes {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let cpu_secs = proc_cpu_secs(pid) - cpu_before;
-    let peak_rss_kib = proc_status(pid, "VmHWM:");
+    let m = measure(pid, async {
+        write_rows(&socket, format, bytes).await;
+        while arrived() < bytes {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     let loads = sr.state().loads.len();
     let _ = peer.kill().await;
     Figures {
@@ -535,14 +542,10 @@ async fn peer_throughput(format: Format, bytes: u64) -> Figures {
         spool: None,
         receiver: None,
         bytes,
-        secs,
-        cpu_secs,
-        idle_rss_kib,
-        idle_wakeups,
         ready,
         max_mib: 0,
-        peak_rss_kib,
         loads,
+        m,
     }
 }
 
