@@ -9,6 +9,8 @@
 //! cargo bench --bench loader -- --gib 0.5  # quicker
 //! cargo bench --bench loader -- --slow-receiver 120 --slow-only   # against a BE reading
 //!                                          # 120 MiB/s, 16 MiB batches, 1 s interval
+//! cargo bench --bench loader -- --throughput-only --format csv --spool never --slow-receiver 0 --no-peer
+//!                                          # one spool run only, for a profiler
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -145,8 +147,19 @@ async fn main() {
         .into_iter()
         .filter(|f| only.is_none_or(|o| o == f.name()))
         .collect();
+    let one_spool = args
+        .iter()
+        .position(|a| a == "--spool")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| match s.as_str() {
+            "interval" => Some("interval"),
+            "never" => Some("never"),
+            other => panic!("--spool {other}: say interval or never"),
+        });
     let spools: &[Option<&str>] = if args.iter().any(|a| a == "--no-spool") {
         &[None]
+    } else if let Some(spool) = &one_spool {
+        std::slice::from_ref(spool)
     } else {
         &[None, Some("interval"), Some("never")]
     };

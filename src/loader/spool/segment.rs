@@ -20,7 +20,7 @@ const MARKER: [u8; 4] = [0xF5, 0xFF, 0x53, 0x4B];
 const FRAME_HEAD: usize = 12;
 /// Where a Records frame's data starts: after the frame head, its kind, `first_seq`
 /// and `count`.
-const RECORDS_DATA_AT: usize = FRAME_HEAD + 1 + 8 + 4;
+pub const RECORDS_DATA_AT: usize = FRAME_HEAD + 1 + 8 + 4;
 /// Larger length fields are damage, not frames.
 const MAX_FRAME: usize = 1 << 30;
 
@@ -216,6 +216,30 @@ impl Frame {
         }
     }
 
+    /// A Records frame read in two parts, its first [`RECORDS_DATA_AT`] bytes and its
+    /// data (so that the data can be read straight to where it is wanted): its first
+    /// sequence number and record count, if the two make one whole, valid frame.
+    pub fn records_split(head: &[u8; RECORDS_DATA_AT], data: &[u8]) -> Option<(u64, u32)> {
+        let word =
+            |at: usize| u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+        let len = word(4) as usize;
+        if head[..4] != MARKER || head[FRAME_HEAD] != 1 {
+            return None;
+        }
+        if len != RECORDS_DATA_AT - FRAME_HEAD + data.len() || len > MAX_FRAME {
+            return None;
+        }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head[FRAME_HEAD..]);
+        crc.update(data);
+        if crc.finalize() != word(8) {
+            return None;
+        }
+        let mut first_seq = [0u8; 8];
+        first_seq.copy_from_slice(&head[FRAME_HEAD + 1..FRAME_HEAD + 9]);
+        Some((u64::from_le_bytes(first_seq), word(FRAME_HEAD + 9)))
+    }
+
     /// `share` makes the Bytes of a Records frame's data from its slice of `body`.
     fn decode(body: &[u8], share: Share<'_>) -> Option<Frame> {
         let (&kind, mut rest) = body.split_first()?;
@@ -379,6 +403,37 @@ fn read_with(seg: &[u8], share: Share<'_>) -> Result<Recovered, FormatError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_records_frame_read_in_two_parts_is_valid_exactly_when_it_is_read_whole() {
+        let mut frame = Vec::new();
+        Frame::encode_records_with(&mut frame, 41, 2, b"{\"a\":1}\n{\"b\":2}\n", |_| {});
+        let split = |f: &[u8]| {
+            let (head, data) = f.split_at(RECORDS_DATA_AT);
+            Frame::records_split(head.try_into().unwrap(), data)
+        };
+        assert_eq!(split(&frame), Some((41, 2)));
+        assert_eq!(
+            Frame::records_exact(&frame).map(|(s, c, _)| (s, c)),
+            Some((41, 2))
+        );
+        // Any byte changed, or the data cut short, and neither accepts it.
+        for i in 0..frame.len() {
+            let mut bad = frame.clone();
+            bad[i] ^= 0x01;
+            assert_eq!(split(&bad), None, "byte {i} changed");
+            assert_eq!(Frame::records_exact(&bad), None, "byte {i} changed");
+        }
+        assert_eq!(split(&frame[..frame.len() - 1]), None);
+        let mut sealed = Vec::new();
+        Frame::Sealed {
+            first_seq: 0,
+            end_seq: 1,
+            label: "x".repeat(20),
+        }
+        .encode(&mut sealed);
+        assert_eq!(split(&sealed), None, "a Sealed frame is not records");
+    }
 
     fn segment(frames: &[Frame]) -> (Vec<u8>, Vec<usize>) {
         let mut seg = header().to_vec();

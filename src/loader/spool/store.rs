@@ -796,7 +796,6 @@ impl Spool {
             self.flush()?;
         }
         let mut open: Option<(u64, File)> = None;
-        let mut frame = Vec::new();
         let mut rows = 0u64;
         for (_, at) in self.index.range(from..seqs.end) {
             let file = match &open {
@@ -806,30 +805,30 @@ impl Spool {
                     &open.insert((at.segment, f)).1
                 }
             };
-            frame.resize(at.len, 0);
-            file.read_exact_at(&mut frame, at.offset)?;
-            let Some((first_seq, count, data)) = Frame::records_exact(&frame) else {
-                return Err(io::Error::new(
+            let changed = || {
+                io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(
                         "segment {} changed under the spool at offset {}",
                         segment_name(at.segment),
                         at.offset
                     ),
-                ));
+                )
             };
+            // The frame's head apart, its data straight into the body: no copy between.
+            let mut head = [0u8; segment::RECORDS_DATA_AT];
+            let data_len = at.len.checked_sub(head.len()).ok_or_else(changed)?;
+            file.read_exact_at(&mut head, at.offset)?;
             let start = body.len();
+            read_exact_at_appending(file, body, data_len, at.offset + head.len() as u64)?;
+            let Some((first_seq, count)) = Frame::records_split(&head, &body[start..]) else {
+                body.truncate(start);
+                return Err(changed());
+            };
             if seqs.start <= first_seq && first_seq + u64::from(count) <= seqs.end {
-                body.extend_from_slice(data);
                 rows += u64::from(count);
             } else {
-                let records = data.split_inclusive(|&b| b == b'\n');
-                for (seq, record) in (first_seq..).zip(records) {
-                    if seqs.contains(&seq) {
-                        body.extend_from_slice(record);
-                        rows += 1;
-                    }
-                }
+                rows += keep_records(body, start, first_seq, &seqs);
             }
             // Records are lines: every `\n` read back ends one.
             if delimiter != b'\n' {
@@ -847,6 +846,61 @@ impl Spool {
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
+}
+
+/// Reads `len` bytes of `file` at `offset` onto the end of `out`, into its spare
+/// capacity (no zero-filling first).
+fn read_exact_at_appending(
+    file: &File,
+    out: &mut Vec<u8>,
+    len: usize,
+    offset: u64,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    out.reserve(len);
+    let mut done = 0;
+    while done < len {
+        let spare = &mut out.spare_capacity_mut()[..len - done];
+        let at = libc::off_t::try_from(offset + done as u64).map_err(io::Error::other)?;
+        // SAFETY: `pread` writes at most `spare.len()` bytes into `spare`, memory `out`
+        // owns and does not read until its length covers it.
+        let n =
+            unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at) };
+        match n {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n if n < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            n => {
+                // SAFETY: the kernel wrote `n` bytes just past the vector's length.
+                unsafe { out.set_len(out.len() + n as usize) };
+                done += n as usize;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Keeps, of the records in `body[start..]` (each ending in `\n`, numbered from
+/// `first_seq`), those in `seqs`, moved down in place; returns how many.
+fn keep_records(body: &mut Vec<u8>, start: usize, first_seq: u64, seqs: &Range<u64>) -> u64 {
+    let (mut read, mut write, mut kept) = (start, start, 0);
+    let mut seq = first_seq;
+    while read < body.len() {
+        let end = memchr::memchr(b'\n', &body[read..]).map_or(body.len(), |i| read + i + 1);
+        if seqs.contains(&seq) {
+            body.copy_within(read..end, write);
+            write += end - read;
+            kept += 1;
+        }
+        read = end;
+        seq += 1;
+    }
+    body.truncate(write);
+    kept
 }
 
 /// Bytes free for an unprivileged writer on the filesystem holding `dir`.
