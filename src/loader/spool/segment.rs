@@ -176,21 +176,31 @@ impl Frame {
         data: &[u8],
         fix: impl FnOnce(&mut [u8]),
     ) {
-        let mut head = Vec::with_capacity(13);
-        head.push(1);
-        head.put_u64_le(first_seq);
-        head.put_u32_le(count);
         let start = out.len();
-        out.reserve(FRAME_HEAD + head.len() + data.len());
-        out.extend_from_slice(&MARKER);
-        out.put_u32_le(u32::try_from(head.len() + data.len()).unwrap_or(u32::MAX));
-        out.put_u32_le(0);
-        out.extend_from_slice(&head);
-        let data_at = out.len();
+        out.reserve(RECORDS_DATA_AT + data.len());
+        out.resize(start + RECORDS_DATA_AT, 0);
         out.extend_from_slice(data);
-        fix(&mut out[data_at..]);
-        let crc = crc32fast::hash(&out[start + FRAME_HEAD..]);
-        out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+        fix(&mut out[start + RECORDS_DATA_AT..]);
+        let head = Frame::records_head(first_seq, count, &out[start + RECORDS_DATA_AT..]);
+        out[start..start + RECORDS_DATA_AT].copy_from_slice(&head);
+    }
+
+    /// The first [`RECORDS_DATA_AT`] bytes of the Records frame holding `data` (records
+    /// each ending in `\n`): written before `data`, they make the frame, so the data can
+    /// be written from where it is without a copy.
+    pub fn records_head(first_seq: u64, count: u32, data: &[u8]) -> [u8; RECORDS_DATA_AT] {
+        let len = RECORDS_DATA_AT - FRAME_HEAD + data.len();
+        let mut head = [0u8; RECORDS_DATA_AT];
+        head[..4].copy_from_slice(&MARKER);
+        head[4..8].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+        head[FRAME_HEAD] = 1;
+        head[FRAME_HEAD + 1..FRAME_HEAD + 9].copy_from_slice(&first_seq.to_le_bytes());
+        head[FRAME_HEAD + 9..].copy_from_slice(&count.to_le_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head[FRAME_HEAD..]);
+        crc.update(data);
+        head[8..12].copy_from_slice(&crc.finalize().to_le_bytes());
+        head
     }
 
     /// The one whole, valid frame `bytes` holds (as written by [`Frame::encode`]); a

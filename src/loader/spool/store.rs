@@ -613,26 +613,52 @@ impl Spool {
             return (first..first, Ok(()));
         };
         let body = &data[..last as usize];
-        Frame::encode_records_with(&mut self.buf, first, ends.len() as u32, body, |out| {
-            for &end in ends {
-                out[end as usize - 1] = b'\n';
-            }
-        });
-        let len = (self.file_len + self.buf.len() as u64 - offset) as usize;
+        let newlines = ends.iter().all(|&end| body[end as usize - 1] == b'\n');
+        let written = if newlines && self.buf.is_empty() && !self.torn_tail {
+            self.write_records_direct(first, ends.len() as u32, body)
+        } else {
+            Frame::encode_records_with(&mut self.buf, first, ends.len() as u32, body, |out| {
+                for &end in ends {
+                    out[end as usize - 1] = b'\n';
+                }
+            });
+            self.flush()
+        };
         self.index.insert(
             first,
             RecordsAt {
                 segment: self.next_id - 1,
                 offset,
-                len,
+                len: segment::RECORDS_DATA_AT + body.len(),
             },
         );
         if let Some(seg) = self.segments.last_mut() {
             seg.records_end = seg.records_end.max(first + count);
         }
         self.next_seq += count;
-        let written = self.flush().and_then(|()| self.maybe_roll());
+        let written = written.and_then(|()| self.maybe_roll());
         (first..self.next_seq, written)
+    }
+
+    /// Writes a Records frame of `data` (records each ending in `\n`) from where it is,
+    /// its head beside it in one `writev`: no copy into the write buffer. Only with
+    /// nothing buffered. On failure the frame is buffered whole, as [`Spool::flush`]
+    /// leaves a failed write, to be written again after the torn tail is cut.
+    fn write_records_direct(&mut self, first_seq: u64, count: u32, data: &[u8]) -> io::Result<()> {
+        let head = Frame::records_head(first_seq, count, data);
+        match write_all_vectored(&mut self.file, &head, data) {
+            Ok(()) => {
+                self.file_len += (head.len() + data.len()) as u64;
+                self.unsynced = true;
+                Ok(())
+            }
+            Err(e) => {
+                self.torn_tail = true;
+                self.buf.extend_from_slice(&head);
+                self.buf.extend_from_slice(data);
+                Err(e)
+            }
+        }
     }
 
     /// Records that `seqs` form the batch `label`; synced before this returns, so the
@@ -846,6 +872,21 @@ impl Spool {
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
+}
+
+/// Writes `head` then `data`, whole, with as few `writev` calls as the file takes.
+fn write_all_vectored(file: &mut File, head: &[u8], data: &[u8]) -> io::Result<()> {
+    let mut slices = [io::IoSlice::new(head), io::IoSlice::new(data)];
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Reads `len` bytes of `file` at `offset` onto the end of `out`, into its spare
@@ -1325,6 +1366,13 @@ mod tests {
 
     #[test]
     fn a_failed_write_stays_buffered_and_a_repair_puts_it_on_disk_whole() {
+        // A JSON chunk (its delimiters rewritten on the way into the buffer) and one
+        // written from where it is (records already ending in `\n`).
+        a_failed_write_stays_buffered_and_is_repaired(b"{\"id\":2},{\"id\":3},");
+        a_failed_write_stays_buffered_and_is_repaired(b"{\"id\":2}\n{\"id\":3}\n");
+    }
+
+    fn a_failed_write_stays_buffered_and_is_repaired(chunk: &[u8]) {
         let dir = tempfile::tempdir().unwrap();
         let (mut spool, _) = Spool::open(dir.path(), 1 << 30).unwrap();
         spool.append(&recs(0..2)).unwrap();
@@ -1334,7 +1382,7 @@ mod tests {
             &mut spool,
             OpenOptions::new().write(true).open("/dev/full").unwrap(),
         );
-        let (seqs, written) = spool.append_chunk(b"{\"id\":2},{\"id\":3},", &[9, 18]);
+        let (seqs, written) = spool.append_chunk(chunk, &[9, 18]);
         assert_eq!(seqs, 2..4);
         assert_eq!(written.unwrap_err().raw_os_error(), Some(libc::ENOSPC));
         assert!(spool.seal("l_0", 0..4).is_err());
