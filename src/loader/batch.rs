@@ -9,8 +9,9 @@ use tokio::time::Instant;
 use crate::api::{Format, SinkSpec};
 use crate::stream_load::body;
 
-/// Records from one connection read, already encoded for the body: a JSON record is
-/// followed by `,`, a CSV record by `\n`. `ends[i]` is where record `i` ends in `data`.
+/// Records from one connection read, each followed by `\n` (as lines, and as the spool
+/// stores them; the batch writes the body's record end). `ends[i]` is where record `i`
+/// ends in `data`.
 #[derive(Debug)]
 pub struct Chunk {
     pub data: Bytes,
@@ -30,12 +31,12 @@ impl Chunk {
     }
 
     /// Records (each without its line end) as one chunk, not tied to a connection.
-    pub fn from_records<R: AsRef<[u8]>>(format: Format, records: &[R]) -> Chunk {
+    pub fn from_records<R: AsRef<[u8]>>(records: &[R]) -> Chunk {
         let mut data = Vec::with_capacity(records.iter().map(|r| r.as_ref().len() + 1).sum());
         let mut ends = Vec::with_capacity(records.len());
         for r in records {
             data.extend_from_slice(r.as_ref());
-            data.push(body::record_end(format));
+            data.push(b'\n');
             ends.push(u32::try_from(data.len()).unwrap_or(u32::MAX));
         }
         Chunk {
@@ -300,7 +301,14 @@ impl Batch {
             let end = chunk.ends[from + take - 1] as usize;
             self.reserve(opening.len() + end - base);
             self.body.extend_from_slice(opening);
+            let at = self.body.len();
             self.body.extend_from_slice(&chunk.data[base..end]);
+            let delimiter = body::record_end(self.format);
+            if delimiter != b'\n' {
+                for &e in &chunk.ends[from..from + take] {
+                    self.body[at + e as usize - base - 1] = delimiter;
+                }
+            }
             self.rows += take as u64;
             if self.oldest.is_none() {
                 self.oldest = Some(chunk.arrived);
@@ -378,8 +386,8 @@ impl Batch {
 mod tests {
     use super::*;
 
-    fn chunk(format: Format, records: &[&str]) -> Chunk {
-        Chunk::from_records(format, records)
+    fn chunk(records: &[&str]) -> Chunk {
+        Chunk::from_records(records)
     }
 
     fn policy(max_bytes: usize, max_rows: u64) -> FlushPolicy {
@@ -393,16 +401,13 @@ mod tests {
     #[test]
     fn json_bodies_are_arrays_and_csv_bodies_are_rows() {
         let mut b = Batch::new(Format::Json, policy(1000, 100));
-        assert_eq!(
-            b.push(&chunk(Format::Json, &[r#"{"a":1}"#, r#"{"a":2}"#]), 0),
-            None
-        );
+        assert_eq!(b.push(&chunk(&[r#"{"a":1}"#, r#"{"a":2}"#]), 0), None);
         let sealed = b.seal(FlushTrigger::Interval).unwrap();
         assert_eq!(&sealed.body[..], br#"[{"a":1},{"a":2}]"#);
         assert_eq!(sealed.rows, 2);
 
         let mut b = Batch::new(Format::Csv, policy(1000, 100));
-        b.push(&chunk(Format::Csv, &["1,a", "2,b"]), 0);
+        b.push(&chunk(&["1,a", "2,b"]), 0);
         assert_eq!(
             &b.seal(FlushTrigger::Interval).unwrap().body[..],
             b"1,a\n2,b\n"
@@ -419,18 +424,30 @@ mod tests {
     #[test]
     fn a_batch_never_exceeds_max_bytes_and_says_where_it_stopped() {
         // Each record is 8 bytes with its comma; "[" takes one: 3 records = 25 bytes.
-        let c = chunk(Format::Json, &[r#"{"a":1}"#; 5]);
+        let c = chunk(&[
+            r#"{"a":1}"#,
+            r#"{"a":2}"#,
+            r#"{"a":3}"#,
+            r#"{"a":4}"#,
+            r#"{"a":5}"#,
+        ]);
         let mut b = Batch::new(Format::Json, policy(25, 100));
         assert_eq!(b.push(&c, 0), Some((3, FlushTrigger::Size)));
         let s = b.seal(FlushTrigger::Size).unwrap();
-        assert_eq!(s.body.len(), 25);
+        assert_eq!(&s.body[..], br#"[{"a":1},{"a":2},{"a":3}]"#);
         assert_eq!(b.push(&c, 3), None);
         assert_eq!(b.rows(), 2);
+        let s = b.seal(FlushTrigger::Size).unwrap();
+        assert_eq!(
+            &s.body[..],
+            br#"[{"a":4},{"a":5}]"#,
+            "the rest, from record 3"
+        );
     }
 
     #[test]
     fn max_rows_fills_the_batch_at_once() {
-        let c = chunk(Format::Csv, &["1", "2", "3"]);
+        let c = chunk(&["1", "2", "3"]);
         let mut b = Batch::new(Format::Csv, policy(1000, 2));
         assert_eq!(b.push(&c, 0), Some((2, FlushTrigger::Rows)));
         b.seal(FlushTrigger::Rows);
@@ -439,7 +456,7 @@ mod tests {
 
     #[test]
     fn a_recycled_body_is_reused_without_a_new_allocation() {
-        let c = chunk(Format::Csv, &["1,a", "2,b"]);
+        let c = chunk(&["1,a", "2,b"]);
         let mut b = Batch::new(Format::Csv, policy(1000, 100));
         b.push(&c, 0);
         let sealed = b.seal(FlushTrigger::Size).unwrap();
@@ -455,11 +472,11 @@ mod tests {
     #[test]
     fn the_deadline_follows_the_oldest_record() {
         let mut b = Batch::new(Format::Csv, policy(1000, 100));
-        let first = chunk(Format::Csv, &["1"]);
+        let first = chunk(&["1"]);
         b.push(&first, 0);
         let later = Chunk {
             arrived: first.arrived + Duration::from_millis(500),
-            ..chunk(Format::Csv, &["2"])
+            ..chunk(&["2"])
         };
         b.push(&later, 0);
         assert_eq!(b.oldest(), Some(first.arrived));
@@ -524,16 +541,13 @@ mod tests {
     #[test]
     fn a_batch_keeps_its_limits_and_the_next_takes_the_new_ones() {
         let mut b = Batch::new(Format::Json, policy(1 << 20, 10));
-        assert!(b.push(&chunk(Format::Json, &["{}", "{}"]), 0).is_none());
+        assert!(b.push(&chunk(&["{}", "{}"]), 0).is_none());
         b.set_policy(policy(1 << 20, 1));
-        assert!(
-            b.push(&chunk(Format::Json, &["{}"]), 0).is_none(),
-            "still 10 rows"
-        );
+        assert!(b.push(&chunk(&["{}"]), 0).is_none(), "still 10 rows");
         assert_eq!(b.rows(), 3);
         assert!(b.seal(FlushTrigger::Interval).is_some());
         assert_eq!(
-            b.push(&chunk(Format::Json, &["{}", "{}"]), 0),
+            b.push(&chunk(&["{}", "{}"]), 0),
             Some((1, FlushTrigger::Rows)),
             "the next batch holds 1 row"
         );

@@ -4,11 +4,11 @@
 //! rejected line (its records are consecutive lines of the connection), and consecutive
 //! rejects with one reason become one `err` run.
 //!
-//! A run of records that arrived exactly as the body wants them (each followed by `\n`,
-//! consecutive in the read) is not copied: its chunk is a slice of the read's own bytes,
-//! with each `\n` rewritten in place to the body's record end. Only records that must be
-//! changed (a `\r` to drop, a row id to add, the last line of a stream without `\n`)
-//! are copied.
+//! A chunk holds its records as lines (each followed by `\n`), as the spool stores them;
+//! the batch writes the body's record end as it copies them in. A run of records that
+//! arrived exactly so (consecutive in the read) is not copied: its chunk is a slice of
+//! the read's own bytes. Only records that must be changed (a `\r` to drop, a row id to
+//! add, the last line of a stream without `\n`) are copied.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -22,7 +22,6 @@ use crate::loader::batch::Chunk;
 use crate::loader::framing::Line;
 use crate::loader::record::{self, RejectReason};
 use crate::loader::row_id::RowIds;
-use crate::stream_load::body;
 
 /// The chunks of one socket read, built line by line.
 pub struct Chunker {
@@ -50,7 +49,7 @@ enum Run {
         ends: Vec<u32>,
         first_line: u64,
     },
-    /// Records copied out, each followed by its body delimiter.
+    /// Records copied out, each followed by `\n`.
     Copied {
         out: Vec<u8>,
         ends: Vec<u32>,
@@ -165,7 +164,7 @@ impl Chunker {
                 Some(ids) => ids.append(out, record),
                 None => out.extend_from_slice(record),
             }
-            out.push(body::record_end(self.format));
+            out.push(b'\n');
             ends.push(u32::try_from(out.len()).unwrap_or(u32::MAX));
         }
     }
@@ -189,18 +188,8 @@ impl Chunker {
 
     /// The chunks, given `read`: the bytes the framer returned for this read (the spans
     /// passed to [`Chunker::line`] lie in it).
-    pub fn finish(mut self, mut read: BytesMut) -> Chunked {
+    pub fn finish(mut self, read: BytesMut) -> Chunked {
         self.cut();
-        let delimiter = body::record_end(self.format);
-        if delimiter != b'\n' {
-            for run in &self.runs {
-                if let Run::InPlace { range, ends, .. } = run {
-                    for &end in ends {
-                        read[range.start + end as usize - 1] = delimiter;
-                    }
-                }
-            }
-        }
         let read = read.freeze();
         let chunks = self
             .runs
@@ -269,7 +258,7 @@ mod tests {
     }
 
     #[test]
-    fn records_that_arrive_as_the_body_wants_them_are_handed_on_without_a_copy() {
+    fn records_that_arrive_as_lines_are_handed_on_without_a_copy() {
         let (csv, at) = read(Format::Csv, b"1,a\n2,b\n3,c\n");
         assert_eq!(csv.chunks.len(), 1);
         assert_eq!(&csv.chunks[0].data[..], b"1,a\n2,b\n3,c\n");
@@ -278,7 +267,7 @@ mod tests {
 
         let (json, at) = read(Format::Json, b"{\"a\":1}\n{\"a\":2}\n");
         assert_eq!(json.chunks.len(), 1);
-        assert_eq!(&json.chunks[0].data[..], br#"{"a":1},{"a":2},"#);
+        assert_eq!(&json.chunks[0].data[..], b"{\"a\":1}\n{\"a\":2}\n");
         assert_eq!(json.chunks[0].data.as_ptr(), at);
     }
 
@@ -332,7 +321,10 @@ mod tests {
         let input = b"{\"a\":1}\n{\"a\":2}\r\n{\"a\":3}\n[4]\n{\"a\":5}\n{\"a\":6}\n";
         let (out, at) = read(Format::Json, input);
         let body: Vec<u8> = out.chunks.iter().flat_map(|c| c.data.to_vec()).collect();
-        assert_eq!(body, br#"{"a":1},{"a":2},{"a":3},{"a":5},{"a":6},"#);
+        assert_eq!(
+            body,
+            b"{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n{\"a\":5}\n{\"a\":6}\n"
+        );
         let shape: Vec<(u64, usize, bool)> = out
             .chunks
             .iter()
@@ -373,7 +365,7 @@ mod tests {
         );
         let out = c.finish(BytesMut::new());
         assert_eq!(out.chunks.len(), 1);
-        assert_eq!(&out.chunks[0].data[..], br#"{"a":1},{"a":3},"#);
+        assert_eq!(&out.chunks[0].data[..], b"{\"a\":1}\n{\"a\":3}\n");
         assert_eq!(out.chunks[0].ends, [8, 16]);
         assert!(out.errs.is_empty());
         assert_eq!(out.last_record, Some(4));

@@ -247,7 +247,7 @@ impl SinkTask {
         if let Some((first, _)) = replay.unsealed.first() {
             let records: Vec<Bytes> = replay.unsealed.iter().map(|(_, r)| r.clone()).collect();
             count += records.len() as u64;
-            let mut chunk = Chunk::from_records(self.format, &records);
+            let mut chunk = Chunk::from_records(&records);
             // They waited through a restart already: due at once.
             chunk.arrived = Instant::now()
                 .checked_sub(self.policy.interval)

@@ -600,8 +600,9 @@ impl Spool {
     }
 
     /// Appends a chunk's records: `data` holds them each followed by one delimiter byte,
-    /// record `i` ending (delimiter included) at `ends[i]`. The delimiters are written as
-    /// `\n`, in one copy from `data` into the segment's buffer.
+    /// record `i` ending (delimiter included) at `ends[i]`. Records that are lines already
+    /// (every chunk the loader makes) are written from `data` with no copy; other
+    /// delimiters are written as `\n`, in one copy into the segment's buffer.
     ///
     /// The records are the spool's (numbered, indexed) even when the write fails: the
     /// error means only that they are not on disk yet, and [`Spool::repair`] puts them there.
