@@ -318,9 +318,24 @@ fn the_dockerfile_passes_hadolint_and_runs_pinned_and_unprivileged() {
     let uid = user.split(':').next().unwrap().trim();
     assert!(uid != "root" && uid != "0", "the image runs as {user}");
     assert!(text.contains("cargo build --profile dist --locked"));
+    // The image is built with the repository's linker flags (packed relocations).
+    assert!(text.contains("COPY .cargo ./.cargo"));
     assert!(text.contains("/src/target/dist/starsink /usr/local/bin/starsink"));
     assert!(text.contains(r#"ENTRYPOINT ["/usr/local/bin/starsink"]"#));
     assert!(repo(".dockerignore").exists());
+}
+
+#[test]
+fn the_binary_packs_its_relative_relocations() {
+    // `.cargo/config.toml` links with DT_RELR: without it the dynamic loader reads every
+    // relative relocation at start, and an idle sidecar keeps them resident.
+    let binary = env!("CARGO_BIN_EXE_starsink");
+    let (ok, out, err) = run(Command::new("readelf").args(["--dynamic", binary]));
+    assert!(ok, "readelf:\n{err}");
+    assert!(
+        out.contains("(RELR)"),
+        "{binary} has no packed relocations (DT_RELR):\n{out}"
+    );
 }
 
 #[test]
