@@ -4,7 +4,7 @@
 FROM docker.io/library/rust:1.95.0-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-COPY .cargo ./.cargo
+COPY build.rs ./
 COPY src ./src
 COPY benches ./benches
 RUN cargo build --profile dist --locked --bin starsink
