@@ -46,19 +46,76 @@ enum Command {
         metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Prints manifests with the loader injected into their pods, as the webhook would.
-    Inject(InjectArgs),
+    Inject(Deferred<InjectArgs>),
     /// Shows the whole loader path on this machine, against a local Stream Load endpoint.
-    Demo(starsink::demo::DemoArgs),
+    Demo(Deferred<starsink::demo::DemoArgs>),
     /// Prints the StarRocksSink CustomResourceDefinition (what `crds/` holds).
     Crd,
     /// The operator: reconciles StarRocksSinks into loader ConfigMaps and status.
-    Controller(starsink::operator::ControllerArgs),
+    Controller(Deferred<starsink::operator::ControllerArgs>),
     /// A local Stream Load endpoint that behaves like StarRocks (FE and BE), printing each
     /// load; for trying a loader without a StarRocks, and for the end-to-end suite.
-    DevEndpoint(starsink::dev_endpoint::command::DevEndpointArgs),
+    DevEndpoint(Deferred<starsink::dev_endpoint::command::DevEndpointArgs>),
     /// Lists or loads the batches StarRocks refused (a sink's dead-letter directory).
     #[command(subcommand)]
-    DeadLetters(starsink::loader::dead_letter::Command),
+    DeadLetters(Deferred<starsink::loader::dead_letter::Command>),
+}
+
+/// A subcommand's arguments (or its own subcommands), defined only once that subcommand
+/// is the one invoked, or its help is asked for: the loader sidecar then never builds the
+/// other subcommands' definitions, nor keeps their code paged in while idle.
+struct Deferred<T>(T);
+
+impl<T: clap::FromArgMatches> clap::FromArgMatches for Deferred<T> {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        T::from_arg_matches(matches).map(Deferred)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches(matches)
+    }
+}
+
+impl<T: clap::Args> clap::Args for Deferred<T> {
+    fn group_id() -> Option<clap::Id> {
+        T::group_id()
+    }
+
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.defer(|cmd| keeping_about(cmd, T::augment_args))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        cmd.defer(|cmd| keeping_about(cmd, T::augment_args_for_update))
+    }
+}
+
+impl<T: Subcommand> Subcommand for Deferred<T> {
+    fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+        cmd.defer(|cmd| keeping_about(cmd, T::augment_subcommands))
+    }
+
+    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+        cmd.defer(|cmd| keeping_about(cmd, T::augment_subcommands_for_update))
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        T::has_subcommand(name)
+    }
+}
+
+/// `define` run on `cmd`, whose help text (the variant's doc comment, set before a
+/// deferred definition runs) stays rather than the arguments type's own.
+fn keeping_about(cmd: clap::Command, define: fn(clap::Command) -> clap::Command) -> clap::Command {
+    let (about, long) = (cmd.get_about().cloned(), cmd.get_long_about().cloned());
+    let mut cmd = define(cmd);
+    if let Some(about) = about {
+        cmd = cmd.about(about);
+    }
+    if let Some(long) = long {
+        cmd = cmd.long_about(long);
+    }
+    cmd
 }
 
 fn main() -> ExitCode {
@@ -92,9 +149,11 @@ fn main() -> ExitCode {
             };
             run_loader(&runtime, logs.as_ref(), source)
         }
-        Command::Demo(args) => runtime.block_on(starsink::demo::run(args)),
-        Command::DevEndpoint(args) => runtime.block_on(starsink::dev_endpoint::command::run(args)),
-        Command::Controller(args) => {
+        Command::Demo(Deferred(args)) => runtime.block_on(starsink::demo::run(args)),
+        Command::DevEndpoint(Deferred(args)) => {
+            runtime.block_on(starsink::dev_endpoint::command::run(args))
+        }
+        Command::Controller(Deferred(args)) => {
             let _logs = starsink::init_logging(cli.log_format);
             match runtime.block_on(starsink::operator::run(args)) {
                 Ok(()) => 0,
@@ -104,7 +163,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Inject(args) => match run_inject(&args) {
+        Command::Inject(Deferred(args)) => match run_inject(&args) {
             Ok(text) => {
                 print!("{text}");
                 0
@@ -114,7 +173,7 @@ fn main() -> ExitCode {
                 EXIT_CONFIG
             }
         },
-        Command::DeadLetters(command) => {
+        Command::DeadLetters(Deferred(command)) => {
             let _logs = starsink::init_logging(cli.log_format);
             runtime.block_on(starsink::loader::dead_letter::run(command))
         }
@@ -204,4 +263,30 @@ fn run_inject(args: &InjectArgs) -> Result<String, String> {
 
 fn code(c: i32) -> ExitCode {
     ExitCode::from(u8::try_from(c).unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_subcommand_is_well_formed_once_its_deferred_definition_runs() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_deferred_subcommand_parses_and_keeps_its_own_help_text() {
+        let cli = Cli::try_parse_from(["starsink", "dead-letters", "list", "/tmp/dl"]).unwrap();
+        assert!(matches!(cli.command, Command::DeadLetters(_)));
+        let mut cmd = Cli::command();
+        cmd.build();
+        let inject = cmd.find_subcommand_mut("inject").unwrap();
+        let help = inject.render_help().to_string();
+        assert!(
+            help.starts_with("Prints manifests with the loader injected"),
+            "{help}"
+        );
+        assert!(help.contains("--filename"), "{help}");
+    }
 }
