@@ -226,6 +226,17 @@ impl Frame {
         }
     }
 
+    /// The first sequence number and record count a Records frame's head claims, before
+    /// its checksum is known (to decide where to read its data; [`Frame::records_split`]
+    /// then says whether the frame is valid).
+    pub fn records_claimed(head: &[u8; RECORDS_DATA_AT]) -> (u64, u32) {
+        let mut first_seq = [0u8; 8];
+        first_seq.copy_from_slice(&head[FRAME_HEAD + 1..FRAME_HEAD + 9]);
+        let mut count = [0u8; 4];
+        count.copy_from_slice(&head[FRAME_HEAD + 9..]);
+        (u64::from_le_bytes(first_seq), u32::from_le_bytes(count))
+    }
+
     /// A Records frame read in two parts, its first [`RECORDS_DATA_AT`] bytes and its
     /// data (so that the data can be read straight to where it is wanted): its first
     /// sequence number and record count, if the two make one whole, valid frame.

@@ -824,6 +824,7 @@ impl Spool {
         }
         let mut open: Option<(u64, File)> = None;
         let mut rows = 0u64;
+        let mut cut = Vec::new();
         for (_, at) in self.index.range(from..seqs.end) {
             let file = match &open {
                 Some((id, f)) if *id == at.segment => f,
@@ -842,20 +843,41 @@ impl Spool {
                     ),
                 )
             };
-            // The frame's head apart, its data straight into the body: no copy between.
+            // The frame's head apart. A frame wholly in the batch is read straight into the
+            // body; one the batch starts or ends inside goes through `cut`, so that the
+            // body never holds more than the batch (it was reserved for exactly that).
             let mut head = [0u8; segment::RECORDS_DATA_AT];
             let data_len = at.len.checked_sub(head.len()).ok_or_else(changed)?;
             file.read_exact_at(&mut head, at.offset)?;
+            let data_at = at.offset + head.len() as u64;
+            let (claimed_first, claimed_count) = Frame::records_claimed(&head);
+            let claimed_end = claimed_first.checked_add(u64::from(claimed_count));
+            let whole = seqs.start <= claimed_first && claimed_end.is_some_and(|e| e <= seqs.end);
             let start = body.len();
-            read_exact_at_appending(file, body, data_len, at.offset + head.len() as u64)?;
-            let Some((first_seq, count)) = Frame::records_split(&head, &body[start..]) else {
-                body.truncate(start);
-                return Err(changed());
-            };
-            if seqs.start <= first_seq && first_seq + u64::from(count) <= seqs.end {
+            if whole {
+                let read = read_exact_at_appending(file, body, data_len, data_at);
+                if let Err(e) = read {
+                    body.truncate(start);
+                    return Err(e);
+                }
+                let Some((_, count)) = Frame::records_split(&head, &body[start..]) else {
+                    body.truncate(start);
+                    return Err(changed());
+                };
                 rows += u64::from(count);
             } else {
-                rows += keep_records(body, start, first_seq, &seqs);
+                cut.clear();
+                read_exact_at_appending(file, &mut cut, data_len, data_at)?;
+                let Some((first_seq, _)) = Frame::records_split(&head, &cut) else {
+                    return Err(changed());
+                };
+                let records = cut.split_inclusive(|&b| b == b'\n');
+                for (seq, record) in (first_seq..).zip(records) {
+                    if seqs.contains(&seq) {
+                        body.extend_from_slice(record);
+                        rows += 1;
+                    }
+                }
             }
             // Records are lines: every `\n` read back ends one.
             if delimiter != b'\n' {
@@ -924,25 +946,6 @@ fn read_exact_at_appending(
         }
     }
     Ok(())
-}
-
-/// Keeps, of the records in `body[start..]` (each ending in `\n`, numbered from
-/// `first_seq`), those in `seqs`, moved down in place; returns how many.
-fn keep_records(body: &mut Vec<u8>, start: usize, first_seq: u64, seqs: &Range<u64>) -> u64 {
-    let (mut read, mut write, mut kept) = (start, start, 0);
-    let mut seq = first_seq;
-    while read < body.len() {
-        let end = memchr::memchr(b'\n', &body[read..]).map_or(body.len(), |i| read + i + 1);
-        if seqs.contains(&seq) {
-            body.copy_within(read..end, write);
-            write += end - read;
-            kept += 1;
-        }
-        read = end;
-        seq += 1;
-    }
-    body.truncate(write);
-    kept
 }
 
 /// Bytes free for an unprivileged writer on the filesystem holding `dir`.
@@ -1486,11 +1489,16 @@ mod tests {
         };
         // 4..17 starts and ends inside a frame; 3..18 is whole frames only.
         for range in [4..17, 3..18, 0..30] {
-            let mut body = b"[".to_vec();
+            let want = format!("[{}", joined(range.clone(), ","));
+            // Room for exactly the batch, as a read-back body is reserved: a frame cut by
+            // the batch's ends must not pass through the body whole (it would grow it).
+            let mut body = Vec::with_capacity(want.len());
+            body.push(b'[');
+            let room = body.capacity();
             let rows = spool.read_into(range.clone(), &mut body, b',').unwrap();
             assert_eq!(rows, range.end - range.start);
-            let want = format!("[{}", joined(range.clone(), ","));
             assert_eq!(String::from_utf8_lossy(&body), want);
+            assert_eq!(body.capacity(), room, "the body grew past its batch");
             let mut csv = Vec::new();
             spool.read_into(range.clone(), &mut csv, b'\n').unwrap();
             assert_eq!(String::from_utf8_lossy(&csv), joined(range, "\n"));
