@@ -1452,13 +1452,19 @@ mod tests {
         assert_eq!(spool.bytes(), disk_bytes(dir.path()));
     }
 
-    #[test]
-    fn batches_read_back_from_disk_across_frames_segments_and_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut spool, _) = Spool::open_with(dir.path(), 100, u64::MAX).unwrap();
+    /// A spool with records 0..30 in ten frames of three, over several 100-byte segments.
+    fn ten_frames_over_segments(dir: &Path) -> Spool {
+        let (mut spool, _) = Spool::open_with(dir, 100, u64::MAX).unwrap();
         for i in 0..10 {
             spool.append(&recs(i * 3..i * 3 + 3)).unwrap();
         }
+        spool
+    }
+
+    #[test]
+    fn batches_read_back_from_disk_across_frames_segments_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = ten_frames_over_segments(dir.path());
         assert!(spool.segment_count() > 3);
         assert_eq!(spool.read(0..30).unwrap(), recs(0..30));
         assert_eq!(spool.read(4..17).unwrap(), recs(4..17));
@@ -1477,10 +1483,7 @@ mod tests {
     #[test]
     fn a_batch_is_read_back_as_a_body_with_the_body_delimiter_from_whole_and_cut_frames() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut spool, _) = Spool::open_with(dir.path(), 100, u64::MAX).unwrap();
-        for i in 0..10 {
-            spool.append(&recs(i * 3..i * 3 + 3)).unwrap();
-        }
+        let mut spool = ten_frames_over_segments(dir.path());
         let joined = |range: Range<u64>, delimiter: &str| {
             recs(range)
                 .iter()
