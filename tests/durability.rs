@@ -665,7 +665,7 @@ async fn a_damaged_spool_is_repaired_at_start_and_what_is_readable_loads_once() 
     // A spool from a newer starsink: a clear error, exit 2, no socket, files untouched.
     let newer = tempfile::tempdir().unwrap();
     let mut header = starsink::loader::spool::segment::header();
-    header[8..10].copy_from_slice(&2u16.to_le_bytes());
+    header[8..10].copy_from_slice(&3u16.to_le_bytes());
     let seg = newer.path().join("00000000000000000000.seg");
     std::fs::write(&seg, header).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -678,7 +678,7 @@ async fn a_damaged_spool_is_repaired_at_start_and_what_is_readable_loads_once() 
     let (status, log) = run_loader_to_exit(&config, Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(2), "{log}");
     assert!(
-        log.contains("00000000000000000000.seg") && log.contains("version 2 is newer"),
+        log.contains("00000000000000000000.seg") && log.contains("version 3 is newer"),
         "{log}"
     );
     assert!(log.contains("run the newer starsink"), "{log}");

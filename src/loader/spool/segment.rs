@@ -2,18 +2,29 @@
 //!
 //! ```text
 //! segment = header frame*
-//! header  = "STSKSPL\0" version:u16le reserved:[u8; 6]                      (16 bytes)
+//! header  = "STSKSPL\0" version:u16le flags:u8 reserved:[u8; 5]              (16 bytes)
 //! frame   = marker:[F5 FF 53 4B] len:u32le crc:u32le kind:u8 payload:[u8; len-1]
-//!           crc = CRC-32 (IEEE) of kind and payload
+//!           crc = CRC-32 (IEEE) of the segment's id (u64le, from its file name), kind
+//!           and payload; in format 1, of kind and payload only
+//! flags   = 1: recycled
 //! ```
 //! The marker bytes can never start valid UTF-8, so a JSON record cannot contain them;
 //! after damage in the middle of a segment, recovery finds the next frame by its marker
 //! and a valid checksum, and salvages everything readable.
+//!
+//! A recycled segment is a file that held an earlier segment, reused (as write-ahead logs
+//! reuse theirs) so that the kernel need not allocate its pages and blocks again. Past
+//! the frames written this time it still holds the earlier segment's, whose checksums
+//! cover another id and so fail: in a recycled segment, the first frame that is not
+//! valid, with none after it, is where the segment ends, not damage. (A write cut short
+//! there cannot be told from the old bytes, so it is not reported as a torn tail.)
 
 use bytes::{BufMut, Bytes};
 
-/// The segment format this build writes and reads.
-pub const VERSION: u16 = 1;
+/// The segment format this build writes; it reads format 1 too.
+pub const VERSION: u16 = 2;
+/// The header flag of a recycled segment.
+const RECYCLED: u8 = 1;
 const MAGIC: &[u8; 8] = b"STSKSPL\0";
 pub const HEADER_LEN: usize = 16;
 const MARKER: [u8; 4] = [0xF5, 0xFF, 0x53, 0x4B];
@@ -105,12 +116,38 @@ pub enum FormatError {
     Newer { found: u16 },
 }
 
-/// The 16-byte segment header.
+/// The 16-byte header of a segment written to a new file.
 pub fn header() -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..8].copy_from_slice(MAGIC);
     h[8..10].copy_from_slice(&VERSION.to_le_bytes());
     h
+}
+
+/// The header of a segment written over a file that held an earlier one.
+pub fn recycled_header() -> [u8; HEADER_LEN] {
+    let mut h = header();
+    h[10] = RECYCLED;
+    h
+}
+
+/// What a frame's checksum covers besides the frame itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    /// Format 1: nothing.
+    Format1,
+    /// The id of the segment the frame was written to.
+    Segment(u64),
+}
+
+impl Owner {
+    fn hasher(self) -> crc32fast::Hasher {
+        let mut crc = crc32fast::Hasher::new();
+        if let Owner::Segment(id) = self {
+            crc.update(&id.to_le_bytes());
+        }
+        crc
+    }
 }
 
 impl Frame {
@@ -122,9 +159,13 @@ impl Frame {
         }
     }
 
-    /// Appends this frame, ready to write, to `out`. A Records frame's data is copied
-    /// once, straight into `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    /// Appends this frame, ready to write to segment `segment`, to `out`. A Records
+    /// frame's data is copied once, straight into `out`.
+    pub fn encode(&self, segment: u64, out: &mut Vec<u8>) {
+        self.encode_for(Owner::Segment(segment), out);
+    }
+
+    fn encode_for(&self, owner: Owner, out: &mut Vec<u8>) {
         let mut head = Vec::with_capacity(32);
         head.push(self.kind());
         let data: &[u8] = match self {
@@ -156,7 +197,7 @@ impl Frame {
                 &[]
             }
         };
-        let mut crc = crc32fast::Hasher::new();
+        let mut crc = owner.hasher();
         crc.update(&head);
         crc.update(data);
         out.reserve(FRAME_HEAD + head.len() + data.len());
@@ -167,10 +208,11 @@ impl Frame {
         out.extend_from_slice(data);
     }
 
-    /// Appends a Records frame whose data is `data` as changed in place by `fix` (once
-    /// copied into `out`): one copy, and the CRC taken over the result.
+    /// Appends a Records frame for segment `segment` whose data is `data` as changed in
+    /// place by `fix` (once copied into `out`): one copy, and the CRC taken over the result.
     pub fn encode_records_with(
         out: &mut Vec<u8>,
+        segment: u64,
         first_seq: u64,
         count: u32,
         data: &[u8],
@@ -181,14 +223,19 @@ impl Frame {
         out.resize(start + RECORDS_DATA_AT, 0);
         out.extend_from_slice(data);
         fix(&mut out[start + RECORDS_DATA_AT..]);
-        let head = Frame::records_head(first_seq, count, &out[start + RECORDS_DATA_AT..]);
+        let head = Frame::records_head(segment, first_seq, count, &out[start + RECORDS_DATA_AT..]);
         out[start..start + RECORDS_DATA_AT].copy_from_slice(&head);
     }
 
     /// The first [`RECORDS_DATA_AT`] bytes of the Records frame holding `data` (records
-    /// each ending in `\n`): written before `data`, they make the frame, so the data can
-    /// be written from where it is without a copy.
-    pub fn records_head(first_seq: u64, count: u32, data: &[u8]) -> [u8; RECORDS_DATA_AT] {
+    /// each ending in `\n`) in segment `segment`: written before `data`, they make the
+    /// frame, so the data can be written from where it is without a copy.
+    pub fn records_head(
+        segment: u64,
+        first_seq: u64,
+        count: u32,
+        data: &[u8],
+    ) -> [u8; RECORDS_DATA_AT] {
         let len = RECORDS_DATA_AT - FRAME_HEAD + data.len();
         let mut head = [0u8; RECORDS_DATA_AT];
         head[..4].copy_from_slice(&MARKER);
@@ -196,26 +243,18 @@ impl Frame {
         head[FRAME_HEAD] = 1;
         head[FRAME_HEAD + 1..FRAME_HEAD + 9].copy_from_slice(&first_seq.to_le_bytes());
         head[FRAME_HEAD + 9..].copy_from_slice(&count.to_le_bytes());
-        let mut crc = crc32fast::Hasher::new();
+        let mut crc = Owner::Segment(segment).hasher();
         crc.update(&head[FRAME_HEAD..]);
         crc.update(data);
         head[8..12].copy_from_slice(&crc.finalize().to_le_bytes());
         head
     }
 
-    /// The one whole, valid frame `bytes` holds (as written by [`Frame::encode`]); a
-    /// Records frame's data shares `bytes`' memory.
-    pub fn decode_exact(bytes: &Bytes) -> Option<Frame> {
-        match frame_at(bytes, 0, &|s| bytes.slice_ref(s)) {
-            Some((frame, end)) if end == bytes.len() => Some(frame),
-            _ => None,
-        }
-    }
-
-    /// The one whole, valid Records frame `bytes` holds: its first sequence number, its
-    /// record count and its data, borrowed from `bytes`.
-    pub fn records_exact(bytes: &[u8]) -> Option<(u64, u32, &[u8])> {
-        match frame_at(bytes, 0, &|_| Bytes::new()) {
+    /// The one whole, valid Records frame of segment `segment` that `bytes` holds: its
+    /// first sequence number, its record count and its data, borrowed from `bytes`.
+    #[cfg(test)]
+    fn records_exact(segment: u64, bytes: &[u8]) -> Option<(u64, u32, &[u8])> {
+        match frame_at(bytes, 0, Owner::Segment(segment), &|_| Bytes::new()) {
             Some((
                 Frame::Records {
                     first_seq, count, ..
@@ -237,10 +276,15 @@ impl Frame {
         (u64::from_le_bytes(first_seq), u32::from_le_bytes(count))
     }
 
-    /// A Records frame read in two parts, its first [`RECORDS_DATA_AT`] bytes and its
-    /// data (so that the data can be read straight to where it is wanted): its first
-    /// sequence number and record count, if the two make one whole, valid frame.
-    pub fn records_split(head: &[u8; RECORDS_DATA_AT], data: &[u8]) -> Option<(u64, u32)> {
+    /// A Records frame of segment `segment` read in two parts, its first
+    /// [`RECORDS_DATA_AT`] bytes and its data (so that the data can be read straight to
+    /// where it is wanted): its first sequence number and record count, if the two make
+    /// one whole, valid frame.
+    pub fn records_split(
+        segment: u64,
+        head: &[u8; RECORDS_DATA_AT],
+        data: &[u8],
+    ) -> Option<(u64, u32)> {
         let word =
             |at: usize| u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
         let len = word(4) as usize;
@@ -250,7 +294,7 @@ impl Frame {
         if len != RECORDS_DATA_AT - FRAME_HEAD + data.len() || len > MAX_FRAME {
             return None;
         }
-        let mut crc = crc32fast::Hasher::new();
+        let mut crc = Owner::Segment(segment).hasher();
         crc.update(&head[FRAME_HEAD..]);
         crc.update(data);
         if crc.finalize() != word(8) {
@@ -329,8 +373,8 @@ fn take_str(b: &mut &[u8]) -> Option<String> {
 /// Makes a Records frame's data from its slice of the segment: a copy, or a view.
 type Share<'a> = &'a dyn Fn(&[u8]) -> Bytes;
 
-/// A whole, valid frame at `at`: the frame and where it ends.
-fn frame_at(seg: &[u8], at: usize, share: Share<'_>) -> Option<(Frame, usize)> {
+/// A whole, valid frame at `at` whose checksum is `owner`'s: the frame and where it ends.
+fn frame_at(seg: &[u8], at: usize, owner: Owner, share: Share<'_>) -> Option<(Frame, usize)> {
     let head = seg.get(at..at + FRAME_HEAD)?;
     if head[..4] != MARKER {
         return None;
@@ -341,18 +385,20 @@ fn frame_at(seg: &[u8], at: usize, share: Share<'_>) -> Option<(Frame, usize)> {
         return None;
     }
     let body = seg.get(at + FRAME_HEAD..at + FRAME_HEAD + len)?;
-    if crc32fast::hash(body) != crc {
+    let mut hasher = owner.hasher();
+    hasher.update(body);
+    if hasher.finalize() != crc {
         return None;
     }
     Some((Frame::decode(body, share)?, at + FRAME_HEAD + len))
 }
 
-/// The next offset after `from` where a whole valid frame starts.
-fn resync(seg: &[u8], from: usize) -> Option<usize> {
+/// The next offset after `from` where a whole valid frame of `owner` starts.
+fn resync(seg: &[u8], from: usize, owner: Owner) -> Option<usize> {
     let mut at = from;
     while let Some(i) = memchr::memmem::find(&seg[at..], &MARKER) {
         let candidate = at + i;
-        if frame_at(seg, candidate, &|_| Bytes::new()).is_some() {
+        if frame_at(seg, candidate, owner, &|_| Bytes::new()).is_some() {
             return Some(candidate);
         }
         at = candidate + 1;
@@ -360,30 +406,37 @@ fn resync(seg: &[u8], from: usize) -> Option<usize> {
     None
 }
 
-/// Reads a segment, tolerating damage: a torn tail is cut off, corrupt bytes in the
-/// middle are skipped to the next readable frame. Only a newer format is an error.
-pub fn read(seg: &[u8]) -> Result<Recovered, FormatError> {
-    read_with(seg, &|s| Bytes::copy_from_slice(s))
+/// Reads segment `id` (the number its file is named by), tolerating damage: a torn tail
+/// is cut off, corrupt bytes in the middle are skipped to the next readable frame. Only
+/// a newer format is an error.
+pub fn read(seg: &[u8], id: u64) -> Result<Recovered, FormatError> {
+    read_with(seg, id, &|s| Bytes::copy_from_slice(s))
 }
 
 /// [`read`], with the Records frames' data sharing `seg`'s memory (no copy).
-pub fn read_shared(seg: &Bytes) -> Result<Recovered, FormatError> {
-    read_with(seg, &|s| seg.slice_ref(s))
+pub fn read_shared(seg: &Bytes, id: u64) -> Result<Recovered, FormatError> {
+    read_with(seg, id, &|s| seg.slice_ref(s))
 }
 
-fn read_with(seg: &[u8], share: Share<'_>) -> Result<Recovered, FormatError> {
+fn read_with(seg: &[u8], id: u64, share: Share<'_>) -> Result<Recovered, FormatError> {
     let mut out = Recovered::default();
     if seg.is_empty() {
         out.damage.push(Damage::Empty);
         return Ok(out);
     }
     let mut at = HEADER_LEN;
+    let mut owner = Owner::Segment(id);
+    let mut recycled = false;
     if seg.len() < HEADER_LEN || &seg[..8] != MAGIC {
         // A damaged header (or a foreign file): every intact frame is still found by its
-        // marker and checksum. The version is unreadable, so this format is assumed.
+        // marker and checksum, of either format (a recycled file is never one of format 1,
+        // so this cannot take an earlier segment's frames for this one's).
         out.damage.push(Damage::BadHeader);
-        match resync(seg, 0) {
-            Some(first) => at = first,
+        let found = [Owner::Segment(id), Owner::Format1]
+            .into_iter()
+            .find_map(|o| Some((resync(seg, 0, o)?, o)));
+        match found {
+            Some((first, o)) => (at, owner) = (first, o),
             None => return Ok(out),
         }
     } else {
@@ -391,16 +444,20 @@ fn read_with(seg: &[u8], share: Share<'_>) -> Result<Recovered, FormatError> {
         if version > VERSION {
             return Err(FormatError::Newer { found: version });
         }
+        if version < 2 {
+            owner = Owner::Format1;
+        }
+        recycled = seg[10] & RECYCLED != 0;
     }
     out.end = at;
     while at < seg.len() {
-        if let Some((frame, next)) = frame_at(seg, at, share) {
+        if let Some((frame, next)) = frame_at(seg, at, owner, share) {
             out.frames.push(frame);
             at = next;
             out.end = at;
             continue;
         }
-        match resync(seg, at + 1) {
+        match resync(seg, at + 1, owner) {
             Some(next) => {
                 out.damage.push(Damage::Corrupt {
                     at,
@@ -408,6 +465,7 @@ fn read_with(seg: &[u8], share: Share<'_>) -> Result<Recovered, FormatError> {
                 });
                 at = next;
             }
+            None if recycled => break,
             None => {
                 out.damage.push(Damage::TornTail {
                     at,
@@ -425,17 +483,20 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The id the tests' segments are named by.
+    const ID: u64 = 7;
+
     #[test]
     fn a_records_frame_read_in_two_parts_is_valid_exactly_when_it_is_read_whole() {
         let mut frame = Vec::new();
-        Frame::encode_records_with(&mut frame, 41, 2, b"{\"a\":1}\n{\"b\":2}\n", |_| {});
+        Frame::encode_records_with(&mut frame, ID, 41, 2, b"{\"a\":1}\n{\"b\":2}\n", |_| {});
         let split = |f: &[u8]| {
             let (head, data) = f.split_at(RECORDS_DATA_AT);
-            Frame::records_split(head.try_into().unwrap(), data)
+            Frame::records_split(ID, head.try_into().unwrap(), data)
         };
         assert_eq!(split(&frame), Some((41, 2)));
         assert_eq!(
-            Frame::records_exact(&frame).map(|(s, c, _)| (s, c)),
+            Frame::records_exact(ID, &frame).map(|(s, c, _)| (s, c)),
             Some((41, 2))
         );
         // Any byte changed, or the data cut short, and neither accepts it.
@@ -443,7 +504,7 @@ mod tests {
             let mut bad = frame.clone();
             bad[i] ^= 0x01;
             assert_eq!(split(&bad), None, "byte {i} changed");
-            assert_eq!(Frame::records_exact(&bad), None, "byte {i} changed");
+            assert_eq!(Frame::records_exact(ID, &bad), None, "byte {i} changed");
         }
         assert_eq!(split(&frame[..frame.len() - 1]), None);
         let mut sealed = Vec::new();
@@ -452,18 +513,83 @@ mod tests {
             end_seq: 1,
             label: "x".repeat(20),
         }
-        .encode(&mut sealed);
+        .encode(ID, &mut sealed);
         assert_eq!(split(&sealed), None, "a Sealed frame is not records");
+    }
+
+    #[test]
+    fn a_frame_is_valid_only_in_the_segment_it_was_written_for() {
+        let mut frame = Vec::new();
+        Frame::encode_records_with(&mut frame, ID, 41, 1, b"{}\n", |_| {});
+        let (head, data) = frame.split_at(RECORDS_DATA_AT);
+        let head: &[u8; RECORDS_DATA_AT] = head.try_into().unwrap();
+        assert_eq!(Frame::records_split(ID, head, data), Some((41, 1)));
+        for other in [0, ID - 1, ID + 1, ID | 1 << 40] {
+            assert_eq!(Frame::records_split(other, head, data), None, "{other}");
+            assert_eq!(Frame::records_exact(other, &frame), None, "{other}");
+        }
+        let seg = [&header()[..], &frame].concat();
+        assert_eq!(read(&seg, ID).unwrap().frames.len(), 1);
+        let elsewhere = read(&seg, ID + 1).unwrap();
+        assert!(elsewhere.frames.is_empty());
+        assert_eq!(elsewhere.damage.len(), 1, "{:?}", elsewhere.damage);
+    }
+
+    #[test]
+    fn a_segment_of_format_1_still_reads() {
+        let frames = [
+            Frame::Sealed {
+                first_seq: 3,
+                end_seq: 9,
+                label: "l_0".into(),
+            },
+            Frame::Done {
+                label: "l_0".into(),
+                outcome: Disposition::Committed,
+            },
+        ];
+        let mut seg = header().to_vec();
+        seg[8..10].copy_from_slice(&1u16.to_le_bytes());
+        for f in &frames {
+            f.encode_for(Owner::Format1, &mut seg);
+        }
+        let r = read(&seg, ID).unwrap();
+        assert_eq!(r.frames, frames);
+        assert!(r.damage.is_empty());
+        // Its header damaged, its frames are still found by their checksums.
+        seg[0] ^= 1;
+        let r = read(&seg, ID).unwrap();
+        assert_eq!(r.frames, frames);
+        assert_eq!(r.damage, vec![Damage::BadHeader]);
     }
 
     fn segment(frames: &[Frame]) -> (Vec<u8>, Vec<usize>) {
         let mut seg = header().to_vec();
         let mut ends = Vec::new();
         for f in frames {
-            f.encode(&mut seg);
+            f.encode(ID, &mut seg);
             ends.push(seg.len());
         }
         (seg, ends)
+    }
+
+    /// A file that held segment `old` with `before`, reused for segment `ID`: its
+    /// recycled header and `after` written over the start, the rest left as it was.
+    fn recycled(old: u64, before: &[Frame], after: &[Frame]) -> (Vec<u8>, usize) {
+        let mut file = header().to_vec();
+        for f in before {
+            f.encode(old, &mut file);
+        }
+        let mut new = recycled_header().to_vec();
+        for f in after {
+            f.encode(ID, &mut new);
+        }
+        let end = new.len();
+        if file.len() < end {
+            file.resize(end, 0);
+        }
+        file[..end].copy_from_slice(&new);
+        (file, end)
     }
 
     fn frame() -> impl Strategy<Value = Frame> {
@@ -499,7 +625,7 @@ mod tests {
         #[test]
         fn frames_read_back_as_written(frames in proptest::collection::vec(frame(), 0..20)) {
             let (seg, _) = segment(&frames);
-            let r = read(&seg).unwrap();
+            let r = read(&seg, ID).unwrap();
             prop_assert_eq!(r.frames, frames);
             prop_assert!(r.damage.is_empty());
             prop_assert_eq!(r.end, seg.len());
@@ -512,7 +638,7 @@ mod tests {
         ) {
             let (seg, ends) = segment(&frames);
             let cut = HEADER_LEN + cut.index(seg.len() - HEADER_LEN);
-            let r = read(&seg[..cut]).unwrap();
+            let r = read(&seg[..cut], ID).unwrap();
             let whole = ends.iter().filter(|&&e| e <= cut).count();
             prop_assert_eq!(&r.frames[..], &frames[..whole]);
             let boundary = if whole == 0 { HEADER_LEN } else { ends[whole - 1] };
@@ -537,7 +663,7 @@ mod tests {
             let start = if k == 0 { HEADER_LEN } else { ends[k - 1] };
             let at = start + offset.index(ends[k] - start);
             seg[at] ^= flip;
-            let r = read(&seg).unwrap();
+            let r = read(&seg, ID).unwrap();
             let mut expected = frames.clone();
             expected.remove(k);
             prop_assert_eq!(r.frames, expected);
@@ -550,22 +676,71 @@ mod tests {
         fn a_damaged_header_loses_no_frame(frames in proptest::collection::vec(frame(), 1..8), byte in 0usize..8, bit in 0u8..8) {
             let (mut seg, _) = segment(&frames);
             seg[byte] ^= 1 << bit;
-            let r = read(&seg).unwrap();
+            let r = read(&seg, ID).unwrap();
             prop_assert_eq!(r.damage, vec![Damage::BadHeader]);
             prop_assert_eq!(r.frames, frames);
         }
     }
 
+    proptest! {
+        #[test]
+        fn a_recycled_segment_ends_where_its_own_frames_end(
+            before in proptest::collection::vec(frame(), 0..12),
+            after in proptest::collection::vec(frame(), 0..12),
+            old in 0..ID,
+        ) {
+            let (file, end) = recycled(old, &before, &after);
+            let r = read(&file, ID).unwrap();
+            prop_assert_eq!(r.frames, after);
+            prop_assert!(r.damage.is_empty(), "{:?}", r.damage);
+            prop_assert_eq!(r.end, end);
+        }
+
+        #[test]
+        fn in_a_recycled_segment_damage_before_its_last_frame_is_still_found(
+            before in proptest::collection::vec(frame(), 0..12),
+            after in proptest::collection::vec(frame(), 2..12),
+            offset in any::<proptest::sample::Index>(),
+        ) {
+            let (mut file, _) = recycled(ID - 1, &before, &after);
+            let (_, ends) = segment(&after);
+            let at = HEADER_LEN + offset.index(ends[0] - HEADER_LEN);
+            file[at] ^= 0x40;
+            let r = read(&file, ID).unwrap();
+            prop_assert_eq!(&r.frames[..], &after[1..]);
+            prop_assert_eq!(r.damage, vec![Damage::Corrupt { at: HEADER_LEN, skipped: ends[0] - HEADER_LEN }]);
+        }
+    }
+
+    #[test]
+    fn a_segment_not_marked_recycled_reports_what_follows_its_frames_as_a_torn_tail() {
+        let before = [Frame::Done {
+            label: "l_0".into(),
+            outcome: Disposition::Committed,
+        }];
+        let (mut file, end) = recycled(ID - 1, &before, &[]);
+        file[10] = 0;
+        let r = read(&file, ID).unwrap();
+        assert!(r.frames.is_empty());
+        assert_eq!(
+            r.damage,
+            vec![Damage::TornTail {
+                at: end,
+                dropped: file.len() - end
+            }]
+        );
+    }
+
     #[test]
     fn empty_foreign_and_newer_segments_are_told_apart() {
-        assert_eq!(read(b"").unwrap().damage, vec![Damage::Empty]);
+        assert_eq!(read(b"", ID).unwrap().damage, vec![Damage::Empty]);
         assert_eq!(
-            read(b"not a spool segment at all").unwrap().damage,
+            read(b"not a spool segment at all", ID).unwrap().damage,
             vec![Damage::BadHeader]
         );
         let mut newer = header();
         newer[8..10].copy_from_slice(&(VERSION + 1).to_le_bytes());
-        let err = read(&newer).unwrap_err();
+        let err = read(&newer, ID).unwrap_err();
         assert_eq!(err, FormatError::Newer { found: VERSION + 1 });
         assert!(err.to_string().contains("newer"), "{err}");
     }
