@@ -17,7 +17,8 @@
 //! the frames written this time it still holds the earlier segment's, whose checksums
 //! cover another id and so fail: in a recycled segment, the first frame that is not
 //! valid, with none after it, is where the segment ends, not damage. (A write cut short
-//! there cannot be told from the old bytes, so it is not reported as a torn tail.)
+//! there, or the last frame damaged on the medium, cannot be told from the old bytes, so
+//! neither is reported: the frame is lost as a torn tail would be, without the count.)
 
 use bytes::{BufMut, Bytes};
 
@@ -429,8 +430,11 @@ fn read_with(seg: &[u8], id: u64, share: Share<'_>) -> Result<Recovered, FormatE
     let mut recycled = false;
     if seg.len() < HEADER_LEN || &seg[..8] != MAGIC {
         // A damaged header (or a foreign file): every intact frame is still found by its
-        // marker and checksum, of either format (a recycled file is never one of format 1,
-        // so this cannot take an earlier segment's frames for this one's).
+        // marker and checksum, of either format. Format 1 is tried only if none of this
+        // segment's own is found; its frames are never in a reused file (files are reused
+        // only by the run that wrote them, in format 2), and one of an earlier segment
+        // passes as format 1 only if that segment's id leaves the CRC where it began
+        // (one id below 2^32 does).
         out.damage.push(Damage::BadHeader);
         let found = [Owner::Segment(id), Owner::Format1]
             .into_iter()
@@ -694,6 +698,26 @@ mod tests {
             prop_assert_eq!(r.frames, after);
             prop_assert!(r.damage.is_empty(), "{:?}", r.damage);
             prop_assert_eq!(r.end, end);
+        }
+
+        #[test]
+        fn a_recycled_segment_whose_last_write_was_cut_keeps_every_whole_frame(
+            before in proptest::collection::vec(frame(), 0..12),
+            after in proptest::collection::vec(frame(), 1..12),
+            cut in any::<proptest::sample::Index>(),
+        ) {
+            // The last frame only partly written over the old bytes.
+            let (whole, end) = recycled(ID - 1, &before, &after);
+            let (old, _) = recycled(ID - 1, &before, &after[..after.len() - 1]);
+            let last_start = end - (segment(&after).0.len() - segment(&after[..after.len() - 1]).0.len());
+            let cut = last_start + cut.index(end - last_start);
+            let mut file = old;
+            file.resize(file.len().max(cut), 0);
+            file[..cut].copy_from_slice(&whole[..cut]);
+            let r = read(&file, ID).unwrap();
+            prop_assert_eq!(&r.frames[..], &after[..after.len() - 1]);
+            prop_assert!(r.damage.is_empty(), "{:?}", r.damage);
+            prop_assert_eq!(r.end, last_start);
         }
 
         #[test]

@@ -120,7 +120,8 @@ pub struct Replay {
 struct Segment {
     id: u64,
     path: PathBuf,
-    /// Its size on disk, once closed (the current segment's is `Spool::file_len`).
+    /// Its size on disk, once closed (the current segment's is the larger of
+    /// `Spool::file_len` and `Spool::file_disk`).
     bytes: u64,
     /// One past the highest record sequence number in it (0 if none).
     records_end: u64,
@@ -318,6 +319,7 @@ impl Spool {
         let err = io_err(dir);
         fs::create_dir_all(dir).map_err(&err)?;
         let lock = lock(dir)?;
+        remove_free(dir).map_err(&err)?;
         let old = list(dir).map_err(&err)?;
         let read_segment = |(id, path): &(u64, PathBuf)| -> SegmentRead {
             let bytes = Bytes::from(fs::read(path).map_err(&err)?);
@@ -337,7 +339,6 @@ impl Spool {
         spool.flush().map_err(&err)?;
         spool.file.sync_data().map_err(&err)?;
         retire(dir, &old, &corrupt).map_err(&err)?;
-        remove_free(dir).map_err(&err)?;
         sync_dir(dir).map_err(&err)?;
         spool.keep_reserve();
         let orphaned = plan.orphaned;
@@ -511,7 +512,12 @@ impl Spool {
         match reused {
             Ok(f) => Some((f, free.bytes)),
             Err(_) => {
-                let _ = fs::remove_file(&free.path);
+                // Still counted until it is gone (removing is tried again when room is
+                // needed).
+                match fs::remove_file(&free.path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => self.free.push(free),
+                    _ => {}
+                }
                 None
             }
         }
@@ -615,7 +621,7 @@ impl Spool {
         };
         match attempt() {
             Err(e) if is_disk_full(&e) && (self.reserved || !self.free.is_empty()) => {
-                self.remove_free_files(true)?;
+                self.remove_free_files(true);
                 if self.reserved {
                     self.reserved = false;
                     fs::remove_file(self.dir.join(RESERVE_FILE))?;
@@ -793,13 +799,15 @@ impl Spool {
     /// Keeps a freed segment file for reuse if there is room for it: at most
     /// [`MAX_FREE`], and only while the segments, the free files and one more segment
     /// fit the cap, so that a segment filling up before it reuses a free file cannot take
-    /// the spool past it either. Otherwise the file is removed.
+    /// the spool past it either; and only while the reserve is in place (it is given back
+    /// when the disk is full, and put back once the disk has room again). Otherwise the
+    /// file is removed.
     fn free_or_remove(&mut self, seg: &Segment) -> io::Result<()> {
         let room = (self.bytes())
             .saturating_add(seg.bytes)
             .saturating_add(self.segment_bytes)
             <= self.max_bytes;
-        if self.free.len() < MAX_FREE && room {
+        if self.free.len() < MAX_FREE && room && self.reserved {
             let path = seg.path.with_extension("free");
             if fs::rename(&seg.path, &path).is_ok() {
                 self.free.push(FreeFile {
@@ -816,23 +824,19 @@ impl Spool {
     }
 
     /// Removes the free files once the segments grow too close to the cap to leave room
-    /// for them (see [`Spool::free_or_remove`]), or when the disk is full.
-    fn remove_free_files(&mut self, disk_full: bool) -> io::Result<()> {
+    /// for them (see [`Spool::free_or_remove`]), or when the disk is full. Best effort: a
+    /// file that cannot be removed stays counted, and is tried again next time; nothing
+    /// the spool holds depends on it.
+    fn remove_free_files(&mut self, disk_full: bool) {
         let room = self.bytes().saturating_add(self.segment_bytes) <= self.max_bytes;
         if self.free.is_empty() || (room && !disk_full) {
-            return Ok(());
+            return;
         }
-        while let Some(free) = self.free.pop() {
-            match fs::remove_file(&free.path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    self.free.push(free);
-                    return Err(e);
-                }
-                _ => {}
-            }
-        }
+        self.free.retain(|free| match fs::remove_file(&free.path) {
+            Err(e) => e.kind() != io::ErrorKind::NotFound,
+            Ok(()) => false,
+        });
         self.dir_unsynced = true;
-        Ok(())
     }
 
     /// The spool holds `spoolMaxBytes` or more: take no more records until verdicts free
@@ -841,7 +845,8 @@ impl Spool {
         self.bytes() >= self.max_bytes
     }
 
-    /// Removes closed segments whose records all have verdicts and whose labels are done.
+    /// Frees closed segments whose records all have verdicts and whose labels are done:
+    /// each is kept for reuse or removed (see [`Spool::free_or_remove`]).
     fn collect(&mut self) -> io::Result<()> {
         let mut removed = false;
         let mut i = 0;
@@ -872,7 +877,7 @@ impl Spool {
     }
 
     fn maybe_roll(&mut self) -> io::Result<()> {
-        self.remove_free_files(false)?;
+        self.remove_free_files(false);
         if self.file_len < self.segment_bytes {
             return Ok(());
         }
@@ -1605,6 +1610,13 @@ mod tests {
         }
     }
 
+    /// A spool of 300-byte segments that has loaded six batches: it has free files.
+    fn with_free_files(dir: &Path) -> Spool {
+        let (mut spool, _) = Spool::open_with(dir, 300, 1 << 30).unwrap();
+        load_frames(&mut spool, 6);
+        spool
+    }
+
     #[test]
     fn freed_segment_files_are_reused_and_their_old_frames_never_come_back() {
         use std::os::unix::fs::MetadataExt;
@@ -1693,6 +1705,97 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_to_a_reused_file_is_repaired_and_counted_as_what_is_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = with_free_files(dir.path());
+        spool.roll().unwrap();
+        assert!(
+            spool.file_disk > spool.file_len,
+            "the current segment is a reused file"
+        );
+        let current = dir.path().join(segment_name(spool.current_id()));
+        let real = std::mem::replace(
+            &mut spool.file,
+            OpenOptions::new().write(true).open("/dev/full").unwrap(),
+        );
+        let first = spool.next_seq;
+        let (seqs, written) = spool.append_chunk(b"{\"id\":1}\n", &[9]);
+        assert!(written.is_err());
+        swap_file(&mut spool, real);
+        spool.repair().unwrap();
+        // The torn tail was cut: the file is as long as what it holds.
+        assert_eq!(fs::metadata(&current).unwrap().len(), spool.file_len);
+        assert_eq!(spool.bytes(), disk_bytes(dir.path()));
+        assert_eq!(
+            spool.read(seqs.clone()).unwrap(),
+            vec![Bytes::from("{\"id\":1}")]
+        );
+        drop(spool);
+        let (_, replay) = Spool::open_with(dir.path(), 300, 1 << 30).unwrap();
+        assert_eq!(replay.unsealed, vec![(first, Bytes::from("{\"id\":1}"))]);
+        assert_eq!(replay.damage, vec![]);
+    }
+
+    #[test]
+    fn on_a_full_disk_free_files_are_given_back_and_none_kept_until_it_has_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = with_free_files(dir.path());
+        assert!(!free_files(dir.path()).is_empty());
+        // A batch loading, in a closed segment of its own.
+        let loading = spool.append(&recs(50..53)).unwrap();
+        spool.seal("l_loading", loading).unwrap();
+        spool.roll().unwrap();
+        let current = dir.path().join(segment_name(spool.current_id()));
+        swap_file(
+            &mut spool,
+            OpenOptions::new().write(true).open("/dev/full").unwrap(),
+        );
+        let (seqs, written) = spool.append_chunk(b"{\"id\":1}\n", &[9]);
+        assert!(written.is_err());
+        // `/dev/full` cannot be truncated: the repair's first write is what fails here
+        // (with ENOSPC; its retry, after giving space back, fails to cut that write).
+        spool.torn_tail = false;
+        assert!(spool.repair().is_err(), "the disk is still full");
+        assert!(free_files(dir.path()).is_empty(), "given back first");
+        assert!(!dir.path().join(RESERVE_FILE).exists());
+        // Its verdict frees its segment (though the verdict cannot be written yet): on a
+        // full disk, the file goes.
+        assert!(spool.done("l_loading", Disposition::Committed).is_err());
+        assert_eq!(spool.segment_count(), 1);
+        assert!(
+            free_files(dir.path()).is_empty(),
+            "none kept on a full disk"
+        );
+        // The disk has room again: the reserve comes back, then free files may.
+        swap_file(
+            &mut spool,
+            OpenOptions::new().write(true).open(&current).unwrap(),
+        );
+        spool.repair().unwrap();
+        spool.seal("l_last", seqs).unwrap();
+        spool.roll().unwrap();
+        spool.done("l_last", Disposition::Committed).unwrap();
+        assert!(dir.path().join(RESERVE_FILE).exists());
+        load_frames(&mut spool, 3);
+        assert!(!free_files(dir.path()).is_empty());
+        assert_eq!(spool.bytes(), disk_bytes(dir.path()));
+    }
+
+    #[test]
+    fn a_free_file_that_cannot_be_reused_gives_way_to_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = with_free_files(dir.path());
+        for free in free_files(dir.path()) {
+            fs::remove_file(free).unwrap();
+        }
+        let seqs = spool.append(&recs(100..103)).unwrap();
+        spool.roll().unwrap();
+        assert_eq!(spool.file_disk, segment::HEADER_LEN as u64, "a new file");
+        assert_eq!(spool.bytes(), disk_bytes(dir.path()));
+        assert_eq!(spool.read(seqs).unwrap(), recs(100..103));
+    }
+
+    #[test]
     fn free_files_are_kept_only_while_the_cap_has_room_for_them() {
         let dir = tempfile::tempdir().unwrap();
         // A cap with no room for a freed file beside a segment and one more: none is kept.
@@ -1711,6 +1814,7 @@ mod tests {
             assert_eq!(spool.bytes(), disk_bytes(dir.path()));
         }
         assert!(free_files(dir.path()).is_empty());
+        // Full once it holds the cap: the last append may pass it by its own size.
         assert!(spool.bytes() < 2000 + 300);
     }
 
