@@ -288,7 +288,7 @@ pub struct SpoolSpec {
     /// `flush.maxBytes`.
     #[serde(default = "super::sink::defaults::spool_max_bytes")]
     pub max_bytes: ByteSize,
-    /// When spooled records are synced to disk: `always`, `interval` (100ms or 1MiB) or
+    /// When spooled records are synced to disk: `always`, `interval` (100ms or 4MiB) or
     /// `never` (the kernel decides).
     #[serde(default)]
     pub sync: SpoolSync,

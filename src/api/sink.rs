@@ -125,7 +125,7 @@ impl Acks {
 pub enum SpoolSync {
     /// After every read from a producer: nothing is lost on a power cut; slowest.
     Always,
-    /// At most 100ms or 1MiB after a write, whichever comes first.
+    /// At most 100ms or 4MiB after a write, whichever comes first.
     #[default]
     Interval,
     /// Left to the kernel (usually within 30s).

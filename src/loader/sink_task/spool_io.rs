@@ -8,7 +8,7 @@ use super::*;
 pub(super) const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// ...or once this many bytes are waiting, whichever comes first.
-pub(super) const SYNC_BYTES: usize = 1 << 20;
+pub(super) const SYNC_BYTES: usize = 4 << 20;
 
 /// After a spool write fails, it is retried after this long, doubling up to...
 pub(super) const REPAIR_FIRST: Duration = Duration::from_millis(50);
