@@ -23,11 +23,25 @@ pub fn is_object(line: &[u8]) -> bool {
 /// is an error of the whole line (no continuation makes a wrong prefix valid).
 fn indexed_is_object(line: &[u8]) -> Option<bool> {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("pclmulqdq") {
-        // SAFETY: this CPU has AVX2 and PCLMULQDQ, checked just above.
-        return unsafe { avx2_indexed_is_object(line) };
+    if std::is_x86_feature_detected!("pclmulqdq") {
+        if std::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: this CPU has AVX-512BW and PCLMULQDQ, checked just above.
+            return unsafe { avx512_indexed_is_object(line) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: this CPU has AVX2 and PCLMULQDQ, checked just above.
+            return unsafe { avx2_indexed_is_object(line) };
+        }
     }
     index_and_walk(line, block_masks, prefix_xor)
+}
+
+/// [`indexed_is_object`] compiled for AVX-512BW: each mask of a block is one compare of
+/// its 64 bytes into a mask register, with no gathering of bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bw,pclmulqdq")]
+fn avx512_indexed_is_object(line: &[u8]) -> Option<bool> {
+    index_and_walk(line, |b| avx512_block_masks(b), |q| clmul_prefix_xor(q))
 }
 
 /// [`indexed_is_object`] compiled for AVX2, masks and walk together, so that the masks
@@ -315,6 +329,29 @@ fn avx2_block_masks(block: &[u8; 64]) -> BlockMasks {
         spaces: join(lo[2], hi[2]),
         special: (lo[3] | hi[3]) != 0,
         high: (lo[4] | hi[4]) != 0,
+    }
+}
+
+/// The block's masks, 64 bytes per AVX-512BW instruction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bw")]
+fn avx512_block_masks(block: &[u8; 64]) -> BlockMasks {
+    use std::arch::x86_64::*;
+    // SAFETY: an unaligned load of the 64 bytes of the array.
+    let v = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
+    let splat = |b: u8| _mm512_set1_epi8(b as i8);
+    let is = |b: u8| _mm512_cmpeq_epi8_mask(v, splat(b));
+    // `[` and `]` are `{` and `}` with bit 5 clear, and no other byte is.
+    let folded = _mm512_or_si512(v, splat(0x20));
+    let braces =
+        _mm512_cmpeq_epi8_mask(folded, splat(b'{')) | _mm512_cmpeq_epi8_mask(folded, splat(b'}'));
+    let control = _mm512_cmple_epu8_mask(v, splat(0x1f));
+    BlockMasks {
+        quotes: is(b'"'),
+        ops: braces | is(b':') | is(b','),
+        spaces: is(b' '),
+        special: (control | is(b'\\')) != 0,
+        high: _mm512_movepi8_mask(v) != 0,
     }
 }
 
@@ -734,6 +771,12 @@ mod tests {
                 // SAFETY: this CPU has AVX2, checked just above.
                 assert_eq!(unsafe { avx2_block_masks(&b) }, naive(&b), "avx2: {b:?}");
             }
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx512bw") {
+                // SAFETY: this CPU has AVX-512BW, checked just above.
+                let masks = unsafe { avx512_block_masks(&b) };
+                assert_eq!(masks, naive(&b), "avx512: {b:?}");
+            }
         }
     }
 
@@ -884,6 +927,12 @@ mod tests {
             assert_eq!(sse2, Some(verdict), "sse2: {shown}");
             let swar = index_and_walk(&line, swar_block_masks, prefix_xor);
             assert_eq!(swar, Some(verdict), "swar: {shown}");
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("pclmulqdq") {
+                // SAFETY: this CPU has AVX2 and PCLMULQDQ, checked just above.
+                let avx2 = unsafe { avx2_indexed_is_object(&line) };
+                assert_eq!(avx2, Some(verdict), "avx2: {shown}");
+            }
         }
     }
 
