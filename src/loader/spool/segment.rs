@@ -209,25 +209,6 @@ impl Frame {
         out.extend_from_slice(data);
     }
 
-    /// Appends a Records frame for segment `segment` whose data is `data` as changed in
-    /// place by `fix` (once copied into `out`): one copy, and the CRC taken over the result.
-    pub fn encode_records_with(
-        out: &mut Vec<u8>,
-        segment: u64,
-        first_seq: u64,
-        count: u32,
-        data: &[u8],
-        fix: impl FnOnce(&mut [u8]),
-    ) {
-        let start = out.len();
-        out.reserve(RECORDS_DATA_AT + data.len());
-        out.resize(start + RECORDS_DATA_AT, 0);
-        out.extend_from_slice(data);
-        fix(&mut out[start + RECORDS_DATA_AT..]);
-        let head = Frame::records_head(segment, first_seq, count, &out[start + RECORDS_DATA_AT..]);
-        out[start..start + RECORDS_DATA_AT].copy_from_slice(&head);
-    }
-
     /// The first [`RECORDS_DATA_AT`] bytes of the Records frame holding `data` (records
     /// each ending in `\n`) in segment `segment`: written before `data`, they make the
     /// frame, so the data can be written from where it is without a copy.
@@ -493,7 +474,12 @@ mod tests {
     #[test]
     fn a_records_frame_read_in_two_parts_is_valid_exactly_when_it_is_read_whole() {
         let mut frame = Vec::new();
-        Frame::encode_records_with(&mut frame, ID, 41, 2, b"{\"a\":1}\n{\"b\":2}\n", |_| {});
+        Frame::Records {
+            first_seq: 41,
+            count: 2,
+            data: Bytes::from_static(b"{\"a\":1}\n{\"b\":2}\n"),
+        }
+        .encode(ID, &mut frame);
         let split = |f: &[u8]| {
             let (head, data) = f.split_at(RECORDS_DATA_AT);
             Frame::records_split(ID, head.try_into().unwrap(), data)
@@ -524,7 +510,12 @@ mod tests {
     #[test]
     fn a_frame_is_valid_only_in_the_segment_it_was_written_for() {
         let mut frame = Vec::new();
-        Frame::encode_records_with(&mut frame, ID, 41, 1, b"{}\n", |_| {});
+        Frame::Records {
+            first_seq: 41,
+            count: 1,
+            data: Bytes::from_static(b"{}\n"),
+        }
+        .encode(ID, &mut frame);
         let (head, data) = frame.split_at(RECORDS_DATA_AT);
         let head: &[u8; RECORDS_DATA_AT] = head.try_into().unwrap();
         assert_eq!(Frame::records_split(ID, head, data), Some((41, 1)));

@@ -669,10 +669,9 @@ impl Spool {
         Ok(first..self.next_seq)
     }
 
-    /// Appends a chunk's records: `data` holds them each followed by one delimiter byte,
-    /// record `i` ending (delimiter included) at `ends[i]`. Records that are lines already
-    /// (every chunk the loader makes) are written from `data` with no copy; other
-    /// delimiters are written as `\n`, in one copy into the segment's buffer.
+    /// Appends a chunk's records: `data` holds them each ending in `\n` (as every chunk
+    /// does), record `i` ending at `ends[i]`. They are written from where they are, with
+    /// their frame's head in one `pwritev`, unless earlier frames wait in the buffer.
     ///
     /// The records are the spool's (numbered, indexed) even when the write fails: the
     /// error means only that they are not on disk yet, and [`Spool::repair`] puts them there.
@@ -684,17 +683,13 @@ impl Spool {
             return (first..first, Ok(()));
         };
         let body = &data[..last as usize];
-        let newlines = ends.iter().all(|&end| body[end as usize - 1] == b'\n');
-        let written = if newlines && self.buf.is_empty() && !self.torn_tail {
-            self.write_records_direct(first, ends.len() as u32, body)
+        debug_assert!(ends.iter().all(|&end| body[end as usize - 1] == b'\n'));
+        let head = Frame::records_head(self.current_id(), first, ends.len() as u32, body);
+        let written = if self.buf.is_empty() && !self.torn_tail {
+            self.write_records_direct(&head, body)
         } else {
-            let segment = self.current_id();
-            let count = ends.len() as u32;
-            Frame::encode_records_with(&mut self.buf, segment, first, count, body, |out| {
-                for &end in ends {
-                    out[end as usize - 1] = b'\n';
-                }
-            });
+            self.buf.extend_from_slice(&head);
+            self.buf.extend_from_slice(body);
             self.flush()
         };
         self.index.insert(
@@ -713,13 +708,12 @@ impl Spool {
         (first..self.next_seq, written)
     }
 
-    /// Writes a Records frame of `data` (records each ending in `\n`) from where it is,
-    /// its head beside it in one `writev`: no copy into the write buffer. Only with
-    /// nothing buffered. On failure the frame is buffered whole, as [`Spool::flush`]
-    /// leaves a failed write, to be written again after the torn tail is cut.
-    fn write_records_direct(&mut self, first_seq: u64, count: u32, data: &[u8]) -> io::Result<()> {
-        let head = Frame::records_head(self.current_id(), first_seq, count, data);
-        match write_all_vectored_at(&self.file, self.file_len, &head, data) {
+    /// Writes a Records frame, its `head` and `data`, from where they are in one
+    /// `pwritev`: no copy into the write buffer. Only with nothing buffered. On failure
+    /// the frame is buffered whole, as [`Spool::flush`] leaves a failed write, to be
+    /// written again after the torn tail is cut.
+    fn write_records_direct(&mut self, head: &[u8], data: &[u8]) -> io::Result<()> {
+        match write_all_vectored_at(&self.file, self.file_len, head, data) {
             Ok(()) => {
                 self.file_len += (head.len() + data.len()) as u64;
                 self.unsynced = true;
@@ -727,7 +721,7 @@ impl Spool {
             }
             Err(e) => {
                 self.torn_tail = true;
-                self.buf.extend_from_slice(&head);
+                self.buf.extend_from_slice(head);
                 self.buf.extend_from_slice(data);
                 Err(e)
             }
@@ -1526,13 +1520,6 @@ mod tests {
 
     #[test]
     fn a_failed_write_stays_buffered_and_a_repair_puts_it_on_disk_whole() {
-        // A JSON chunk (its delimiters rewritten on the way into the buffer) and one
-        // written from where it is (records already ending in `\n`).
-        a_failed_write_stays_buffered_and_is_repaired(b"{\"id\":2},{\"id\":3},");
-        a_failed_write_stays_buffered_and_is_repaired(b"{\"id\":2}\n{\"id\":3}\n");
-    }
-
-    fn a_failed_write_stays_buffered_and_is_repaired(chunk: &[u8]) {
         let dir = tempfile::tempdir().unwrap();
         let (mut spool, _) = Spool::open(dir.path(), 1 << 30).unwrap();
         spool.append(&recs(0..2)).unwrap();
@@ -1542,9 +1529,14 @@ mod tests {
             &mut spool,
             OpenOptions::new().write(true).open("/dev/full").unwrap(),
         );
-        let (seqs, written) = spool.append_chunk(chunk, &[9, 18]);
-        assert_eq!(seqs, 2..4);
+        // Written from where it is, and failing: the frame is buffered whole.
+        let (seqs, written) = spool.append_chunk(b"{\"id\":2}\n", &[9]);
+        assert_eq!(seqs, 2..3);
         assert_eq!(written.unwrap_err().raw_os_error(), Some(libc::ENOSPC));
+        // Behind it in the buffer.
+        let (seqs, written) = spool.append_chunk(b"{\"id\":3}\n", &[9]);
+        assert_eq!(seqs, 3..4);
+        assert!(written.is_err());
         assert!(spool.seal("l_0", 0..4).is_err());
         assert!(!spool.is_synced());
         assert!(spool.repair().is_err(), "the disk is still full");
@@ -1930,11 +1922,11 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_is_spooled_as_its_records_whatever_its_delimiter() {
+    fn a_chunk_is_spooled_as_its_records() {
         let dir = tempfile::tempdir().unwrap();
         let (mut spool, _) = Spool::open(dir.path(), 1 << 30).unwrap();
-        // A JSON chunk: records each followed by `,`.
-        let data = b"{\"id\":0},{\"id\":1},{\"id\":2},";
+        // A JSON chunk and a CSV one, as lines; the last record ends before the data does.
+        let data = b"{\"id\":0}\n{\"id\":1}\n{\"id\":2}\n{\"id\":";
         let (seqs, written) = spool.append_chunk(data, &[9, 18, 27]);
         written.unwrap();
         assert_eq!(seqs, 0..3);
