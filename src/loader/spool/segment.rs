@@ -705,10 +705,13 @@ mod tests {
             let mut file = old;
             file.resize(file.len().max(cut), 0);
             file[..cut].copy_from_slice(&whole[..cut]);
+            // Unless the old bytes past the cut happen to be the frame's own.
+            let whole_anyway = file.get(last_start..end) == Some(&whole[last_start..end]);
+            let kept = if whole_anyway { after.len() } else { after.len() - 1 };
             let r = read(&file, ID).unwrap();
-            prop_assert_eq!(&r.frames[..], &after[..after.len() - 1]);
+            prop_assert_eq!(&r.frames[..], &after[..kept]);
             prop_assert!(r.damage.is_empty(), "{:?}", r.damage);
-            prop_assert_eq!(r.end, last_start);
+            prop_assert_eq!(r.end, if whole_anyway { end } else { last_start });
         }
 
         #[test]
