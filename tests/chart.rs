@@ -353,6 +353,23 @@ fn the_binary_packs_its_relative_relocations_where_glibc_loads_them() {
 }
 
 #[test]
+fn the_binary_needs_no_math_library() {
+    // `pow` is defined in the crate (src/lib.rs): loading libm.so for tokio's one call
+    // kept about 0.5 MiB resident in every idle sidecar. A dependency that calls another
+    // libm function brings it back; define that one too, or weigh the cost.
+    let binary = env!("CARGO_BIN_EXE_starsink");
+    let (ok, out, err) = run(Command::new("readelf").args(["--dynamic", binary]));
+    assert!(ok, "readelf:\n{err}");
+    let needed: Vec<&str> = out.lines().filter(|l| l.contains("(NEEDED)")).collect();
+    assert!(!needed.is_empty(), "{out}");
+    assert!(
+        !needed.iter().any(|l| l.contains("libm.so")),
+        "{binary} needs libm.so:\n{}",
+        needed.join("\n")
+    );
+}
+
+#[test]
 fn the_alerts_select_the_jobs_the_chart_monitors_give_by_default() {
     // The Prometheus Operator names a PodMonitor's job `<namespace>/<name>` and a
     // ServiceMonitor's job after the Service it scrapes (their `jobLabel` docs).
