@@ -102,6 +102,58 @@ async fn a_full_spool_stops_the_reads_until_loads_free_space_and_loses_nothing()
     assert_exactly_once(&ids(&sr.rows("shop.orders")), 40_000);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_spool_a_batch_sealed_during_a_load_is_sent_from_memory_unless_that_load_outlasts_the_hold(
+) {
+    let read_back = r#"starsink_spool_read_back_bytes_total{sink="orders"}"#;
+    let spool = tempfile::tempdir().unwrap();
+    let slow = |ms| Faults {
+        slow: 1.0,
+        slow_by: Duration::from_millis(ms),
+        ..Faults::default()
+    };
+    // Loads answer after 300 ms, well within the hold (1 s): the batches sealed while one
+    // loads wait for it in memory, and none is written out only to be read back.
+    let sr = endpoint(slow(300)).await;
+    let fe = sr.fe_url();
+    let mut loader = Loader::start(|dir| {
+        spooled_sink(
+            dir,
+            "hold",
+            &fe,
+            spool.path(),
+            "    flush:\n      maxBytes: 64KiB\n      interval: 10s\n",
+        )
+    })
+    .await;
+    let port = loader.metrics_port();
+    // Rows `ids` written at once, all loaded.
+    let load = |ids: std::ops::Range<u64>| {
+        let rows: Vec<String> = ids.clone().map(|i| padded_row(i, 80)).collect();
+        let (socket, sr) = (loader.socket("orders"), &sr);
+        async move {
+            write_lines(&socket, &rows).await;
+            sr.wait_for_rows(ids.end, Duration::from_secs(60)).await
+        }
+    };
+    // About eight batches.
+    assert!(load(0..5_000).await, "{}", loader.log_text());
+    assert_eq!(metric_at(port, read_back).await, 0.0);
+
+    // Loads answer after 1.5 s: a batch sealed meanwhile waits on disk after the hold,
+    // producers are read again, and it is read back when its turn comes.
+    sr.set_faults(slow(1_500));
+    assert!(load(5_000..8_000).await, "{}", loader.log_text());
+    assert!(
+        metric_at(port, read_back).await > 0.0,
+        "{}",
+        loader.log_text()
+    );
+    let acc = loader.stop_expecting(0).await;
+    assert_eq!(acc["committed"].as_u64(), Some(8_000), "{acc}");
+    assert_exactly_once(&ids(&sr.rows("shop.orders")), 8_000);
+}
+
 /// Writes `lines` on one connection, closes the write side and collects every ack line
 /// the loader writes back until it closes the connection. Reads as it writes.
 async fn write_and_read_acks(path: &Path, lines: &[String]) -> Vec<String> {

@@ -62,6 +62,8 @@ pub struct SinkMetrics {
     pub unfinished_bytes: Arc<AtomicU64>,
     /// Failed spool writes, syncs, reads and removals (each retry that fails counts).
     pub spool_errors: AtomicU64,
+    /// Bytes of batches read back from the spool to be loaded (they waited on disk).
+    pub spool_read_back_bytes: AtomicU64,
     /// Failed attempts to write a refused batch's dead-letter file.
     pub dead_letter_failures: AtomicU64,
     /// Refused batches whose dead-letter file is not written yet.
@@ -107,7 +109,8 @@ pub enum Held {
     SpoolFailing,
     /// A refused batch's dead-letter file could not be written yet.
     DeadLetterPending,
-    /// Without a spool, a sealed batch already waits behind the load in flight.
+    /// A sealed batch already waits behind the load in flight (with a spool, for at
+    /// most [`HOLD_BEHIND_LOAD`](crate::loader::HOLD_BEHIND_LOAD)).
     BacklogFull,
 }
 
@@ -337,6 +340,12 @@ const SIMPLE: &[Simple] = &[
         "counter",
         "Failed spool writes, syncs, reads and removals; while they fail the sink reads no producer.",
         |s| s.spool_errors.load(Relaxed) as f64,
+    ),
+    (
+        "starsink_spool_read_back_bytes_total",
+        "counter",
+        "Bytes of batches read back from the spool to be loaded: batches that waited on disk because StarRocks took them slower than producers wrote (or was down).",
+        |s| s.spool_read_back_bytes.load(Relaxed) as f64,
     ),
     (
         "starsink_dead_letter_failures_total",

@@ -46,6 +46,13 @@ use socket::SocketError;
 /// stop being read.
 pub(crate) const CHANNEL_CHUNKS: usize = 16;
 
+/// With a spool, a batch sealed while another loads waits in memory, producers held, at
+/// most this long; then it waits on disk instead (read back when its turn comes) and
+/// producers are read again. A healthy load ends well within it, so the batch is never
+/// written out and read back only to be sent; an outage or a slow one does not hold
+/// producers longer than this.
+pub const HOLD_BEHIND_LOAD: Duration = Duration::from_secs(1);
+
 /// How long, once every sink is done, the loader waits for the last acks to be written.
 const ACK_GRACE: Duration = Duration::from_secs(2);
 

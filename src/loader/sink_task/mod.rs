@@ -29,6 +29,7 @@ use crate::loader::dead_letter::{self, Refusal};
 use crate::loader::metrics::{Held, SinkMetrics};
 use crate::loader::spool::segment::Disposition;
 use crate::loader::spool::store::{PendingBatch, Replay, Spool};
+use crate::loader::HOLD_BEHIND_LOAD;
 use crate::stream_load::client::{SinkClient, Target};
 use crate::stream_load::{
     body, deliver_from, Attempt, Delivered, LabelGen, Start, StreamLoadClient,
@@ -141,6 +142,8 @@ enum Event {
     DeadLetterWritten(Result<(Refused, std::io::Result<PathBuf>), tokio::task::JoinError>),
     /// SIGTERM.
     Stop,
+    /// The batch held in memory behind a load has waited [`HOLD_BEHIND_LOAD`].
+    HoldOver,
     RepairDue,
     BacklogRetryDue,
     DeadLetterRetryDue,
@@ -192,6 +195,9 @@ pub struct SinkTask {
     input_open: bool,
     /// SIGTERM was seen.
     stopping: bool,
+    /// With a spool, the waiting batch is held in memory behind a load in flight, and no
+    /// producer read, until then (see [`HOLD_BEHIND_LOAD`]).
+    hold_until: Option<Instant>,
     /// With `spoolSync: interval`: bytes written since the last sync, and when it is due.
     unsynced_bytes: usize,
     sync_due: Option<Instant>,
@@ -270,6 +276,7 @@ impl SinkTask {
             reconfiguring: None,
             input_open: true,
             stopping: false,
+            hold_until: None,
             unsynced_bytes: 0,
             sync_due: None,
             was_full: false,
@@ -304,13 +311,18 @@ impl SinkTask {
     }
 
     /// A sealed batch goes to `waiting` when that is free and nothing is queued before
-    /// it. With a spool it waits on disk instead, its body dropped from memory, whenever
-    /// it cannot be sent at once: memory then holds the batch loading and the one
-    /// filling, never a third.
+    /// it. With a spool, one that cannot be sent at once is held there (producers not
+    /// read, so memory holds the batch loading and this one, never a third) for at most
+    /// [`HOLD_BEHIND_LOAD`], then waits on disk, its body dropped from memory; behind
+    /// other queued batches, or once shutdown has begun, it waits on disk at once.
     fn enqueue(&mut self, mut next: Labelled) {
         let on_disk = self.spool.is_some() && next.seqs.is_some();
         let loading = !self.may_load(next.batch.body.len());
-        if self.queue.is_empty() && !(loading && on_disk) {
+        let hold = loading && on_disk;
+        if self.queue.is_empty() && !(hold && self.stopping) {
+            if hold {
+                self.hold_until = Some(Instant::now() + HOLD_BEHIND_LOAD);
+            }
             self.queue.waiting = Some(next);
             return;
         }
@@ -329,14 +341,30 @@ impl SinkTask {
                 self.queue.waiting = Some(w);
                 None
             }
-            Some(w) => Some(w),
+            Some(w) => {
+                self.hold_until = None;
+                Some(w)
+            }
             None => self.take_backlog(),
         }
     }
 
-    /// Sealing is possible now: `waiting` is free, or a spool can hold the batch.
+    /// The batch held in memory behind a load goes to disk, first in the backlog, and
+    /// producers are read again.
+    fn stop_holding(&mut self) {
+        self.hold_until = None;
+        if let Some(mut held) = self.queue.waiting.take() {
+            held.batch.body = Bytes::new();
+            held.on_disk = true;
+            self.queue.backlog.push_front(held);
+        }
+    }
+
+    /// Sealing is possible now: `waiting` is free, or a spool can hold the batch (but not
+    /// while the waiting batch is held in memory behind a load: then, as without a spool,
+    /// nothing more is taken in until it goes).
     fn can_seal(&self) -> bool {
-        self.queue.waiting.is_none() || self.spool.is_some()
+        self.queue.waiting.is_none() || (self.spool.is_some() && self.hold_until.is_none())
     }
 
     /// Runs until the channel is closed and everything is loaded, or the deadline passes.
@@ -486,6 +514,7 @@ impl SinkTask {
             (i, done) = join_any(&mut self.loads) => Event::Loaded(i, done),
             written = join(self.dead_letter_writing.as_mut()) => Event::DeadLetterWritten(written),
             _ = stopping.stop.cancelled(), if !self.stopping => Event::Stop,
+            _ = sleep_until(self.hold_until) => Event::HoldOver,
             _ = sleep_until(repair_at) => Event::RepairDue,
             _ = sleep_until(backlog_at) => Event::BacklogRetryDue,
             _ = sleep_until(dead_letter_at) => Event::DeadLetterRetryDue,
@@ -529,8 +558,12 @@ impl SinkTask {
                 tracing::error!(sink = %self.name, error = %e, "dead-letter task failed; its records are lost");
                 return false;
             }
+            Event::HoldOver => self.stop_holding(),
             Event::Stop => {
                 self.stopping = true;
+                if self.hold_until.is_some() {
+                    self.stop_holding();
+                }
                 if self.can_seal() && !self.filling.batch.is_empty() {
                     self.seal_filling(FlushTrigger::Shutdown);
                 }

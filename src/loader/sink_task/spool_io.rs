@@ -232,6 +232,8 @@ impl SinkTask {
             tracing::warn!(sink = %self.name, label, expected, found = rows, "the spool gave back fewer records than the batch had (damage found at start)");
         }
         body::close(self.format, &mut body);
+        let read = body.len() as u64;
+        self.metrics.spool_read_back_bytes.fetch_add(read, Relaxed);
         Ok(Some((body.into(), rows)))
     }
 
