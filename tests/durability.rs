@@ -122,7 +122,7 @@ async fn with_a_spool_a_batch_sealed_during_a_load_is_sent_from_memory_unless_th
             "hold",
             &fe,
             spool.path(),
-            "    flush:\n      maxBytes: 64KiB\n      interval: 10s\n",
+            "    flush:\n      maxBytes: 64KiB\n      interval: 1s\n",
         )
     })
     .await;

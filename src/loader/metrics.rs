@@ -62,7 +62,7 @@ pub struct SinkMetrics {
     pub unfinished_bytes: Arc<AtomicU64>,
     /// Failed spool writes, syncs, reads and removals (each retry that fails counts).
     pub spool_errors: AtomicU64,
-    /// Bytes of batches read back from the spool to be loaded (they waited on disk).
+    /// Bytes of batches read back from the spool (they waited on disk).
     pub spool_read_back_bytes: AtomicU64,
     /// Failed attempts to write a refused batch's dead-letter file.
     pub dead_letter_failures: AtomicU64,
@@ -344,7 +344,7 @@ const SIMPLE: &[Simple] = &[
     (
         "starsink_spool_read_back_bytes_total",
         "counter",
-        "Bytes of batches read back from the spool to be loaded: batches that waited on disk because StarRocks took them slower than producers wrote (or was down).",
+        "Bytes of batches read back from the spool (as Stream Load bodies): batches that waited on disk because the load before them took longer than the hold in memory (StarRocks down or slow), or that were in the spool at start or are retried to the dead-letter directory.",
         |s| s.spool_read_back_bytes.load(Relaxed) as f64,
     ),
     (

@@ -514,7 +514,6 @@ impl SinkTask {
             (i, done) = join_any(&mut self.loads) => Event::Loaded(i, done),
             written = join(self.dead_letter_writing.as_mut()) => Event::DeadLetterWritten(written),
             _ = stopping.stop.cancelled(), if !self.stopping => Event::Stop,
-            _ = sleep_until(self.hold_until) => Event::HoldOver,
             _ = sleep_until(repair_at) => Event::RepairDue,
             _ = sleep_until(backlog_at) => Event::BacklogRetryDue,
             _ = sleep_until(dead_letter_at) => Event::DeadLetterRetryDue,
@@ -522,6 +521,8 @@ impl SinkTask {
             _ = sleep_until(flush_at) => Event::FlushDue,
             Ok(()) = self.pressure_seen.changed() => Event::Backpressure,
             Ok(()) = self.parked_seen.changed() => Event::Parked,
+            // After `Parked`: a batch that may go beside parked loads is not put on disk.
+            _ = sleep_until(self.hold_until) => Event::HoldOver,
             Some(spec) = changed(self.config.as_mut()) => Event::Reconfigured(spec),
             chunk = self.rx.recv(), if readable => Event::Chunk(chunk),
         }
