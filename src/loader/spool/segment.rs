@@ -471,15 +471,21 @@ mod tests {
     /// The id the tests' segments are named by.
     const ID: u64 = 7;
 
-    #[test]
-    fn a_records_frame_read_in_two_parts_is_valid_exactly_when_it_is_read_whole() {
+    /// A Records frame of segment [`ID`] with records from 41 on.
+    fn records_frame(count: u32, data: &'static [u8]) -> Vec<u8> {
         let mut frame = Vec::new();
         Frame::Records {
             first_seq: 41,
-            count: 2,
-            data: Bytes::from_static(b"{\"a\":1}\n{\"b\":2}\n"),
+            count,
+            data: Bytes::from_static(data),
         }
         .encode(ID, &mut frame);
+        frame
+    }
+
+    #[test]
+    fn a_records_frame_read_in_two_parts_is_valid_exactly_when_it_is_read_whole() {
+        let frame = records_frame(2, b"{\"a\":1}\n{\"b\":2}\n");
         let split = |f: &[u8]| {
             let (head, data) = f.split_at(RECORDS_DATA_AT);
             Frame::records_split(ID, head.try_into().unwrap(), data)
@@ -509,13 +515,7 @@ mod tests {
 
     #[test]
     fn a_frame_is_valid_only_in_the_segment_it_was_written_for() {
-        let mut frame = Vec::new();
-        Frame::Records {
-            first_seq: 41,
-            count: 1,
-            data: Bytes::from_static(b"{}\n"),
-        }
-        .encode(ID, &mut frame);
+        let frame = records_frame(1, b"{}\n");
         let (head, data) = frame.split_at(RECORDS_DATA_AT);
         let head: &[u8; RECORDS_DATA_AT] = head.try_into().unwrap();
         assert_eq!(Frame::records_split(ID, head, data), Some((41, 1)));

@@ -29,7 +29,8 @@ const SEGMENT_BYTES: u64 = 64 << 20;
 const MIN_SEGMENT_BYTES: u64 = 64 << 10;
 /// Freed segment files kept for reuse, at most: writing over a file whose pages and
 /// blocks are already there costs the kernel a third less than writing a new one and
-/// deleting the old (measured on ext4: 0.28 against 0.46 CPU-s per GiB written).
+/// deleting the old (`scripts/bench-segment-reuse` on ext4: 0.25-0.27 against 0.38-0.47
+/// CPU-s per GiB written and synced).
 const MAX_FREE: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
