@@ -21,10 +21,17 @@ pub fn is_object(line: &[u8]) -> bool {
 /// and walked one after another, and the walk stops at the first block holding such a
 /// byte, so every token it saw was indexed correctly; a grammar error found before it
 /// is an error of the whole line (no continuation makes a wrong prefix valid).
+///
+/// Where the CPU has AVX-512 VBMI2, a flat object is first recognised by the order of its
+/// tokens as a whole ([`avx512_flat_object`]), and only other lines are walked.
 fn indexed_is_object(line: &[u8]) -> Option<bool> {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("pclmulqdq") {
         if std::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: this CPU has AVX-512BW, VBMI2 and PCLMULQDQ, checked just above.
+            if std::is_x86_feature_detected!("avx512vbmi2") && unsafe { avx512_flat_object(line) } {
+                return Some(true);
+            }
             // SAFETY: this CPU has AVX-512BW and PCLMULQDQ, checked just above.
             return unsafe { avx512_indexed_is_object(line) };
         }
@@ -42,6 +49,92 @@ fn indexed_is_object(line: &[u8]) -> Option<bool> {
 #[target_feature(enable = "avx512bw,pclmulqdq")]
 fn avx512_indexed_is_object(line: &[u8]) -> Option<bool> {
     index_and_walk(line, |b| avx512_block_masks(b), |q| clmul_prefix_xor(q))
+}
+
+/// Whether `line` is certainly one flat object, `{}` or `{"key": value, ...}` with no
+/// value an object or array, found without a branch per token: the token starts of each
+/// block (as [`Carry::tokens`] finds them) are packed together in order by one
+/// compress instruction (AVX-512 VBMI2), and the packed tokens are compared all at once
+/// with the only order a flat object's tokens can come in: `{`, then `"` `:` value `,`
+/// ... `"` `:` value, then `}`, where a value is a string or a number or literal (each
+/// of which is checked where it starts, as the walk does). The rows services log are
+/// mostly such objects, and the walk spends a few nanoseconds on each token.
+///
+/// `false` means "not known": a line with escapes or control bytes, brackets, a nested
+/// object, more than 64 tokens, or any error goes to the walk, which gives its verdict.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bw,avx512vbmi2,pclmulqdq")]
+fn avx512_flat_object(line: &[u8]) -> bool {
+    use std::arch::x86_64::*;
+    let splat = |b: u8| _mm512_set1_epi8(b as i8);
+    // The tokens so far, in order; a block's are stored at `n`, which is at most 64
+    // before each store (the line is given up past 64).
+    let mut packed = [0u8; 128];
+    let mut n = 0usize;
+    let mut opens = 0;
+    let mut carry = Carry::default();
+    let mut high = false;
+    for (w, block) in line.chunks(64).enumerate() {
+        // The last block is padded with spaces (never tokens).
+        let present = u64::MAX >> (64 - block.len());
+        // SAFETY: a masked load reads only the bytes its mask selects, all of `block`.
+        let v = unsafe { _mm512_mask_loadu_epi8(splat(b' '), present, block.as_ptr().cast()) };
+        let m = avx512_masks(v);
+        if m.special {
+            return false;
+        }
+        high |= m.high;
+        let (tokens, mut scalars) = carry.tokens(&m, &|q| clmul_prefix_xor(q));
+        if tokens == 0 {
+            continue;
+        }
+        // A nested container is known at its first token: the walk takes the line.
+        let is = |b: u8| _mm512_cmpeq_epi8_mask(v, splat(b)) & tokens;
+        opens += (is(b'{')).count_ones();
+        if opens > 1 || (is(b'[') | is(b']')) != 0 {
+            return false;
+        }
+        // SAFETY: `n` <= 64 here, so the 64 bytes stored lie inside `packed`.
+        unsafe {
+            let at = packed.as_mut_ptr().add(n);
+            _mm512_storeu_si512(at.cast(), _mm512_maskz_compress_epi8(tokens, v));
+        }
+        n += tokens.count_ones() as usize;
+        if n > 64 {
+            return false;
+        }
+        while scalars != 0 {
+            let at = w * 64 + scalars.trailing_zeros() as usize;
+            scalars &= scalars - 1;
+            if !scalar(line, at) {
+                return false;
+            }
+        }
+    }
+    // SAFETY: an unaligned load of the first 64 bytes of `packed`.
+    let t = unsafe { _mm512_loadu_si512(packed.as_ptr().cast()) };
+    let all = u64::MAX >> (64 - n.max(1));
+    let is = |b: u8| _mm512_cmpeq_epi8_mask(t, splat(b)) & all;
+    let shaped = if n == 2 {
+        is(b'{') == 0b01 && is(b'}') == 0b10
+    } else if n >= 5 && n % 4 == 1 {
+        // Token 0 is `{`, token n-1 `}`; between them, by position mod 4: `,` `"` `:` value.
+        let last = 1u64 << (n - 1);
+        let between = all & !1 & !last;
+        let every4 = |k: u32| (0x1111_1111_1111_1111u64 << k) & between;
+        let (commas, keys, colons, values) = (every4(0), every4(1), every4(2), every4(3));
+        // What is left at a value's place is a quote or the start of a number or
+        // literal, each checked above. (A string left open would be the last token, not
+        // `}`.)
+        is(b'{') == 1
+            && is(b'}') == last
+            && is(b':') == colons
+            && is(b',') == commas
+            && is(b'"') & !values == keys
+    } else {
+        false
+    };
+    shaped && (!high || std::str::from_utf8(line).is_ok())
 }
 
 /// [`indexed_is_object`] compiled for AVX2, masks and walk together, so that the masks
@@ -70,10 +163,7 @@ fn index_and_walk(
     prefix_xor: impl Fn(u64) -> u64,
 ) -> Option<bool> {
     let mut walk = Walk::default();
-    // All ones when the block before ended inside a string.
-    let mut in_string = 0u64;
-    // Bit 0 set when the block before ended in a number or literal byte.
-    let mut scalar_carry = 0u64;
+    let mut carry = Carry::default();
     let mut high = false;
     for (w, block) in line.chunks(64).enumerate() {
         let m = match <&[u8; 64]>::try_from(block) {
@@ -89,13 +179,7 @@ fn index_and_walk(
             return None;
         }
         high |= m.high;
-        // An opening quote and a string's contents are inside; its closing quote is not.
-        let inside = prefix_xor(m.quotes) ^ in_string;
-        in_string = ((inside as i64) >> 63) as u64;
-        let scalars = !(m.ops | m.spaces | m.quotes | inside);
-        let scalar_starts = scalars & !((scalars << 1) | scalar_carry);
-        scalar_carry = scalars >> 63;
-        let mut tokens = (m.ops & !inside) | (m.quotes & inside) | scalar_starts;
+        let (mut tokens, _) = carry.tokens(&m, &prefix_xor);
         while tokens != 0 {
             let at = w * 64 + tokens.trailing_zeros() as usize;
             tokens &= tokens - 1;
@@ -104,10 +188,36 @@ fn index_and_walk(
             }
         }
     }
-    if in_string != 0 || walk.expect != Expect::Done {
+    if carry.in_string != 0 || walk.expect != Expect::Done {
         return Some(false);
     }
     Some(!high || std::str::from_utf8(line).is_ok())
+}
+
+/// What one block's tokens depend on in the block before it.
+#[derive(Default)]
+struct Carry {
+    /// All ones when the block before ended inside a string.
+    in_string: u64,
+    /// Bit 0 set when the block before ended in a number or literal byte.
+    scalar: u64,
+}
+
+impl Carry {
+    /// The block's token starts (structural characters outside strings, opening quotes,
+    /// the first byte of each number or literal), and of those the numbers' and
+    /// literals'; carries what the next block needs.
+    #[inline(always)]
+    fn tokens(&mut self, m: &BlockMasks, prefix_xor: &impl Fn(u64) -> u64) -> (u64, u64) {
+        // An opening quote and a string's contents are inside; its closing quote is not.
+        let inside = prefix_xor(m.quotes) ^ self.in_string;
+        self.in_string = ((inside as i64) >> 63) as u64;
+        let scalars = !(m.ops | m.spaces | m.quotes | inside);
+        let scalar_starts = scalars & !((scalars << 1) | self.scalar);
+        self.scalar = scalars >> 63;
+        let tokens = (m.ops & !inside) | (m.quotes & inside) | scalar_starts;
+        (tokens, scalar_starts)
+    }
 }
 
 /// Bit `i` of the result is the XOR of bits `0..=i` of `x`: over a quote mask, the bytes
@@ -336,9 +446,15 @@ fn avx2_block_masks(block: &[u8; 64]) -> BlockMasks {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512bw")]
 fn avx512_block_masks(block: &[u8; 64]) -> BlockMasks {
-    use std::arch::x86_64::*;
     // SAFETY: an unaligned load of the 64 bytes of the array.
-    let v = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
+    avx512_masks(unsafe { std::arch::x86_64::_mm512_loadu_si512(block.as_ptr().cast()) })
+}
+
+/// [`avx512_block_masks`] of a block already loaded.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bw")]
+fn avx512_masks(v: std::arch::x86_64::__m512i) -> BlockMasks {
+    use std::arch::x86_64::*;
     let splat = |b: u8| _mm512_set1_epi8(b as i8);
     let is = |b: u8| _mm512_cmpeq_epi8_mask(v, splat(b));
     // `[` and `]` are `{` and `}` with bit 5 clear, and no other byte is.
@@ -933,6 +1049,74 @@ mod tests {
                 let avx2 = unsafe { avx2_indexed_is_object(&line) };
                 assert_eq!(avx2, Some(verdict), "avx2: {shown}");
             }
+        }
+    }
+
+    /// Whether this CPU runs [`avx512_flat_object`].
+    #[cfg(target_arch = "x86_64")]
+    fn flat_path() -> bool {
+        std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vbmi2")
+            && std::is_x86_feature_detected!("pclmulqdq")
+    }
+
+    #[test]
+    fn flat_objects_are_known_by_their_shape_and_nothing_else_is_taken_for_one() {
+        // Objects whose values are strings (holding structural characters and spaces),
+        // numbers and literals, of 0 to 5 keys, across blocks: every one is known without
+        // the walk; after random edits, whatever the shape check still takes must be an
+        // object for serde_json, and every line keeps serde_json's verdict.
+        let alphabet = b"{}[]\":, .-+eE019tfnulx\xc3\xa9\xff";
+        let mut rng = fastrand::Rng::with_seed(31);
+        for round in 0..40_000 {
+            let mut line = Vec::new();
+            random_object(&mut rng, 0, &mut line);
+            let edited = round % 2 == 1;
+            if edited {
+                mutate(&mut rng, alphabet, &mut line);
+            }
+            let shown = String::from_utf8_lossy(&line);
+            assert!(agrees(is_object(&line), &line), "{shown}");
+            #[cfg(target_arch = "x86_64")]
+            if flat_path() {
+                // SAFETY: this CPU has what the function needs, checked by `flat_path`.
+                let flat = unsafe { avx512_flat_object(&line) };
+                if !edited {
+                    assert!(flat, "a flat object not known as one: {shown}");
+                }
+                if flat {
+                    assert!(agrees(true, &line), "taken for an object: {shown}");
+                }
+            }
+        }
+        // Shapes the check must leave to the walk (its `false` is "not known").
+        #[cfg(target_arch = "x86_64")]
+        if flat_path() {
+            let others: &[&[u8]] = &[
+                br#"{"a":{}}"#,
+                br#"{"a":[1]}"#,
+                br#"{"a":1,}"#,
+                br#"{"a":1 "b":2}"#,
+                br#"{"a"::1}"#,
+                br#"{"a":01}"#,
+                br#"{"a":tru}"#,
+                br#"{"a":"b"}}"#,
+                br#"{"a":"b}"#,
+                br#"{"a":"b\"c"}"#,
+                b"{\"a\":\"\xff\"}",
+                br#"{1:2}"#,
+                br#"{"a":x}"#,
+            ];
+            for line in others {
+                // SAFETY: this CPU has what the function needs, checked by `flat_path`.
+                let flat = unsafe { avx512_flat_object(line) };
+                assert!(!flat, "{}", String::from_utf8_lossy(line));
+            }
+            let many: String = (0..20).map(|i| format!(",\"k{i}\":{i}")).collect();
+            let many = format!("{{{}}}", &many[1..]);
+            // SAFETY: as above.
+            assert!(!unsafe { avx512_flat_object(many.as_bytes()) }, "81 tokens");
+            assert!(is_object(many.as_bytes()));
         }
     }
 
