@@ -1072,7 +1072,7 @@ mod tests {
         // numbers and literals, of 0 to 5 keys, across blocks: every one is known without
         // the walk; after random edits, whatever the shape check still takes must be an
         // object for serde_json, and every line keeps serde_json's verdict.
-        let alphabet = b"{}[]\":, .-+eE019tfnulx\xc3\xa9\xff";
+        let alphabet = b"{}[]\":, .-+eE019tfnulx\\\t\xc3\xa9\xff";
         let mut rng = fastrand::Rng::with_seed(31);
         for round in 0..40_000 {
             let mut line = Vec::new();
@@ -1112,6 +1112,10 @@ mod tests {
                 b"{\"a\":\"\xff\"}",
                 br#"{1:2}"#,
                 br#"{"a":x}"#,
+                // Five tokens in a flat object's order, refused for an escape or a bracket.
+                br#"{"a":"\"}"#,
+                br#"{"a":[}"#,
+                br#"{"a":]}"#,
             ];
             for line in others {
                 // SAFETY: this CPU has what the function needs, checked by `flat_path`.
