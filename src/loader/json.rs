@@ -62,7 +62,8 @@ fn avx512_indexed_is_object(line: &[u8]) -> Option<bool> {
 /// mostly such objects, and the walk spends a few nanoseconds on each token.
 ///
 /// `false` means "not known": a line with escapes or control bytes, brackets, a nested
-/// object, 64 tokens or more (a flat object of 16 keys), or any error goes to the walk, which gives its verdict.
+/// object, 64 tokens or more (a flat object of 16 keys), or any error goes to the walk,
+/// which gives its verdict.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512bw,avx512vbmi,avx512vbmi2,pclmulqdq,popcnt,bmi1")]
 fn avx512_flat_object(line: &[u8]) -> bool {
@@ -95,7 +96,7 @@ fn avx512_flat_object(line: &[u8]) -> bool {
         }
         // A nested container is known at its first token: the walk takes the line.
         let is = |b: u8| _mm512_cmpeq_epi8_mask(v, splat(b)) & tokens;
-        opens += (is(b'{')).count_ones();
+        opens += is(b'{').count_ones();
         if opens > 1 || (is(b'[') | is(b']')) != 0 {
             return false;
         }
@@ -116,9 +117,18 @@ fn avx512_flat_object(line: &[u8]) -> bool {
             }
         }
     }
-    let all = u64::MAX >> (64 - n.max(1));
-    let is = |b: u8| _mm512_cmpeq_epi8_mask(packed, splat(b)) & all;
-    let shaped = if n == 2 {
+    avx512_flat_shape(packed, n) && (!high || std::str::from_utf8(line).is_ok())
+}
+
+/// Whether the first `n` bytes of `packed`, a line's tokens in order, come in a flat
+/// object's order, given that every number or literal among them has been checked.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bw")]
+fn avx512_flat_shape(packed: std::arch::x86_64::__m512i, n: usize) -> bool {
+    use std::arch::x86_64::*;
+    let all = u64::MAX >> (64 - n.clamp(1, 64));
+    let is = |b: u8| _mm512_cmpeq_epi8_mask(packed, _mm512_set1_epi8(b as i8)) & all;
+    if n == 2 {
         is(b'{') == 0b01 && is(b'}') == 0b10
     } else if n >= 5 && n % 4 == 1 {
         // Token 0 is `{`, token n-1 `}`; between them, by position mod 4: `,` `"` `:` value.
@@ -136,19 +146,21 @@ fn avx512_flat_object(line: &[u8]) -> bool {
             && is(b'"') & !values == keys
     } else {
         false
-    };
-    shaped && (!high || std::str::from_utf8(line).is_ok())
+    }
 }
 
-/// Whether this CPU has what [`avx512_flat_object`] needs.
+/// Whether this CPU has what [`avx512_flat_object`] needs (asked once: every line asks).
 #[cfg(target_arch = "x86_64")]
 fn flat_path() -> bool {
-    std::is_x86_feature_detected!("avx512bw")
-        && std::is_x86_feature_detected!("avx512vbmi")
-        && std::is_x86_feature_detected!("avx512vbmi2")
-        && std::is_x86_feature_detected!("pclmulqdq")
-        && std::is_x86_feature_detected!("popcnt")
-        && std::is_x86_feature_detected!("bmi1")
+    static FLAT: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vbmi")
+            && std::is_x86_feature_detected!("avx512vbmi2")
+            && std::is_x86_feature_detected!("pclmulqdq")
+            && std::is_x86_feature_detected!("popcnt")
+            && std::is_x86_feature_detected!("bmi1")
+    });
+    *FLAT
 }
 
 /// [`indexed_is_object`] compiled for AVX2, masks and walk together, so that the masks
