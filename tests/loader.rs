@@ -12,6 +12,34 @@ fn row(id: u64) -> String {
     format!(r#"{{"id":{id},"name":"row-{id}","note":"caf\u00e9 \"quoted\""}}"#)
 }
 
+/// A loader with one sink, `orders`, to the FE at `fe`; `extra` is added to the sink.
+async fn orders_loader(fe: &str, label_prefix: &str, extra: &str) -> Loader {
+    Loader::start(|dir| {
+        let sink = sink_yaml("orders", &dir.join("orders.sock"), fe, extra);
+        format!("labelPrefix: {label_prefix}\nsinks:\n{sink}")
+    })
+    .await
+}
+
+/// Waits for `writers` to finish, then for `total` rows in `shop.orders`; returns them.
+async fn rows_once_written(
+    sr: &DevEndpoint,
+    loader: &Loader,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+    total: u64,
+) -> Vec<String> {
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(
+        sr.wait_for_rows(total, Duration::from_secs(60)).await,
+        "only {} rows; log:\n{}",
+        sr.committed_rows(),
+        loader.log_text()
+    );
+    sr.rows("shop.orders")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushes_an_idle_batch_when_its_oldest_record_is_due() {
     let sr = endpoint(Faults::default()).await;
@@ -100,17 +128,11 @@ async fn sigterm_commits_everything_buffered_under_a_long_interval_and_exits_zer
 async fn thirty_two_concurrent_writers_each_row_loaded_once_and_intact() {
     let sr = endpoint(Faults::default()).await;
     let fe = sr.fe_url();
-    let mut loader = Loader::start(|dir| {
-        format!(
-            "labelPrefix: conc\nsinks:\n{}",
-            sink_yaml(
-                "orders",
-                &dir.join("orders.sock"),
-                &fe,
-                "    flush:\n      interval: 200ms\n      maxBytes: 256KiB\n"
-            )
-        )
-    })
+    let mut loader = orders_loader(
+        &fe,
+        "conc",
+        "    flush:\n      interval: 200ms\n      maxBytes: 256KiB\n",
+    )
     .await;
     const WRITERS: u64 = 32;
     const ROWS: u64 = 4000;
@@ -136,23 +158,76 @@ async fn thirty_two_concurrent_writers_each_row_loaded_once_and_intact() {
             conn.shutdown().await.unwrap();
         }));
     }
-    for w in writers {
-        w.await.unwrap();
-    }
     let total = WRITERS * ROWS;
-    assert!(
-        sr.wait_for_rows(total, Duration::from_secs(60)).await,
-        "only {} rows; log:\n{}",
-        sr.committed_rows(),
-        loader.log_text()
-    );
-    let rows = sr.rows("shop.orders");
+    let rows = rows_once_written(&sr, &loader, writers, total).await;
     assert_exactly_once(&ids(&rows), total);
     for r in &rows {
         let v: serde_json::Value = serde_json::from_str(r).unwrap();
         let id = v["id"].as_u64().unwrap();
         assert_eq!(r, &row(id), "row {id} was altered");
     }
+    loader.signal(Signal::SIGTERM);
+    assert!(loader.wait_exit(Duration::from_secs(10)).await.success());
+}
+
+/// A CSV row of varied length, by id.
+fn csv_row(id: u64) -> String {
+    format!("{id},row-{id},{}", "x".repeat((id % 300) as usize))
+}
+
+/// CSV rows read into buffers they fill are sent from those buffers, not copied: a batch
+/// is then made of slices of many reads. Whatever the write sizes (small ones that leave
+/// buffers part-full, large ones that fill them), and with CRLF lines (copied) among
+/// them, each row arrives once and exactly as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_rows_of_eight_writers_each_loaded_once_and_intact_whatever_the_reads() {
+    let sr = endpoint(Faults::default()).await;
+    let fe = sr.fe_url();
+    let extra = "    format: csv\n    flush:\n      interval: 200ms\n      maxBytes: 1MiB\n";
+    let mut loader = orders_loader(&fe, "csv", extra).await;
+    const WRITERS: u64 = 8;
+    const ROWS: u64 = 12_000;
+    let socket = loader.socket("orders");
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let socket = socket.clone();
+        writers.push(tokio::spawn(async move {
+            let mut conn = connect(&socket).await;
+            let mut rng = fastrand::Rng::with_seed(w);
+            let end: &[u8] = if w == 0 { b"\r\n" } else { b"\n" };
+            let mut pending = Vec::new();
+            for i in 0..ROWS {
+                pending.extend_from_slice(csv_row(w * ROWS + i).as_bytes());
+                pending.extend_from_slice(end);
+                let size = if rng.bool() {
+                    rng.usize(1..500)
+                } else {
+                    rng.usize(1..300_000)
+                };
+                if pending.len() > size {
+                    conn.write_all(&pending).await.unwrap();
+                    pending.clear();
+                }
+            }
+            conn.write_all(&pending).await.unwrap();
+            conn.shutdown().await.unwrap();
+        }));
+    }
+    let total = WRITERS * ROWS;
+    let rows = rows_once_written(&sr, &loader, writers, total).await;
+    let ids: Vec<u64> = rows
+        .iter()
+        .map(|r| {
+            let id: u64 = r
+                .split(',')
+                .next()
+                .and_then(|i| i.parse().ok())
+                .expect("row has an id");
+            assert_eq!(r, &csv_row(id), "row {id} was altered");
+            id
+        })
+        .collect();
+    assert_exactly_once(&ids, total);
     loader.signal(Signal::SIGTERM);
     assert!(loader.wait_exit(Duration::from_secs(10)).await.success());
 }

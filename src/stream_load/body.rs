@@ -8,8 +8,131 @@
 //!
 //! Every record is followed by [`record_end`] while a body is built, so that records can
 //! be appended with one copy; [`close`] turns the last JSON `,` into `]`.
+//!
+//! A built body is a [`Body`]: pieces sent back to back, so that CSV records can be sent
+//! from the buffers they were read into instead of being copied into one.
+
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes};
 
 use crate::api::Format;
+
+/// A Stream Load body: the bytes of its pieces, in order, with no empty piece. Cloning it
+/// clones references, never bytes.
+#[derive(Clone, Debug, Default)]
+pub struct Body {
+    pieces: Vec<Bytes>,
+    len: usize,
+}
+
+impl Body {
+    /// Appends `piece` (an empty one is left out).
+    pub fn push(&mut self, piece: Bytes) {
+        if !piece.is_empty() {
+            self.len += piece.len();
+            self.pieces.push(piece);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn pieces(&self) -> &[Bytes] {
+        &self.pieces
+    }
+
+    /// The body's bytes in one buffer (a copy unless it is one piece).
+    pub fn to_bytes(&self) -> Bytes {
+        match self.pieces.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => many.concat().into(),
+        }
+    }
+
+    /// Its one piece, for reuse once loaded; `None` when it has several (or none).
+    pub fn into_single(mut self) -> Option<Bytes> {
+        match self.pieces.len() {
+            1 => self.pieces.pop(),
+            _ => None,
+        }
+    }
+
+    /// A cursor over its bytes, for writing it out with as few calls as possible
+    /// (vectored writes, one slice per piece).
+    pub fn reader(&self) -> BodyReader<'_> {
+        BodyReader {
+            pieces: &self.pieces,
+            offset: 0,
+            remaining: self.len,
+        }
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(bytes: Bytes) -> Self {
+        let mut body = Body::default();
+        body.push(bytes);
+        body
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(bytes: Vec<u8>) -> Self {
+        Body::from(Bytes::from(bytes))
+    }
+}
+
+/// What is left to write of a [`Body`].
+#[derive(Debug)]
+pub struct BodyReader<'a> {
+    /// The pieces not yet wholly written; the first has `offset` bytes written.
+    pieces: &'a [Bytes],
+    offset: usize,
+    remaining: usize,
+}
+
+impl Buf for BodyReader<'_> {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.pieces.first().map_or(&[], |p| &p[self.offset..])
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        assert!(cnt <= self.remaining, "advanced past the end of a body");
+        self.remaining -= cnt;
+        while let Some(first) = self.pieces.first() {
+            let left = first.len() - self.offset;
+            if cnt < left {
+                self.offset += cnt;
+                return;
+            }
+            cnt -= left;
+            self.pieces = &self.pieces[1..];
+            self.offset = 0;
+        }
+    }
+
+    fn chunks_vectored<'b>(&'b self, dst: &mut [IoSlice<'b>]) -> usize {
+        let mut offset = self.offset;
+        let mut n = 0;
+        for (slot, piece) in dst.iter_mut().zip(self.pieces) {
+            *slot = IoSlice::new(&piece[offset..]);
+            offset = 0;
+            n += 1;
+        }
+        n
+    }
+}
 
 /// The byte written after each record.
 pub const fn record_end(format: Format) -> u8 {
@@ -71,6 +194,35 @@ mod tests {
         assert_eq!(encode(Format::Csv, rows), b"1,a\n2,b\n");
         assert_eq!(encode(Format::Json, []), b"[");
         assert_eq!(encode(Format::Csv, []), b"");
+    }
+
+    #[test]
+    fn a_body_is_written_as_its_pieces_in_order_whatever_the_write_sizes() {
+        let mut body = Body::default();
+        for piece in [&b"ab"[..], b"", b"cde", b"f", b"ghij"] {
+            body.push(Bytes::copy_from_slice(piece));
+        }
+        assert_eq!(body.len(), 10);
+        assert_eq!(body.pieces().len(), 4, "empty pieces are left out");
+        assert_eq!(&body.to_bytes()[..], b"abcdefghij");
+        // Writes of every size, from each `advance` a vectored write could report.
+        for step in 1..=11 {
+            let mut reader = body.reader();
+            let mut written = Vec::new();
+            while reader.has_remaining() {
+                let mut slices = [IoSlice::new(&[]); 3];
+                let n = reader.chunks_vectored(&mut slices);
+                let all: Vec<u8> = slices[..n].iter().flat_map(|s| s.to_vec()).collect();
+                assert_eq!(&all[..], &body.to_bytes()[written.len()..][..all.len()]);
+                let took = step.min(reader.remaining());
+                written.extend_from_slice(&all[..took.min(all.len())]);
+                reader.advance(took.min(all.len()));
+            }
+            assert_eq!(written, b"abcdefghij", "step {step}");
+        }
+        let one = Body::from(Bytes::from_static(b"xyz"));
+        assert_eq!(one.into_single().as_deref(), Some(&b"xyz"[..]));
+        assert!(body.into_single().is_none());
     }
 
     #[test]

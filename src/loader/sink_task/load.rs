@@ -5,7 +5,7 @@ use super::*;
 
 pub(super) struct InFlight {
     /// Gives back the client, the verdict and the body (for reuse).
-    pub(super) handle: JoinHandle<(StreamLoadClient, LoadEnd, bytes::Bytes)>,
+    pub(super) handle: JoinHandle<(StreamLoadClient, LoadEnd, Body)>,
     pub(super) trigger: FlushTrigger,
     pub(super) label: String,
     pub(super) rows: u64,
@@ -61,7 +61,7 @@ pub(super) fn log_attempt(sink: &str, label: &str, attempt: &Attempt) {
 impl SinkTask {
     /// A load's verdict: recorded in the spool, counted, acked; a refused batch whose
     /// dead-letter file could not be written is kept for a retry.
-    pub(super) fn finish_load(&mut self, finished: InFlight, verdict: LoadEnd, body: Bytes) {
+    pub(super) fn finish_load(&mut self, finished: InFlight, verdict: LoadEnd, body: Body) {
         let outcome = match &verdict {
             LoadEnd::Committed => Disposition::Committed,
             LoadEnd::DeadLettered => Disposition::DeadLettered,
@@ -82,7 +82,7 @@ impl SinkTask {
         }
         match finished.trigger {
             FlushTrigger::Size | FlushTrigger::Rows => {
-                if let Ok(body) = body.try_into_mut() {
+                if let Some(Ok(body)) = body.into_single().map(Bytes::try_into_mut) {
                     self.filling.batch.recycle(body.into());
                 }
             }
@@ -156,7 +156,7 @@ struct LoadJob {
 }
 
 impl LoadJob {
-    async fn run(mut self) -> (StreamLoadClient, LoadEnd, Bytes) {
+    async fn run(mut self) -> (StreamLoadClient, LoadEnd, Body) {
         let started = std::time::Instant::now();
         let delivered = self.deliver(started).await;
         let secs = started.elapsed().as_secs_f64();

@@ -32,7 +32,7 @@ use crate::loader::spool::store::{PendingBatch, Replay, Spool};
 use crate::loader::HOLD_BEHIND_LOAD;
 use crate::stream_load::client::{SinkClient, Target};
 use crate::stream_load::{
-    body, deliver_from, Attempt, Delivered, LabelGen, Start, StreamLoadClient,
+    body, body::Body, deliver_from, Attempt, Delivered, LabelGen, Start, StreamLoadClient,
 };
 use filling::{Filling, Queue};
 use load::InFlight;
@@ -137,7 +137,7 @@ enum Event {
     /// The load at this index in `loads` ended.
     Loaded(
         usize,
-        Result<(StreamLoadClient, LoadEnd, Bytes), tokio::task::JoinError>,
+        Result<(StreamLoadClient, LoadEnd, Body), tokio::task::JoinError>,
     ),
     DeadLetterWritten(Result<(Refused, std::io::Result<PathBuf>), tokio::task::JoinError>),
     /// SIGTERM.
@@ -327,7 +327,7 @@ impl SinkTask {
             return;
         }
         if on_disk {
-            next.batch.body = Bytes::new();
+            next.batch.body = Body::default();
             next.on_disk = true;
         }
         self.queue.backlog.push_back(next);
@@ -354,7 +354,7 @@ impl SinkTask {
     fn stop_holding(&mut self) {
         self.hold_until = None;
         if let Some(mut held) = self.queue.waiting.take() {
-            held.batch.body = Bytes::new();
+            held.batch.body = Body::default();
             held.on_disk = true;
             self.queue.backlog.push_front(held);
         }
@@ -779,7 +779,7 @@ async fn join_any(
     loads: &mut [InFlight],
 ) -> (
     usize,
-    Result<(StreamLoadClient, LoadEnd, Bytes), tokio::task::JoinError>,
+    Result<(StreamLoadClient, LoadEnd, Body), tokio::task::JoinError>,
 ) {
     std::future::poll_fn(|cx| {
         for (i, f) in loads.iter_mut().enumerate() {
@@ -842,7 +842,7 @@ mod tests {
                 target,
                 label: "p_orders_a_0".into(),
                 batch: Sealed {
-                    body: Bytes::from_static(br#"[{"id":1},{"id":2}]"#),
+                    body: Body::from(Bytes::from_static(br#"[{"id":1},{"id":2}]"#)),
                     rows: 2,
                     trigger: FlushTrigger::Shutdown,
                 },
