@@ -421,6 +421,9 @@ impl Batch {
         }
         let mut copied = std::mem::take(&mut self.body);
         body::close(self.format, &mut copied);
+        // What referenced buffers hold beyond their records counts; a copy's spare
+        // capacity does not (it is what one body of `maxBytes` may take anyway).
+        let held = copied.len() + self.pinned;
         let copied = Bytes::from(copied);
         let mut body = Body::default();
         let mut at = 0;
@@ -438,7 +441,7 @@ impl Batch {
             self.use_policy(policy);
         }
         Some(Sealed {
-            body,
+            body: body.holding(held),
             rows,
             trigger,
         })
@@ -606,6 +609,11 @@ mod tests {
         assert!(batch.body.capacity() + batch.pinned <= 100);
         let body = batch.seal(FlushTrigger::Size).unwrap().body;
         assert_eq!(body.len(), 90);
+        assert_eq!(
+            body.held(),
+            95,
+            "the referenced buffer's 5 bytes more are held"
+        );
         assert_eq!(body.pieces()[0].as_ptr(), kept.data.as_ptr());
 
         // A buffer more than an eighth larger than its records is not kept: copied.

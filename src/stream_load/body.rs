@@ -24,6 +24,9 @@ use crate::api::Format;
 pub struct Body {
     pieces: Vec<Bytes>,
     len: usize,
+    /// The memory its pieces keep alive: more than `len` when they are slices of larger
+    /// buffers (the batch says so), `len` otherwise.
+    held: usize,
 }
 
 impl Body {
@@ -31,12 +34,25 @@ impl Body {
     pub fn push(&mut self, piece: Bytes) {
         if !piece.is_empty() {
             self.len += piece.len();
+            self.held += piece.len();
             self.pieces.push(piece);
         }
     }
 
+    /// The same body, known to keep `held` bytes of memory alive (never less than its
+    /// length).
+    pub fn holding(mut self, held: usize) -> Self {
+        self.held = held.max(self.len);
+        self
+    }
+
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// The memory it keeps alive while it is held.
+    pub fn held(&self) -> usize {
+        self.held
     }
 
     pub fn is_empty(&self) -> bool {

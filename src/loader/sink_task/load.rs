@@ -10,6 +10,8 @@ pub(super) struct InFlight {
     pub(super) label: String,
     pub(super) rows: u64,
     pub(super) bytes: u64,
+    /// The memory its body keeps alive (see [`Body::held`]).
+    pub(super) held: usize,
     pub(super) seqs: Option<Range<u64>>,
     pub(super) oldest: Instant,
     /// Backpressure answers counted before this load began.
@@ -99,10 +101,11 @@ impl SinkTask {
         self.ack_queue.push_back((next.label.clone(), acks, None));
         let in_window = Arc::new(AtomicBool::new(false));
         let (label, seqs, oldest) = (next.label.clone(), next.seqs.clone(), next.oldest);
-        let (trigger, rows, bytes) = (
+        let (trigger, rows, bytes, held) = (
             next.batch.trigger,
             next.batch.rows,
             next.batch.body.len() as u64,
+            next.batch.body.held(),
         );
         let job = LoadJob {
             client,
@@ -126,6 +129,7 @@ impl SinkTask {
             label,
             rows,
             bytes,
+            held,
             seqs,
             oldest,
             pressure_before,

@@ -317,7 +317,7 @@ impl SinkTask {
     /// other queued batches, or once shutdown has begun, it waits on disk at once.
     fn enqueue(&mut self, mut next: Labelled) {
         let on_disk = self.spool.is_some() && next.seqs.is_some();
-        let loading = !self.may_load(next.batch.body.len());
+        let loading = !self.may_load(next.batch.body.held());
         let hold = loading && on_disk;
         if self.queue.is_empty() && !(hold && self.stopping) {
             if hold {
@@ -425,12 +425,12 @@ impl SinkTask {
             && self.dead_letter_writing.is_none()
     }
 
-    /// Whether a batch of `bytes` may start loading now: when nothing loads; or, when
-    /// loads pipeline, beside loads that all wait for their windows, up to
+    /// Whether a batch holding `bytes` of memory may start loading now: when nothing
+    /// loads; or, when loads pipeline, beside loads that all wait for their windows, up to
     /// [`MAX_WINDOWS_AWAITED`] of them holding at most `maxBytes` together (so memory
     /// holds what it would with one load of a full batch).
     fn may_load(&self, bytes: usize) -> bool {
-        let held: usize = self.loads.iter().map(|f| f.bytes as usize).sum();
+        let held: usize = self.loads.iter().map(|f| f.held).sum();
         self.loads.is_empty()
             || (self.clients.target().pipelines()
                 && self.loads.len() < MAX_WINDOWS_AWAITED
@@ -442,7 +442,7 @@ impl SinkTask {
     /// only the waiting batch goes (the backlog is read back from disk one at a time).
     fn start_next_load(&mut self) {
         let next_bytes = match &self.queue.waiting {
-            Some(w) => w.batch.body.len(),
+            Some(w) => w.batch.body.held(),
             None if self.loads.is_empty() => 0,
             None => return,
         };
