@@ -133,13 +133,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
-    /// Writes all of `buf`, with vectored writes where the stream takes them (a body in
-    /// pieces goes out in as few calls as one in a single buffer).
-    pub async fn write_all_buf(&mut self, buf: &mut impl Buf) -> Result<(), Http1Error> {
-        self.io.write_all_buf(buf).await?;
-        Ok(())
-    }
-
     pub async fn flush(&mut self) -> Result<(), Http1Error> {
         self.io.flush().await?;
         Ok(())

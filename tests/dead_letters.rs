@@ -125,9 +125,7 @@ async fn refused_batches_are_listed_and_replayed_under_their_labels_once() {
     ))
     .unwrap();
     let mut client = starsink::stream_load::StreamLoadClient::new(&sink).unwrap();
-    let body = starsink::stream_load::body::Body::from(
-        std::fs::read(dir.join(format!("{}.json", dead[1]))).unwrap(),
-    );
+    let body = bytes::Bytes::from(std::fs::read(dir.join(format!("{}.json", dead[1]))).unwrap());
     let retry = starsink::api::RetrySpec::default();
     let committed =
         starsink::stream_load::deliver(&mut client, &dead[1], &body, 50, &retry, |_| {}).await;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::api::{Format, SinkSpec};
-use crate::stream_load::body::{self, Body};
+use crate::stream_load::body;
 
 /// Records from one connection read, each followed by `\n` (as lines, and as the spool
 /// stores them; the batch writes the body's record end). `ends[i]` is where record `i`
@@ -16,11 +16,6 @@ use crate::stream_load::body::{self, Body};
 pub struct Chunk {
     pub data: Bytes,
     pub ends: Vec<u32>,
-    /// The memory `data` keeps alive while it is referenced: the size of the buffer it is
-    /// a slice of, when nothing read later is put in that buffer; [`SHARED_BUFFER`] when
-    /// something may be. A batch keeps a reference to CSV records instead of a copy only
-    /// where this is about their size (see [`Batch::push`]).
-    pub backing: usize,
     /// When the bytes were read from the socket: the start of the records' wait.
     pub arrived: Instant,
     /// The producer's connection, when it wants acks. Its records in this chunk are
@@ -47,21 +42,12 @@ impl Chunk {
         Chunk {
             ack: None,
             first_line: 1,
-            backing: data.capacity(),
             data: data.into(),
             ends,
             arrived: Instant::now(),
         }
     }
 }
-
-/// The [`Chunk::backing`] of records in a buffer that later reads share.
-pub const SHARED_BUFFER: usize = usize::MAX;
-
-/// A run of CSV records is referenced from its read buffer rather than copied only when
-/// the buffer is at most this share larger than the run (1/8): a batch's memory stays
-/// within `maxBytes`, and waste could at most end a batch that much early.
-const WASTE_SHARE: usize = 8;
 
 /// Why a batch was sealed; the `trigger` label of `starsink_flushes_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,23 +194,14 @@ impl AdaptiveInterval {
     }
 }
 
-/// A batch being filled. Invariants: its encoded size never exceeds `max_bytes`, nor does
-/// the memory it holds (its copy's capacity and the buffers it references); its rows
-/// never exceed `max_rows`; it is never sealed empty.
+/// A batch being filled. Invariant: its encoded size never exceeds `max_bytes`, its rows
+/// never exceed `max_rows`, and it is never sealed empty.
 #[derive(Debug)]
 pub struct Batch {
     format: Format,
     policy: FlushPolicy,
-    /// Records copied in, each followed by its record end: for JSON `[` followed by
-    /// `record,` entries (the last `,` becomes `]` at seal), all of the body; for CSV the
-    /// records not referenced where they were read.
+    /// For JSON: `[` followed by `record,` entries; the last `,` becomes `]` at seal.
     body: Vec<u8>,
-    /// Runs of CSV records referenced in the buffers they were read into, each with the
-    /// length `body` had when it came (it is sent after those bytes, before the rest).
-    shared: Vec<(usize, Bytes)>,
-    /// The bytes of `shared`, and the memory its buffers hold (at least as much).
-    shared_len: usize,
-    pinned: usize,
     /// An emptied body of an earlier batch, kept while batches fill up back to back so
     /// the next one does not fault in fresh pages.
     spare: Option<Vec<u8>>,
@@ -238,7 +215,7 @@ pub struct Batch {
 /// A batch ready to load.
 #[derive(Debug, Clone)]
 pub struct Sealed {
-    pub body: Body,
+    pub body: Bytes,
     pub rows: u64,
     pub trigger: FlushTrigger,
 }
@@ -249,9 +226,6 @@ impl Batch {
             format,
             policy,
             body: Vec::new(),
-            shared: Vec::new(),
-            shared_len: 0,
-            pinned: 0,
             spare: None,
             rows: 0,
             oldest: None,
@@ -289,7 +263,7 @@ impl Batch {
 
     /// Bytes the body takes now (what it would be if sealed).
     pub fn encoded_len(&self) -> usize {
-        self.body.len() + self.shared_len
+        self.body.len()
     }
 
     /// When its oldest record arrived.
@@ -308,14 +282,13 @@ impl Batch {
                 chunk.ends[i - 1] as usize
             }
         };
-        let opening = if self.rows == 0 {
+        let opening = if self.body.is_empty() {
             body::opening(self.format)
         } else {
             b""
         };
         let room_rows = self.policy.max_rows - self.rows;
-        // Referenced runs count with the buffers they hold, so that memory is bounded too.
-        let room_bytes = self.policy.max_bytes - self.body.len() - self.pinned - opening.len();
+        let room_bytes = self.policy.max_bytes - self.body.len() - opening.len();
 
         // How many records fit, found by binary search on the cumulative ends.
         let base = start_of(from);
@@ -326,13 +299,15 @@ impl Batch {
             .min(avail);
         if take > 0 {
             let end = chunk.ends[from + take - 1] as usize;
-            if self.may_reference(chunk.backing, end - base) {
-                self.shared
-                    .push((self.body.len(), chunk.data.slice(base..end)));
-                self.shared_len += end - base;
-                self.pinned += chunk.backing;
-            } else {
-                self.copy(opening, chunk, from..from + take);
+            self.reserve(opening.len() + end - base);
+            self.body.extend_from_slice(opening);
+            let at = self.body.len();
+            self.body.extend_from_slice(&chunk.data[base..end]);
+            let delimiter = body::record_end(self.format);
+            if delimiter != b'\n' {
+                for &e in &chunk.ends[from..from + take] {
+                    self.body[at + e as usize - base - 1] = delimiter;
+                }
             }
             self.rows += take as u64;
             if self.oldest.is_none() {
@@ -349,47 +324,20 @@ impl Batch {
         None
     }
 
-    /// Whether a run of `len` bytes in a buffer of `backing` bytes goes in as a reference:
-    /// only CSV records (JSON's record ends are written as they are copied), only from a
-    /// buffer not much larger than the run, and only while the memory held stays within
-    /// `max_bytes`. The body is then sent from the buffer the records were read into.
-    fn may_reference(&self, backing: usize, len: usize) -> bool {
-        body::record_end(self.format) == b'\n'
-            && body::opening(self.format).is_empty()
-            && backing <= len + len / WASTE_SHARE
-            && self.body.capacity() + self.pinned + backing <= self.policy.max_bytes
-    }
-
-    /// Copies records `records` of `chunk` into the body, after `opening`, each with the
-    /// body's record end.
-    fn copy(&mut self, opening: &[u8], chunk: &Chunk, records: std::ops::Range<usize>) {
-        let start_of = |i: usize| i.checked_sub(1).map_or(0, |p| chunk.ends[p] as usize);
-        let (base, end) = (start_of(records.start), start_of(records.end));
-        self.reserve(opening.len() + end - base);
-        self.body.extend_from_slice(opening);
-        let at = self.body.len();
-        self.body.extend_from_slice(&chunk.data[base..end]);
-        let delimiter = body::record_end(self.format);
-        if delimiter != b'\n' {
-            for &e in &chunk.ends[records] {
-                self.body[at + e as usize - base - 1] = delimiter;
-            }
-        }
-    }
-
-    /// Grows the body in steps that never reserve past `max_bytes` (less what referenced
-    /// buffers hold), so memory stays bounded by the batch size rather than by a doubling
-    /// allocator.
+    /// Grows the body in steps that never reserve past `max_bytes`, so memory stays
+    /// bounded by the batch size rather than by a doubling allocator.
     fn reserve(&mut self, extra: usize) {
         let need = self.body.len() + extra;
-        let most = self.policy.max_bytes - self.pinned;
         if self.body.capacity() == 0 {
-            if let Some(spare) = self.spare.take_if(|s| s.capacity() <= most) {
+            if let Some(spare) = self.spare.take() {
                 self.body = spare;
             }
         }
         if need > self.body.capacity() {
-            let target = (self.body.capacity() * 2).max(4096).min(most).max(need);
+            let target = (self.body.capacity() * 2)
+                .max(4096)
+                .min(self.policy.max_bytes)
+                .max(need);
             self.body.reserve_exact(target - self.body.len());
         }
     }
@@ -419,29 +367,15 @@ impl Batch {
         if self.rows == 0 {
             return None;
         }
-        let mut copied = std::mem::take(&mut self.body);
-        body::close(self.format, &mut copied);
-        // What referenced buffers hold beyond their records counts; a copy's spare
-        // capacity does not (it is what one body of `maxBytes` may take anyway).
-        let held = copied.len() + self.pinned;
-        let copied = Bytes::from(copied);
-        let mut body = Body::default();
-        let mut at = 0;
-        for (before, run) in std::mem::take(&mut self.shared) {
-            body.push(copied.slice(at..before));
-            body.push(run);
-            at = before;
-        }
-        // The copy itself when it is the whole body, so that it can be reused once loaded.
-        body.push(if at == 0 { copied } else { copied.slice(at..) });
-        (self.shared_len, self.pinned) = (0, 0);
+        let mut body = std::mem::take(&mut self.body);
+        body::close(self.format, &mut body);
         let rows = std::mem::take(&mut self.rows);
         self.oldest = None;
         if let Some(policy) = self.next_policy.take() {
             self.use_policy(policy);
         }
         Some(Sealed {
-            body: body.holding(held),
+            body: Bytes::from(body),
             rows,
             trigger,
         })
@@ -469,13 +403,13 @@ mod tests {
         let mut b = Batch::new(Format::Json, policy(1000, 100));
         assert_eq!(b.push(&chunk(&[r#"{"a":1}"#, r#"{"a":2}"#]), 0), None);
         let sealed = b.seal(FlushTrigger::Interval).unwrap();
-        assert_eq!(&sealed.body.to_bytes()[..], br#"[{"a":1},{"a":2}]"#);
+        assert_eq!(&sealed.body[..], br#"[{"a":1},{"a":2}]"#);
         assert_eq!(sealed.rows, 2);
 
         let mut b = Batch::new(Format::Csv, policy(1000, 100));
         b.push(&chunk(&["1,a", "2,b"]), 0);
         assert_eq!(
-            &b.seal(FlushTrigger::Interval).unwrap().body.to_bytes()[..],
+            &b.seal(FlushTrigger::Interval).unwrap().body[..],
             b"1,a\n2,b\n"
         );
     }
@@ -500,12 +434,12 @@ mod tests {
         let mut b = Batch::new(Format::Json, policy(25, 100));
         assert_eq!(b.push(&c, 0), Some((3, FlushTrigger::Size)));
         let s = b.seal(FlushTrigger::Size).unwrap();
-        assert_eq!(&s.body.to_bytes()[..], br#"[{"a":1},{"a":2},{"a":3}]"#);
+        assert_eq!(&s.body[..], br#"[{"a":1},{"a":2},{"a":3}]"#);
         assert_eq!(b.push(&c, 3), None);
         assert_eq!(b.rows(), 2);
         let s = b.seal(FlushTrigger::Size).unwrap();
         assert_eq!(
-            &s.body.to_bytes()[..],
+            &s.body[..],
             br#"[{"a":4},{"a":5}]"#,
             "the rest, from record 3"
         );
@@ -522,159 +456,17 @@ mod tests {
 
     #[test]
     fn a_recycled_body_is_reused_without_a_new_allocation() {
-        let c = chunk(&["1", "2"]);
-        let mut b = Batch::new(Format::Json, policy(1000, 100));
+        let c = chunk(&["1,a", "2,b"]);
+        let mut b = Batch::new(Format::Csv, policy(1000, 100));
         b.push(&c, 0);
         let sealed = b.seal(FlushTrigger::Size).unwrap();
-        let one = sealed
-            .body
-            .into_single()
-            .expect("a copied body is one piece");
-        let ptr = one.as_ptr();
-        let body = Vec::from(one.try_into_mut().expect("the only reference"));
+        let ptr = sealed.body.as_ptr();
+        let body = Vec::from(sealed.body.try_into_mut().expect("the only reference"));
         b.recycle(body);
         b.push(&c, 0);
-        let again = b.seal(FlushTrigger::Size).unwrap().body.to_bytes();
-        assert_eq!(again.as_ptr(), ptr, "the spare body was not reused");
-        assert_eq!(&again[..], b"[1,2]");
-    }
-
-    /// A chunk of `records` whose buffer holds `backing` bytes.
-    fn backed(records: &[&str], backing: usize) -> Chunk {
-        Chunk {
-            backing,
-            ..chunk(records)
-        }
-    }
-
-    #[test]
-    fn csv_records_that_fill_their_buffer_are_sent_from_it_in_order_with_copied_ones() {
-        let a = chunk(&["1,a", "2,b"]);
-        let b = backed(&["3,c"], SHARED_BUFFER);
-        let c = chunk(&["4,d", "5,e"]);
-        // Room for the copy's first reservation (4 KiB) and the referenced buffers.
-        let mut batch = Batch::new(Format::Csv, policy(5000, 100));
-        for chunk in [&a, &b, &c] {
-            assert_eq!(batch.push(chunk, 0), None);
-        }
-        assert_eq!(batch.encoded_len(), 20);
-        let body = batch.seal(FlushTrigger::Interval).unwrap().body;
-        assert_eq!(&body.to_bytes()[..], b"1,a\n2,b\n3,c\n4,d\n5,e\n");
-        let pieces = body.pieces();
-        assert_eq!(pieces.len(), 3);
-        assert_eq!(
-            pieces[0].as_ptr(),
-            a.data.as_ptr(),
-            "not sent from its buffer"
-        );
-        assert_eq!(&pieces[1][..], b"3,c\n");
-        assert_ne!(
-            pieces[1].as_ptr(),
-            b.data.as_ptr(),
-            "a shared buffer is copied"
-        );
-        assert_eq!(pieces[2].as_ptr(), c.data.as_ptr());
-
-        // JSON records need their `,`: always copied, one piece.
-        let mut json = Batch::new(Format::Json, policy(1000, 100));
-        json.push(&chunk(&["1", "2"]), 0);
-        json.push(&chunk(&["3"]), 0);
-        let body = json.seal(FlushTrigger::Interval).unwrap().body;
-        assert_eq!(body.pieces().len(), 1);
-        assert_eq!(&body.to_bytes()[..], b"[1,2,3]");
-    }
-
-    #[test]
-    fn referenced_buffers_count_against_max_bytes_and_larger_ones_are_copied() {
-        // Records of 10 bytes with their `\n`.
-        let four = ["00000000a", "00000000b", "00000000c", "00000000d"];
-        let six = [
-            "11111111a",
-            "11111111b",
-            "11111111c",
-            "11111111d",
-            "11111111e",
-            "11111111f",
-        ];
-        // 40 bytes in a buffer of 45 (an eighth more): referenced, and 45 held.
-        let kept = backed(&four, 45);
-        let mut batch = Batch::new(Format::Csv, policy(100, 100));
-        assert_eq!(batch.push(&kept, 0), None);
-        assert_eq!(batch.pinned, 45);
-        // 55 bytes of room left: five of six records, and the batch ends at 90 bytes.
-        assert_eq!(
-            batch.push(&backed(&six, SHARED_BUFFER), 0),
-            Some((5, FlushTrigger::Size))
-        );
-        assert!(batch.body.capacity() + batch.pinned <= 100);
-        let body = batch.seal(FlushTrigger::Size).unwrap().body;
-        assert_eq!(body.len(), 90);
-        assert_eq!(
-            body.held(),
-            95,
-            "the referenced buffer's 5 bytes more are held"
-        );
-        assert_eq!(body.pieces()[0].as_ptr(), kept.data.as_ptr());
-
-        // A buffer more than an eighth larger than its records is not kept: copied.
-        let big = backed(&four, 46);
-        assert_eq!(batch.push(&big, 0), None);
-        let body = batch.seal(FlushTrigger::Size).unwrap().body;
-        assert_eq!(body.pieces().len(), 1);
-        assert_ne!(body.pieces()[0].as_ptr(), big.data.as_ptr());
-    }
-
-    proptest::proptest! {
-        /// Whatever the chunks and their buffers, the bodies hold every record once, in
-        /// order, and no batch ever holds more than `max_bytes` of memory or body.
-        #[test]
-        fn bodies_hold_every_record_in_order_within_max_bytes(
-            csv in proptest::bool::ANY,
-            max_bytes in 700usize..20_000,
-            chunks in proptest::collection::vec(
-                (proptest::collection::vec(0usize..600, 1..8), 0usize..4),
-                1..40,
-            ),
-        ) {
-            let format = if csv { Format::Csv } else { Format::Json };
-            let mut batch = Batch::new(format, policy(max_bytes, 7));
-            let (mut sent, mut want) = (Vec::new(), Vec::new());
-            let seal = |batch: &mut Batch, sent: &mut Vec<u8>| {
-                if let Some(sealed) = batch.seal(FlushTrigger::Size) {
-                    let bytes = sealed.body.to_bytes();
-                    proptest::prop_assert!(bytes.len() <= max_bytes);
-                    let records = if csv { &bytes[..] } else { &bytes[1..bytes.len() - 1] };
-                    let delimiter = body::record_end(format);
-                    for r in records.split(|&b| b == delimiter).filter(|r| !r.is_empty()) {
-                        sent.extend_from_slice(r);
-                        sent.push(b'|');
-                    }
-                }
-                Ok(())
-            };
-            for (n, (sizes, kind)) in chunks.iter().enumerate() {
-                let records: Vec<String> =
-                    sizes.iter().map(|&len| format!("{n:x}{}", "x".repeat(len))).collect();
-                let records: Vec<&str> = records.iter().map(String::as_str).collect();
-                for r in &records {
-                    want.extend_from_slice(r.as_bytes());
-                    want.push(b'|');
-                }
-                let exact = chunk(&records);
-                let len = exact.data.len();
-                let backing = [len, len + len / 8, len + len / 8 + 1, SHARED_BUFFER][*kind];
-                let c = backed(&records, backing);
-                let mut from = 0;
-                while let Some((next, _)) = batch.push(&c, from) {
-                    proptest::prop_assert!(batch.body.capacity() + batch.pinned <= max_bytes);
-                    seal(&mut batch, &mut sent)?;
-                    from = next;
-                }
-                proptest::prop_assert!(batch.body.capacity() + batch.pinned <= max_bytes);
-            }
-            seal(&mut batch, &mut sent)?;
-            proptest::prop_assert_eq!(String::from_utf8_lossy(&sent), String::from_utf8_lossy(&want));
-        }
+        let again = b.seal(FlushTrigger::Size).unwrap();
+        assert_eq!(again.body.as_ptr(), ptr, "the spare body was not reused");
+        assert_eq!(&again.body[..], b"1,a\n2,b\n");
     }
 
     #[test]

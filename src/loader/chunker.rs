@@ -187,32 +187,28 @@ impl Chunker {
     }
 
     /// The chunks, given `read`: the bytes the framer returned for this read (the spans
-    /// passed to [`Chunker::line`] lie in it), and the [`Chunk::backing`] of records in it.
-    pub fn finish(mut self, read: BytesMut, backing: usize) -> Chunked {
+    /// passed to [`Chunker::line`] lie in it).
+    pub fn finish(mut self, read: BytesMut) -> Chunked {
         self.cut();
         let read = read.freeze();
         let chunks = self
             .runs
             .into_iter()
             .map(|run| {
-                let (data, backing, ends, first_line) = match run {
+                let (data, ends, first_line) = match run {
                     Run::InPlace {
                         range,
                         ends,
                         first_line,
-                    } => (read.slice(range), backing, ends, first_line),
+                    } => (read.slice(range), ends, first_line),
                     Run::Copied {
                         out,
                         ends,
                         first_line,
-                    } => {
-                        let backing = out.capacity();
-                        (out.into(), backing, ends, first_line)
-                    }
+                    } => (out.into(), ends, first_line),
                 };
                 Chunk {
                     data,
-                    backing,
                     ends,
                     arrived: self.arrived,
                     ack: self.ack.clone(),
@@ -236,7 +232,6 @@ fn end_at(start: usize, end: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loader::batch::SHARED_BUFFER;
 
     /// Lines given without spans, as the last line of a stream or one with `\r` is: all
     /// copied.
@@ -259,7 +254,7 @@ mod tests {
             chunker.line(n, &l, span);
         });
         let at = framed.as_ptr();
-        (chunker.finish(framed, SHARED_BUFFER), at)
+        (chunker.finish(framed), at)
     }
 
     #[test]
@@ -368,7 +363,7 @@ mod tests {
                 None
             ]
         );
-        let out = c.finish(BytesMut::new(), SHARED_BUFFER);
+        let out = c.finish(BytesMut::new());
         assert_eq!(out.chunks.len(), 1);
         assert_eq!(&out.chunks[0].data[..], b"{\"a\":1}\n{\"a\":3}\n");
         assert_eq!(out.chunks[0].ends, [8, 16]);
@@ -391,7 +386,7 @@ mod tests {
                 Line::TooLong(12),
             ],
         );
-        let out = c.finish(BytesMut::new(), SHARED_BUFFER);
+        let out = c.finish(BytesMut::new());
         let firsts: Vec<(u64, usize)> = out
             .chunks
             .iter()

@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{Format, LoaderConfig, SinkSpec};
-use crate::stream_load::body::Body;
 use crate::stream_load::{deliver, Attempt, Delivered, LoadState, StreamLoadClient};
 
 /// Replayed batches are moved here, inside the dead-letter directory.
@@ -68,7 +68,7 @@ pub async fn write(
     sink: &str,
     label: &str,
     format: Format,
-    body: &Body,
+    body: &Bytes,
     rows: u64,
     refusal: &Refusal,
 ) -> std::io::Result<PathBuf> {
@@ -88,11 +88,8 @@ pub async fn write(
     tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&dir)?;
         let data = dir.join(format!("{label}.{}", format.as_str()));
-        write_synced(&data, body.pieces())?;
-        write_synced(
-            &dir.join(format!("{label}.reason.json")),
-            &[text.as_bytes()],
-        )?;
+        write_synced(&data, &body)?;
+        write_synced(&dir.join(format!("{label}.reason.json")), text.as_bytes())?;
         std::fs::File::open(&dir)?.sync_all()?;
         Ok(data)
     })
@@ -100,15 +97,12 @@ pub async fn write(
     .map_err(std::io::Error::other)?
 }
 
-/// Writes `path` (the bytes of `pieces`, in order) whole or not at all: a synced
-/// temporary file renamed into place.
-fn write_synced(path: &Path, pieces: &[impl AsRef<[u8]>]) -> std::io::Result<()> {
+/// Writes `path` whole or not at all: a synced temporary file renamed into place.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let result = std::fs::File::create(&tmp).and_then(|mut f| {
-        for piece in pieces {
-            f.write_all(piece.as_ref())?;
-        }
+        f.write_all(bytes)?;
         f.sync_all()
     });
     match result.and_then(|()| std::fs::rename(&tmp, path)) {
@@ -271,7 +265,7 @@ async fn replay_one(dir: &Path, batch: &Found, sink: &SinkSpec, timeout: Duratio
         ));
     }
     let body = match std::fs::read(&batch.data) {
-        Ok(b) => Body::from(b),
+        Ok(b) => Bytes::from(b),
         Err(e) => return Replayed::NotLoaded(format!("cannot read {}: {e}", batch.data.display())),
     };
     let mut client = match StreamLoadClient::new(sink) {

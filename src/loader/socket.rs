@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::accept::AcceptBackoff;
 use crate::api::{Format, SinkSpec};
 use crate::loader::ack::{AckWriters, ConnAck, ReadProgress};
-use crate::loader::batch::{Chunk, SHARED_BUFFER};
+use crate::loader::batch::Chunk;
 use crate::loader::chunker::{Chunked, Chunker};
 use crate::loader::framing::{Line, LineFramer};
 use crate::loader::line_budget::{Hold, LineBudget};
@@ -254,9 +254,6 @@ struct Reader {
     read: OwnedReadHalf,
     framer: LineFramer,
     buf: BytesMut,
-    /// The size of the buffer under `buf` while none of its bytes were handed on: the
-    /// records of the next read may then keep it as theirs alone ([`Chunk::backing`]).
-    fresh: Option<usize>,
     /// Lines read so far, and the last that was a record.
     line_no: u64,
     last_record: u64,
@@ -275,12 +272,10 @@ impl Reader {
         acks: Option<(Arc<ConnAck>, watch::Sender<ReadProgress>)>,
     ) -> Self {
         let max_record = ingest.max_record.load(std::sync::atomic::Ordering::Relaxed);
-        let buf = BytesMut::with_capacity(READ_SIZE);
         Self {
             max_record,
             framer: LineFramer::new(max_record),
-            fresh: Some(buf.capacity()),
-            buf,
+            buf: BytesMut::with_capacity(READ_SIZE),
             line_no: 0,
             last_record: 0,
             hold: ingest.lines.join(),
@@ -300,7 +295,7 @@ impl Reader {
                 self.drop_unfinished();
             }
             if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
-                self.renew();
+                self.buf.reserve(READ_SIZE);
             }
             let mut limited = (&mut self.buf).limit(READ_SIZE);
             tokio::select! {
@@ -341,24 +336,12 @@ impl Reader {
         if eof {
             self.framer.finish(&mut self.buf, &mut each);
         }
-        // Records that fill most of a buffer read into whole may keep it (a batch can then
-        // send them from it); the unfinished line moves to a buffer of its own.
-        let backing = match self.fresh {
-            Some(size) if framed.len() >= size - size / 8 => size,
-            _ => SHARED_BUFFER,
-        };
-        if !framed.is_empty() {
-            self.fresh = None;
-        }
-        if backing != SHARED_BUFFER {
-            self.renew();
-        }
         self.hold.set(self.buf.len() as u64);
         let Chunked {
             chunks,
             errs,
             last_record,
-        } = chunker.finish(framed, backing);
+        } = chunker.finish(framed);
         self.last_record = last_record.unwrap_or(self.last_record);
         if let Some(a) = &ack {
             for run in errs {
@@ -424,23 +407,12 @@ impl Reader {
         }
     }
 
-    /// Moves what `buf` holds (an unfinished line) into a new buffer with room for a read
-    /// of [`READ_SIZE`], or double its length for a line that keeps growing.
-    fn renew(&mut self) {
-        let held = self.buf.len();
-        let mut next = BytesMut::with_capacity((held + READ_SIZE).max(2 * held));
-        next.extend_from_slice(&self.buf);
-        self.fresh = Some(next.capacity());
-        self.buf = next;
-    }
-
     /// Drops this connection's unfinished line, told to by the sink's [`LineBudget`], and
     /// gives back the buffer it grew to.
     fn drop_unfinished(&mut self) {
         let dropped = self.framer.abandon(&mut self.buf);
         if self.buf.capacity() > 2 * READ_SIZE {
             self.buf = BytesMut::with_capacity(READ_SIZE);
-            self.fresh = Some(self.buf.capacity());
         }
         self.hold.set(0);
         if dropped > 0 {

@@ -12,7 +12,7 @@ use tokio::time::timeout;
 use crate::api::sink::TlsSpec;
 use crate::api::{MergeCommitSpec, SinkSpec};
 use crate::http1::{Conn, Http1Error};
-use crate::stream_load::body::{self, Body};
+use crate::stream_load::body;
 use crate::stream_load::response::{parse_load_state, LoadState};
 use crate::stream_load::transport::{Stream, TlsClient};
 
@@ -395,7 +395,7 @@ impl StreamLoadClient {
     }
 
     /// Sends one batch under `label`. The body crosses the network at most once per call.
-    pub async fn put(&mut self, label: &str, body: &Body) -> Result<Answer, TransportError> {
+    pub async fn put(&mut self, label: &str, body: &Bytes) -> Result<Answer, TransportError> {
         let mut body_sent = false;
         let settings = self.connection();
         let wait = settings.request_timeout;
@@ -417,7 +417,7 @@ impl StreamLoadClient {
         &mut self,
         settings: &Connection,
         label: &str,
-        body: &Body,
+        body: &Bytes,
         body_sent: &mut bool,
     ) -> Result<Answer, TransportError> {
         let auth = settings
@@ -576,7 +576,7 @@ async fn connect(ep: &Endpoint, tls: Option<&TlsClient>) -> Result<Conn<Stream>,
 async fn exchange(
     conn: &mut Conn<Stream>,
     head: &[u8],
-    body: &Body,
+    body: &Bytes,
     body_sent: &mut bool,
 ) -> Result<(u16, crate::http1::Headers, Bytes), Http1Error> {
     conn.write_all(head).await?;
@@ -589,7 +589,7 @@ async fn exchange(
         Some(h) if h.status >= 200 => h,
         informational => {
             *body_sent = true;
-            conn.write_all_buf(&mut body.reader()).await?;
+            conn.write_all(body).await?;
             conn.flush().await?;
             if informational.is_some() {
                 conn.read_response_head().await?

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::api::RetrySpec;
-use crate::stream_load::body::Body;
 use crate::stream_load::client::{StreamLoadClient, TransportError};
 use crate::stream_load::response::{judge, LoadState, Pressure, Verdict};
 
@@ -120,7 +121,7 @@ impl Backoff {
 pub async fn deliver(
     client: &mut StreamLoadClient,
     label: &str,
-    body: &Body,
+    body: &Bytes,
     rows: u64,
     retry: &RetrySpec,
     report: impl FnMut(&Attempt),
@@ -144,7 +145,7 @@ pub enum Start {
 pub async fn deliver_from(
     client: &mut StreamLoadClient,
     label: &str,
-    body: &Body,
+    body: &Bytes,
     rows: u64,
     retry: &RetrySpec,
     start: Start,
@@ -224,7 +225,7 @@ async fn label_state(
 
 /// Sends the body once and judges the answer; a transport failure is judged by whether
 /// the body may have been received.
-async fn put_once(client: &mut StreamLoadClient, label: &str, body: &Body, rows: u64) -> Verdict {
+async fn put_once(client: &mut StreamLoadClient, label: &str, body: &Bytes, rows: u64) -> Verdict {
     match client.put(label, body).await {
         Ok(answer) => judge(
             answer.status,
@@ -310,7 +311,7 @@ mod tests {
     async fn a_resumed_batch_already_committed_is_not_sent_again() {
         let sr = DevEndpoint::start(EndpointConfig::default()).await.unwrap();
         let mut c = client(&sr.fe_url());
-        let body = Body::from(bytes::Bytes::from_static(br#"[{"id":1}]"#));
+        let body = Bytes::from_static(br#"[{"id":1}]"#);
         let retry = RetrySpec::default();
         let first = deliver(&mut c, "p_orders_a_0", &body, 1, &retry, |_| {}).await;
         assert!(matches!(first, Delivered::Committed { .. }));

@@ -9,10 +9,10 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde_json::Value;
 
 use crate::api::{MergeCommitSpec, RetrySpec};
-use crate::stream_load::body::Body;
 use crate::stream_load::client::{StreamLoadClient, TransportError};
 use crate::stream_load::delivery::{settle, Attempt, Backoff, Delivered, Then};
 use crate::stream_load::response::{classify, LoadState, Verdict};
@@ -131,7 +131,7 @@ enum Window {
 pub async fn deliver_merged(
     client: &mut StreamLoadClient,
     label: &str,
-    body: &Body,
+    body: &Bytes,
     retry: &RetrySpec,
     mc: &MergeCommitSpec,
     report: &mut impl FnMut(&Attempt),
@@ -171,7 +171,7 @@ pub async fn deliver_merged(
 async fn send(
     client: &mut StreamLoadClient,
     label: &str,
-    body: &Body,
+    body: &Bytes,
     asynchronous: bool,
 ) -> MergeAnswer {
     match client.put(label, body).await {

@@ -5,13 +5,11 @@ use super::*;
 
 pub(super) struct InFlight {
     /// Gives back the client, the verdict and the body (for reuse).
-    pub(super) handle: JoinHandle<(StreamLoadClient, LoadEnd, Body)>,
+    pub(super) handle: JoinHandle<(StreamLoadClient, LoadEnd, bytes::Bytes)>,
     pub(super) trigger: FlushTrigger,
     pub(super) label: String,
     pub(super) rows: u64,
     pub(super) bytes: u64,
-    /// The memory its body keeps alive (see [`Body::held`]).
-    pub(super) held: usize,
     pub(super) seqs: Option<Range<u64>>,
     pub(super) oldest: Instant,
     /// Backpressure answers counted before this load began.
@@ -63,7 +61,7 @@ pub(super) fn log_attempt(sink: &str, label: &str, attempt: &Attempt) {
 impl SinkTask {
     /// A load's verdict: recorded in the spool, counted, acked; a refused batch whose
     /// dead-letter file could not be written is kept for a retry.
-    pub(super) fn finish_load(&mut self, finished: InFlight, verdict: LoadEnd, body: Body) {
+    pub(super) fn finish_load(&mut self, finished: InFlight, verdict: LoadEnd, body: Bytes) {
         let outcome = match &verdict {
             LoadEnd::Committed => Disposition::Committed,
             LoadEnd::DeadLettered => Disposition::DeadLettered,
@@ -84,7 +82,7 @@ impl SinkTask {
         }
         match finished.trigger {
             FlushTrigger::Size | FlushTrigger::Rows => {
-                if let Some(Ok(body)) = body.into_single().map(Bytes::try_into_mut) {
+                if let Ok(body) = body.try_into_mut() {
                     self.filling.batch.recycle(body.into());
                 }
             }
@@ -101,11 +99,10 @@ impl SinkTask {
         self.ack_queue.push_back((next.label.clone(), acks, None));
         let in_window = Arc::new(AtomicBool::new(false));
         let (label, seqs, oldest) = (next.label.clone(), next.seqs.clone(), next.oldest);
-        let (trigger, rows, bytes, held) = (
+        let (trigger, rows, bytes) = (
             next.batch.trigger,
             next.batch.rows,
             next.batch.body.len() as u64,
-            next.batch.body.held(),
         );
         let job = LoadJob {
             client,
@@ -129,7 +126,6 @@ impl SinkTask {
             label,
             rows,
             bytes,
-            held,
             seqs,
             oldest,
             pressure_before,
@@ -160,7 +156,7 @@ struct LoadJob {
 }
 
 impl LoadJob {
-    async fn run(mut self) -> (StreamLoadClient, LoadEnd, Body) {
+    async fn run(mut self) -> (StreamLoadClient, LoadEnd, Bytes) {
         let started = std::time::Instant::now();
         let delivered = self.deliver(started).await;
         let secs = started.elapsed().as_secs_f64();

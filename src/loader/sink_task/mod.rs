@@ -32,7 +32,7 @@ use crate::loader::spool::store::{PendingBatch, Replay, Spool};
 use crate::loader::HOLD_BEHIND_LOAD;
 use crate::stream_load::client::{SinkClient, Target};
 use crate::stream_load::{
-    body, body::Body, deliver_from, Attempt, Delivered, LabelGen, Start, StreamLoadClient,
+    body, deliver_from, Attempt, Delivered, LabelGen, Start, StreamLoadClient,
 };
 use filling::{Filling, Queue};
 use load::InFlight;
@@ -137,7 +137,7 @@ enum Event {
     /// The load at this index in `loads` ended.
     Loaded(
         usize,
-        Result<(StreamLoadClient, LoadEnd, Body), tokio::task::JoinError>,
+        Result<(StreamLoadClient, LoadEnd, Bytes), tokio::task::JoinError>,
     ),
     DeadLetterWritten(Result<(Refused, std::io::Result<PathBuf>), tokio::task::JoinError>),
     /// SIGTERM.
@@ -317,7 +317,7 @@ impl SinkTask {
     /// other queued batches, or once shutdown has begun, it waits on disk at once.
     fn enqueue(&mut self, mut next: Labelled) {
         let on_disk = self.spool.is_some() && next.seqs.is_some();
-        let loading = !self.may_load(next.batch.body.held());
+        let loading = !self.may_load(next.batch.body.len());
         let hold = loading && on_disk;
         if self.queue.is_empty() && !(hold && self.stopping) {
             if hold {
@@ -327,7 +327,7 @@ impl SinkTask {
             return;
         }
         if on_disk {
-            next.batch.body = Body::default();
+            next.batch.body = Bytes::new();
             next.on_disk = true;
         }
         self.queue.backlog.push_back(next);
@@ -354,7 +354,7 @@ impl SinkTask {
     fn stop_holding(&mut self) {
         self.hold_until = None;
         if let Some(mut held) = self.queue.waiting.take() {
-            held.batch.body = Body::default();
+            held.batch.body = Bytes::new();
             held.on_disk = true;
             self.queue.backlog.push_front(held);
         }
@@ -425,12 +425,12 @@ impl SinkTask {
             && self.dead_letter_writing.is_none()
     }
 
-    /// Whether a batch holding `bytes` of memory may start loading now: when nothing
-    /// loads; or, when loads pipeline, beside loads that all wait for their windows, up to
+    /// Whether a batch of `bytes` may start loading now: when nothing loads; or, when
+    /// loads pipeline, beside loads that all wait for their windows, up to
     /// [`MAX_WINDOWS_AWAITED`] of them holding at most `maxBytes` together (so memory
     /// holds what it would with one load of a full batch).
     fn may_load(&self, bytes: usize) -> bool {
-        let held: usize = self.loads.iter().map(|f| f.held).sum();
+        let held: usize = self.loads.iter().map(|f| f.bytes as usize).sum();
         self.loads.is_empty()
             || (self.clients.target().pipelines()
                 && self.loads.len() < MAX_WINDOWS_AWAITED
@@ -442,7 +442,7 @@ impl SinkTask {
     /// only the waiting batch goes (the backlog is read back from disk one at a time).
     fn start_next_load(&mut self) {
         let next_bytes = match &self.queue.waiting {
-            Some(w) => w.batch.body.held(),
+            Some(w) => w.batch.body.len(),
             None if self.loads.is_empty() => 0,
             None => return,
         };
@@ -779,7 +779,7 @@ async fn join_any(
     loads: &mut [InFlight],
 ) -> (
     usize,
-    Result<(StreamLoadClient, LoadEnd, Body), tokio::task::JoinError>,
+    Result<(StreamLoadClient, LoadEnd, Bytes), tokio::task::JoinError>,
 ) {
     std::future::poll_fn(|cx| {
         for (i, f) in loads.iter_mut().enumerate() {
@@ -842,7 +842,7 @@ mod tests {
                 target,
                 label: "p_orders_a_0".into(),
                 batch: Sealed {
-                    body: Body::from(Bytes::from_static(br#"[{"id":1},{"id":2}]"#)),
+                    body: Bytes::from_static(br#"[{"id":1},{"id":2}]"#),
                     rows: 2,
                     trigger: FlushTrigger::Shutdown,
                 },

@@ -15,7 +15,7 @@ pub(super) const DEAD_LETTER_MAX: Duration = Duration::from_secs(60);
 pub(super) struct Refused {
     pub(super) label: String,
     pub(super) rows: u64,
-    pub(super) body: Body,
+    pub(super) body: Bytes,
     pub(super) seqs: Option<Range<u64>>,
     pub(super) on_disk: bool,
     pub(super) refusal: Refusal,
@@ -50,12 +50,12 @@ impl SinkTask {
 
     /// Keeps a refused batch until its dead-letter file is written: on disk when the
     /// spool has it (the sink goes on loading), else in memory (producers wait).
-    pub(super) fn keep_refused(&mut self, finished: InFlight, refusal: Refusal, body: Body) {
+    pub(super) fn keep_refused(&mut self, finished: InFlight, refusal: Refusal, body: Bytes) {
         let on_disk = self.spool.is_some() && finished.seqs.is_some();
         self.refused.push_back(Refused {
             label: finished.label,
             rows: finished.rows,
-            body: if on_disk { Body::default() } else { body },
+            body: if on_disk { Bytes::new() } else { body },
             seqs: finished.seqs,
             on_disk,
             refusal,
@@ -142,7 +142,7 @@ impl SinkTask {
                 let next = RetryAt::after(self.dead_letter_backoff);
                 tracing::error!(sink = %self.name, label = %refused.label, rows = refused.rows, dir = %self.dead_letter_dir.display(), error = %e, retry_in_ms = next.backoff.as_millis() as u64, "cannot write a refused batch's dead-letter file; the batch is kept and the write retried");
                 if refused.on_disk {
-                    refused.body = Body::default();
+                    refused.body = Bytes::new();
                 }
                 self.refused.push_front(refused);
                 self.dead_letter_retry = Some(next);

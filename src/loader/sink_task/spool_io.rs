@@ -139,7 +139,7 @@ impl SinkTask {
             target: self.clients.target().clone(),
             label: pending.label,
             batch: Sealed {
-                body: Body::default(),
+                body: Bytes::new(),
                 rows: pending.rows,
                 trigger: FlushTrigger::Shutdown,
             },
@@ -212,7 +212,7 @@ impl SinkTask {
         seqs: Option<Range<u64>>,
         label: &str,
         expected: u64,
-    ) -> std::io::Result<Option<(Body, u64)>> {
+    ) -> std::io::Result<Option<(Bytes, u64)>> {
         let (Some(spool), Some(seqs)) = (self.spool.as_mut(), seqs) else {
             return Ok(None);
         };
