@@ -9,9 +9,13 @@
 //! cargo bench --bench loader -- --gib 0.5  # quicker
 //! cargo bench --bench loader -- --slow-receiver 120 --slow-only   # against a BE reading
 //!                                          # 120 MiB/s, 16 MiB batches, 1 s interval
-//! cargo bench --bench loader -- --throughput-only --format csv --spool never --slow-receiver 0 --no-peer
+//! cargo bench --bench loader -- --throughput-only --format csv --spool never --slow-receiver 0 --no-peer --no-floor
 //!                                          # one spool run only, for a profiler
 //! ```
+//!
+//! Under `cargo bench` it also measures syslog-ng on the same rows (`--no-peer` skips it)
+//! and the floor the kernel sets (`--no-floor` skips it): a relay that only moves the
+//! bytes from the Unix socket to TCP, without and with a synced file.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -112,9 +116,22 @@ async fn measure(pid: u32, work: impl std::future::Future<Output = ()>) -> Measu
     }
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // The floor's relay: this same binary, started again by `relay_floor` (below).
+    if let Some(at) = args.iter().position(|a| a == RELAY_FLAG) {
+        floor::relay(&args[at + 1..]);
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(run(args));
+}
+
+async fn run(args: Vec<String>) {
     let gib: f64 = value_of(&args, "--gib").unwrap_or(2.0);
     // `cargo bench` passes `--bench`; `cargo test --all-targets` does not, and then a
     // small run only checks that the harness works.
@@ -178,6 +195,20 @@ async fn main() {
     // `--no-peer`; in a smoke run only with `--peer`.
     let peer =
         args.iter().any(|a| a == "--peer") || (!smoke && !args.iter().any(|a| a == "--no-peer"));
+    // What the kernel alone charges for the same bytes: under `cargo bench` unless
+    // `--no-floor`, in a smoke run only with `--floor`.
+    let floors = if args.iter().any(|a| a == "--floor")
+        || (!smoke && !args.iter().any(|a| a == "--no-floor"))
+    {
+        let mut floors = vec![relay_floor(bytes, false).await];
+        if !args.iter().any(|a| a == "--no-spool") {
+            floors.push(relay_floor(bytes, true).await);
+        }
+        print_floors(&floors);
+        floors
+    } else {
+        Vec::new()
+    };
     if peer {
         let mut peers = Vec::new();
         // It is slow (a few MiB/s), so it gets at most `--peer-gib` (0.25 by default):
@@ -192,7 +223,7 @@ async fn main() {
     }
     if args.iter().any(|a| a == "--throughput-only") || slow_only {
         print_throughput(&all);
-        print_targets(&all, None);
+        print_targets(&all, &floors, None);
         return;
     }
     let lateness = timer_lateness().await;
@@ -225,11 +256,12 @@ async fn main() {
         lateness[lateness.len() / 2].as_millis(),
         lateness[lateness.len() - 1].as_millis()
     );
-    print_targets(&all, Some(&lateness));
+    print_targets(&all, &floors, Some(&lateness));
 }
 
-/// Issue 17's targets for the loader, each with what this run measured.
-fn print_targets(all: &[Figures], lateness: Option<&[Duration]>) {
+/// Issue 17's targets for the loader, each with what this run measured (and, for CPU,
+/// the floor the kernel sets for the same bytes, when it was measured).
+fn print_targets(all: &[Figures], floors: &[Figures], lateness: Option<&[Duration]>) {
     println!();
     println!("| target | measured | met |");
     println!("|---|---|---|");
@@ -244,12 +276,29 @@ fn print_targets(all: &[Figures], lateness: Option<&[Duration]>) {
         all.iter()
             .find(|f| f.format == format && f.spool == spool && f.receiver.is_some() == slow)
     };
+    let floor = |spool: bool| {
+        floors
+            .iter()
+            .find(|f| f.spool.is_some() == spool)
+            .map(per_gib)
+    };
+    let floor_note = match (floor(false), floor(true)) {
+        (Some(relay), Some(spooled)) => {
+            format!(
+                " (kernel floor {relay:.2}; a synced file adds {:+.2})",
+                spooled - relay
+            )
+        }
+        (Some(relay), None) => format!(" (kernel floor {relay:.2})"),
+        _ => String::new(),
+    };
     for (format, limit) in [(Format::Json, 0.5), (Format::Csv, 0.25)] {
         for (slow, endpoint) in [(false, "fast endpoint"), (true, "slow BE")] {
             if let Some(f) = find(format, None, slow) {
                 let cost = per_gib(f);
                 let target = format!("{} CPU-s/GiB <= {limit}, {endpoint}", format.name());
-                row(target, format!("{cost:.2}"), cost <= limit);
+                let note = if slow { "" } else { &floor_note };
+                row(target, format!("{cost:.2}{note}"), cost <= limit);
             }
         }
         if let (Some(plain), Some(spooled)) = (
@@ -559,6 +608,182 @@ async fn peer_throughput(format: Format, bytes: u64) -> Figures {
         max_mib: 0,
         loads,
         m,
+    }
+}
+
+/// Starts this binary as the floor's relay (see [`floor::relay`]).
+const RELAY_FLAG: &str = "--relay-floor";
+
+/// The floor under any loader here: the same rows (CSV; bytes are bytes) through a relay
+/// that only reads each Unix-socket connection, 64 KiB at a time, and writes what it read
+/// to a TCP connection that the harness reads and discards; with `spool`, it also appends
+/// them to 64 MiB segment files, synced every 4 MiB as `spoolSync: interval` does at
+/// most, the oldest of three written over as the next (as the spool reuses its files).
+/// No framing, no batching, no checksums, no HTTP: its CPU per GiB is what the kernel
+/// charges for the bytes alone.
+async fn relay_floor(bytes: u64, spool: bool) -> Figures {
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the discard port");
+    let port = sink.local_addr().expect("discard port").port();
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = received.clone();
+    let discard = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = sink.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 20];
+                while let Ok(n @ 1..) = conn.read(&mut buf).await {
+                    counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("relay.sock");
+    let mut command = Command::new(std::env::current_exe().expect("this benchmark's path"));
+    command.arg(RELAY_FLAG).arg(&socket).arg(port.to_string());
+    if spool {
+        command.arg(dir.path());
+    }
+    let spawned = Instant::now();
+    let mut relay = command
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the relay");
+    let pid = relay.id().expect("relay pid");
+    while !socket.exists() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let ready = spawned.elapsed();
+    let m = measure(pid, async {
+        write_rows(&socket, Format::Csv, bytes).await;
+        while received.load(std::sync::atomic::Ordering::Relaxed) < bytes {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let _ = relay.kill().await;
+    discard.abort();
+    Figures {
+        format: Format::Csv,
+        spool: spool.then_some("interval"),
+        receiver: None,
+        bytes,
+        ready,
+        max_mib: 0,
+        loads: 0,
+        m,
+    }
+}
+
+fn print_floors(floors: &[Figures]) {
+    println!();
+    println!("| floor: the same bytes through a relay, no loader | MiB/s | CPU-s/GiB |");
+    println!("|---|---|---|");
+    for f in floors {
+        let what = match f.spool {
+            None => "Unix socket -> TCP, 64 KiB reads",
+            Some(_) => "the same, also appended to reused 64 MiB files, synced every 4 MiB",
+        };
+        println!(
+            "| {what} | {:.0} | {:.2} |",
+            f.bytes as f64 / (1 << 20) as f64 / f.m.secs,
+            f.m.cpu_secs / (f.bytes as f64 / (1u64 << 30) as f64),
+        );
+    }
+}
+
+/// The floor's relay process.
+mod floor {
+    use std::collections::VecDeque;
+    use std::fs::File;
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::path::PathBuf;
+    use std::sync::{Arc, Mutex};
+
+    /// Syncs once this much was appended since the last sync.
+    const SYNC_BYTES: usize = 4 << 20;
+    /// Segment files: this size, and this many kept before the oldest is written over.
+    const SEGMENT: usize = 64 << 20;
+    const KEPT: usize = 2;
+
+    /// Where the relay appends: the segment being written, and the full ones.
+    struct Segments {
+        dir: PathBuf,
+        current: File,
+        written: usize,
+        unsynced: usize,
+        full: VecDeque<File>,
+        made: usize,
+    }
+
+    impl Segments {
+        fn append(&mut self, bytes: &[u8]) {
+            if self.written + bytes.len() > SEGMENT {
+                self.current.sync_data().expect("sync");
+                let next = match self.full.len() {
+                    KEPT => {
+                        let mut oldest = self.full.pop_front().expect("a full segment");
+                        oldest.seek(SeekFrom::Start(0)).expect("rewind");
+                        oldest
+                    }
+                    _ => {
+                        self.made += 1;
+                        File::create(self.dir.join(format!("{}.seg", self.made))).expect("segment")
+                    }
+                };
+                self.full
+                    .push_back(std::mem::replace(&mut self.current, next));
+                (self.written, self.unsynced) = (0, 0);
+            }
+            self.current.write_all(bytes).expect("append");
+            self.written += bytes.len();
+            self.unsynced += bytes.len();
+            if self.unsynced >= SYNC_BYTES {
+                self.current.sync_data().expect("sync");
+                self.unsynced = 0;
+            }
+        }
+    }
+
+    /// `args`: the Unix socket to listen on, the TCP port to relay each connection to,
+    /// and optionally a directory for segment files. Runs until killed; the harness
+    /// measures its CPU.
+    pub fn relay(args: &[String]) {
+        let port: u16 = args[1].parse().expect("relay port");
+        let segments = args.get(2).map(|dir| {
+            let dir = PathBuf::from(dir);
+            let current = File::create(dir.join("0.seg")).expect("segment");
+            Arc::new(Mutex::new(Segments {
+                dir,
+                current,
+                written: 0,
+                unsynced: 0,
+                full: VecDeque::new(),
+                made: 0,
+            }))
+        });
+        let listener = std::os::unix::net::UnixListener::bind(&args[0]).expect("relay socket");
+        for conn in listener.incoming() {
+            let mut conn = conn.expect("accept");
+            let segments = segments.clone();
+            std::thread::spawn(move || {
+                let mut out = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let n = conn.read(&mut buf).expect("read");
+                    if n == 0 {
+                        break;
+                    }
+                    if let Some(segments) = &segments {
+                        segments.lock().expect("segments").append(&buf[..n]);
+                    }
+                    out.write_all(&buf[..n]).expect("send");
+                }
+            });
+        }
     }
 }
 
