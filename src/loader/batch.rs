@@ -10,8 +10,8 @@ use crate::api::{Format, SinkSpec};
 use crate::stream_load::body;
 
 /// Records from one connection read, each followed by `\n` (as lines, and as the spool
-/// stores them; the batch writes the body's record end). `ends[i]` is where record `i`
-/// ends in `data`.
+/// stores them; the batch writes the body's record end). A record never holds a `\n`:
+/// every `\n` in `data` ends one. `ends[i]` is where record `i` ends in `data`.
 #[derive(Debug)]
 pub struct Chunk {
     pub data: Bytes,
@@ -301,14 +301,7 @@ impl Batch {
             let end = chunk.ends[from + take - 1] as usize;
             self.reserve(opening.len() + end - base);
             self.body.extend_from_slice(opening);
-            let at = self.body.len();
-            self.body.extend_from_slice(&chunk.data[base..end]);
-            let delimiter = body::record_end(self.format);
-            if delimiter != b'\n' {
-                for &e in &chunk.ends[from..from + take] {
-                    self.body[at + e as usize - base - 1] = delimiter;
-                }
-            }
+            body::append_lines(self.format, &mut self.body, &chunk.data[base..end]);
             self.rows += take as u64;
             if self.oldest.is_none() {
                 self.oldest = Some(chunk.arrived);
