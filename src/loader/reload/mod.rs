@@ -193,9 +193,12 @@ impl Running<'_> {
         }
         handle.listening.ingest().reconfigure(&spec);
         handle.metrics.set_config(&spec);
-        tracing::info!(sink = %spec.name, trigger = trigger.as_str(), hash = %crate::loader::metrics::config_hash(&spec), "config change applied");
+        let hash = crate::loader::metrics::config_hash(&spec);
         *slot = spec.clone();
         handle.config.send_replace(Arc::new(spec));
+        // Logged once the sink task has been handed the change: a record read after this
+        // line is put in a batch of the new config (the task takes changes before records).
+        tracing::info!(sink = %slot.name, trigger = trigger.as_str(), hash = %hash, "config change applied");
         done
     }
 }
