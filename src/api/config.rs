@@ -493,10 +493,17 @@ fn check_intake(sink: &SinkSpec, bad: &mut impl FnMut(&str, String)) {
             "columnSeparator",
             "only applies to format: csv; remove it or set format: csv".into(),
         ),
-        (Format::Csv, Some(sep)) if sep.is_empty() || sep.contains(['\n', '\r']) => bad(
+        (Format::Csv, Some(sep))
+            if sep.is_empty()
+                || crate::api::sink::separator_bytes(sep)
+                    .iter()
+                    .any(|b| matches!(b, b'\n' | b'\r')) =>
+        {
+            bad(
             "columnSeparator",
-            format!("{sep:?} cannot separate columns; use a non-empty string without line breaks, e.g. \",\""),
-        ),
+            format!("{sep:?} cannot separate columns; use a non-empty string without line breaks (`\\x0a`, `\\x0d` are ones), e.g. \",\""),
+        )
+        }
         _ => {}
     }
     match sink.max_record_bytes {
@@ -1122,6 +1129,22 @@ sinks:
             e.contains("properties.label") && !e.contains("properties.timeout"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_csv_column_separator_that_is_or_holds_a_line_break_is_refused_however_written() {
+        let with = |sep: &str| {
+            problems_of(&GOOD.replace(
+                "table: orders",
+                &format!("table: orders\n    format: csv\n    columnSeparator: '{sep}'"),
+            ))
+        };
+        for bad in ["", "\\x0a", "\\x0D", "\\x2c0a"] {
+            assert!(with(bad).contains("columnSeparator"), "{bad:?} was taken");
+        }
+        for good in [",", "|", "\\x01", "\\t", "\\x"] {
+            assert_eq!(with(good), "", "{good:?} was refused");
+        }
     }
 
     #[test]

@@ -185,6 +185,21 @@ impl SinkSpec {
     }
 }
 
+/// The bytes a `column_separator` stands for: StarRocks reads `\xHH...` as hex bytes
+/// (e.g. `\x01`), anything else as itself.
+pub fn separator_bytes(separator: &str) -> Vec<u8> {
+    let hex = separator
+        .strip_prefix("\\x")
+        .filter(|h| !h.is_empty() && h.len() % 2 == 0)
+        .and_then(|h| {
+            (0..h.len())
+                .step_by(2)
+                .map(|i| h.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+                .collect::<Option<Vec<u8>>>()
+        });
+    hex.unwrap_or_else(|| separator.as_bytes().to_vec())
+}
+
 /// How producers' lines are interpreted and sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]

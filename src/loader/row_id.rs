@@ -9,6 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::api::sink::separator_bytes;
 use crate::api::Format;
 
 /// The ids of one sink's records in this start, shared by its connections.
@@ -69,21 +70,6 @@ impl RowIds {
             }
         }
     }
-}
-
-/// The bytes a `column_separator` stands for: StarRocks reads `\xHH...` as hex bytes
-/// (e.g. `\x01`), anything else as itself.
-fn separator_bytes(separator: &str) -> Vec<u8> {
-    let hex = separator
-        .strip_prefix("\\x")
-        .filter(|h| !h.is_empty() && h.len() % 2 == 0)
-        .and_then(|h| {
-            (0..h.len())
-                .step_by(2)
-                .map(|i| h.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
-                .collect::<Option<Vec<u8>>>()
-        });
-    hex.unwrap_or_else(|| separator.as_bytes().to_vec())
 }
 
 #[cfg(test)]
