@@ -13,9 +13,10 @@
 //!                                          # one spool run only, for a profiler
 //! ```
 //!
-//! Under `cargo bench` it also measures syslog-ng on the same rows (`--no-peer` skips it)
-//! and the floor the kernel sets (`--no-floor` skips it): a relay that only moves the
-//! bytes from the Unix socket to TCP, without and with a synced file.
+//! Under `cargo bench` it also measures syslog-ng on the same rows (`--no-peer` skips it);
+//! every run, the smoke run of `cargo test` too, measures the floor the kernel sets
+//! (`--no-floor` skips it): a relay that only moves the bytes from the Unix socket to TCP,
+//! without and with a synced file.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -651,13 +652,17 @@ async fn relay_floor(bytes: u64, spool: bool) -> Figures {
         .spawn()
         .expect("spawn the relay");
     let pid = relay.id().expect("relay pid");
+    // The relay exits on any failure (see `floor::relay`): the wait ends with it.
+    let mut alive = || relay.try_wait().expect("relay status").is_none();
     while !socket.exists() {
+        assert!(alive(), "the relay exited before its socket appeared");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let ready = spawned.elapsed();
     let m = measure(pid, async {
         write_rows(&socket, Format::Csv, bytes).await;
         while received.load(std::sync::atomic::Ordering::Relaxed) < bytes {
+            assert!(alive(), "the relay exited before every byte went through");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -750,6 +755,11 @@ mod floor {
     /// and optionally a directory for segment files. Runs until killed; the harness
     /// measures its CPU.
     pub fn relay(args: &[String]) {
+        // A failure in any thread ends the process, so that the harness sees it exit.
+        std::panic::set_hook(Box::new(|failure| {
+            eprintln!("relay: {failure}");
+            std::process::exit(1);
+        }));
         let port: u16 = args[1].parse().expect("relay port");
         let segments = args.get(2).map(|dir| {
             let dir = PathBuf::from(dir);

@@ -439,6 +439,36 @@ mod tests {
     }
 
     #[test]
+    fn records_copied_in_long_runs_keep_the_body_within_max_bytes() {
+        // 40 records of 1000 bytes: runs long enough to go in with non-temporal stores.
+        let records: Vec<String> = (0..40).map(|i| format!("{i:0>999}")).collect();
+        let c = chunk(&records.iter().map(String::as_str).collect::<Vec<_>>());
+        for format in [Format::Json, Format::Csv] {
+            let mut b = Batch::new(format, policy(10_000, 1000));
+            let mut from = 0;
+            let mut seen = Vec::new();
+            while let Some((next, trigger)) = b.push(&c, from) {
+                assert_eq!(trigger, FlushTrigger::Size);
+                assert!(b.body.capacity() <= 10_000, "{}", b.body.capacity());
+                let body = b.seal(trigger).unwrap().body;
+                seen.push((next - from, body.len()));
+                from = next;
+            }
+            // CSV: ten rows fill 10,000 bytes exactly; JSON's `[` leaves room for nine.
+            let (per_batch, last) = if format == Format::Json {
+                (9, 4)
+            } else {
+                (10, 10)
+            };
+            let json = usize::from(format == Format::Json);
+            assert!(seen
+                .iter()
+                .all(|&s| s == (per_batch, per_batch * 1000 + json)));
+            assert_eq!(b.rows(), last);
+        }
+    }
+
+    #[test]
     fn max_rows_fills_the_batch_at_once() {
         let c = chunk(&["1", "2", "3"]);
         let mut b = Batch::new(Format::Csv, policy(1000, 2));

@@ -28,6 +28,7 @@ pub const fn opening(format: Format) -> &'static [u8] {
 }
 
 /// Runs at least this long are appended with non-temporal stores (see [`append_lines`]).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const STREAM_MIN: usize = 4096;
 
 /// Appends `lines` (records, each followed by `\n`, holding no other `\n`) to `body`,
