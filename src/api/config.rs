@@ -432,6 +432,13 @@ pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
     out
 }
 
+/// Whether a CSV separator is or holds a line break, as StarRocks reads it (`\x0a` too).
+fn breaks_lines(separator: &str) -> bool {
+    crate::api::sink::separator_bytes(separator)
+        .iter()
+        .any(|b| matches!(b, b'\n' | b'\r'))
+}
+
 /// Where records come in: the name, the socket, connections, format and record size.
 ///
 /// Longer than a screen on purpose: a flat list of independent checks, each an `if` that
@@ -493,17 +500,10 @@ fn check_intake(sink: &SinkSpec, bad: &mut impl FnMut(&str, String)) {
             "columnSeparator",
             "only applies to format: csv; remove it or set format: csv".into(),
         ),
-        (Format::Csv, Some(sep))
-            if sep.is_empty()
-                || crate::api::sink::separator_bytes(sep)
-                    .iter()
-                    .any(|b| matches!(b, b'\n' | b'\r')) =>
-        {
-            bad(
+        (Format::Csv, Some(sep)) if sep.is_empty() || breaks_lines(sep) => bad(
             "columnSeparator",
             format!("{sep:?} cannot separate columns; use a non-empty string without line breaks (`\\x0a`, `\\x0d` are ones), e.g. \",\""),
-        )
-        }
+        ),
         _ => {}
     }
     match sink.max_record_bytes {
