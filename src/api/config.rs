@@ -432,13 +432,6 @@ pub fn validate_sink(sink: &SinkSpec, key: &str) -> Vec<ConfigIssue> {
     out
 }
 
-/// Whether a CSV separator is or holds a line break, as StarRocks reads it (`\x0a` too).
-fn breaks_lines(separator: &str) -> bool {
-    crate::api::sink::separator_bytes(separator)
-        .iter()
-        .any(|b| matches!(b, b'\n' | b'\r'))
-}
-
 /// Where records come in: the name, the socket, connections, format and record size.
 ///
 /// Longer than a screen on purpose: a flat list of independent checks, each an `if` that
@@ -500,10 +493,17 @@ fn check_intake(sink: &SinkSpec, bad: &mut impl FnMut(&str, String)) {
             "columnSeparator",
             "only applies to format: csv; remove it or set format: csv".into(),
         ),
-        (Format::Csv, Some(sep)) if sep.is_empty() || breaks_lines(sep) => bad(
-            "columnSeparator",
-            format!("{sep:?} cannot separate columns; use a non-empty string without line breaks (`\\x0a`, `\\x0d` are ones), e.g. \",\""),
-        ),
+        (Format::Csv, Some(sep)) => match crate::api::sink::separator_bytes(sep) {
+            Err(why) => bad(
+                "columnSeparator",
+                format!("{sep:?} is hex with {why}, which StarRocks refuses; write `\\x` and pairs of hex digits, e.g. \"\\x01\""),
+            ),
+            Ok(bytes) if bytes.is_empty() || bytes.iter().any(|b| matches!(b, b'\n' | b'\r')) => bad(
+                "columnSeparator",
+                format!("{sep:?} cannot separate columns; use a non-empty string without line breaks (`\\x0a`, `0x0d` are ones), e.g. \",\""),
+            ),
+            Ok(_) => {}
+        },
         _ => {}
     }
     match sink.max_record_bytes {
@@ -1132,17 +1132,20 @@ sinks:
     }
 
     #[test]
-    fn a_csv_column_separator_that_is_or_holds_a_line_break_is_refused_however_written() {
+    fn a_csv_column_separator_that_holds_a_line_break_or_is_bad_hex_is_refused_however_written() {
         let with = |sep: &str| {
             problems_of(&GOOD.replace(
                 "table: orders",
                 &format!("table: orders\n    format: csv\n    columnSeparator: '{sep}'"),
             ))
         };
-        for bad in ["", "\\x0a", "\\x0D", "\\x2c0a"] {
+        let breaks = ["", "\\x0a", "\\x0D", "\\x2c0a", "0x0a", "\\X0d", "0X2C0A"];
+        // Hex forms StarRocks refuses (`Delimiter.convertDelimiter`).
+        let not_hex = ["\\x", "0x1", "\\xzz", "0X0g"];
+        for bad in breaks.into_iter().chain(not_hex) {
             assert!(with(bad).contains("columnSeparator"), "{bad:?} was taken");
         }
-        for good in [",", "|", "\\x01", "\\t", "\\x"] {
+        for good in [",", "|", "\\x01", "0x2c", "\\t", "x0a"] {
             assert_eq!(with(good), "", "{good:?} was refused");
         }
     }

@@ -185,19 +185,30 @@ impl SinkSpec {
     }
 }
 
-/// The bytes a `column_separator` stands for: StarRocks reads `\xHH...` as hex bytes
-/// (e.g. `\x01`), anything else as itself.
-pub fn separator_bytes(separator: &str) -> Vec<u8> {
-    let hex = separator
-        .strip_prefix("\\x")
-        .filter(|h| !h.is_empty() && h.len() % 2 == 0)
-        .and_then(|h| {
-            (0..h.len())
-                .step_by(2)
-                .map(|i| h.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
-                .collect::<Option<Vec<u8>>>()
-        });
-    hex.unwrap_or_else(|| separator.as_bytes().to_vec())
+/// The bytes a `column_separator` stands for, read as StarRocks reads it (the FE's
+/// `com.starrocks.analysis.Delimiter.convertDelimiter`): after a `\x` or `0x` prefix, in
+/// either case, pairs of hex digits are the bytes (`\x01`); anything else is itself.
+/// `Err` says why StarRocks would refuse a hex form (and with it every load).
+pub fn separator_bytes(separator: &str) -> Result<Vec<u8>, &'static str> {
+    let prefix = separator.get(..2).map(str::to_ascii_lowercase);
+    if !matches!(prefix.as_deref(), Some("\\x" | "0x")) {
+        return Ok(separator.as_bytes().to_vec());
+    }
+    let hex = &separator[2..];
+    if hex.is_empty() {
+        return Err("no hex digits after its prefix");
+    }
+    if !hex.len().is_multiple_of(2) {
+        return Err("an odd number of hex digits");
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or("a character that is not a hex digit")
 }
 
 /// How producers' lines are interpreted and sent.
