@@ -505,11 +505,14 @@ async fn metrics_report_what_happened_to_every_line() {
     lines.extend(["nope".into(), "[1]".into()]);
     write_lines(&loader.socket("orders"), &lines).await;
     assert!(sr.wait_for_rows(20, Duration::from_secs(5)).await);
-    // The load is committed; its bookkeeping follows a moment later.
+    // The load is committed; its bookkeeping follows a moment later: the load's counters
+    // when its verdict is known, the sink's buffered bytes when the sink task next looks.
     let mut text = String::new();
     for _ in 0..100 {
         text = http_get(port, "/metrics").await.1;
-        if metric(&text, r#"starsink_records_loaded_total{sink="orders"}"#) == 20.0 {
+        if metric(&text, r#"starsink_records_loaded_total{sink="orders"}"#) == 20.0
+            && metric(&text, r#"starsink_buffered_bytes{sink="orders"}"#) == 0.0
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
